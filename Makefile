@@ -1,0 +1,33 @@
+# Everything runs inside .venv, created on first use (pins and order: ../shared/reference/DEPENDENCIES.md):
+# torch==2.13.0 first (the CPU wheel; any other spec pulls CUDA builds), then the project, then RecBole
+# with --no-deps (its ray<=2.6.3 pin conflicts with flwr's ray==2.55.1).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps recbole==1.2.1
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv  ## train FISM on ML-100K (the copy inside RecBole) and print the P@K / R@K table
+	$(BIN)/fedrec train --config configs/ml100k.yaml
+
+test: venv  ## the whole test suite (real-data tests need FEDREC_DATA_DIR; they skip without it)
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check fedrec tests benchmarks
+	$(BIN)/ruff format --check fedrec tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
