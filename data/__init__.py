@@ -1,0 +1,1 @@
+"""Dataset manifests (datasets.yaml), installed as the resource package fedrec.manifests. No data here."""
