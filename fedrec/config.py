@@ -31,7 +31,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "fism"  # fism | mf (federated and centralized); implicit-bpr | recbole-bpr | pop (centralized)
+    name: str = (
+        "fism"  # fism | mf (federated and centralized); implicit-bpr | recbole-bpr | pop (centralized)
+    )
     dim: int = 64  # d, paper 000 Appendix G
     gamma: float = 1.0  # FISM normalisation exponent, Appendix G
     init_std: float = 1.0  # theta^0 ~ N(0, 1), paper 000 Section 2
@@ -51,6 +53,19 @@ class TrainConfig:
 
 
 @dataclass
+class FederatedConfig:
+    """Paper 000 Algorithm 1: a fraction ``e`` of the clients per round, one local step each."""
+
+    fraction: float = 0.01  # e, Appendix G
+    rounds: int | None = None  # length in rounds; when unset, ``epochs / fraction`` rounds
+    epochs: float = 10.0  # one epoch = 1 / e rounds
+    eval_every: int = 500  # rounds
+    checkpoint_every: int = 500  # rounds
+    momentum: float = 0.9  # beta3 of SGD with momentum (Appendix C; not given by the paper)
+    rho: float = 0.9  # beta4 of RMSProp (Appendix E; not given by the paper)
+
+
+@dataclass
 class CentralizedConfig:
     """The centralized upper bound and external baselines (not paper settings: tuned to converge)."""
 
@@ -62,7 +77,7 @@ class CentralizedConfig:
     implicit_iterations: int = 100
     implicit_lr: float = 0.01
     implicit_reg: float = 0.01
-    recbole_epochs: int = 50
+    recbole_epochs: int = 100
     recbole_lr: float = 1e-3
 
 
@@ -85,6 +100,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
     centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -110,7 +126,9 @@ class Config:
 
 def _all_keys(cfg: Config) -> list[str]:
     return [
-        f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))
+        f"{s.name}.{f.name}"
+        for s in dataclasses.fields(cfg)
+        for f in dataclasses.fields(getattr(cfg, s.name))
     ]
 
 

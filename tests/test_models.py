@@ -149,7 +149,9 @@ def test_scorers_match_eq1_for_unseen_items():
     inter = random_interactions(9)
     layout = TableLayout.for_model("fism", inter.n_items)
     theta = torch.randn(layout.n_rows, 5, dtype=torch.float64)
-    s = fism_scorer(theta, layout, CSRTensors.from_interactions(inter), gamma=1.0)(torch.arange(inter.n_users))
+    s = fism_scorer(theta, layout, CSRTensors.from_interactions(inter), gamma=1.0)(
+        torch.arange(inter.n_users)
+    )
     P, Q = layout.view(theta, "P"), layout.view(theta, "Q")
     for u in range(inter.n_users):
         hist = inter.items_of(u).tolist()

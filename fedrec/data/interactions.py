@@ -50,9 +50,7 @@ class Interactions:
         items = np.asarray(items, dtype=np.int64)
         n_users = int(users.max()) + 1 if n_users is None else n_users
         n_items = int(items.max()) + 1 if n_items is None else n_items
-        m = sp.csr_matrix(
-            (np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items)
-        )
+        m = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
         m.sum_duplicates()
         m.sort_indices()
         return cls(

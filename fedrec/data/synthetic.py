@@ -13,14 +13,15 @@ _BLOCK = 1 << 22  # score-matrix entries materialised at once
 
 
 def user_counts(rng: np.random.Generator, n_users: int, n_items: int, mean_items: float) -> np.ndarray:
-    """Per-user item counts: ``MIN_ITEMS`` plus a log-normal tail, mean about ``mean_items``."""
+    """Per-user item counts: ``MIN_ITEMS`` plus a log-normal tail, mean about ``mean_items``, at most
+    half the catalog (every user keeps unrated items to sample BPR negatives from)."""
     extra_mean = mean_items - MIN_ITEMS + 0.5  # + 0.5: floor() loses half an item on average
     if extra_mean <= 0.5:
         extra = np.zeros(n_users, dtype=np.int64)
     else:
         mu = np.log(extra_mean) - COUNT_SIGMA**2 / 2
         extra = np.floor(rng.lognormal(mu, COUNT_SIGMA, size=n_users)).astype(np.int64)
-    return np.minimum(MIN_ITEMS + extra, n_items)
+    return np.minimum(MIN_ITEMS + extra, max(MIN_ITEMS, n_items // 2))
 
 
 def synthetic(

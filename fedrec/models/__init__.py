@@ -9,9 +9,9 @@ from fedrec.models.objective import RowLookup, bpr_objective
 
 __all__ = [
     "CSRTensors",
+    "RowLookup",
     "TableLayout",
     "UserBatch",
-    "RowLookup",
     "bpr_loss_per_user",
     "bpr_objective",
     "fism_pair_scores",

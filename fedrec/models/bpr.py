@@ -15,7 +15,9 @@ def bpr_loss_per_user(y_pos: torch.Tensor, y_neg: torch.Tensor, owner: torch.Ten
     return torch.zeros(n_users, dtype=pair.dtype, device=pair.device).index_add(0, owner, pair)
 
 
-def touched_rows(batch: UserBatch, neg: torch.Tensor, layout: TableLayout) -> tuple[torch.Tensor, torch.Tensor]:
+def touched_rows(
+    batch: UserBatch, neg: torch.Tensor, layout: TableLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows of the stacked table each user's loss touches, as sorted unique ``(owner, row)`` pairs.
 
     FISM: the P rows of its positives and negatives and the Q rows of its history; MF: P rows only.

@@ -14,10 +14,15 @@ def mf_pair_scores(
 
 
 def mf_scorer(P: torch.Tensor, U: torch.Tensor):
-    """Full-ranking scorer from the item table ``P`` and the user table ``U``."""
+    """Full-ranking scorer ``users -> U[users] @ P.T`` from the item table ``P`` and the user table ``U``;
+    the tables are copied once to the device of the queried users when it differs."""
+    cache = {U.device: (U, P)}
 
     @torch.no_grad()
     def score(users: torch.Tensor) -> torch.Tensor:
-        return U[users] @ P.T
+        if users.device not in cache:
+            cache[users.device] = (U.to(users.device), P.to(users.device))
+        u, p = cache[users.device]
+        return u[users] @ p.T
 
     return score

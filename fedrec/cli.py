@@ -1,0 +1,307 @@
+"""The ``fedrec`` command line (typer + rich). Tables go to stdout, logs and progress to stderr;
+``--json`` prints one JSON object on stdout instead of a table (DESIGN.md section 10)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedrec.config import ConfigError, load_config
+from fedrec.data import DATASETS, DataError
+
+app = typer.Typer(
+    help="Byzantine-robust federated recommendation (FISM/MF + BPR, Adam, gradient-based filtering).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: list, statistics, download.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_KS = (1, 2, 3, 4, 5)
+
+
+@contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Bad input ends the command with one line on stderr and exit code 2, never a traceback."""
+    try:
+        yield
+    except (DataError, ConfigError, ValueError, FileNotFoundError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False):
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], ks=DEFAULT_KS, title: str | None = None) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    for k in ks:
+        table.add_column(f"@{k}", justify="right")
+    names = {"precision": "Precision", "recall": "Recall", "ndcg": "NDCG", "hit": "HR"}
+    for m, label in names.items():
+        if m in metrics:
+            table.add_row(label, *(f"{metrics[m].get(str(k), float('nan')):.4f}" for k in ks))
+    return table
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/).")] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"{', '.join(DATASETS)} or a .inter file.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="fism | mf; centralized also implicit-bpr | recbole-bpr | pop")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="federated | centralized")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam | sgd | momentum | adagrad | rmsprop")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Federated rounds (default: federated.epochs / e).")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (federated: 1 epoch = 1/e rounds).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset root (else $FEDREC_DATA_DIR).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where run directories go.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: section.key=value.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue a killed federated run directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Train a model and print its Precision@K / Recall@K table; writes a run directory."""
+    with _clean_errors():
+        if resume is not None:
+            from fedrec.federation.runner import resume_federated
+
+            with _progress("round") as bar:
+                summary, run_dir = resume_federated(resume, progress=_round_progress(bar))
+        else:
+            cfg = load_config(config, _train_overrides(locals()) + list(set_ or []))
+            if cfg.train.mode == "federated":
+                from fedrec.federation.runner import run_federated
+
+                with _progress("round") as bar:
+                    summary, run_dir = run_federated(cfg, progress=_round_progress(bar))
+            elif cfg.train.mode == "centralized":
+                from fedrec.baselines.runner import run_centralized
+
+                with _progress("epoch") as bar:
+                    summary, run_dir = run_centralized(cfg, progress=_epoch_progress(bar))
+            else:
+                raise ConfigError(f"train.mode={cfg.train.mode!r}: expected 'federated' or 'centralized'")
+    if as_json:
+        _print_json(summary)
+        return
+    title = f"{summary['dataset']} · {summary['model']} · {summary['mode']} · {summary['seconds']:.1f}s"
+    out.print(metrics_table(summary["metrics"], title=title))
+    err.print(f"run directory: {run_dir}")
+
+
+def _train_overrides(opts: dict[str, Any]) -> list[str]:
+    """The typed shortcut options of ``train`` as config overrides (before any --set)."""
+    keys = {
+        "dataset": "data.dataset", "model": "model.name", "mode": "train.mode", "optimizer": "train.optimizer",
+        "rounds": "federated.rounds", "seed": "train.seed", "data_dir": "data.data_dir", "device": "run.device",
+        "out_dir": "run.out_dir",
+    }  # fmt: skip
+    overrides = [f"{key}={opts[name]}" for name, key in keys.items() if opts.get(name) is not None]
+    if opts.get("epochs") is not None:
+        # --epochs sets the length of whichever mode runs (the config decides the mode when --mode is absent)
+        overrides += [f"federated.epochs={opts['epochs']}", f"centralized.epochs={int(opts['epochs'])}"]
+    return overrides
+
+
+def _epoch_progress(bar):
+    progress, task = bar
+
+    def on_progress(ev: dict[str, Any]) -> None:
+        p5 = f"  P@5 {ev['P@5']:.4f}" if ev.get("P@5") is not None else ""
+        progress.update(task, total=ev["epochs"], completed=ev["epoch"], status=f"loss {ev['loss']:.1f}{p5}")
+
+    return on_progress
+
+
+def _round_progress(bar):
+    progress, task = bar
+    last_p5: list[float] = []
+
+    def on_progress(ev: dict[str, Any]) -> None:
+        if ev.get("P@5") is not None:
+            last_p5[:] = [ev["P@5"]]
+        p5 = f"  P@5 {last_p5[0]:.4f}" if last_p5 else ""
+        speed = ev["t"] / ev["elapsed"] if ev.get("elapsed") else 0.0
+        status = f"loss {ev['loss']:.1f}{p5}  {speed:.1f} rounds/s"
+        progress.update(task, total=ev["rounds"], completed=ev["t"], status=status)
+
+    return on_progress
+
+
+@contextmanager
+def _progress(unit: str):
+    progress = Progress(
+        TextColumn(f"[bold]{unit}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+        transient=False,
+    )
+    with progress:
+        yield progress, progress.add_task("train", total=None, status="")
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (with summary.json).")],
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table (for docs/RESULTS.md).")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Tabulate P@1..5 / R@1..5 of finished runs."""
+    from fedrec.runs import read_summary
+
+    with _clean_errors():
+        rows = []
+        for d in run_dirs:
+            if not (d / "summary.json").is_file():
+                raise FileNotFoundError(f"{d}: no summary.json (not a finished run directory)")
+            rows.append(read_summary(d))
+    if as_json:
+        _print_json({"runs": rows})
+        return
+    head = ["dataset", "model", "mode", "epochs"]
+    head += [f"P@{k}" for k in DEFAULT_KS] + [f"R@{k}" for k in DEFAULT_KS] + ["seconds"]
+
+    def cells(s: dict[str, Any]) -> list[str]:
+        m = s["metrics"]
+        return (
+            [s["dataset"], s["model"], s["mode"], str(s.get("epochs", ""))]
+            + [f"{m[name][str(k)]:.4f}" for name in ("precision", "recall") for k in DEFAULT_KS]
+            + [f"{s['seconds']:.1f}"]
+        )
+
+    if markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for s in rows:
+            print("| " + " | ".join(cells(s)) + " |")
+        return
+    table = Table()
+    for h in head:
+        table.add_column(h)
+    for s in rows:
+        table.add_row(*cells(s))
+    out.print(table)
+
+
+@data_app.command("list")
+def data_list(
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset root (else $FEDREC_DATA_DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The known datasets and where each would be read from."""
+    from fedrec.data import dataset_source
+
+    rows = []
+    for name in DATASETS:
+        try:
+            src = [str(p) for p in dataset_source(name, data_dir)]
+            rows.append({"dataset": name, "available": True, "source": src})
+        except DataError as e:
+            rows.append({"dataset": name, "available": False, "source": str(e)})
+    if as_json:
+        _print_json({"datasets": rows})
+        return
+    table = Table("dataset", "available", "source")
+    for r in rows:
+        src = r["source"] if isinstance(r["source"], str) else ", ".join(r["source"])
+        table.add_row(r["dataset"], "yes" if r["available"] else "no", src)
+    out.print(table)
+
+
+@data_app.command("stats")
+def data_stats(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Datasets (default: the four of paper 000).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset root (else $FEDREC_DATA_DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Users / items / interactions of each dataset, next to paper 000 Appendix G's figures."""
+    from fedrec.data import expected_stats, load_dataset
+
+    rows, failed = [], False
+    for name in names or list(DATASETS):
+        try:
+            s = load_dataset(name, data_dir).stats()
+        except DataError as e:
+            failed = True
+            rows.append({"dataset": name, "error": str(e)})
+            continue
+        try:
+            exp = expected_stats(name)
+        except (DataError, KeyError):
+            exp = None
+        s["expected"] = exp
+        s["matches_paper"] = (
+            None if exp is None else all(s[k] == exp[k] for k in ("users", "items", "interactions"))
+        )
+        rows.append(s)
+    if as_json:
+        _print_json({"datasets": rows})
+    else:
+        table = Table("dataset", "users", "items", "interactions", "density", "paper (Appendix G)")
+        for r in rows:
+            if "error" in r:
+                table.add_row(r["dataset"], "-", "-", "-", "-", "[red]unavailable[/]")
+                continue
+            exp = r["expected"]
+            paper = "-" if exp is None else f"{exp['users']:,} / {exp['items']:,} / {exp['interactions']:,}"
+            mark = "" if r["matches_paper"] is None else (" ✓" if r["matches_paper"] else " [red]✗[/]")
+            table.add_row(
+                r["dataset"], f"{r['users']:,}", f"{r['items']:,}", f"{r['interactions']:,}",
+                f"{r['density']:.4%}", paper + mark,
+            )  # fmt: skip
+        out.print(table)
+    for r in rows:
+        if "error" in r:
+            err.print(f"[bold red]error:[/] {r['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(2)
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help=f"One of {', '.join(DATASETS)}.")],
+    cache_dir: Annotated[Path | None, typer.Option(help="Target root (else the user cache).")] = None,
+) -> None:
+    """Download a dataset from its official URL into the cache, verifying sha256 checksums."""
+    from fedrec.data import download
+
+    with _clean_errors():
+        path = download(name, cache_dir)
+    err.print(f"{name}: verified and stored in {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,100 @@
+"""Honest clients of a round, all at once (paper 000 Algorithm 2, batched).
+
+Each sampled client differentiates its own BPR loss (Eq. 7) at the global parameters, on the rows it
+touches only, and takes one optimizer step from the global state on those rows. The clients' row
+copies are stacked into one leaf tensor ``W [K, d]`` (one row per (client, row) pair), so a single
+backward pass yields every client's gradient without a Python loop over clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedrec.models import TableLayout, UserBatch, bpr_objective, touched_rows
+from fedrec.protocol import ServerState, UploadBatch
+
+
+@dataclass
+class PrivateState:
+    """MF's private user vectors and their optimizer state, one row per client; ``steps`` counts each
+    client's own local steps (its private optimizer's t). Never uploaded."""
+
+    u: torch.Tensor  # [n_clients, d]
+    state: dict[str, torch.Tensor]  # name -> [n_clients, d]
+    steps: torch.Tensor  # int64 [n_clients]
+
+
+@dataclass
+class ClientGradients:
+    """Every sampled client's gradient on its touched rows (flat, aligned with ``rows``)."""
+
+    owner: torch.Tensor  # [K] batch position of each (client, row) pair
+    rows: torch.Tensor  # [K] stacked-table row ids, sorted within each client
+    ptr: torch.Tensor  # [B + 1]
+    g: torch.Tensor  # [K, d]
+    g_user: torch.Tensor | None  # [B, d] gradient of the private user vectors (MF)
+    loss: torch.Tensor  # [B] each client's loss at the global parameters
+
+
+def client_gradients(
+    theta: torch.Tensor,
+    layout: TableLayout,
+    batch: UserBatch,
+    neg: torch.Tensor,
+    *,
+    gamma: float,
+    lam: float,
+    user_vectors: torch.Tensor | None = None,
+) -> ClientGradients:
+    """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector)."""
+    owner, rows = touched_rows(batch, neg, layout)
+    keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
+    W = theta[rows].detach().clone().requires_grad_(True)
+
+    def lookup(o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return W[torch.searchsorted(keys, o * layout.n_rows + r)]
+
+    u = None
+    if user_vectors is not None:
+        u = user_vectors.detach().clone().requires_grad_(True)
+    loss = bpr_objective(lookup, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u)
+    grads = torch.autograd.grad(loss.sum(), [W] if u is None else [W, u])
+    ptr = torch.zeros(batch.size + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(torch.bincount(owner, minlength=batch.size), 0, out=ptr[1:])
+    return ClientGradients(
+        owner=owner,
+        rows=rows,
+        ptr=ptr,
+        g=grads[0],
+        g_user=None if u is None else grads[1],
+        loss=loss.detach(),
+    )
+
+
+def honest_uploads(
+    server: ServerState, rule, grads: ClientGradients, batch: UserBatch, t: int
+) -> UploadBatch:
+    """One optimizer step per client from the global state at its rows (Eq. 2-6 for Adam)."""
+    prev = {"theta": server.theta[grads.rows], **{k: s[grads.rows] for k, s in server.state.items()}}
+    new = rule.client_step(prev, grads.g, t)
+    return UploadBatch(
+        client_ids=batch.users,
+        ptr=grads.ptr,
+        rows=grads.rows,
+        theta=new["theta"],
+        state={k: new[k] for k in rule.state_names},
+        n_examples=batch.counts(),
+    )
+
+
+def private_step(private: PrivateState, rule, users: torch.Tensor, g_user: torch.Tensor) -> None:
+    """Each MF client updates its own user vector with its own optimizer state (kept on the client)."""
+    private.steps[users] += 1
+    t = private.steps[users].to(g_user.dtype)[:, None]
+    prev = {"theta": private.u[users], **{k: s[users] for k, s in private.state.items()}}
+    new = rule.client_step(prev, g_user, t)
+    private.u[users] = new["theta"]
+    for k in private.state:
+        private.state[k][users] = new[k]

@@ -1,0 +1,223 @@
+"""The federated round loop (paper 000 Algorithm 1, Option I), seeded, resumable, on one device.
+
+Per round: sample a fraction e of the clients, every honest client takes one step (batched), the
+server aggregates exactly and sparsely. Every ``eval_every`` rounds the benign users are evaluated;
+every ``checkpoint_every`` rounds the whole run (state, private client state, RNG states, records) is
+saved so ``resume`` continues to the same final model as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from fedrec.config import Config
+from fedrec.data import Split
+from fedrec.eval import full_ranking
+from fedrec.federation.clients import PrivateState, client_gradients, honest_uploads, private_step
+from fedrec.federation.server import aggregate, aggregation_weights
+from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, sample_negatives
+from fedrec.optim import make_rule
+from fedrec.protocol import ServerState
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def make_optimizer_rule(cfg: Config):
+    """The optimizer rule named by ``train.optimizer`` with this config's hyper-parameters."""
+    t, f = cfg.train, cfg.federated
+    hyper: dict[str, dict[str, float]] = {
+        "adam": {"eta": t.lr, "b1": t.beta1, "b2": t.beta2, "eps": t.eps},
+        "sgd": {"eta": t.lr},
+        "momentum": {"eta": t.lr, "b3": f.momentum},
+        "adagrad": {"eta": t.lr},
+        "rmsprop": {"eta": t.lr, "b4": f.rho},
+    }
+    if t.optimizer not in hyper:
+        raise ValueError(f"train.optimizer={t.optimizer!r}: expected one of {', '.join(hyper)}")
+    return make_rule(t.optimizer, **hyper[t.optimizer])
+
+
+def clients_per_round(n_clients: int, fraction: float) -> int:
+    """|S^t| = e * |S| (Algorithm 1), rounded, at least one."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"federated.fraction={fraction}: must be in (0, 1]")
+    return max(1, round(fraction * n_clients))
+
+
+@dataclass
+class FederatedRun:
+    """Everything a federated run holds between rounds."""
+
+    cfg: Config
+    split: Split
+    device: torch.device
+    layout: TableLayout
+    rule: Any
+    server: ServerState
+    private: PrivateState | None
+    train: CSRTensors
+    active: torch.Tensor  # clients with at least one training item
+    sample_gen: torch.Generator
+    neg_gen: torch.Generator
+    metric_rows: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @classmethod
+    def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
+        layout = TableLayout.for_model(cfg.model.name, split.train.n_items)
+        rule = make_optimizer_rule(cfg)
+        init_gen = torch.Generator().manual_seed(cfg.train.seed)
+        theta = layout.init(cfg.model.dim, std=cfg.model.init_std, generator=init_gen, device=device)
+        server = ServerState(theta=theta, state=rule.init_state(theta), t=0)
+        private = None
+        if cfg.model.name == "mf":
+            u = (torch.randn(split.train.n_users, cfg.model.dim, generator=init_gen) * cfg.model.init_std).to(
+                device
+            )
+            steps = torch.zeros(split.train.n_users, dtype=torch.int64, device=device)
+            private = PrivateState(u=u, state=rule.init_state(u), steps=steps)
+        train = CSRTensors.from_interactions(split.train, device)
+        return cls(
+            cfg=cfg, split=split, device=device, layout=layout, rule=rule, server=server, private=private,
+            train=train, active=torch.nonzero(train.counts() > 0).flatten().cpu(),
+            sample_gen=torch.Generator().manual_seed(cfg.train.seed + 1),
+            neg_gen=torch.Generator(device=device).manual_seed(cfg.train.seed + 2),
+        )  # fmt: skip
+
+    @property
+    def total_rounds(self) -> int:
+        f = self.cfg.federated
+        return f.rounds if f.rounds is not None else math.ceil(f.epochs / f.fraction)
+
+    @property
+    def per_round(self) -> int:
+        return clients_per_round(self.active.shape[0], self.cfg.federated.fraction)
+
+    def step(self) -> None:
+        """One round of Algorithm 1 (Option I): every sampled client is honest and accepted."""
+        t = self.server.t + 1
+        pick = torch.randperm(self.active.shape[0], generator=self.sample_gen)[: self.per_round]
+        clients = self.active[pick].sort().values.to(self.device)
+        batch = gather_users(self.train, clients)
+        neg = sample_negatives(batch, self.layout.n_items, self.cfg.train.negatives, self.neg_gen)
+        u = None if self.private is None else self.private.u[clients]
+        grads = client_gradients(
+            self.server.theta, self.layout, batch, neg,
+            gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay, user_vectors=u,
+        )  # fmt: skip
+        uploads = honest_uploads(self.server, self.rule, grads, batch, t)
+        if self.private is not None:
+            private_step(self.private, self.rule, clients, grads.g_user)
+        accepted = torch.ones(uploads.n, dtype=torch.bool, device=self.device)
+        weights = aggregation_weights(uploads.n_examples, accepted)
+        self.server = aggregate(self.server, uploads, weights, self.rule, t)
+        self.losses.append(grads.loss.sum())
+        self.records.append({"t": torch.full_like(clients, t), "client_id": clients, "accepted": accepted})
+
+    def scorer(self):
+        if self.layout.model == "fism":
+            return fism_scorer(self.server.theta, self.layout, self.train, self.cfg.model.gamma)
+        return mf_scorer(self.layout.view(self.server.theta, "P"), self.private.u)
+
+    def evaluate(self):
+        res = full_ranking(
+            self.scorer(), self.split.train, self.split.test,
+            ks=sorted(set(self.cfg.eval.ks)), batch_size=self.cfg.eval.batch_size, device=self.device,
+        )  # fmt: skip
+        for metric, by_k in res.metrics.items():
+            self.metric_rows.extend(
+                {"t": self.server.t, "metric": metric, "k": k, "value": v} for k, v in by_k.items()
+            )
+        return res
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.server.t,
+            "theta": self.server.theta,
+            "state": self.server.state,
+            "private": None if self.private is None else vars(self.private),
+            "sample_gen": self.sample_gen.get_state(),
+            "neg_gen": self.neg_gen.get_state(),
+            "metric_rows": self.metric_rows,
+            "records": self.records,
+            "losses": self.losses,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        state = {k: v.to(self.device) for k, v in sd["state"].items()}
+        self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])
+        if sd["private"] is not None:
+            p = sd["private"]
+            self.private = PrivateState(
+                u=p["u"].to(self.device), state={k: v.to(self.device) for k, v in p["state"].items()},
+                steps=p["steps"].to(self.device),
+            )  # fmt: skip
+        self.sample_gen.set_state(sd["sample_gen"])
+        self.neg_gen.set_state(sd["neg_gen"].cpu() if self.device.type == "cpu" else sd["neg_gen"])
+        self.metric_rows = list(sd["metric_rows"])
+        self.records = list(sd["records"])
+        self.losses = list(sd["losses"])
+        self.seconds = float(sd["seconds"])
+
+    def save(self, run_dir: Path) -> None:
+        tmp = run_dir / "checkpoint.pt.tmp"
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(run_dir / "checkpoint.pt")
+        self.write_tables(run_dir)
+
+    def write_tables(self, run_dir: Path) -> None:
+        pd.DataFrame(self.metric_rows, columns=["t", "metric", "k", "value"]).to_parquet(
+            run_dir / "metrics.parquet", index=False
+        )
+        self.rounds_frame().to_parquet(run_dir / "rounds.parquet", index=False)
+
+    def rounds_frame(self) -> pd.DataFrame:
+        if not self.records:
+            return pd.DataFrame(columns=["t", "client_id", "byzantine", "accepted", "score", "reason"])
+        cols = {k: torch.cat([r[k] for r in self.records]).cpu().numpy() for k in self.records[0]}
+        df = pd.DataFrame(cols)
+        for col, default in (("byzantine", False), ("score", float("nan")), ("reason", "")):
+            if col not in df:
+                df[col] = default
+        return df[["t", "client_id", "byzantine", "accepted", "score", "reason"]]
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self, run_dir: Path | None = None, progress: Progress | None = None, progress_every: int = 20):
+        """Rounds ``t+1 .. total_rounds``; evaluates, checkpoints and reports progress on schedule."""
+        f = self.cfg.federated
+        T = self.total_rounds
+        last = None
+        start = time.perf_counter()
+        while self.server.t < T:
+            self.step()
+            t = self.server.t
+            event: dict[str, Any] | None = None
+            if t % f.eval_every == 0 or t == T:
+                last = self.evaluate()
+                event = {"P@5": last.metrics["precision"].get(5)}
+            if run_dir is not None and (t % f.checkpoint_every == 0 or t == T):
+                now = time.perf_counter()
+                self.seconds += now - start  # saved with the checkpoint, so a resumed run keeps its total
+                start = now
+                self.save(run_dir)
+            if progress is not None and (event is not None or t % progress_every == 0 or t == T):
+                elapsed = time.perf_counter() - start
+                event = event or {}
+                event.update(t=t, rounds=T, loss=float(self.losses[-1]), elapsed=self.seconds + elapsed)
+                progress(event)
+        self.seconds += time.perf_counter() - start
+        return last

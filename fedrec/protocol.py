@@ -1,0 +1,122 @@
+"""The wire and round types (DESIGN.md section 3). Pure data: no fedrec imports, no behaviour beyond
+shape bookkeeping, so every layer above can speak them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ServerState:
+    """The global model after round ``t``: the stacked table ``theta [n_rows, d]`` and the optimizer
+    state tensors of the same shape (Adam ``m``, ``v``; SGD-momentum ``m``; AdaGrad / RMSProp ``r``)."""
+
+    theta: torch.Tensor
+    state: dict[str, torch.Tensor]
+    t: int = 0
+
+    def clone(self) -> ServerState:
+        return ServerState(self.theta.clone(), {k: v.clone() for k, v in self.state.items()}, self.t)
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+
+@dataclass
+class Upload:
+    """One client's message: its values at the listed rows of the stacked table.
+
+    ``rows`` are sorted unique row ids; every unlisted row holds, by definition, the value an honest
+    client with a zero gradient on that row would send (the optimizer rule's ``default_rows``). So an
+    upload of ``k`` rows is exactly the dense message of paper 000 Algorithm 1 at O(k d) size.
+    """
+
+    client_id: int
+    rows: torch.Tensor  # int64 [k]
+    theta: torch.Tensor  # [k, d]
+    state: dict[str, torch.Tensor]  # name -> [k, d]
+    n_examples: int
+
+
+@dataclass
+class UploadBatch:
+    """The uploads of a round concatenated: client ``i`` owns ``rows[ptr[i]:ptr[i+1]]`` and the same
+    slice of ``theta`` and every state tensor. What the server consumes, with no per-client loop."""
+
+    client_ids: torch.Tensor  # int64 [n]
+    ptr: torch.Tensor  # int64 [n + 1]
+    rows: torch.Tensor  # int64 [K]
+    theta: torch.Tensor  # [K, d]
+    state: dict[str, torch.Tensor]  # name -> [K, d]
+    n_examples: torch.Tensor  # [n]
+
+    @property
+    def n(self) -> int:
+        return int(self.client_ids.shape[0])
+
+    def counts(self) -> torch.Tensor:
+        return self.ptr[1:] - self.ptr[:-1]
+
+    def owner(self) -> torch.Tensor:
+        """The upload index of every listed row: ``[K]``."""
+        return torch.repeat_interleave(torch.arange(self.n, device=self.rows.device), self.counts())
+
+    def upload(self, i: int) -> Upload:
+        lo, hi = int(self.ptr[i]), int(self.ptr[i + 1])
+        return Upload(
+            client_id=int(self.client_ids[i]),
+            rows=self.rows[lo:hi],
+            theta=self.theta[lo:hi],
+            state={k: v[lo:hi] for k, v in self.state.items()},
+            n_examples=int(self.n_examples[i]),
+        )
+
+    @classmethod
+    def from_uploads(
+        cls, uploads: list[Upload], d: int, state_names: tuple[str, ...], device=None
+    ) -> UploadBatch:
+        """Concatenate single uploads (tests, attacks and the Flower adapter; not the hot path)."""
+        device = device if device is not None else (uploads[0].rows.device if uploads else "cpu")
+        counts = torch.tensor([u.rows.shape[0] for u in uploads], dtype=torch.int64, device=device)
+        ptr = torch.zeros(len(uploads) + 1, dtype=torch.int64, device=device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+
+        def cat(xs, shape):
+            return torch.cat(xs).to(device) if xs else torch.zeros(shape, device=device)
+
+        return cls(
+            client_ids=torch.tensor([u.client_id for u in uploads], dtype=torch.int64, device=device),
+            ptr=ptr,
+            rows=cat([u.rows for u in uploads], (0,)).long(),
+            theta=cat([u.theta for u in uploads], (0, d)),
+            state={k: cat([u.state[k] for u in uploads], (0, d)) for k in state_names},
+            n_examples=torch.tensor([u.n_examples for u in uploads], dtype=torch.int64, device=device),
+        )
+
+
+@dataclass
+class Decision:
+    """The server's verdict on a round's uploads: per upload a weight (0 = rejected), a score and
+    the reason (the rule that decided)."""
+
+    weights: torch.Tensor  # [n] aggregation weights, summing to 1 over accepted uploads
+    accepted: torch.Tensor  # bool [n]
+    scores: torch.Tensor  # [n] the rule's score (nan where it has none)
+    reasons: list[str]  # per upload: "" when accepted, else why it was rejected
+
+
+@dataclass
+class RoundRecord:
+    """What happened in round ``t`` (one row per sampled client in rounds.parquet)."""
+
+    t: int
+    client_ids: torch.Tensor
+    byzantine: torch.Tensor  # bool [n]
+    accepted: torch.Tensor  # bool [n]
+    scores: torch.Tensor  # [n]
+    reasons: list[str]
+    loss: float
+    seconds: dict[str, float] = field(default_factory=dict)
