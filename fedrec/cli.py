@@ -158,6 +158,8 @@ def _round_progress(bar):
 
 @contextmanager
 def _progress(unit: str):
+    """A rich progress bar on stderr that appears with the first update, so an error while loading
+    data stays a single line."""
     progress = Progress(
         TextColumn(f"[bold]{unit}"),
         BarColumn(),
@@ -165,10 +167,24 @@ def _progress(unit: str):
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
         console=err,
-        transient=False,
     )
-    with progress:
-        yield progress, progress.add_task("train", total=None, status="")
+    task = progress.add_task(unit, total=None, status="")
+
+    class LazyBar:
+        started = False
+
+        def update(self, *args, **kwargs) -> None:
+            if not self.started:
+                progress.start()
+                self.started = True
+            progress.update(*args, **kwargs)
+
+    bar = LazyBar()
+    try:
+        yield bar, task
+    finally:
+        if bar.started:
+            progress.stop()
 
 
 @app.command()

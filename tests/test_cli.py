@@ -1,0 +1,93 @@
+"""The fedrec command: JSON outputs, run directories, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_stats_json_has_the_embedded_ml100k_row():
+    res = invoke("data", "stats", "ml100k", "--json")
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)["datasets"]
+    assert (row["users"], row["items"], row["interactions"]) == (943, 1682, 100000)
+    assert row["matches_paper"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("train", "--dataset", "movielens-1m", "--epochs", "1"), "movielens-1m"),
+        (("train", "--dataset", "ml100k", "--set", "train.nope=1"), "unknown config key 'train.nope'"),
+        (("train", "--dataset", "ml100k", "--mode", "sideways"), "train.mode='sideways'"),
+        (("train", "--config", "no/such.yaml"), "no/such.yaml: config file not found"),
+        (("data", "download", "nope"), "nope"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    res = invoke(*args, *(("--out", str(tmp_path)) if args[0] == "train" else ()))
+    assert res.exit_code == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_bad_data_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.inter"
+    bad.write_text("user_id:token\titem_id:token\n1\t2\n3\tx3\t\n")
+    res = invoke(
+        "train", "--dataset", str(bad), "--mode", "centralized", "--model", "pop", "--out", str(tmp_path)
+    )
+    assert res.exit_code == 2
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert f"{bad}:3" in line
+
+
+def test_centralized_pop_run_writes_a_run_directory(tmp_path):
+    res = invoke(
+        "train",
+        "--dataset",
+        "ml100k",
+        "--mode",
+        "centralized",
+        "--model",
+        "pop",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    run_dir = tmp_path / summary["run_dir"].split("/")[-1]
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.parquet", "summary.json"}
+    m = pd.read_parquet(run_dir / "metrics.parquet")
+    p5 = m[(m.metric == "precision") & (m.k == 5)].value.iloc[-1]
+    assert p5 == pytest.approx(summary["metrics"]["precision"]["5"])
+    report = invoke("report", str(run_dir), "--markdown")
+    assert report.exit_code == 0 and "| ml100k | pop | centralized |" in report.stdout
+
+
+def test_federated_run_and_resume(tmp_path):
+    args = ["train", "--dataset", "ml100k", "--mode", "federated", "--rounds", "6", "--out", str(tmp_path)]
+    args += ["--set", "federated.eval_every=3", "--set", "model.dim=8", "--json"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["rounds"] == 6 and summary["clients_per_round"] == 9
+    run_dir = tmp_path / summary["run_dir"].split("/")[-1]
+    rounds = pd.read_parquet(run_dir / "rounds.parquet")
+    assert len(rounds) == 6 * 9 and rounds.accepted.all()
+    again = invoke("train", "--resume", str(run_dir), "--json")  # already finished: re-evaluates only
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["metrics"] == summary["metrics"]
