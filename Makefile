@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps recbole==1.2.1
+	# byzfl: a test-only oracle for the robust aggregators; its declared requirements would replace
+	# torch and add torchvision, and its aggregators need only torch, numpy and scipy
+	$(BIN)/pip install -q --no-deps byzfl==0.0.11
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

@@ -66,6 +66,30 @@ class FederatedConfig:
 
 
 @dataclass
+class AttackConfig:
+    """Byzantine clients (paper 000 Section 4.1 and 5; DESIGN.md section 7)."""
+
+    name: str = "none"  # none | gradient-ascent | noise | camouflage (see `fedrec attacks`)
+    fraction: float = 0.0  # share of the clients that are Byzantine (paper: 0.2 / 0.3 / 0.4)
+    mode: str = "own"  # own: a seeded subset of the users, keeping their own data; inject: fake users
+    seed: int = 0  # which users are Byzantine, and the attacker's own RNG
+    scale: float = 1.0  # gradient ascent: -scale * g
+    sigma: float = 0.5  # additive noise on parameters
+    all_rows: bool = False  # camouflage: also poison every row it did not touch (dense uploads: slow)
+    select: str = "farthest"  # camouflage: which root where two exist
+
+
+@dataclass
+class DefenseConfig:
+    """The server's filter (DESIGN.md section 6; see `fedrec defenses`)."""
+
+    name: str = "none"
+    assumed_fraction: float | None = None  # the Byzantine fraction the rule assumes; default attack.fraction
+    f: int | None = None  # a fixed f per round instead of ceil(assumed_fraction * n)
+    max_weight_share: float = 0.5  # validation: no upload may claim more of a round's weight
+
+
+@dataclass
 class CentralizedConfig:
     """The centralized upper bound and external baselines (not paper settings: tuned to converge)."""
 
@@ -101,6 +125,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
     centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)

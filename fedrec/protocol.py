@@ -74,6 +74,32 @@ class UploadBatch:
             n_examples=int(self.n_examples[i]),
         )
 
+    def select(self, keep: torch.Tensor) -> UploadBatch:
+        """The uploads with ``keep[i]`` true, as a new batch (a segment gather, no loop over clients)."""
+        row_keep = keep[self.owner()]
+        counts = self.counts()[keep]
+        ptr = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=counts.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        return UploadBatch(
+            client_ids=self.client_ids[keep],
+            ptr=ptr,
+            rows=self.rows[row_keep],
+            theta=self.theta[row_keep],
+            state={k: v[row_keep] for k, v in self.state.items()},
+            n_examples=self.n_examples[keep],
+        )
+
+    def cat(self, other: UploadBatch) -> UploadBatch:
+        """This batch's uploads followed by ``other``'s (in this batch's dtypes)."""
+        return UploadBatch(
+            client_ids=torch.cat([self.client_ids, other.client_ids]),
+            ptr=torch.cat([self.ptr, other.ptr[1:] + self.ptr[-1]]),
+            rows=torch.cat([self.rows, other.rows]),
+            theta=torch.cat([self.theta, other.theta.to(self.theta.dtype)]),
+            state={k: torch.cat([v, other.state[k].to(v.dtype)]) for k, v in self.state.items()},
+            n_examples=torch.cat([self.n_examples, other.n_examples]),
+        )
+
     @classmethod
     def from_uploads(
         cls, uploads: list[Upload], d: int, state_names: tuple[str, ...], device=None
@@ -97,15 +123,38 @@ class UploadBatch:
         )
 
 
+REASONS: tuple[str, ...] = (
+    "",  # accepted
+    "shape",  # wrong shapes or dtypes, missing state
+    "non-finite",  # NaN or Inf anywhere in the upload
+    "row-out-of-range",
+    "rows-unsorted-or-duplicated",
+    "n-examples-invalid",  # zero or negative
+    "n-examples-absurd",  # more examples than the catalog has items
+    "weight-share",  # one upload claiming most of the round's weight
+    "rule-verify",  # breaks the optimizer rule's equations (paper 000 footnote 2)
+    "filtered",  # rejected by the defense's selection rule
+    "too-few-uploads",  # the rule cannot run on so few valid uploads
+)
+"""Why an upload was rejected; ``Decision.reasons`` holds indices into this tuple."""
+
+
 @dataclass
 class Decision:
     """The server's verdict on a round's uploads: per upload a weight (0 = rejected), a score and
-    the reason (the rule that decided)."""
+    the reason (an index into ``REASONS``: 0 = accepted). ``aggregate`` is set by coordinate-wise
+    rules, which produce the new global values themselves: ``{key: (rows, values)}`` replacing the
+    weighted mean at ``rows`` (defaults elsewhere)."""
 
     weights: torch.Tensor  # [n] aggregation weights, summing to 1 over accepted uploads
     accepted: torch.Tensor  # bool [n]
     scores: torch.Tensor  # [n] the rule's score (nan where it has none)
-    reasons: list[str]  # per upload: "" when accepted, else why it was rejected
+    reasons: torch.Tensor  # int64 [n] indices into REASONS
+    aggregate: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def reason_names(self) -> list[str]:
+        return [REASONS[int(i)] for i in self.reasons.tolist()]
 
 
 @dataclass
@@ -117,6 +166,5 @@ class RoundRecord:
     byzantine: torch.Tensor  # bool [n]
     accepted: torch.Tensor  # bool [n]
     scores: torch.Tensor  # [n]
-    reasons: list[str]
-    loss: float
-    seconds: dict[str, float] = field(default_factory=dict)
+    reasons: torch.Tensor  # int64 [n] indices into REASONS
+    loss: torch.Tensor  # 0-d: the honest clients' summed loss (a tensor: no host sync in the loop)

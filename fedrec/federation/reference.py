@@ -85,3 +85,92 @@ def reference_round(
     new = reference_aggregate(messages, ns)
     theta = new.pop("theta")
     return ServerState(theta=theta, state=new, t=t), grads_u
+
+
+# -- defended rounds: the literal dense version of every defense (tests only) ----------------------
+
+
+def _dense_space(space: str, server: ServerState, rule, messages: list[dict[str, torch.Tensor]], t: int):
+    prev = {"theta": server.theta, **server.state}
+    default = rule.default_rows(prev, t)
+    if space == "gradient":
+        return [rule.reconstruct(prev, msg, t).flatten() for msg in messages]
+    keys = {"theta": ["theta"], "momentum": list(rule.state_names[:1]), "upload": list(rule.keys)}[space]
+    return [torch.cat([(msg[k] - default[k]) for k in keys], dim=1).flatten() for msg in messages]
+
+
+def _literal_krum_scores(X: torch.Tensor, f: int) -> torch.Tensor:
+    n = X.shape[0]
+    scores = []
+    for i in range(n):
+        d = sorted(float(((X[i] - X[j]) ** 2).sum()) for j in range(n) if j != i)
+        scores.append(sum(d[: n - f - 2]))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def reference_defended_round(
+    server: ServerState, rule, uploads: UploadBatch, defense, t: int, f: int, valid: torch.Tensor
+) -> tuple[ServerState, torch.Tensor]:
+    """Algorithm 1 Option II literally: dense messages, the defense's rule written out on dense
+    vectors, then the n_i-weighted mean of the accepted messages (or the coordinate-wise aggregate).
+    ``valid`` marks the uploads that passed validation (and the verifier, when the defense has it)."""
+    idx = [i for i in range(uploads.n) if bool(valid[i])]
+    messages = [densify(server, rule, uploads, i, t) for i in idx]
+    n_ex = [int(uploads.n_examples[i]) for i in idx]
+    prev = {"theta": server.theta, **server.state}
+    default = rule.default_rows(prev, t)
+    accepted = [True] * len(idx)
+    weights = [float(n) for n in n_ex]
+    if defense.rule in ("krum", "multi-krum", "norm-trim", "rfa"):
+        X = torch.stack(_dense_space(defense.space, server, rule, messages, t)).to(torch.float64)
+        n = X.shape[0]
+        if defense.rule == "norm-trim":
+            order = sorted(range(n), key=lambda i: (float(X[i].norm()), i))
+            kept = set(order[f : n - f])
+            accepted = [i in kept for i in range(n)]
+        elif defense.rule == "rfa":
+            alpha = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+            beta = alpha.clone()
+            for _ in range(defense.params.get("max_iter", 100)):
+                z = (beta[:, None] * X).sum(0)
+                dist = ((X - z) ** 2).sum(1).sqrt().clamp(min=defense.params.get("nu", 1e-6))
+                beta = alpha / dist
+                beta = beta / beta.sum()
+            weights = beta.tolist()
+        else:
+            scores = _literal_krum_scores(X, f)
+            m = 1 if defense.rule == "krum" else n - f
+            order = sorted(range(n), key=lambda i: (float(scores[i]), i))
+            kept = set(order[:m])
+            accepted = [i in kept for i in range(n)]
+    keys = ("theta", *rule.state_names)
+    if defense.rule in ("cw-median", "cw-trimmed-mean") and defense.space == "gradient":
+        G = torch.stack([rule.reconstruct(prev, msg, t) for msg in messages])
+        g = (
+            G.quantile(0.5, dim=0)
+            if defense.rule == "cw-median"
+            else G.sort(0).values[f : G.shape[0] - f].mean(0)
+        )
+        new = rule.client_step(prev, g, t)
+    elif defense.rule in ("cw-median", "cw-trimmed-mean"):
+        new = {}
+        for k in keys:
+            deltas = torch.stack([msg[k] - default[k] for msg in messages])
+            if defense.rule == "cw-median":
+                agg = (
+                    deltas.quantile(0.5, dim=0) if deltas.dtype == torch.float64 else deltas.median(0).values
+                )
+            else:
+                agg = deltas.sort(0).values[f : deltas.shape[0] - f].mean(0)
+            new[k] = default[k] + agg
+    else:
+        w = [wi if a else 0.0 for wi, a in zip(weights, accepted, strict=True)]
+        total = sum(w)
+        if total == 0:
+            return ServerState(server.theta, server.state, t), torch.zeros(uploads.n, dtype=torch.bool)
+        new = {k: sum((wi / total) * msg[k] for wi, msg in zip(w, messages, strict=True)) for k in keys}
+    acc = torch.zeros(uploads.n, dtype=torch.bool)
+    for pos, i in enumerate(idx):
+        acc[i] = accepted[pos]
+    theta = new.pop("theta")
+    return ServerState(theta=theta, state=new, t=t), acc

@@ -11,6 +11,7 @@ import torch
 from fedrec.config import Config, ConfigError, load_config
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
+from fedrec.federation.detection import detection_summary, per_round
 from fedrec.federation.simulation import FederatedRun, Progress
 from fedrec.runs import new_run_dir, write_config, write_summary
 
@@ -56,6 +57,8 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         final = run.evaluate()
     run.save(run_dir)
     cfg = run.cfg
+    rounds = run.rounds_frame()
+    per_round(rounds).to_parquet(run_dir / "detection.parquet", index=False)
     summary = {
         "dataset": run.split.train.name,
         "model": cfg.model.name,
@@ -68,6 +71,10 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "split_seed": cfg.data.split_seed,
         "metrics": {m: {str(k): v for k, v in by_k.items()} for m, by_k in final.metrics.items()},
         "evaluated_users": final.n_users,
+        "attack": {"name": cfg.attack.name, "fraction": cfg.attack.fraction, "mode": cfg.attack.mode},
+        "defense": cfg.defense.name,
+        "byzantine_clients": int(run.byzantine.sum()),
+        "detection": detection_summary(rounds, run.f),
         "seconds": run.seconds,
         "rounds_per_second": run.server.t / run.seconds if run.seconds else None,
         "device": str(run.device),

@@ -43,3 +43,26 @@ def aggregate(server: ServerState, uploads: UploadBatch, weights: torch.Tensor, 
         new[key] = D.index_add_(0, uploads.rows, delta)
     theta = new.pop("theta")
     return ServerState(theta=theta, state=new, t=t)
+
+
+def apply_decision(server: ServerState, uploads: UploadBatch, decision, rule, t: int) -> ServerState:
+    """The round-``t`` state a defense's decision gives: the weighted mean over its accepted uploads,
+    or the coordinate-wise aggregate it computed; with nothing accepted the state stays as it was
+    (only the round counter moves), so rejected uploads can never touch it."""
+    if decision.aggregate is not None:
+        default = rule.default_rows({"theta": server.theta, **server.state}, t)
+        new = {}
+        for key, D in default.items():
+            D = (
+                D.clone()
+                if D.data_ptr() == (server.theta if key == "theta" else server.state[key]).data_ptr()
+                else D
+            )
+            rows, delta = decision.aggregate[key]
+            new[key] = D.index_add_(0, rows, delta.to(D.dtype))
+        theta = new.pop("theta")
+        return ServerState(theta=theta, state=new, t=t)
+    if not bool(decision.accepted.any()):  # one host sync per round, on the defended path only
+        return ServerState(theta=server.theta, state=server.state, t=t)
+    keep = decision.accepted
+    return aggregate(server, uploads.select(keep), decision.weights[keep], rule, t)

@@ -18,14 +18,18 @@ from typing import Any
 import pandas as pd
 import torch
 
+from fedrec.attacks import AttackContext, byzantine_mask, inject_fake_users, make_attack
+from fedrec.attacks.population import extend_users
 from fedrec.config import Config
 from fedrec.data import Split
+from fedrec.defenses import Defense, assumed_f, make_defense
 from fedrec.eval import full_ranking
 from fedrec.federation.clients import PrivateState, client_gradients, honest_uploads, private_step
-from fedrec.federation.server import aggregate, aggregation_weights
+from fedrec.federation.server import apply_decision
+from fedrec.federation.validate import validate
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, sample_negatives
 from fedrec.optim import make_rule
-from fedrec.protocol import ServerState
+from fedrec.protocol import REASONS, ServerState
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -43,6 +47,31 @@ def make_optimizer_rule(cfg: Config):
     if t.optimizer not in hyper:
         raise ValueError(f"train.optimizer={t.optimizer!r}: expected one of {', '.join(hyper)}")
     return make_rule(t.optimizer, **hyper[t.optimizer])
+
+
+def make_attack_from(cfg: Config):
+    """The attack named by ``attack.name`` with its parameters from the config (None for ``none``)."""
+    a = cfg.attack
+    params = {"gradient-ascent": {"scale": a.scale}, "noise": {"sigma": a.sigma},
+              "camouflage": {"all_rows": a.all_rows, "select": a.select}}  # fmt: skip
+    if a.name == "none":
+        return None
+    return make_attack(a.name, **params.get(a.name, {}))
+
+
+def with_byzantine(cfg: Config, split: Split) -> tuple[Split, torch.Tensor]:
+    """The split and the Byzantine mask over its users: a seeded subset of the users keeping their own
+    data (paper 000), or fake users appended to the training data (``attack.mode = inject``)."""
+    a = cfg.attack
+    if a.fraction <= 0 or a.name == "none":
+        return split, torch.zeros(split.train.n_users, dtype=torch.bool)
+    if a.mode == "own":
+        return split, byzantine_mask(split.train.n_users, a.fraction, a.seed)
+    if a.mode == "inject":
+        train, mask = inject_fake_users(split.train, a.fraction, a.seed)
+        test = extend_users(split.test, train.n_users)
+        return Split(train, test, split.seed, split.test_fraction), mask
+    raise ValueError(f"attack.mode={a.mode!r}: expected 'own' or 'inject'")
 
 
 def clients_per_round(n_clients: int, fraction: float) -> int:
@@ -67,6 +96,10 @@ class FederatedRun:
     active: torch.Tensor  # clients with at least one training item
     sample_gen: torch.Generator
     neg_gen: torch.Generator
+    attack_gen: torch.Generator
+    byzantine: torch.Tensor  # bool [n_users] on device
+    attack: Any
+    defense: Defense
     metric_rows: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, torch.Tensor]] = field(default_factory=list)
     losses: list[torch.Tensor] = field(default_factory=list)
@@ -74,6 +107,7 @@ class FederatedRun:
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
+        split, byzantine = with_byzantine(cfg, split)
         layout = TableLayout.for_model(cfg.model.name, split.train.n_items)
         rule = make_optimizer_rule(cfg)
         init_gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -92,6 +126,8 @@ class FederatedRun:
             train=train, active=torch.nonzero(train.counts() > 0).flatten().cpu(),
             sample_gen=torch.Generator().manual_seed(cfg.train.seed + 1),
             neg_gen=torch.Generator(device=device).manual_seed(cfg.train.seed + 2),
+            attack_gen=torch.Generator(device=device).manual_seed(cfg.attack.seed + 3),
+            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name),
         )  # fmt: skip
 
     @property
@@ -103,8 +139,16 @@ class FederatedRun:
     def per_round(self) -> int:
         return clients_per_round(self.active.shape[0], self.cfg.federated.fraction)
 
+    @property
+    def f(self) -> int:
+        """The number of Byzantine uploads the defense assumes per round."""
+        d = self.cfg.defense
+        fraction = d.assumed_fraction if d.assumed_fraction is not None else self.cfg.attack.fraction
+        return assumed_f(self.per_round, fraction, d.f)
+
     def step(self) -> None:
-        """One round of Algorithm 1 (Option I): every sampled client is honest and accepted."""
+        """One round of Algorithm 1: honest clients step (batched), Byzantine clients attack, the server
+        validates, the defense decides (Option II; ``none`` is Option I) and the state is aggregated."""
         t = self.server.t + 1
         pick = torch.randperm(self.active.shape[0], generator=self.sample_gen)[: self.per_round]
         clients = self.active[pick].sort().values.to(self.device)
@@ -116,22 +160,64 @@ class FederatedRun:
             gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay, user_vectors=u,
         )  # fmt: skip
         uploads = honest_uploads(self.server, self.rule, grads, batch, t)
+        byz = self.byzantine[clients]
+        if self.attack is not None:
+            uploads = uploads.select(~byz).cat(
+                self.attack(self._attack_context(t, clients, batch, grads, byz))
+            )
         if self.private is not None:
-            private_step(self.private, self.rule, clients, grads.g_user)
-        accepted = torch.ones(uploads.n, dtype=torch.bool, device=self.device)
-        weights = aggregation_weights(uploads.n_examples, accepted)
-        self.server = aggregate(self.server, uploads, weights, self.rule, t)
-        self.losses.append(grads.loss.sum())
-        self.records.append({"t": torch.full_like(clients, t), "client_id": clients, "accepted": accepted})
+            honest = ~byz
+            private_step(self.private, self.rule, clients[honest], grads.g_user[honest])
+        codes = validate(
+            uploads, n_rows=self.layout.n_rows, max_examples=self.layout.n_items,
+            max_weight_share=self.cfg.defense.max_weight_share,
+        )  # fmt: skip
+        decision = self.defense.decide(self.server, uploads, self.rule, t, codes, self.f)
+        self.server = apply_decision(self.server, uploads, decision, self.rule, t)
+        self.losses.append((grads.loss * ~byz).sum())
+        self.records.append(
+            {
+                "t": torch.full_like(uploads.client_ids, t),
+                "client_id": uploads.client_ids,
+                "byzantine": self.byzantine[uploads.client_ids],
+                "accepted": decision.accepted,
+                "score": decision.scores,
+                "reason": decision.reasons,
+            }
+        )
+
+    def _attack_context(self, t, clients, batch, grads, byz) -> AttackContext:
+        """The Byzantine clients' view: their own honest gradients (they keep their data) and, for an
+        omniscient attack, the honest clients' gradients of the round."""
+
+        def part(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+            counts = batch.counts()[mask]
+            entry_counts = (grads.ptr[1:] - grads.ptr[:-1])[mask]
+            ptr = torch.zeros(entry_counts.shape[0] + 1, dtype=torch.int64, device=self.device)
+            torch.cumsum(entry_counts, 0, out=ptr[1:])
+            keep = mask[grads.owner]
+            return {"client_ids": clients[mask], "n_examples": counts, "ptr": ptr,
+                    "rows": grads.rows[keep], "g": grads.g[keep]}  # fmt: skip
+
+        honest = {}
+        if self.attack.omniscient:
+            honest = {f"honest_{k}": v for k, v in part(~byz).items()}
+        return AttackContext(
+            server=self.server, t=t, rule=self.rule, generator=self.attack_gen, **part(byz), **honest
+        )
 
     def scorer(self):
         if self.layout.model == "fism":
             return fism_scorer(self.server.theta, self.layout, self.train, self.cfg.model.gamma)
         return mf_scorer(self.layout.view(self.server.theta, "P"), self.private.u)
 
+    def benign_users(self):
+        return torch.nonzero(~self.byzantine).flatten().cpu().numpy()
+
     def evaluate(self):
+        """Full ranking over the benign users' held-out items (paper 000 Section 5)."""
         res = full_ranking(
-            self.scorer(), self.split.train, self.split.test,
+            self.scorer(), self.split.train, self.split.test, users=self.benign_users(),
             ks=sorted(set(self.cfg.eval.ks)), batch_size=self.cfg.eval.batch_size, device=self.device,
         )  # fmt: skip
         for metric, by_k in res.metrics.items():
@@ -150,6 +236,7 @@ class FederatedRun:
             "private": None if self.private is None else vars(self.private),
             "sample_gen": self.sample_gen.get_state(),
             "neg_gen": self.neg_gen.get_state(),
+            "attack_gen": self.attack_gen.get_state(),
             "metric_rows": self.metric_rows,
             "records": self.records,
             "losses": self.losses,
@@ -166,7 +253,8 @@ class FederatedRun:
                 steps=p["steps"].to(self.device),
             )  # fmt: skip
         self.sample_gen.set_state(sd["sample_gen"])
-        self.neg_gen.set_state(sd["neg_gen"].cpu() if self.device.type == "cpu" else sd["neg_gen"])
+        self.neg_gen.set_state(sd["neg_gen"])
+        self.attack_gen.set_state(sd["attack_gen"])
         self.metric_rows = list(sd["metric_rows"])
         self.records = list(sd["records"])
         self.losses = list(sd["losses"])
@@ -189,9 +277,7 @@ class FederatedRun:
             return pd.DataFrame(columns=["t", "client_id", "byzantine", "accepted", "score", "reason"])
         cols = {k: torch.cat([r[k] for r in self.records]).cpu().numpy() for k in self.records[0]}
         df = pd.DataFrame(cols)
-        for col, default in (("byzantine", False), ("score", float("nan")), ("reason", "")):
-            if col not in df:
-                df[col] = default
+        df["reason"] = pd.Categorical.from_codes(df["reason"], categories=list(REASONS))
         return df[["t", "client_id", "byzantine", "accepted", "score", "reason"]]
 
     # -- the loop ----------------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""Krum and Multi-Krum (Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017), and RESAM's Krum* /
+Multi-Krum*_q (El Mhamdi, Guerraoui, Rouault, ICLR 2021, Appendix C); ALGORITHMS.md sections 4.2-4.3.
+
+Scores use squared Euclidean distances (ANCHORS.md section 7.3) from the sparse Gram matrix. The
+neighbour count is pinned (ANCHORS.md section 7.2): ``krum_scores`` sums the ``n - f - 2`` nearest
+*other* vectors (the paper's Krum; also Flower, FedML, the ``krum`` package), ``krum_star_scores`` the
+``n - f - 1`` nearest (RESAM's Krum*; ByzFL's Krum and Multi-Krum rank on the mean of these, which
+selects the same vectors). Selection keeps the m lowest scores, ties broken towards the lower client
+index, so a run is reproducible. These are selectors: the round is then aggregated over the accepted
+clients (DESIGN.md section 5), which for ``m = 1`` is Krum and for ``m > 1`` Multi-Krum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedrec.defenses.vectors import ClientVectors, Selection, select_lowest, sq_distances
+
+Tensor = torch.Tensor
+
+
+def _neighbour_scores(d2: Tensor, k: int) -> Tensor:
+    """Per row, the sum of the k smallest squared distances to the other vectors (self excluded)."""
+    others = d2.to(torch.float64).clone()
+    others.fill_diagonal_(float("inf"))
+    return torch.topk(others, k, dim=1, largest=False, sorted=False).values.sum(1)
+
+
+def _check_d2(d2: Tensor, f: int) -> int:
+    if d2.ndim != 2 or d2.shape[0] != d2.shape[1]:
+        raise ValueError(f"d2 must be a square [n, n] matrix, got shape {tuple(d2.shape)}")
+    if f < 0:
+        raise ValueError(f"f must be >= 0, got {f}")
+    return d2.shape[0]
+
+
+def krum_scores(d2: Tensor, f: int) -> Tensor:
+    """Krum scores ``s_i = sum_{j in N(i)} |x_i - x_j|^2``, ``N(i)`` the ``n - f - 2`` vectors nearest
+    to ``x_i`` other than itself (Blanchard et al. 2017, ALGORITHMS.md section 4.2).
+
+    Args:
+        d2: ``[n, n]`` squared distances (``sq_distances``).
+        f: assumed number of Byzantine clients.
+
+    Returns:
+        ``[n]`` float64 scores, lower is more central.
+
+    Raises:
+        ValueError: if ``n - f - 2 < 1`` (no neighbour to score on). The paper's guarantee needs
+            ``n >= 2f + 3``; between that and ``n - f - 2 >= 1`` the rule still runs (the caller warns,
+            DESIGN.md section 6).
+    """
+    n = _check_d2(d2, f)
+    k = n - f - 2
+    if k < 1:
+        raise ValueError(
+            f"Krum needs n - f - 2 >= 1 neighbours (n >= f + 3), got n={n}, f={f}; "
+            f"its guarantee needs n >= 2f + 3 = {2 * f + 3}"
+        )
+    return _neighbour_scores(d2, k)
+
+
+def krum_star_scores(d2: Tensor, f: int) -> Tensor:
+    """RESAM's Krum* scores: the sum of the squared distances to the ``n - f - 1`` nearest other vectors
+    (RESAM Appendix C; ALGORITHMS.md section 4.3). Krum* discards the f farthest vectors instead of
+    Krum's f + 1 (RESAM footnote 5) and is (f, lambda)-resilient averaging for f < n/2 with
+    ``lambda = 1 + sqrt((n - f) / (n - 2f))``.
+
+    Raises:
+        ValueError: if ``n - f - 1 < 1``.
+    """
+    n = _check_d2(d2, f)
+    k = n - f - 1
+    if k < 1:
+        raise ValueError(f"Krum* needs n - f - 1 >= 1 neighbours (n >= f + 2), got n={n}, f={f}")
+    return _neighbour_scores(d2, k)
+
+
+def multi_krum(v: ClientVectors, f: int, m: int, *, block_rows: int | None = None) -> Selection:
+    """Multi-Krum: accept the ``m`` clients with the lowest Krum scores (``krum_scores``, ``n - f - 2``
+    neighbours), ties towards the lower index. Averaging the accepted vectors gives
+    ``MultiKrum_m(x) = (1/m) sum_{i in M} x_i`` (Blanchard et al. 2017). paper 000's A-RFRS uses
+    ``m = n - f`` on reconstructed gradients.
+
+    Raises:
+        ValueError: if ``n - f - 2 < 1`` or ``m`` is not in ``[1, n]``.
+    """
+    scores = krum_scores(sq_distances(v, block_rows), f)
+    return Selection(
+        accepted=select_lowest(scores, m),
+        scores=scores,
+        info={"rule": "multi_krum", "f": f, "m": m, "neighbours": v.n - f - 2},
+    )
+
+
+def krum(v: ClientVectors, f: int, *, block_rows: int | None = None) -> Selection:
+    """Krum: accept the single client with the lowest Krum score (``multi_krum`` with ``m = 1``)."""
+    sel = multi_krum(v, f, 1, block_rows=block_rows)
+    return Selection(sel.accepted, sel.scores, {**sel.info, "rule": "krum"})
+
+
+def multi_krum_star(v: ClientVectors, f: int, q: int, *, block_rows: int | None = None) -> Selection:
+    """RESAM's Multi-Krum*_q: accept the ``q`` clients with the lowest Krum* scores
+    (``krum_star_scores``, ``n - f - 1`` neighbours), ties towards the lower index. For ``q <= n - f``
+    and f < n/2 it is (f, lambda)-resilient averaging with
+    ``lambda = (1 + sqrt((n - f) / (n - 2f))) * min(1, (n - q) / (n - f))`` (RESAM Proposition 6).
+    ByzFL's ``MultiKrum(f)`` is ``q = n - f``; its ``Krum(f)`` is ``q = 1``.
+
+    Raises:
+        ValueError: if ``n - f - 1 < 1`` or ``q`` is not in ``[1, n]``.
+    """
+    scores = krum_star_scores(sq_distances(v, block_rows), f)
+    return Selection(
+        accepted=select_lowest(scores, q),
+        scores=scores,
+        info={"rule": "multi_krum_star", "f": f, "m": q, "neighbours": v.n - f - 1},
+    )
+
+
+def krum_star(v: ClientVectors, f: int, *, block_rows: int | None = None) -> Selection:
+    """RESAM's Krum*: ``multi_krum_star`` with ``q = 1``."""
+    sel = multi_krum_star(v, f, 1, block_rows=block_rows)
+    return Selection(sel.accepted, sel.scores, {**sel.info, "rule": "krum_star"})

@@ -1,0 +1,157 @@
+"""Defenses as ``(space, rule, scope)`` (DESIGN.md section 6), by config name, and the decision they
+take on a round's uploads.
+
+Selectors (Krum, Multi-Krum, norm trimming, the rule verifier) accept a subset and the round is the
+n_i-weighted mean over it (paper 000 Algorithm 1, Option II). RFA reweights the uploads by the final
+Weiszfeld weights of their geometric median (a convex combination, applied to theta and every moment
+alike, so the global state stays one weighted mean of uploads). Coordinate-wise rules (median,
+trimmed mean) produce the new global values themselves: per uploaded quantity in parameter space, or
+as a robust gradient the server steps with in gradient space.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedrec.defenses.geomed import geometric_median
+from fedrec.defenses.krum import multi_krum
+from fedrec.defenses.spaces import SPACES, delta_vectors, rows_of, space_vectors, uploaded
+from fedrec.defenses.trimmed import coordinate_median, norm_trim, trimmed_mean
+from fedrec.defenses.vectors import ClientVectors
+from fedrec.protocol import REASONS, Decision, ServerState, UploadBatch
+
+log = logging.getLogger(__name__)
+CODE = {name: i for i, name in enumerate(REASONS)}
+RULE_KINDS = ("none", "krum", "multi-krum", "rfa", "norm-trim", "cw-median", "cw-trimmed-mean")
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A defense: which ``space`` it looks at, which ``rule`` decides, and whether the optimizer-rule
+    verifier (paper 000 footnote 2) runs first (composition: verify, then filter)."""
+
+    name: str
+    space: str = "gradient"
+    rule: str = "none"
+    verify: bool = False
+    keep: str = "n-f"  # multi-krum: how many to keep ("n-f" or an int)
+    params: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"defense {self.name}: space {self.space!r} not in {SPACES}")
+        if self.rule not in RULE_KINDS:
+            raise ValueError(f"defense {self.name}: rule {self.rule!r} not in {RULE_KINDS}")
+
+    def decide(
+        self, server: ServerState, uploads: UploadBatch, opt_rule, t: int, codes: torch.Tensor, f: int
+    ) -> Decision:
+        """The verdict on ``uploads`` (reason ``codes`` from validation; ``f`` the assumed number of
+        Byzantine uploads this round)."""
+        n = uploads.n
+        device = uploads.rows.device
+        codes = codes.clone()
+        if self.verify:
+            codes = _verify(server, uploads, opt_rule, t, codes)
+        keep = codes == 0
+        sub = uploads.select(keep)
+        scores = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
+        weights_sub = sub.n_examples.to(torch.float64)
+        accepted_sub = torch.ones(sub.n, dtype=torch.bool, device=device)
+        aggregate = None
+        info: dict[str, Any] = {}
+        if self.rule in ("krum", "multi-krum", "norm-trim") and sub.n > 0:
+            too_few = sub.n - 2 * f < 1 if self.rule == "norm-trim" else sub.n - f - 2 < 1
+            if too_few:
+                accepted_sub = torch.zeros_like(accepted_sub)
+                codes[keep] = CODE["too-few-uploads"]
+            else:
+                v = space_vectors(self.space, server, sub, opt_rule, t)
+                if self.rule == "norm-trim":
+                    sel = norm_trim(v, f)
+                else:
+                    m = 1 if self.rule == "krum" else (sub.n - f if self.keep == "n-f" else int(self.keep))
+                    sel = multi_krum(v, f, m)
+                accepted_sub = sel.accepted
+                scores[keep] = sel.scores
+        elif self.rule == "rfa" and sub.n > 0:
+            v = space_vectors(self.space, server, sub, opt_rule, t)
+            beta, info = geometric_median(v, weights_sub, **self.params)
+            weights_sub = beta
+        elif self.rule in ("cw-median", "cw-trimmed-mean") and sub.n > 0:
+            aggregate = self._coordinatewise(server, sub, opt_rule, t, f)
+        accepted = torch.zeros(n, dtype=torch.bool, device=device)
+        accepted[keep] = accepted_sub
+        codes = torch.where(keep & ~accepted & (codes == 0), torch.full_like(codes, CODE["filtered"]), codes)
+        w = torch.zeros(n, dtype=torch.float64, device=device)
+        w[keep] = torch.where(accepted_sub, weights_sub, torch.zeros_like(weights_sub))
+        w = w / w.sum().clamp(min=1e-300)
+        return Decision(
+            weights=w, accepted=accepted, scores=scores, reasons=codes, aggregate=aggregate, info=info
+        )
+
+    def _coordinatewise(self, server, sub: UploadBatch, opt_rule, t: int, f: int):
+        def robust(v: ClientVectors):
+            return coordinate_median(v) if self.rule == "cw-median" else trimmed_mean(v, f)
+
+        if self.space == "gradient":
+            # robust gradient, then one server-side step of the optimizer rule from the global state
+            rows, g = robust(space_vectors("gradient", server, sub, opt_rule, t))
+            prev = rows_of(server, rows)
+            new, default = opt_rule.client_step(prev, g, t), opt_rule.default_rows(prev, t)
+            return {k: (rows, new[k] - default[k]) for k in opt_rule.keys}
+        return {k: robust(delta_vectors(k, server, sub, opt_rule, t)) for k in opt_rule.keys}
+
+
+def _verify(server: ServerState, uploads: UploadBatch, opt_rule, t: int, codes: torch.Tensor) -> torch.Tensor:
+    """Reject uploads that break the optimizer rule's remaining equations anywhere (violation > 1)."""
+    viol = opt_rule.verify(rows_of(server, uploads.rows), uploaded(uploads), t).to(torch.float64)
+    worst = torch.zeros(uploads.n, dtype=torch.float64, device=viol.device)
+    worst = worst.scatter_reduce(0, uploads.owner(), torch.nan_to_num(viol, nan=math.inf), "amax")
+    return torch.where((codes == 0) & (worst > 1), torch.full_like(codes, CODE["rule-verify"]), codes)
+
+
+DEFENSES: dict[str, Defense] = {
+    d.name: d
+    for d in [
+        Defense("none", rule="none", description="no filtering (A-FRS, Algorithm 1 Option I)"),
+        Defense("a-rfrs", space="gradient", rule="multi-krum",
+                description="A-RFRS: Multi-Krum on reconstructed gradients, keeps n - f (paper 000)"),
+        Defense("grad-krum", space="gradient", rule="krum", description="Krum (one client) on reconstructed gradients"),
+        Defense("verify+a-rfrs", space="gradient", rule="multi-krum", verify=True,
+                description="the optimizer-rule verifier, then A-RFRS"),
+        Defense("krum", space="theta", rule="multi-krum",
+                description="paper 000's Krum baseline: Multi-Krum on parameters, keeps n - f"),
+        Defense("theta-krum", space="theta", rule="krum",
+                description="Krum (one client) on parameters: what Flower's Krum does"),
+        Defense("rfa", space="theta", rule="rfa", params={"nu": 1e-6, "tol": 1e-6, "max_iter": 100},
+                description="RFA: geometric median (smoothed Weiszfeld) of the parameters"),
+        Defense("trmean", space="theta", rule="norm-trim",
+                description="paper 000's Trmean: drops the f largest- and f smallest-norm parameter uploads"),
+        Defense("cw-median", space="theta", rule="cw-median", description="coordinate-wise median of every uploaded quantity"),
+        Defense("cw-trmean", space="theta", rule="cw-trimmed-mean",
+                description="coordinate-wise trimmed mean (f per side) of every uploaded quantity"),
+        Defense("grad-median", space="gradient", rule="cw-median",
+                description="coordinate-wise median of reconstructed gradients, then a server-side step"),
+        Defense("momentum-krum", space="momentum", rule="multi-krum",
+                description="Multi-Krum on the first moment (RESAM's space), keeps n - f"),
+        Defense("verify", rule="none", verify=True, description="the optimizer-rule verifier alone"),
+    ]
+}  # fmt: skip
+
+
+def make_defense(name: str) -> Defense:
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
+    return DEFENSES[name]
+
+
+def assumed_f(n: int, fraction: float, f: int | None = None) -> int:
+    """f per round = ceil(assumed Byzantine fraction * n) unless set (DESIGN.md section 6)."""
+    return int(f) if f is not None else math.ceil(fraction * n - 1e-9)

@@ -1,0 +1,232 @@
+"""Sparse client vectors as the defenses see them (DESIGN.md sections 5-6), and the algebra every rule
+shares: norms, the Gram matrix, pairwise squared distances and weighted sums.
+
+Client ``i`` holds a vector of the ``[n_rows, d]`` table that is nonzero only at the rows it lists
+(``rows[ptr[i]:ptr[i + 1]]``, sorted and unique); every unlisted row is exactly 0. In theta and moment
+space the vectors are deltas from the default rows (DESIGN.md section 5), in gradient space the
+reconstructed gradients, so a 0 at an unlisted row is exact, not an approximation. Honest clients list
+a few hundred of ~35k rows, an attacker may list all of them.
+
+Nothing here densifies all clients over the whole table: the rules work over the union ``U`` of listed
+rows, ``block_rows`` rows at a time (``X_blk [n, B, d]``, zeros where a client does not list a row), so
+the peak extra memory is ``n * block_rows * d`` elements. There is no Python loop over clients and no
+host read of tensor values (``.item()``, ``.tolist()``); the only host synchronisations are the ones
+that size outputs (``torch.unique`` and boolean indexing), and everything stays on the input's device.
+Distances and inner products are computed in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+BLOCK_ELEMENTS = 1 << 22
+"""Default budget of a dense row block ``X_blk [n, B, d]`` in elements (32 MiB in float64)."""
+
+
+@dataclass(frozen=True)
+class ClientVectors:
+    """n sparse vectors over an ``[n_rows, d]`` table, concatenated CSR-style (like ``UploadBatch``).
+
+    Attributes:
+        ptr: ``[n + 1]`` int64 offsets, ``ptr[0] = 0``, non-decreasing; client ``i`` owns entries
+            ``ptr[i]:ptr[i + 1]``.
+        rows: ``[K]`` int64 row ids, sorted and unique within each client, in ``[0, n_rows)``.
+        values: ``[K, d]`` the client's values at those rows (float32 or float64).
+        n_rows: number of rows of the table (unlisted rows are 0).
+
+    Only shapes are checked on construction (no host synchronisation); ``check()`` validates the
+    contents for tests and debugging.
+    """
+
+    ptr: Tensor
+    rows: Tensor
+    values: Tensor
+    n_rows: int
+
+    def __post_init__(self) -> None:
+        if self.ptr.ndim != 1 or self.ptr.numel() < 1:
+            raise ValueError(f"ptr must be 1-D with n + 1 >= 1 entries, got shape {tuple(self.ptr.shape)}")
+        if self.rows.ndim != 1:
+            raise ValueError(f"rows must be 1-D, got shape {tuple(self.rows.shape)}")
+        if self.values.ndim != 2 or self.values.shape[0] != self.rows.shape[0]:
+            raise ValueError(
+                f"values must be [K, d] with K = len(rows) = {self.rows.shape[0]}, "
+                f"got {tuple(self.values.shape)}"
+            )
+        if self.n_rows < 0:
+            raise ValueError(f"n_rows must be >= 0, got {self.n_rows}")
+
+    @property
+    def n(self) -> int:
+        """Number of clients."""
+        return self.ptr.shape[0] - 1
+
+    @property
+    def d(self) -> int:
+        """Columns per row."""
+        return self.values.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def counts(self) -> Tensor:
+        """``[n]`` number of rows each client lists."""
+        return self.ptr[1:] - self.ptr[:-1]
+
+    def owner(self) -> Tensor:
+        """``[K]`` the client index of every entry."""
+        return torch.repeat_interleave(
+            torch.arange(self.n, device=self.ptr.device), self.counts(), output_size=self.rows.shape[0]
+        )
+
+    def union_rows(self) -> Tensor:
+        """``[M]`` sorted unique rows listed by at least one client."""
+        return torch.unique(self.rows, sorted=True)
+
+    @classmethod
+    def from_dense(cls, x: Tensor, *, all_rows: bool = False) -> ClientVectors:
+        """The sparse form of dense vectors ``x [n, n_rows, d]`` (for tests and small problems).
+
+        By default a client lists exactly its rows with a nonzero entry; ``all_rows=True`` lists every
+        row for every client (a dense upload: the same vectors, stored without sparsity)."""
+        if x.ndim != 3:
+            raise ValueError(f"x must be [n, n_rows, d], got shape {tuple(x.shape)}")
+        n, n_rows, _ = x.shape
+        listed = torch.ones(n, n_rows, dtype=torch.bool, device=x.device) if all_rows else (x != 0).any(-1)
+        client, row = listed.nonzero(as_tuple=True)  # row-major: grouped by client, rows ascending
+        ptr = torch.zeros(n + 1, dtype=torch.int64, device=x.device)
+        ptr[1:] = listed.sum(1).cumsum(0)
+        return cls(ptr=ptr, rows=row, values=x[client, row], n_rows=n_rows)
+
+    def to_dense(self) -> Tensor:
+        """``[n, n_rows, d]`` dense vectors (for tests and small problems)."""
+        out = self.values.new_zeros(self.n, self.n_rows, self.d)
+        out[self.owner(), self.rows] = self.values
+        return out
+
+    def check(self) -> None:
+        """Validate the contents (host synchronisation; for tests and debugging). Raises ValueError."""
+        if int(self.ptr[0]) != 0 or int(self.ptr[-1]) != self.rows.shape[0]:
+            raise ValueError("ptr must start at 0 and end at len(rows)")
+        if bool((self.counts() < 0).any()):
+            raise ValueError("ptr must be non-decreasing")
+        if self.rows.numel() and (int(self.rows.min()) < 0 or int(self.rows.max()) >= self.n_rows):
+            raise ValueError(f"rows must lie in [0, {self.n_rows})")
+        owner = self.owner()
+        same = owner[1:] == owner[:-1]
+        if bool((same & (self.rows[1:] <= self.rows[:-1])).any()):
+            raise ValueError("rows must be sorted and unique within each client")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a selecting rule returns: who is accepted, the per-client score it ranked on, details.
+
+    Attributes:
+        accepted: ``[n]`` bool.
+        scores: ``[n]`` float64, the rule's score of each client (nan where the rule gives none).
+        info: rule name, parameters and anything else worth recording (tensors stay on the device).
+    """
+
+    accepted: Tensor
+    scores: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _union_positions(v: ClientVectors) -> tuple[Tensor, Tensor]:
+    """The union of listed rows ``[M]`` and the position in it of every entry ``[K]``."""
+    union = v.union_rows()
+    return union, torch.searchsorted(union, v.rows)
+
+
+def default_block_rows(v: ClientVectors) -> int:
+    """Rows per dense block so that ``X_blk [n, B, d]`` holds at most ``BLOCK_ELEMENTS`` elements."""
+    return max(1, BLOCK_ELEMENTS // max(1, v.n * v.d))
+
+
+def dense_blocks(
+    v: ClientVectors, block_rows: int | None = None, dtype: torch.dtype | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Walk the union of listed rows in blocks: yields ``(rows [B], X_blk [n, B, d])`` where
+    ``X_blk[i, b]`` is client i's value at ``rows[b]`` (0 where it does not list it), in ``dtype``
+    (default: the values' dtype). ``B = block_rows`` except for the last block."""
+    if block_rows is None:
+        block_rows = default_block_rows(v)
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    dtype = v.values.dtype if dtype is None else dtype
+    union, pos = _union_positions(v)
+    owner = v.owner()
+    for lo in range(0, union.shape[0], block_rows):
+        hi = min(lo + block_rows, union.shape[0])
+        sel = ((pos >= lo) & (pos < hi)).nonzero(as_tuple=True)[0]
+        blk = torch.zeros(v.n, hi - lo, v.d, dtype=dtype, device=v.device)
+        blk[owner[sel], pos[sel] - lo] = v.values[sel].to(dtype)
+        yield union[lo:hi], blk
+
+
+def sq_norms(v: ClientVectors) -> Tensor:
+    """``[n]`` float64 squared Euclidean norms ``|x_i|^2`` (sum over the client's listed entries)."""
+    row_sq = v.values.to(torch.float64).pow(2).sum(1)
+    return torch.zeros(v.n, dtype=torch.float64, device=v.device).index_add_(0, v.owner(), row_sq)
+
+
+def gram(v: ClientVectors, block_rows: int | None = None) -> Tensor:
+    """``[n, n]`` float64 Gram matrix ``G_ij = <x_i, x_j>``.
+
+    Only rows that both clients list contribute to ``<x_i, x_j>``; it is accumulated over dense blocks of
+    the union of listed rows, ``G += X_blk X_blk^T`` with ``X_blk [n, B * d]`` in float64. The result
+    does not depend on ``block_rows`` beyond float64 summation order."""
+    g = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
+    for _, blk in dense_blocks(v, block_rows, torch.float64):
+        flat = blk.reshape(v.n, -1)
+        g.addmm_(flat, flat.T)
+    return g
+
+
+def sq_distances_from_gram(g: Tensor) -> Tensor:
+    """``[n, n]`` squared distances ``|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` from a Gram matrix, clamped at 0
+    (cancellation can make the identity slightly negative), symmetric, with an exact zero diagonal."""
+    diag = g.diagonal()
+    d2 = (diag[:, None] + diag[None, :] - 2.0 * g).clamp_min_(0.0)
+    d2 = 0.5 * (d2 + d2.T)
+    d2.fill_diagonal_(0.0)
+    return d2
+
+
+def sq_distances(v: ClientVectors, block_rows: int | None = None) -> Tensor:
+    """``[n, n]`` float64 pairwise squared Euclidean distances ``|x_i - x_j|^2`` via the Gram identity
+    ``|a|^2 + |b|^2 - 2 <a, b>`` (see ``gram``), clamped at 0, exact zero diagonal. The squared norms are
+    the Gram diagonal, so the identity is evaluated from one consistently rounded matrix."""
+    return sq_distances_from_gram(gram(v, block_rows))
+
+
+def weighted_sum(v: ClientVectors, w: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_i w_i x_i`` over the union of listed rows: ``(rows [M], values [M, d])``.
+
+    Rows outside ``rows`` are 0 in the result (no client lists them). Accumulated in float64, returned
+    in the values' dtype. ``w`` is ``[n]`` (any float dtype, any sign; a 0 drops the client)."""
+    if w.shape != (v.n,):
+        raise ValueError(f"w must have shape ({v.n},), got {tuple(w.shape)}")
+    union, pos = _union_positions(v)
+    contrib = v.values.to(torch.float64) * w.to(device=v.device, dtype=torch.float64)[v.owner()][:, None]
+    out = torch.zeros(union.shape[0], v.d, dtype=torch.float64, device=v.device).index_add_(0, pos, contrib)
+    return union, out.to(v.values.dtype)
+
+
+def select_lowest(scores: Tensor, m: int) -> Tensor:
+    """``[n]`` bool: the ``m`` lowest scores, ties broken towards the lower index (stable sort)."""
+    n = scores.shape[0]
+    if not 1 <= m <= n:
+        raise ValueError(f"m must be in [1, n] = [1, {n}], got {m}")
+    order = torch.sort(scores, stable=True).indices
+    accepted = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    accepted[order[:m]] = True
+    return accepted

@@ -1,0 +1,65 @@
+"""Detection records (DESIGN.md section 11): how well a defense separates Byzantine from honest uploads.
+
+Counted over the sampled clients: a rejection of a Byzantine upload is a true positive, of an honest one
+a false positive. precision = TP / rejected, recall = TP / Byzantine, false-rejection rate =
+FP / honest. Each is reported per round and pooled over the run, overall and over the rounds that
+sampled at most ``f`` Byzantine clients (where Krum's guarantee applies).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+
+def _rates(tp: int, fp: int, byz: int, honest: int) -> dict[str, float]:
+    div = lambda a, b: a / b if b else math.nan  # noqa: E731
+    return {
+        "precision": div(tp, tp + fp),
+        "recall": div(tp, byz),
+        "false_rejection_rate": div(fp, honest),
+        "byzantine": byz,
+        "honest": honest,
+        "rejected_byzantine": tp,
+        "rejected_honest": fp,
+    }
+
+
+def per_round(rounds: pd.DataFrame) -> pd.DataFrame:
+    """One row per round: counts and rates."""
+    r = rounds.assign(rej=~rounds.accepted.astype(bool), byz=rounds.byzantine.astype(bool))
+    g = r.groupby("t")
+    out = pd.DataFrame(
+        {
+            "byzantine": g.byz.sum(),
+            "honest": g.byz.size() - g.byz.sum(),
+            "rejected_byzantine": g.apply(lambda x: int((x.rej & x.byz).sum()), include_groups=False),
+            "rejected_honest": g.apply(lambda x: int((x.rej & ~x.byz).sum()), include_groups=False),
+        }
+    ).reset_index()
+    rejected = out.rejected_byzantine + out.rejected_honest
+    out["precision"] = out.rejected_byzantine / rejected.where(rejected > 0)
+    out["recall"] = out.rejected_byzantine / out.byzantine.where(out.byzantine > 0)
+    out["false_rejection_rate"] = out.rejected_honest / out.honest.where(out.honest > 0)
+    return out
+
+
+def detection_summary(rounds: pd.DataFrame, f: int) -> dict[str, Any]:
+    """Pooled rates over all rounds and over the rounds with at most ``f`` Byzantine clients."""
+    pr = per_round(rounds)
+
+    def pooled(frame: pd.DataFrame) -> dict[str, float]:
+        return _rates(
+            int(frame.rejected_byzantine.sum()), int(frame.rejected_honest.sum()),
+            int(frame.byzantine.sum()), int(frame.honest.sum()),
+        )  # fmt: skip
+
+    within = pr[pr.byzantine <= f]
+    return {
+        "f": f,
+        "rounds": len(pr),
+        "all_rounds": pooled(pr),
+        "rounds_with_at_most_f_byzantine": {**pooled(within), "rounds": len(within)},
+    }

@@ -1,0 +1,154 @@
+"""Server hardening: every bad upload kind is rejected with its reason, the round goes on, and the
+global state is exactly what the accepted uploads give."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from fedrec.data import split_per_user, synthetic
+from fedrec.defenses.registry import make_defense
+from fedrec.federation.clients import client_gradients, honest_uploads
+from fedrec.federation.server import aggregate, aggregation_weights, apply_decision
+from fedrec.federation.simulation import FederatedRun
+from fedrec.federation.validate import collect, validate
+from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives
+from fedrec.optim import make_rule
+from fedrec.protocol import REASONS, ServerState, Upload
+
+D = 4
+
+
+def _honest_round():
+    inter = synthetic(20, 30, mean_items=5, seed=2)
+    layout = TableLayout.for_model("fism", inter.n_items)
+    rule = make_rule("adam", eta=0.01)
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(layout.n_rows, D, generator=g)
+    server = ServerState(theta, {k: torch.rand(theta.shape, generator=g) * 1e-2 for k in rule.state_names}, 4)
+    batch = gather_users(CSRTensors.from_interactions(inter), torch.arange(6))
+    neg = sample_negatives(batch, inter.n_items, 1, g)
+    grads = client_gradients(theta, layout, batch, neg, gamma=1.0, lam=1e-4)
+    return server, rule, layout, honest_uploads(server, rule, grads, batch, 5)
+
+
+def _corrupt(up: Upload, kind: str, n_rows: int) -> Upload:
+    up = dataclasses.replace(up, state=dict(up.state))
+    if kind == "nan-theta":
+        up.theta = up.theta.clone()
+        up.theta[0, 0] = float("nan")
+    elif kind == "inf-moment":
+        up.state["v"] = up.state["v"].clone()
+        up.state["v"][-1, 1] = math.inf
+    elif kind == "wrong-shape":
+        up.theta = torch.zeros(up.theta.shape[0], D + 1)
+    elif kind == "missing-state":
+        del up.state["m"]
+    elif kind == "float-rows":
+        up.rows = up.rows.double()
+    elif kind == "row-out-of-range":
+        up.rows = up.rows.clone()
+        up.rows[-1] = n_rows
+    elif kind == "negative-row":
+        up.rows = up.rows.clone()
+        up.rows[0] = -1
+    elif kind == "unsorted":
+        up.rows = up.rows.flip(0)
+    elif kind == "duplicated":
+        up.rows = up.rows.clone()
+        up.rows[1] = up.rows[0]
+    elif kind == "zero-examples":
+        up.n_examples = 0
+    elif kind == "negative-examples":
+        up.n_examples = -3
+    elif kind == "absurd-examples":
+        up.n_examples = 10**9
+    elif kind == "weight-share":
+        up.n_examples = 25  # <= 30 items, but most of this round's weight
+    return up
+
+
+EXPECTED = {
+    "nan-theta": "non-finite", "inf-moment": "non-finite", "wrong-shape": "shape", "missing-state": "shape",
+    "float-rows": "shape", "row-out-of-range": "row-out-of-range", "negative-row": "row-out-of-range",
+    "unsorted": "rows-unsorted-or-duplicated", "duplicated": "rows-unsorted-or-duplicated",
+    "zero-examples": "n-examples-invalid", "negative-examples": "n-examples-invalid",
+    "absurd-examples": "n-examples-absurd", "weight-share": "weight-share",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_bad_upload_is_rejected_and_state_equals_the_good_uploads(kind):
+    server, rule, layout, batch = _honest_round()
+    before = server.clone()
+    ups = [batch.upload(i) for i in range(batch.n)]
+    bad = 2
+    ups[bad] = _corrupt(ups[bad], kind, layout.n_rows)
+    uploads, codes = collect(ups, layout.n_rows, D, rule.state_names, torch.device("cpu"), torch.float32)
+    codes = validate(uploads, n_rows=layout.n_rows, max_examples=layout.n_items, codes=codes)
+    decision = make_defense("none").decide(server, uploads, rule, 5, codes, 0)
+    new = apply_decision(server, uploads, decision, rule, 5)
+
+    names = decision.reason_names()
+    assert names[bad] == EXPECTED[kind]
+    assert [n for i, n in enumerate(names) if i != bad] == [""] * (batch.n - 1)
+    assert not bool(decision.accepted[bad]) and bool(decision.accepted.sum() == batch.n - 1)
+    # exactly the aggregate of the good uploads; the old state is untouched
+    good = torch.ones(batch.n, dtype=torch.bool)
+    good[bad] = False
+    want = aggregate(
+        server, batch.select(good), aggregation_weights(batch.n_examples[good], good[good]), rule, 5
+    )
+    torch.testing.assert_close(new.theta, want.theta, rtol=0, atol=0)
+    for k in rule.state_names:
+        torch.testing.assert_close(new.state[k], want.state[k], rtol=0, atol=0)
+        assert torch.equal(server.state[k], before.state[k])
+    assert torch.equal(server.theta, before.theta) and torch.isfinite(new.theta).all()
+
+
+def test_all_rejected_keeps_the_state():
+    server, rule, layout, batch = _honest_round()
+    ups = [_corrupt(batch.upload(i), "nan-theta", layout.n_rows) for i in range(batch.n)]
+    uploads, codes = collect(ups, layout.n_rows, D, rule.state_names, torch.device("cpu"), torch.float32)
+    codes = validate(uploads, n_rows=layout.n_rows, max_examples=layout.n_items, codes=codes)
+    new = apply_decision(
+        server, uploads, make_defense("a-rfrs").decide(server, uploads, rule, 5, codes, 1), rule, 5
+    )
+    assert torch.equal(new.theta, server.theta) and new.t == 5
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonNaN:
+    """A test attacker whose uploads are all NaN."""
+
+    name = "nan"
+    omniscient = False
+    rule_consistent = False
+
+    def __call__(self, ctx):
+        from fedrec.attacks import upload_from_gradient
+
+        up = upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+        up.theta = torch.full_like(up.theta, float("nan"))
+        return up
+
+
+def test_a_run_with_poisoned_uploads_goes_on(tmp_path):
+    from fedrec.config import Config
+
+    cfg = Config()
+    cfg.model.dim = D
+    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 8, 4
+    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
+    run = FederatedRun.create(cfg, split_per_user(synthetic(40, 30, seed=1), seed=0), torch.device("cpu"))
+    object.__setattr__(run, "attack", PoisonNaN())
+    run.run()
+    df = run.rounds_frame()
+    assert run.server.t == 8 and torch.isfinite(run.server.theta).all()
+    byz = df[df.byzantine]
+    assert len(byz) > 0 and (byz.reason == "non-finite").all() and not byz.accepted.any()
+    assert df[~df.byzantine].accepted.all()
+    assert set(REASONS) >= set(df.reason.astype(str))
