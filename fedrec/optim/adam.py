@@ -86,7 +86,11 @@ class Adam(RuleBase):
         eta_t = self.step_size(t)
         m = self.b1 * prev["m"]
         v = self.b2 * prev["v"]
-        theta = prev["theta"] - eta_t * (m / torch.sqrt(v + self.eps))
+        # the same operations as client_step (bit for bit), in place on one buffer: this runs over the
+        # whole table every round, so it is the memory-bandwidth floor of the server
+        step = torch.add(v, self.eps).sqrt_()
+        torch.div(m, step, out=step).mul_(eta_t)
+        theta = torch.sub(prev["theta"], step, out=step)
         return {"theta": theta, "m": m, "v": v}
 
     def _grad64(self, prev: Rows, up: Rows) -> Tensor:
