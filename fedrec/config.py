@@ -86,7 +86,7 @@ class DefenseConfig:
     name: str = "none"
     assumed_fraction: float | None = None  # the Byzantine fraction the rule assumes; default attack.fraction
     f: int | None = None  # a fixed f per round instead of ceil(assumed_fraction * n)
-    max_weight_share: float = 0.5  # validation: no upload may claim more of a round's weight
+    max_weight_share: float = 0.9  # validation: no upload may claim more of a round's weight
 
 
 @dataclass

@@ -91,3 +91,21 @@ def test_federated_run_and_resume(tmp_path):
     again = invoke("train", "--resume", str(run_dir), "--json")  # already finished: re-evaluates only
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["metrics"] == summary["metrics"]
+
+
+def test_defenses_and_attacks_are_listed():
+    d = json.loads(invoke("defenses", "--json").stdout)["defenses"]
+    names = {x["name"]: x for x in d}
+    assert names["a-rfrs"]["space"] == "gradient" and names["krum"]["space"] == "theta"
+    a = {x["name"] for x in json.loads(invoke("attacks", "--json").stdout)["attacks"]}
+    assert a == {"camouflage", "gradient-ascent", "noise"}
+
+
+def test_demo_camouflage_shows_theta_equal_and_gradients_apart():
+    res = invoke("demo", "camouflage", "--rounds", "2", "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)["round"]
+    assert r["max_abs_theta_difference"] < 1e-5
+    assert r["gradient_distance"] > 10 * r["honest_gradient_norm"]
+    assert r["kept"]["none"]["byzantine_kept"] == r["byzantine"] > 0
+    assert r["kept"]["a-rfrs"]["byzantine_kept"] == 0

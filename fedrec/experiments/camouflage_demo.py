@@ -99,7 +99,9 @@ def run_demo(
     split = split_per_user(load_dataset(dataset, data_dir), seed=cfg.data.split_seed)
     device = torch.device("cpu")
     out: dict[str, Any] = {"dataset": dataset, "fraction": fraction, "rounds": rounds, "seed": seed}
-    out["round"] = inspect_round(FederatedRun.create(cfg, split, device), warmup=5)
+    warmup = 5
+    probe = demo_config(dataset, fraction, warmup + 1, seed, data_dir)
+    out["round"] = inspect_round(FederatedRun.create(probe, split, device), warmup=warmup)
     out["runs"] = {}
     for name in defenses:
         cfg.defense.name = name

@@ -67,7 +67,7 @@ def validate(
     *,
     n_rows: int,
     max_examples: int,
-    max_weight_share: float = 0.5,
+    max_weight_share: float = 0.9,
     min_uploads_for_share: int = 5,
     codes: torch.Tensor | None = None,
 ) -> torch.Tensor:
