@@ -232,28 +232,9 @@ def fit_recbole_bpr(
     )
 
 
-def train_recbole_bpr(
-    train: Interactions,
-    *,
-    embedding_size: int = 64,
-    epochs: int = 100,
-    learning_rate: float = 1e-3,
-    train_batch_size: int = 2048,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    num_threads: int = 1,
-    workdir: str | Path | None = None,
-) -> tuple[Scorer, dict[str, Any]]:
-    """Train RecBole's BPR on ``train``; return ``(scorer, info)`` (see :func:`fit_recbole_bpr`)."""
-    fit = fit_recbole_bpr(
-        train,
-        embedding_size=embedding_size,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        train_batch_size=train_batch_size,
-        seed=seed,
-        device=device,
-        num_threads=num_threads,
-        workdir=workdir,
-    )
+def train_recbole_bpr(train: Interactions, **options: Any) -> tuple[Scorer, dict[str, Any]]:
+    """Train RecBole's BPR on ``train``; return ``(scorer, info)``. ``options`` are those of
+    :func:`fit_recbole_bpr` (embedding_size, epochs, learning_rate, train_batch_size, seed, device,
+    num_threads, workdir)."""
+    fit = fit_recbole_bpr(train, **options)
     return fit.scorer(), fit.info
