@@ -88,7 +88,9 @@ def test_bad_upload_is_rejected_and_state_equals_the_good_uploads(kind):
     bad = 2
     ups[bad] = _corrupt(ups[bad], kind, layout.n_rows)
     uploads, codes = collect(ups, layout.n_rows, D, rule.state_names, torch.device("cpu"), torch.float32)
-    codes = validate(uploads, n_rows=layout.n_rows, max_examples=layout.n_items, codes=codes)
+    codes = validate(
+        uploads, n_rows=layout.n_rows, max_examples=layout.n_items, max_weight_share=0.5, codes=codes
+    )
     decision = make_defense("none").decide(server, uploads, rule, 5, codes, 0)
     new = apply_decision(server, uploads, decision, rule, 5)
 
