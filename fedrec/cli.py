@@ -117,6 +117,13 @@ def train(
         return
     title = f"{summary['dataset']} · {summary['model']} · {summary['mode']} · {summary['seconds']:.1f}s"
     out.print(metrics_table(summary["metrics"], title=title))
+    det = summary.get("detection")
+    if det and (summary.get("defense", "none") != "none" or summary.get("byzantine_clients")):
+        a = det["all_rounds"]
+        out.print(
+            f"defense {summary['defense']} vs {summary['attack']['name']}: Byzantine rejected {a['recall']:.1%}, "
+            f"honest rejected {a['false_rejection_rate']:.1%}, precision {a['precision']:.1%} (f = {det['f']})"
+        )
     err.print(f"run directory: {run_dir}")
 
 
