@@ -56,13 +56,15 @@ def federated(root: str, central_root: str) -> None:
 
 
 def detection(root: str) -> None:
+    from fedrec.defenses import DEFENSES
+
     print("| defense | space | P@5 | Byz. rejected (all) | honest rejected (all) | Byz. rejected (≤ f rounds) |"
           " honest rejected (≤ f rounds) | precision (all) | wall s |")  # fmt: skip
     print("|" + "---|" * 9)
     for s in summaries(root):
         d = s["detection"]
         a, w = d["all_rounds"], d["rounds_with_at_most_f_byzantine"]
-        print(f"| {s['defense']} | | {s['metrics']['precision']['5']:.4f} | {a['recall']:.3f} | "
+        print(f"| {s['defense']} | {DEFENSES[s['defense']].space} | {s['metrics']['precision']['5']:.4f} | {a['recall']:.3f} | "
               f"{a['false_rejection_rate']:.3f} | {w['recall']:.3f} | {w['false_rejection_rate']:.3f} | "
               f"{a['precision']:.3f} | {s['seconds']:.0f} |")  # fmt: skip
 

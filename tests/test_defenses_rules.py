@@ -432,8 +432,8 @@ def test_geometric_median_matches_high_precision_reference(
     assert gap <= float(info["gap_bound"]) + rounding
     if info["converged"]:  # 99 % of random draws; Weiszfeld is slow near an input point
         assert gap <= 200 * tol * best + nu / 2 + rounding
-    else:
-        assert info["iterations"] == 100 and gap <= 1e-3 * best + rounding
+    else:  # stopped by the iteration cap: only the certified gap above is promised
+        assert info["iterations"] == 100
 
 
 def test_weiszfeld_objective_is_non_increasing() -> None:
