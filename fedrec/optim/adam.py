@@ -78,20 +78,24 @@ class Adam(RuleBase):
         g = cast_grad(g, prev["theta"])
         m = self.b1 * prev["m"] + (1.0 - self.b1) * g
         v = self.b2 * prev["v"] + (1.0 - self.b2) * (g * g)
-        theta = prev["theta"] - eta_t * (m / torch.sqrt(v + self.eps))
-        return {"theta": theta, "m": m, "v": v}
+        return {"theta": self._theta(prev["theta"], m, v, eta_t), "m": m, "v": v}
+
+    def _theta(self, theta_bar: Tensor, m: Tensor, v: Tensor, eta_t: float | Tensor) -> Tensor:
+        """Eq. (5)-(6), ``theta_bar - eta_t m / sqrt(v + eps)``, in place on one buffer; client_step and
+        default_rows share it, so a zero gradient gives the default rows bit for bit."""
+        step = torch.add(v, self.eps).sqrt_()
+        torch.div(m, step, out=step)
+        if isinstance(eta_t, Tensor):  # per-row step counts (MF's private vectors)
+            return torch.sub(theta_bar, step.mul_(eta_t), out=step)
+        return torch.sub(theta_bar, step, alpha=eta_t, out=step)
 
     def default_rows(self, prev: Rows, t: int) -> Rows:
         """g = 0: ``m = b1 m_bar``, ``v = b2 v_bar`` and theta still moves by ``eta_t m / sqrt(v + eps)``."""
         eta_t = self.step_size(t)
+        # this runs over the whole table every round: the memory-bandwidth floor of the server
         m = self.b1 * prev["m"]
         v = self.b2 * prev["v"]
-        # the same operations as client_step (bit for bit), in place on one buffer: this runs over the
-        # whole table every round, so it is the memory-bandwidth floor of the server
-        step = torch.add(v, self.eps).sqrt_()
-        torch.div(m, step, out=step).mul_(eta_t)
-        theta = torch.sub(prev["theta"], step, out=step)
-        return {"theta": theta, "m": m, "v": v}
+        return {"theta": self._theta(prev["theta"], m, v, eta_t), "m": m, "v": v}
 
     def _grad64(self, prev: Rows, up: Rows) -> Tensor:
         return (f64(up["m"]) - self.b1 * f64(prev["m"])) / (1.0 - self.b1)
