@@ -1,8 +1,8 @@
 """Markdown tables for docs/RESULTS.md from finished run directories.
 
-    python experiments/tables.py centralized runs/centralized
-    python experiments/tables.py federated runs/federated runs/centralized
-    python experiments/tables.py detection runs/camouflage
+python experiments/tables.py centralized runs/centralized
+python experiments/tables.py federated runs/federated runs/centralized
+python experiments/tables.py detection runs/camouflage
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def centralized(root: str) -> None:
     rows = sorted(summaries(root), key=lambda s: (ORDER.index(s["dataset"]), s["model"]))
     print(header(["dataset", "model", "epochs"]))
     for s in rows:
-        print("| " + " | ".join([s["dataset"], s["model"], str(s["epochs"]), *cells(s), f"{s['seconds']:.0f}"]) + " |")
+        print(
+            "| "
+            + " | ".join([s["dataset"], s["model"], str(s["epochs"]), *cells(s), f"{s['seconds']:.0f}"])
+            + " |"
+        )
 
 
 def federated(root: str, central_root: str) -> None:
