@@ -44,12 +44,14 @@ def inspect_round(run: FederatedRun, warmup: int) -> dict[str, Any]:
     t = run.server.t + 1
     # a round in which the sampled clients include Byzantine ones
     gen = torch.Generator().manual_seed(t)
-    while True:
+    for _ in range(10_000):
         pick = torch.randperm(run.active.shape[0], generator=gen)[: run.per_round]
         clients = run.active[pick].sort().values.to(run.device)
         byz = run.byzantine[clients]
         if 0 < int(byz.sum()) <= run.f:
             break
+    else:
+        raise ValueError("no round samples between 1 and f Byzantine clients: change --byzantine")
     batch = gather_users(run.train, clients)
     neg = sample_negatives(batch, run.layout.n_items, run.cfg.train.negatives, run.neg_gen)
     grads = client_gradients(
@@ -95,6 +97,8 @@ def run_demo(
     *, dataset: str = "ml100k", fraction: float = 0.4, rounds: int = 300, seed: int = 0,
     data_dir: str | None = None, defenses: tuple[str, ...] = ("none", "krum", "a-rfrs"), progress=None,
 ) -> dict[str, Any]:  # fmt: skip
+    if not 0 < fraction < 0.5:
+        raise ValueError(f"--byzantine {fraction}: the demo needs a Byzantine share in (0, 0.5)")
     cfg = demo_config(dataset, fraction, rounds, seed, data_dir)
     split = split_per_user(load_dataset(dataset, data_dir), seed=cfg.data.split_seed)
     device = torch.device("cpu")
