@@ -93,6 +93,34 @@ def multi_krum(v: ClientVectors, f: int, m: int, *, block_rows: int | None = Non
     )
 
 
+def outlier_keep(scores: Tensor, f: int, c: float) -> Tensor:
+    """``[n]`` bool: Multi-Krum with an adaptive ``m`` in ``[n - f, n]``: of the ``f`` worst scores,
+    reject only those above ``c`` times the median score (the lower median, ``torch.median``).
+
+    Fixed ``m = n - f`` rejects ``f`` uploads every round, so in a round that sampled ``b < f``
+    Byzantine clients at least ``f - b`` honest ones go too: a false-rejection floor of about
+    ``(f - b) / (n - b)`` that no score can lower. With ``f < n / 2`` the median is the score of an
+    honest-majority position, and an upload is dropped only when it is both among the ``f`` least
+    central and ``c`` times less central than that. Not paper 000's rule (which keeps ``n - f``):
+    a fedrec variant for the false-rejection side of detection."""
+    if not c >= 1:
+        raise ValueError(f"c must be >= 1 (a score above c x the median is an outlier), got {c}")
+    n = scores.shape[0]
+    if not 0 <= f < n:
+        raise ValueError(f"f must be in [0, n) = [0, {n}), got {f}")
+    return select_lowest(scores, n - f) | (scores <= c * scores.median())
+
+
+def multi_krum_outliers(v: ClientVectors, f: int, c: float, *, block_rows: int | None = None) -> Selection:
+    """Multi-Krum on Krum scores (``n - f - 2`` neighbours) keeping ``outlier_keep(scores, f, c)``."""
+    scores = krum_scores(sq_distances(v, block_rows), f)
+    return Selection(
+        accepted=outlier_keep(scores, f, c),
+        scores=scores,
+        info={"rule": "multi_krum_outliers", "f": f, "c": c, "neighbours": v.n - f - 2},
+    )
+
+
 def krum(v: ClientVectors, f: int, *, block_rows: int | None = None) -> Selection:
     """Krum: accept the single client with the lowest Krum score (``multi_krum`` with ``m = 1``)."""
     sel = multi_krum(v, f, 1, block_rows=block_rows)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fedrec.defenses.geomed import geometric_median
-from fedrec.defenses.krum import multi_krum
+from fedrec.defenses.krum import multi_krum, multi_krum_outliers
 from fedrec.defenses.spaces import SPACES, delta_vectors, rows_of, space_vectors, uploaded
 from fedrec.defenses.trimmed import coordinate_median, norm_trim, trimmed_mean
 from fedrec.defenses.vectors import ClientVectors
@@ -39,7 +39,7 @@ class Defense:
     space: str = "gradient"
     rule: str = "none"
     verify: bool = False
-    keep: str = "n-f"  # multi-krum: how many to keep ("n-f" or an int)
+    keep: str = "n-f"  # multi-krum: how many to keep ("n-f", "outliers" (params["c"]) or an int)
     params: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -75,6 +75,8 @@ class Defense:
                 v = space_vectors(self.space, server, sub, opt_rule, t)
                 if self.rule == "norm-trim":
                     sel = norm_trim(v, f)
+                elif self.rule == "multi-krum" and self.keep == "outliers":
+                    sel = multi_krum_outliers(v, f, self.params.get("c", 2.0))
                 else:
                     m = 1 if self.rule == "krum" else (sub.n - f if self.keep == "n-f" else int(self.keep))
                     sel = multi_krum(v, f, m)
@@ -123,6 +125,8 @@ DEFENSES: dict[str, Defense] = {
         Defense("none", rule="none", description="no filtering (A-FRS, Algorithm 1 Option I)"),
         Defense("a-rfrs", space="gradient", rule="multi-krum",
                 description="A-RFRS: Multi-Krum on reconstructed gradients, keeps n - f (paper 000)"),
+        Defense("a-rfrs-outliers", space="gradient", rule="multi-krum", keep="outliers", params={"c": 2.0},
+                description="A-RFRS rejecting, of the f worst Krum scores, only those > c x the median score"),
         Defense("grad-krum", space="gradient", rule="krum", description="Krum (one client) on reconstructed gradients"),
         Defense("verify+a-rfrs", space="gradient", rule="multi-krum", verify=True,
                 description="the optimizer-rule verifier, then A-RFRS"),

@@ -4,6 +4,12 @@ Counted over the sampled clients: a rejection of a Byzantine upload is a true po
 a false positive. precision = TP / rejected, recall = TP / Byzantine, false-rejection rate =
 FP / honest. Each is reported per round and pooled over the run, overall and over the rounds that
 sampled at most ``f`` Byzantine clients (where Krum's guarantee applies).
+
+Next to them, what there was to detect (``forged``: ``|g~ - g|``, the distance of the gradient an
+upload implies from its client's own honest one, ``fedrec.federation.forged``): the share of the
+Byzantine uploads' squared forged distance that was rejected, and the recall over the *substantial*
+Byzantine uploads, those that moved the gradient by at least its own norm (``forged >= |g|``; gradient
+ascent always does, at ``2 |g|``, a camouflage upload only where Adam's update had second roots).
 """
 
 from __future__ import annotations
@@ -57,9 +63,26 @@ def detection_summary(rounds: pd.DataFrame, f: int) -> dict[str, Any]:
         )  # fmt: skip
 
     within = pr[pr.byzantine <= f]
+    uploads_within = rounds[rounds.t.isin(within.t)]
     return {
         "f": f,
         "rounds": len(pr),
-        "all_rounds": pooled(pr),
-        "rounds_with_at_most_f_byzantine": {**pooled(within), "rounds": len(within)},
+        "all_rounds": {**pooled(pr), **forged_rates(rounds)},
+        "rounds_with_at_most_f_byzantine": {**pooled(within), **forged_rates(uploads_within), "rounds": len(within)},
+    }
+
+
+def forged_rates(rounds: pd.DataFrame) -> dict[str, float]:
+    """Rejection weighted by what each Byzantine upload forged (see the module docstring)."""
+    if "forged" not in rounds:
+        return {}
+    byz = rounds[rounds.byzantine.astype(bool)]
+    rejected = ~byz.accepted.astype(bool)
+    mass = byz.forged.pow(2)
+    substantial = byz.forged >= byz.grad_norm
+    div = lambda a, b: float(a / b) if b else math.nan  # noqa: E731
+    return {
+        "forged_share_rejected": div(mass[rejected].sum(), mass.sum()),
+        "substantial_byzantine": int(substantial.sum()),
+        "substantial_recall": div((substantial & rejected).sum(), substantial.sum()),
     }

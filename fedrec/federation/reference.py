@@ -7,6 +7,8 @@ dense messages. Slow by design; used only by tests and benchmarks to check the f
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from fedrec.models import CSRTensors, TableLayout, bpr_objective, gather_users
@@ -142,6 +144,9 @@ def reference_defended_round(
             m = 1 if defense.rule == "krum" else n - f
             order = sorted(range(n), key=lambda i: (float(scores[i]), i))
             kept = set(order[:m])
+            if defense.keep == "outliers":  # also keep every score within c x the (lower) median
+                med = statistics.median_low(float(s) for s in scores)
+                kept |= {i for i in range(n) if float(scores[i]) <= defense.params["c"] * med}
             accepted = [i in kept for i in range(n)]
     keys = ("theta", *rule.state_names)
     if defense.rule in ("cw-median", "cw-trimmed-mean") and defense.space == "gradient":

@@ -25,6 +25,7 @@ from fedrec.data import Split
 from fedrec.defenses import Defense, assumed_f, make_defense
 from fedrec.eval import full_ranking
 from fedrec.federation.clients import PrivateState, client_gradients, honest_uploads, private_step
+from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.server import apply_decision
 from fedrec.federation.validate import validate
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, sample_negatives
@@ -32,6 +33,7 @@ from fedrec.optim import make_rule
 from fedrec.protocol import REASONS, ServerState
 
 Progress = Callable[[dict[str, Any]], None]
+ROUND_COLUMNS = ("t", "client_id", "byzantine", "accepted", "score", "reason", "grad_norm", "forged")
 
 
 def make_optimizer_rule(cfg: Config):
@@ -163,10 +165,15 @@ class FederatedRun:
         )  # fmt: skip
         uploads = honest_uploads(self.server, self.rule, grads, batch, t)
         byz = self.byzantine[clients]
+        grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
+        forged = torch.zeros_like(grad_norm)
         if self.attack is not None:
-            uploads = uploads.select(~byz).cat(
-                self.attack(self._attack_context(t, clients, batch, grads, byz))
-            )
+            ctx = self._attack_context(t, clients, batch, grads, byz)
+            attacked = self.attack(ctx)
+            uploads = uploads.select(~byz).cat(attacked)
+            # records follow the upload order: honest clients, then the Byzantine ones
+            grad_norm = torch.cat([grad_norm[~byz], grad_norm[byz]])
+            forged = torch.cat([forged[~byz], forged_distance(self.server, self.rule, t, attacked, ctx.ptr, ctx.rows, ctx.g)])
         if self.private is not None:
             honest = ~byz
             private_step(self.private, self.rule, clients[honest], grads.g_user[honest])
@@ -184,6 +191,8 @@ class FederatedRun:
         row["accepted"][t - 1] = decision.accepted
         row["score"][t - 1] = decision.scores
         row["reason"][t - 1] = decision.reasons
+        row["grad_norm"][t - 1] = grad_norm
+        row["forged"][t - 1] = forged
 
     def _allocate_records(self) -> None:
         if self.losses is not None:
@@ -196,6 +205,8 @@ class FederatedRun:
             "accepted": torch.zeros(T, n, dtype=torch.bool, device=dev),
             "score": torch.zeros(T, n, dtype=torch.float64, device=dev),
             "reason": torch.zeros(T, n, dtype=torch.int64, device=dev),
+            "grad_norm": torch.zeros(T, n, dtype=torch.float64, device=dev),  # |g| of the client's own gradient
+            "forged": torch.zeros(T, n, dtype=torch.float64, device=dev),  # |g~ - g| (0 for honest uploads)
         }
 
     def _attack_context(self, t, clients, batch, grads, byz) -> AttackContext:
@@ -292,11 +303,11 @@ class FederatedRun:
     def rounds_frame(self) -> pd.DataFrame:
         t = self.server.t
         if not self.records or t == 0:
-            return pd.DataFrame(columns=["t", "client_id", "byzantine", "accepted", "score", "reason"])
+            return pd.DataFrame(columns=list(ROUND_COLUMNS))
         cols = {k: v[:t].reshape(-1).cpu().numpy() for k, v in self.records.items()}
         df = pd.DataFrame({"t": (torch.arange(t * self.per_round) // self.per_round + 1).numpy(), **cols})
         df["reason"] = pd.Categorical.from_codes(df["reason"], categories=list(REASONS))
-        return df[["t", "client_id", "byzantine", "accepted", "score", "reason"]]
+        return df[list(ROUND_COLUMNS)]
 
     # -- the loop ----------------------------------------------------------------------------------
 

@@ -1,0 +1,48 @@
+"""How far each upload's gradient is from the one its client honestly computed: the size of an attack.
+
+A Byzantine upload is only as harmful (and as detectable) as the gradient it makes the server
+reconstruct differs from the client's own honest gradient. Gradient ascent moves it by ``2 |g|``; the
+camouflage attack (paper 000 Eq. 8) only on the coordinates where Adam's update has a second root, so
+late in a run many camouflage uploads equal the honest ones. The detection records carry this
+distance so that detection rates can be read against what there was to detect.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedrec.defenses.spaces import rows_of, uploaded
+from fedrec.protocol import ServerState, UploadBatch
+
+Tensor = torch.Tensor
+
+
+def segment_sq_norms(owner: Tensor, values: Tensor, n: int) -> Tensor:
+    """``[n]`` float64: per client the squared norm of its rows (``owner[k]`` owns ``values[k]``)."""
+    sq = values.to(torch.float64).pow(2).sum(1)
+    return torch.zeros(n, dtype=torch.float64, device=values.device).index_add_(0, owner, sq)
+
+
+def forged_distance(
+    server: ServerState, rule, t: int, uploads: UploadBatch, ptr: Tensor, rows: Tensor, g: Tensor
+) -> Tensor:
+    """``[b]`` float64 ``|g~_i - g_i|``: ``g~_i`` the gradient the server reconstructs from upload ``i``
+    (paper 000 Eq. 2 for Adam; zero at unlisted rows), ``g_i`` client ``i``'s own honest gradient
+    (``rows[ptr[i]:ptr[i+1]]``, zero elsewhere). Both row lists are sorted within each client.
+
+    Summed without cancellation: ``|g~|^2`` off the client's own rows plus ``|g~ - g|^2`` on them."""
+    b, n_rows = uploads.n, server.theta.shape[0]
+    rec = rule.reconstruct(rows_of(server, uploads.rows), uploaded(uploads), t).to(torch.float64)
+    up_owner = uploads.owner()
+    own_owner = torch.repeat_interleave(torch.arange(b, device=rows.device), ptr.diff())
+    g = g.to(torch.float64)
+    total = segment_sq_norms(up_owner, rec, b)
+    if rec.shape[0] == 0:
+        return (total + segment_sq_norms(own_owner, g, b)).sqrt()
+    key_up = up_owner * n_rows + uploads.rows
+    key_own = own_owner * n_rows + rows
+    pos = torch.searchsorted(key_up, key_own).clamp(max=key_up.shape[0] - 1)
+    hit = (key_up[pos] == key_own)[:, None]
+    at_own = torch.where(hit, rec[pos], 0.0)
+    total = total - segment_sq_norms(own_owner, at_own, b) + segment_sq_norms(own_owner, at_own - g, b)
+    return total.clamp(min=0).sqrt()

@@ -1,0 +1,172 @@
+"""What an attack forged and how detection is read against it (fedrec.federation.forged, the detection
+summary), and A-RFRS with an adaptive number of kept uploads (``outlier_keep``): hand cases, a dense
+oracle, and a run whose Byzantine clients ascend."""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedrec.attacks import AttackContext, dense_upload_from_gradient, upload_from_gradient
+from fedrec.config import Config
+from fedrec.data import split_per_user, synthetic
+from fedrec.defenses.krum import multi_krum, multi_krum_outliers, outlier_keep
+from fedrec.defenses.vectors import ClientVectors, select_lowest
+from fedrec.federation.detection import detection_summary, forged_rates
+from fedrec.federation.forged import forged_distance
+from fedrec.federation.simulation import FederatedRun
+from fedrec.optim import Adam
+from fedrec.protocol import ServerState
+
+# ----------------------------------------------------------------------------- outlier_keep
+
+
+def test_outlier_keep_hand_cases() -> None:
+    s = torch.tensor([1.0, 1.1, 0.9, 5.0, 1.2], dtype=torch.float64)  # median 1.1
+    assert outlier_keep(s, 2, 2.0).tolist() == [True, True, True, False, True]
+    assert outlier_keep(s, 2, 5.0).all()  # 5.0 <= 5.5
+    assert outlier_keep(s, 0, 1.0).all()  # f = 0 rejects nothing
+    # even n: the lower median (2), so 10 > 2 * 2 goes; at c = 5 it stays (10 <= 10)
+    s = torch.tensor([1.0, 2.0, 3.0, 10.0], dtype=torch.float64)
+    assert outlier_keep(s, 1, 2.0).tolist() == [True, True, True, False]
+    assert outlier_keep(s, 1, 5.0).all()
+    # only the f worst can go, however far the others are
+    s = torch.tensor([1.0, 1.0, 1.0, 9.0, 8.0], dtype=torch.float64)
+    assert outlier_keep(s, 1, 2.0).tolist() == [True, True, True, False, True]
+
+
+def test_outlier_keep_rejects_bad_parameters() -> None:
+    s = torch.ones(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="c must be >= 1"):
+        outlier_keep(s, 1, 0.5)
+    with pytest.raises(ValueError, match="f must be in"):
+        outlier_keep(s, 5, 2.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0, 1e6, allow_nan=False), min_size=3, max_size=30),
+    st.floats(1, 10),
+    st.data(),
+)
+def test_outlier_keep_is_multi_krum_with_m_between_n_minus_f_and_n(scores, c, data) -> None:
+    n = len(scores)
+    f = data.draw(st.integers(0, (n - 1) // 2))
+    s = torch.tensor(scores, dtype=torch.float64)
+    keep = outlier_keep(s, f, c)
+    assert (keep | ~select_lowest(s, n - f)).all()  # keeps Multi-Krum's n - f
+    assert int((~keep).sum()) <= f
+    med = statistics.median_low(scores)
+    for i in range(n):
+        if not keep[i]:
+            assert scores[i] > c * med
+        elif not select_lowest(s, n - f)[i]:
+            assert scores[i] <= c * med
+
+
+def test_fixed_n_minus_f_has_a_false_rejection_floor_outliers_do_not() -> None:
+    """One Byzantine upload among 11 with f = 4: Multi-Krum keeping n - f must drop 3 honest ones; the
+    outlier rule drops the Byzantine one alone."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(11, 6, 4, generator=gen, dtype=torch.float64) * 0.1
+    x[7] += 50.0
+    v = ClientVectors.from_dense(x, all_rows=True)
+    fixed = multi_krum(v, 4, 11 - 4).accepted
+    adaptive = multi_krum_outliers(v, 4, 2.0).accepted
+    assert not fixed[7] and int((~fixed).sum()) == 4
+    assert (~adaptive).nonzero().flatten().tolist() == [7]
+
+
+# ----------------------------------------------------------------------------- forged_distance
+
+
+def _adam_state(n_rows: int, d: int, seed: int) -> tuple[Adam, ServerState]:
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(n_rows, d, generator=gen, dtype=torch.float64)
+    m = torch.randn(n_rows, d, generator=gen, dtype=torch.float64) * 0.1
+    v = torch.rand(n_rows, d, generator=gen, dtype=torch.float64) * 0.01
+    return Adam(eta=0.01), ServerState(theta, {"m": m, "v": v}, 6)
+
+
+def _ctx(rule, server, client_rows, g) -> AttackContext:
+    counts = torch.tensor([len(r) for r in client_rows], dtype=torch.int64)
+    ptr = torch.zeros(len(client_rows) + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    rows = torch.tensor([r for rs in client_rows for r in rs], dtype=torch.int64)
+    return AttackContext(
+        server=server, t=server.t + 1, rule=rule, client_ids=torch.arange(len(client_rows)),
+        n_examples=counts + 1, ptr=ptr, rows=rows, g=g, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 4))
+def test_forged_distance_matches_a_dense_oracle(seed: int, b: int) -> None:
+    n_rows, d = 12, 3
+    rule, server = _adam_state(n_rows, d, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    client_rows = [sorted(torch.randperm(n_rows, generator=gen)[: 1 + i % 5].tolist()) for i in range(b)]
+    g = torch.randn(sum(map(len, client_rows)), d, generator=gen, dtype=torch.float64)
+    ctx = _ctx(rule, server, client_rows, g)
+    owner = ctx.owner()
+    honest_dense = torch.zeros(b, n_rows, d, dtype=torch.float64)
+    honest_dense[owner, ctx.rows] = g
+
+    # sparse: same rows, another gradient; the honest gradient itself forges nothing
+    h = torch.randn_like(g)
+    got = forged_distance(server, rule, ctx.t, upload_from_gradient(ctx, ctx.rows, ctx.ptr, h), ctx.ptr, ctx.rows, g)
+    want = torch.zeros(b, dtype=torch.float64).index_add_(0, owner, ((h - g) ** 2).sum(1)).sqrt()
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    same = forged_distance(server, rule, ctx.t, upload_from_gradient(ctx, ctx.rows, ctx.ptr, g), ctx.ptr, ctx.rows, g)
+    assert (same <= 1e-9 * (1 + want)).all()
+    ascent = upload_from_gradient(ctx, ctx.rows, ctx.ptr, -g)
+    norms = honest_dense.flatten(1).norm(dim=1)
+    torch.testing.assert_close(forged_distance(server, rule, ctx.t, ascent, ctx.ptr, ctx.rows, g), 2 * norms)
+
+    # dense: every row listed, the client's own rows included
+    H = torch.randn(b, n_rows, d, generator=gen, dtype=torch.float64)
+    got = forged_distance(server, rule, ctx.t, dense_upload_from_gradient(ctx, H), ctx.ptr, ctx.rows, g)
+    torch.testing.assert_close(got, (H - honest_dense).flatten(1).norm(dim=1), rtol=1e-7, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- detection summary
+
+
+def test_forged_rates_hand_case() -> None:
+    rounds = pd.DataFrame(
+        {
+            "t": [1, 1, 1, 2, 2, 2],
+            "byzantine": [True, True, False, True, False, False],
+            "accepted": [False, True, False, True, True, True],
+            "forged": [3.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+            "grad_norm": [1.0, 2.0, 5.0, 1.0, 1.0, 1.0],
+        }
+    )
+    r = forged_rates(rounds)
+    assert r["forged_share_rejected"] == pytest.approx(9 / 10)
+    assert r["substantial_byzantine"] == 1 and r["substantial_recall"] == 1.0
+    s = detection_summary(rounds, f=1)
+    # round 1 has 2 > f Byzantine: only round 2 counts "within", where nothing was forged
+    assert s["rounds_with_at_most_f_byzantine"]["rounds"] == 1
+    assert s["all_rounds"]["forged_share_rejected"] == pytest.approx(0.9)
+    assert s["all_rounds"]["false_rejection_rate"] == pytest.approx(1 / 3)  # 1 of 3 honest
+
+
+def test_a_run_records_what_gradient_ascent_forged(tmp_path) -> None:
+    cfg = Config()
+    cfg.model.dim = 8
+    cfg.train.lr = 0.01
+    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 6, 6
+    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
+    cfg.defense.name = "a-rfrs-outliers"
+    run = FederatedRun.create(cfg, split_per_user(synthetic(40, 30, seed=1), seed=0), torch.device("cpu"))
+    run.run()
+    df = run.rounds_frame()
+    byz, honest = df[df.byzantine], df[~df.byzantine]
+    assert len(byz) > 0 and (honest.forged == 0).all() and (honest.grad_norm > 0).all()
+    pd.testing.assert_series_equal(byz.forged, 2 * byz.grad_norm, rtol=1e-4, check_names=False)
