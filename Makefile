@@ -29,8 +29,8 @@ test: venv  ## the whole test suite (real-data tests need FEDREC_DATA_DIR; they 
 	$(BIN)/pytest -q
 
 lint: venv
-	$(BIN)/ruff check fedrec tests benchmarks experiments
-	$(BIN)/ruff format --check fedrec tests benchmarks experiments
+	$(BIN)/ruff check fedrec tests benchmarks experiments notebooks
+	$(BIN)/ruff format --check fedrec tests benchmarks experiments notebooks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

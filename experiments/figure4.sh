@@ -2,7 +2,7 @@
 # Paper 000 Figure 4: gradient ascent at 20 / 30 / 40 % Byzantine on Last.fm and ML100K, A-RFRS against
 # parameter-space Krum, RFA, Trmean and no defense, 5 seeds, plus the attack-free run per seed.
 # Usage: FEDREC_DATA_DIR=... bash experiments/figure4.sh OUT_DIR ROUNDS LR [DATASET ...]
-# JOBS runs in parallel (default 2), each on one thread.
+# JOBS runs in parallel (default 2), each on one thread; SEEDS and FRACTIONS narrow the grid.
 set -euo pipefail
 out=${1:-runs/figure4}
 rounds=${2:-2000}
@@ -12,10 +12,10 @@ datasets=${*:-lastfm ml100k}
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 jobs() {
-  for seed in 0 1 2 3 4; do
+  for seed in ${SEEDS:-0 1 2 3 4}; do
     for ds in $datasets; do
       echo "$ds 0 none $seed"
-      for frac in 0.2 0.3 0.4; do
+      for frac in ${FRACTIONS:-0.2 0.3 0.4}; do
         for defense in a-rfrs krum rfa trmean none; do
           echo "$ds $frac $defense $seed"
         done

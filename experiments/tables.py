@@ -3,6 +3,7 @@
 python experiments/tables.py centralized runs/centralized
 python experiments/tables.py federated runs/federated runs/centralized
 python experiments/tables.py detection runs/camouflage
+python experiments/tables.py figure4 runs/figure4
 """
 
 from __future__ import annotations
@@ -73,5 +74,76 @@ def detection(root: str) -> None:
               f"{a['precision']:.3f} | {s['seconds']:.0f} |")  # fmt: skip
 
 
+def detection_forged(root: str) -> None:
+    """Detection against what was forged: counts, forged share rejected, substantial uploads."""
+    print("| defense | rounds | scope | Byz. rejected | honest rejected | forged share rejected |"
+          " substantial Byz. | substantial rejected | P@5 | wall s |")  # fmt: skip
+    print("|" + "---|" * 10)
+    for s in summaries(root):
+        d = s["detection"]
+        for scope, key in (("all rounds", "all_rounds"), ("≤ f rounds", "rounds_with_at_most_f_byzantine")):
+            x = d[key]
+            print(f"| {s['defense']} | {s['rounds']} | {scope} | {x['recall']:.4f} | {x['false_rejection_rate']:.4f} | "
+                  f"{x['forged_share_rejected']:.6f} | {x['substantial_byzantine']} | {x['substantial_recall']:.4f} | "
+                  f"{s['metrics']['precision']['5']:.4f} | {s['seconds']:.0f} |")  # fmt: skip
+
+
+FIG4_DEFENSES = ("a-rfrs", "krum", "rfa", "trmean", "none")
+
+
+def figure4(root: str) -> None:
+    """Paper 000 Figure 4: P@1..5 mean ± std over seeds per dataset, Byzantine fraction and defense,
+    detection rates (pooled per seed, then averaged), and whether A-RFRS has the best mean."""
+    import statistics as st
+
+    runs: dict[tuple[str, str, str], list[dict]] = {}
+    for p in sorted(Path(root).glob("*.json")):
+        ds, frac, defense = p.name.split(".")[0], ".".join(p.name.split(".")[1:-3]), p.name.split(".")[-3]
+        runs.setdefault((ds, frac, defense), []).append(json.loads(p.read_text()))
+
+    def ms(xs: list[float]) -> str:
+        return f"{st.mean(xs):.4f} ± {st.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
+
+    means: dict[tuple[str, str, str], list[float]] = {}
+    for ds in ("lastfm", "ml100k"):
+        print(f"\n**{ds}**\n")
+        print("| Byzantine | defense | seeds | " + " | ".join(f"P@{k}" for k in KS)
+              + " | Byz. rejected | honest rejected | wall s (mean) |")  # fmt: skip
+        print("|" + "---|" * (len(KS) + 6))
+        for frac in ("0", "0.2", "0.3", "0.4"):
+            for defense in ("none",) if frac == "0" else FIG4_DEFENSES:
+                rs = runs.get((ds, frac, defense), [])
+                if not rs:
+                    continue
+                p = [[r["metrics"]["precision"][str(k)] for r in rs] for k in KS]
+                means[(ds, frac, defense)] = [st.mean(x) for x in p]
+                det = [r["detection"]["all_rounds"] for r in rs if "detection" in r]
+                rec = f"{st.mean(x['recall'] for x in det):.3f}" if det and frac != "0" else "—"
+                frr = f"{st.mean(x['false_rejection_rate'] for x in det):.3f}" if det and frac != "0" else "—"
+                wall = st.mean(r["seconds"] for r in rs)
+                label = "none (no attack)" if frac == "0" else defense
+                print(f"| {float(frac):.0%} | {label} | {len(rs)} | " + " | ".join(ms(x) for x in p)
+                      + f" | {rec} | {frr} | {wall:.0f} |")  # fmt: skip
+    print("\nA-RFRS has the best mean P@K (cells where it does not):")
+    for (ds, frac, defense), m in sorted(means.items()):
+        if defense != "a-rfrs":
+            continue
+        for i, k in enumerate(KS):
+            best = max(
+                (means[(ds, frac, d)][i], d)
+                for d in FIG4_DEFENSES
+                if d != "a-rfrs" and (ds, frac, d) in means
+            )
+            if m[i] <= best[0]:
+                print(f"- {ds} {float(frac):.0%} P@{k}: A-RFRS {m[i]:.4f} vs {best[1]} {best[0]:.4f}")
+        best1 = max(
+            (means[(ds, frac, d)][0], d) for d in FIG4_DEFENSES if d != "a-rfrs" and (ds, frac, d) in means
+        )
+        print(
+            f"- gain on P@1, {ds} {float(frac):.0%}: {m[0] / best1[0] - 1:+.1%} over {best1[1]} ({best1[0]:.4f})"
+        )
+
+
 if __name__ == "__main__":
-    {"centralized": centralized, "federated": federated, "detection": detection}[sys.argv[1]](*sys.argv[2:])
+    {"centralized": centralized, "federated": federated, "detection": detection,
+     "detection-forged": detection_forged, "figure4": figure4}[sys.argv[1]](*sys.argv[2:])  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,6 +125,13 @@ def train(
             f"defense {summary['defense']} vs {summary['attack']['name']}: Byzantine rejected {a['recall']:.1%}, "
             f"honest rejected {a['false_rejection_rate']:.1%}, precision {a['precision']:.1%} (f = {det['f']})"
         )
+        share = a.get("forged_share_rejected")
+        if share is not None and not math.isnan(share):  # NaN: nothing was forged
+            out.print(
+                f"share of the forged gradient (|g~ - g|^2) rejected {share:.2%}; "
+                f"uploads forging at least their own gradient's norm: {a['substantial_byzantine']}, "
+                f"rejected {a['substantial_recall']:.1%}"
+            )
     err.print(f"run directory: {run_dir}")
 
 

@@ -109,3 +109,18 @@ def test_demo_camouflage_shows_theta_equal_and_gradients_apart():
     assert r["gradient_distance"] > 10 * r["honest_gradient_norm"]
     assert r["kept"]["none"]["byzantine_kept"] == r["byzantine"] > 0
     assert r["kept"]["a-rfrs"]["byzantine_kept"] == 0
+
+
+def test_train_reports_what_the_attack_forged(tmp_path):
+    args = ["train", "--dataset", "ml100k", "--mode", "federated", "--rounds", "4", "--out", str(tmp_path)]
+    args += ["--attack", "gradient-ascent", "--byzantine", "0.4", "--defense", "a-rfrs-outliers"]
+    res = invoke(*args, "--set", "federated.eval_every=4", "--set", "model.dim=8")
+    assert res.exit_code == 0, res.output
+    assert "defense a-rfrs-outliers vs gradient-ascent" in res.stdout
+    # gradient ascent forges 2 |g| >= |g| on every Byzantine upload: all of them are substantial
+    summary = json.loads(
+        invoke(*args, "--set", "federated.eval_every=4", "--set", "model.dim=8", "--json").stdout
+    )
+    a = summary["detection"]["all_rounds"]
+    assert a["substantial_byzantine"] == a["byzantine"] > 0
+    assert "share of the forged gradient" in res.stdout

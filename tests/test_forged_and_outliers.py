@@ -119,10 +119,14 @@ def test_forged_distance_matches_a_dense_oracle(seed: int, b: int) -> None:
 
     # sparse: same rows, another gradient; the honest gradient itself forges nothing
     h = torch.randn_like(g)
-    got = forged_distance(server, rule, ctx.t, upload_from_gradient(ctx, ctx.rows, ctx.ptr, h), ctx.ptr, ctx.rows, g)
+    got = forged_distance(
+        server, rule, ctx.t, upload_from_gradient(ctx, ctx.rows, ctx.ptr, h), ctx.ptr, ctx.rows, g
+    )
     want = torch.zeros(b, dtype=torch.float64).index_add_(0, owner, ((h - g) ** 2).sum(1)).sqrt()
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
-    same = forged_distance(server, rule, ctx.t, upload_from_gradient(ctx, ctx.rows, ctx.ptr, g), ctx.ptr, ctx.rows, g)
+    same = forged_distance(
+        server, rule, ctx.t, upload_from_gradient(ctx, ctx.rows, ctx.ptr, g), ctx.ptr, ctx.rows, g
+    )
     assert (same <= 1e-9 * (1 + want)).all()
     ascent = upload_from_gradient(ctx, ctx.rows, ctx.ptr, -g)
     norms = honest_dense.flatten(1).norm(dim=1)

@@ -68,7 +68,11 @@ def detection_summary(rounds: pd.DataFrame, f: int) -> dict[str, Any]:
         "f": f,
         "rounds": len(pr),
         "all_rounds": {**pooled(pr), **forged_rates(rounds)},
-        "rounds_with_at_most_f_byzantine": {**pooled(within), **forged_rates(uploads_within), "rounds": len(within)},
+        "rounds_with_at_most_f_byzantine": {
+            **pooled(within),
+            **forged_rates(uploads_within),
+            "rounds": len(within),
+        },
     }
 
 

@@ -173,7 +173,8 @@ class FederatedRun:
             uploads = uploads.select(~byz).cat(attacked)
             # records follow the upload order: honest clients, then the Byzantine ones
             grad_norm = torch.cat([grad_norm[~byz], grad_norm[byz]])
-            forged = torch.cat([forged[~byz], forged_distance(self.server, self.rule, t, attacked, ctx.ptr, ctx.rows, ctx.g)])
+            made = forged_distance(self.server, self.rule, t, attacked, ctx.ptr, ctx.rows, ctx.g)
+            forged = torch.cat([forged[~byz], made])
         if self.private is not None:
             honest = ~byz
             private_step(self.private, self.rule, clients[honest], grads.g_user[honest])
@@ -205,8 +206,9 @@ class FederatedRun:
             "accepted": torch.zeros(T, n, dtype=torch.bool, device=dev),
             "score": torch.zeros(T, n, dtype=torch.float64, device=dev),
             "reason": torch.zeros(T, n, dtype=torch.int64, device=dev),
-            "grad_norm": torch.zeros(T, n, dtype=torch.float64, device=dev),  # |g| of the client's own gradient
-            "forged": torch.zeros(T, n, dtype=torch.float64, device=dev),  # |g~ - g| (0 for honest uploads)
+            # |g| of the client's own gradient; |g~ - g| of its upload's gradient from it (0 when honest)
+            "grad_norm": torch.zeros(T, n, dtype=torch.float64, device=dev),
+            "forged": torch.zeros(T, n, dtype=torch.float64, device=dev),
         }
 
     def _attack_context(self, t, clients, batch, grads, byz) -> AttackContext:
