@@ -118,8 +118,11 @@ def figure4(root: str) -> None:
                 p = [[r["metrics"]["precision"][str(k)] for r in rs] for k in KS]
                 means[(ds, frac, defense)] = [st.mean(x) for x in p]
                 det = [r["detection"]["all_rounds"] for r in rs if "detection" in r]
-                rec = f"{st.mean(x['recall'] for x in det):.3f}" if det and frac != "0" else "—"
-                frr = f"{st.mean(x['false_rejection_rate'] for x in det):.3f}" if det and frac != "0" else "—"
+                rejects = (
+                    det and frac != "0" and defense not in ("rfa", "none")
+                )  # RFA reweights, rejects none
+                rec = f"{st.mean(x['recall'] for x in det):.3f}" if rejects else "—"
+                frr = f"{st.mean(x['false_rejection_rate'] for x in det):.3f}" if rejects else "—"
                 wall = st.mean(r["seconds"] for r in rs)
                 label = "none (no attack)" if frac == "0" else defense
                 print(f"| {float(frac):.0%} | {label} | {len(rs)} | " + " | ".join(ms(x) for x in p)
