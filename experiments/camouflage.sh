@@ -6,7 +6,7 @@ set -euo pipefail
 out=${1:-runs/camouflage}
 rounds=${2:-1000}
 mkdir -p "$out"
-for defense in a-rfrs a-rfrs-outliers krum theta-krum none; do
+for defense in a-rfrs a-rfrs-outliers a-rfrs-linf krum theta-krum none; do
   fedrec train -c configs/lastfm.yaml --attack camouflage --byzantine 0.4 --defense "$defense" \
     --rounds "$rounds" --set federated.eval_every=500 --seed 0 --out "$out" --json > "$out/lastfm.$defense.json"
 done

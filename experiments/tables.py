@@ -3,6 +3,8 @@
 python experiments/tables.py centralized runs/centralized
 python experiments/tables.py federated runs/federated runs/centralized
 python experiments/tables.py detection runs/camouflage
+python experiments/tables.py detection-forged runs/camouflage2
+python experiments/tables.py detection-windows runs/camouflage2 50 100 200 1000
 python experiments/tables.py figure4 runs/figure4
 """
 
@@ -88,6 +90,26 @@ def detection_forged(root: str) -> None:
                   f"{s['metrics']['precision']['5']:.4f} | {s['seconds']:.0f} |")  # fmt: skip
 
 
+def detection_windows(root: str, *windows: str) -> None:
+    """Detection over the rounds with at most f Byzantine clients among the first T rounds, counting
+    every Byzantine upload, and only those that forged anything (|g~ - g| > 1e-6 |g|: the rest are
+    honest uploads up to the float32 rounding of the moments)."""
+    import pandas as pd
+
+    print("| defense | first T rounds | ≤ f rounds | Byz. uploads | rejected | forging uploads | rejected |"
+          " honest rejected |")  # fmt: skip
+    print("|" + "---|" * 8)
+    for s in summaries(root):
+        r = pd.read_parquet(Path(s["run_dir"]) / "rounds.parquet")
+        r = r.join(r.groupby("t").byzantine.sum().rename("b"), on="t")
+        for T in map(int, windows or ("100", "1000")):
+            w = r[(r.b <= s["detection"]["f"]) & (r.t <= T)]
+            byz, honest = w[w.byzantine], w[~w.byzantine]
+            forging = byz[byz.forged > 1e-6 * byz.grad_norm]
+            print(f"| {s['defense']} | {T} | {w.t.nunique()} | {len(byz)} | {(~byz.accepted).mean():.4f} | "
+                  f"{len(forging)} | {(~forging.accepted).mean():.4f} | {(~honest.accepted).mean():.4f} |")  # fmt: skip
+
+
 FIG4_DEFENSES = ("a-rfrs", "krum", "rfa", "trmean", "none")
 
 
@@ -149,4 +171,4 @@ def figure4(root: str) -> None:
 
 if __name__ == "__main__":
     {"centralized": centralized, "federated": federated, "detection": detection,
-     "detection-forged": detection_forged, "figure4": figure4}[sys.argv[1]](*sys.argv[2:])  # fmt: skip
+     "detection-forged": detection_forged, "detection-windows": detection_windows, "figure4": figure4}[sys.argv[1]](*sys.argv[2:])  # fmt: skip

@@ -16,7 +16,7 @@ from fedrec.attacks import AttackContext, dense_upload_from_gradient, upload_fro
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
 from fedrec.defenses.krum import multi_krum, multi_krum_outliers, outlier_keep
-from fedrec.defenses.vectors import ClientVectors, select_lowest
+from fedrec.defenses.vectors import ClientVectors, select_lowest, sq_linf_distances
 from fedrec.federation.detection import detection_summary, forged_rates
 from fedrec.federation.forged import forged_distance
 from fedrec.federation.simulation import FederatedRun
@@ -174,3 +174,34 @@ def test_a_run_records_what_gradient_ascent_forged(tmp_path) -> None:
     byz, honest = df[df.byzantine], df[~df.byzantine]
     assert len(byz) > 0 and (honest.forged == 0).all() and (honest.grad_norm > 0).all()
     pd.testing.assert_series_equal(byz.forged, 2 * byz.grad_norm, rtol=1e-4, check_names=False)
+
+
+# ----------------------------------------------------------------------------- l-infinity Krum
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 7), st.integers(1, 5))
+def test_sq_linf_distances_match_a_dense_oracle(seed: int, n: int, block_rows: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 9, 3, generator=gen, dtype=torch.float64)
+    x[torch.rand(n, 9, generator=gen) < 0.6] = 0.0  # sparse: unlisted rows
+    v = ClientVectors.from_dense(x)
+    want = torch.tensor([[float((x[i] - x[j]).abs().max()) ** 2 for j in range(n)] for i in range(n)])
+    torch.testing.assert_close(sq_linf_distances(v, block_rows), want.to(torch.float64))
+    torch.testing.assert_close(sq_linf_distances(v), want.to(torch.float64))
+
+
+def test_linf_krum_sees_one_extreme_coordinate_that_l2_krum_does_not() -> None:
+    """Honest gradients on disjoint rows with norms 1..2; a Byzantine one with the norm of the largest
+    honest one packed into a single coordinate. Squared distances of near-orthogonal vectors are sums of
+    squared norms, so l2 Krum cannot tell it from the large honest ones; its l-infinity is 4x the others'."""
+    n, d = 9, 4
+    x = torch.zeros(n, n, d, dtype=torch.float64)
+    for i in range(n):
+        x[i, i] = torch.full((d,), (1 + i / (n - 1)) / d**0.5)  # norm 1 .. 2 spread over d coordinates
+    x[8] = 0.0
+    x[8, 8, 0] = 2.0  # same norm as the largest honest (client 7: norm 1.875) up to 7 %, one coordinate
+    v = ClientVectors.from_dense(x)
+    assert bool(multi_krum_outliers(v, 2, 3.0, distance="l2").accepted[8])
+    linf = multi_krum_outliers(v, 2, 3.0, distance="linf").accepted
+    assert (~linf).nonzero().flatten().tolist() == [8]

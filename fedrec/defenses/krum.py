@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from fedrec.defenses.vectors import ClientVectors, Selection, select_lowest, sq_distances
+from fedrec.defenses.vectors import DISTANCES, ClientVectors, Selection, select_lowest, sq_distances
 
 Tensor = torch.Tensor
 
@@ -111,13 +111,19 @@ def outlier_keep(scores: Tensor, f: int, c: float) -> Tensor:
     return select_lowest(scores, n - f) | (scores <= c * scores.median())
 
 
-def multi_krum_outliers(v: ClientVectors, f: int, c: float, *, block_rows: int | None = None) -> Selection:
-    """Multi-Krum on Krum scores (``n - f - 2`` neighbours) keeping ``outlier_keep(scores, f, c)``."""
-    scores = krum_scores(sq_distances(v, block_rows), f)
+def multi_krum_outliers(
+    v: ClientVectors, f: int, c: float, *, distance: str = "l2", block_rows: int | None = None
+) -> Selection:
+    """Multi-Krum on Krum scores (``n - f - 2`` neighbours) keeping ``outlier_keep(scores, f, c)``.
+
+    ``distance``: ``"l2"`` (squared Euclidean, Blanchard et al.) or ``"linf"`` (squared Chebyshev: the
+    ``p = inf`` generalised Krum of MixTailor, ALGORITHMS.md section 4.4), which scores a client by its
+    most extreme coordinate instead of its norm."""
+    scores = krum_scores(DISTANCES[distance](v, block_rows), f)
     return Selection(
         accepted=outlier_keep(scores, f, c),
         scores=scores,
-        info={"rule": "multi_krum_outliers", "f": f, "c": c, "neighbours": v.n - f - 2},
+        info={"rule": "multi_krum_outliers", "f": f, "c": c, "distance": distance, "neighbours": v.n - f - 2},
     )
 
 

@@ -76,7 +76,9 @@ class Defense:
                 if self.rule == "norm-trim":
                     sel = norm_trim(v, f)
                 elif self.rule == "multi-krum" and self.keep == "outliers":
-                    sel = multi_krum_outliers(v, f, self.params.get("c", 2.0))
+                    sel = multi_krum_outliers(
+                        v, f, self.params.get("c", 2.0), distance=self.params.get("distance", "l2")
+                    )
                 else:
                     m = 1 if self.rule == "krum" else (sub.n - f if self.keep == "n-f" else int(self.keep))
                     sel = multi_krum(v, f, m)
@@ -127,6 +129,9 @@ DEFENSES: dict[str, Defense] = {
                 description="A-RFRS: Multi-Krum on reconstructed gradients, keeps n - f (paper 000)"),
         Defense("a-rfrs-outliers", space="gradient", rule="multi-krum", keep="outliers", params={"c": 2.0},
                 description="A-RFRS rejecting, of the f worst Krum scores, only those > c x the median score"),
+        Defense("a-rfrs-linf", space="gradient", rule="multi-krum", keep="outliers",
+                params={"c": 5.0, "distance": "linf"},
+                description="a-rfrs-outliers on squared l-infinity distances (MixTailor's p = inf Krum), c = 5"),
         Defense("grad-krum", space="gradient", rule="krum", description="Krum (one client) on reconstructed gradients"),
         Defense("verify+a-rfrs", space="gradient", rule="multi-krum", verify=True,
                 description="the optimizer-rule verifier, then A-RFRS"),

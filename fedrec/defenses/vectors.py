@@ -208,6 +208,23 @@ def sq_distances(v: ClientVectors, block_rows: int | None = None) -> Tensor:
     return sq_distances_from_gram(gram(v, block_rows))
 
 
+def sq_linf_distances(v: ClientVectors, block_rows: int | None = None) -> Tensor:
+    """``[n, n]`` float64 squared Chebyshev distances ``(max_k |x_i[k] - x_j[k]|)^2``: the ``p = inf``
+    member of MixTailor's generalised Krum distances (ALGORITHMS.md section 4.4). The maximum is taken
+    block by block over the union of listed rows (rows nobody lists are 0 for everyone), so the result
+    does not depend on ``block_rows``."""
+    d = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
+    for _, blk in dense_blocks(v, block_rows, torch.float64):
+        flat = blk.reshape(v.n, -1)
+        d = torch.maximum(d, torch.cdist(flat, flat, p=float("inf")))
+    d.fill_diagonal_(0.0)
+    return d.pow(2)
+
+
+DISTANCES = {"l2": sq_distances, "linf": sq_linf_distances}
+"""Squared pairwise distances by name, for the distance-based rules (Krum, Multi-Krum)."""
+
+
 def weighted_sum(v: ClientVectors, w: Tensor) -> tuple[Tensor, Tensor]:
     """``sum_i w_i x_i`` over the union of listed rows: ``(rows [M], values [M, d])``.
 

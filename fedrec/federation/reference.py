@@ -101,11 +101,12 @@ def _dense_space(space: str, server: ServerState, rule, messages: list[dict[str,
     return [torch.cat([(msg[k] - default[k]) for k in keys], dim=1).flatten() for msg in messages]
 
 
-def _literal_krum_scores(X: torch.Tensor, f: int) -> torch.Tensor:
+def _literal_krum_scores(X: torch.Tensor, f: int, distance: str = "l2") -> torch.Tensor:
     n = X.shape[0]
+    dist = (lambda a: float((a**2).sum())) if distance == "l2" else (lambda a: float(a.abs().max()) ** 2)
     scores = []
     for i in range(n):
-        d = sorted(float(((X[i] - X[j]) ** 2).sum()) for j in range(n) if j != i)
+        d = sorted(dist(X[i] - X[j]) for j in range(n) if j != i)
         scores.append(sum(d[: n - f - 2]))
     return torch.tensor(scores, dtype=torch.float64)
 
@@ -140,7 +141,7 @@ def reference_defended_round(
                 beta = beta / beta.sum()
             weights = beta.tolist()
         else:
-            scores = _literal_krum_scores(X, f)
+            scores = _literal_krum_scores(X, f, defense.params.get("distance", "l2"))
             m = 1 if defense.rule == "krum" else n - f
             order = sorted(range(n), key=lambda i: (float(scores[i]), i))
             kept = set(order[:m])
