@@ -109,6 +109,9 @@ def test_demo_camouflage_shows_theta_equal_and_gradients_apart():
     assert r["gradient_distance"] > 10 * r["honest_gradient_norm"]
     assert r["kept"]["none"]["byzantine_kept"] == r["byzantine"] > 0
     assert r["kept"]["a-rfrs"]["byzantine_kept"] == 0
+    # the l-infinity variant rejects only the forged uploads: every honest one is kept
+    linf = r["kept"]["a-rfrs-linf"]
+    assert linf["byzantine_kept"] == 0 and linf["honest_kept"] == r["clients"] - r["byzantine"]
 
 
 def test_train_reports_what_the_attack_forged(tmp_path):

@@ -73,7 +73,7 @@ def inspect_round(run: FederatedRun, warmup: int) -> dict[str, Any]:
     is_byz = run.byzantine[uploads.client_ids]
     codes = validate(uploads, n_rows=run.layout.n_rows, max_examples=run.layout.n_items)
     kept = {}
-    for name in ("none", "krum", "theta-krum", "a-rfrs", "verify"):
+    for name in ("none", "krum", "theta-krum", "a-rfrs", "a-rfrs-linf", "verify"):
         d = make_defense(name).decide(run.server, uploads, run.rule, t, codes, run.f)
         kept[name] = {
             "byzantine_kept": int((d.accepted & is_byz).sum()),
