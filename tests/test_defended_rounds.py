@@ -19,9 +19,12 @@ from fedrec.federation.validate import validate
 ATTACKS = ["none", "gradient-ascent", "noise", "camouflage"]
 
 
-def _run(attack: str, defense: str, seed: int, all_rows: bool = False) -> FederatedRun:
+def _run(
+    attack: str, defense: str, seed: int, all_rows: bool = False, optimizer: str = "adam"
+) -> FederatedRun:
     cfg = Config()
     cfg.model.dim = 4
+    cfg.train.optimizer = optimizer
     cfg.train.lr = 0.05
     cfg.federated.fraction, cfg.federated.rounds = 0.3, 10
     cfg.attack.name, cfg.attack.fraction, cfg.attack.seed, cfg.attack.all_rows = attack, 0.3, seed, all_rows
@@ -62,7 +65,26 @@ CASES = [(a, d) for a in ("none", "camouflage") for d in DEFENSES] + [
 
 @pytest.mark.parametrize(("attack", "defense"), CASES)
 def test_defended_round_equals_dense_reference(attack, defense):
-    run = _run(attack, defense, seed=7)
+    _check_against_reference(_run(attack, defense, seed=7))
+
+
+# The same filters on the other optimizers' reconstructions (paper 000 Appendices C-E: S-RFRS with
+# SGD-momentum, AG-RFRS with AdaGrad, R-RFRS with RMSProp; plain SGD: g = (theta_bar - theta) / eta).
+OPTIMIZER_CASES = [
+    (o, a, d)
+    for o in ("sgd", "momentum", "adagrad", "rmsprop")
+    for a in ("none", "gradient-ascent", "noise")
+    for d in ("a-rfrs", "a-rfrs-linf", "krum", "trmean", "verify+a-rfrs")
+]
+
+
+@pytest.mark.parametrize(("optimizer", "attack", "defense"), OPTIMIZER_CASES)
+def test_defended_round_equals_dense_reference_other_optimizers(optimizer, attack, defense):
+    _check_against_reference(_run(attack, defense, seed=11, optimizer=optimizer))
+
+
+def _check_against_reference(run: FederatedRun) -> None:
+    defense = run.cfg.defense.name
     for _ in range(3):  # a few rounds in, so moments and momentum are not zero
         run.step()
     c = _round_uploads(run)
