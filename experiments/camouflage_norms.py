@@ -2,8 +2,9 @@
 (docs/RESULTS.md section 5).
 
 Runs a defense (default A-RFRS) on Last.fm at 40 % camouflage and records per upload, from the
-gradient the server reconstructs: its ℓ2 and ℓ∞ norms and its Krum scores on squared ℓ2 and squared
-ℓ∞ distances (``n - f - 2`` neighbours). Over the rounds with at most f Byzantine clients it prints
+gradient the server reconstructs: its ℓ2 and ℓ∞ norms, its Krum scores on squared ℓ2 and squared
+ℓ∞ distances (``n - f - 2`` neighbours), and its ℓ∞ norm in units of Adam's bias-corrected second
+moment before the round, ``max_j |g_j| / sqrt(v_hat_j + delta^2)`` (a floor delta for fresh rows). Over the rounds with at most f Byzantine clients it prints
 
 1. the quantiles of each norm's ratio to its round median for the substantial Byzantine uploads
    (|g~ - g| >= |g|) and for the honest ones;
@@ -30,6 +31,8 @@ from fedrec.defenses.spaces import space_vectors
 from fedrec.defenses.vectors import DISTANCES
 from fedrec.federation.simulation import FederatedRun
 
+STD_FLOORS = (1e-4, 1e-3, 1e-2, 1e-1)
+
 
 class Recorded:
     """The run's defense, recording statistics of the reconstructed gradients before it decides."""
@@ -43,8 +46,16 @@ class Recorded:
         linf = torch.zeros(v.n, dtype=torch.float64).scatter_reduce(0, own, vals.abs().amax(1), "amax")
         l2 = torch.zeros(v.n, dtype=torch.float64).index_add(0, own, vals.pow(2).sum(1)).sqrt()
         krum = {f"krum_{d}": krum_scores(DISTANCES[d](v), f) for d in ("l2", "linf")}
+        # each coordinate in units of Adam's bias-corrected second moment before the round, floored by delta
+        v_hat = server.state["v"][uploads.rows].to(torch.float64) / (1 - rule.b2 ** max(t - 1, 1))
+        std = {
+            f"linf_adam_{delta:g}": torch.zeros(v.n, dtype=torch.float64).scatter_reduce(
+                0, own, (vals.abs() / (v_hat + delta**2).sqrt()).amax(1), "amax"
+            )
+            for delta in STD_FLOORS
+        }
         self.frames.append(
-            pd.DataFrame({"t": t, "client_id": uploads.client_ids, "linf": linf, "l2": l2, **krum})
+            pd.DataFrame({"t": t, "client_id": uploads.client_ids, "linf": linf, "l2": l2, **krum, **std})
         )
         return self.defense.decide(server, uploads, rule, t, codes, f)
 
@@ -88,7 +99,7 @@ def main(rounds: int, defense: str) -> None:
         q_hon = ratio[~df.byzantine].quantile([0.99, 0.999, 1.0]).round(3).tolist()
         print(f"{col}: substantial Byzantine ({int(sub.sum())}) ratio to round median, 0.1/1/5 % quantiles {q_sub}; "
               f"honest 99/99.9/100 % quantiles {q_hon}")  # fmt: skip
-    separability(df, ["l2", "linf", "krum_l2", "krum_linf"])
+    separability(df, ["l2", "linf", "krum_l2", "krum_linf", *(f"linf_adam_{d:g}" for d in STD_FLOORS)])
 
 
 if __name__ == "__main__":
