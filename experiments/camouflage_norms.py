@@ -11,7 +11,8 @@ moment before the round, ``max_j |g_j| / sqrt(v_hat_j + delta^2)`` (a floor delt
 2. per statistic (each as a ratio to its round median), the false-rejection rate that a threshold
    rejecting 99 / 95 / 90 % of the forging uploads (|g~ - g| > 1e-6 |g|) must accept, and the share
    of forging uploads a threshold at 1 % false rejections rejects: what any rule that thresholds that
-   statistic can reach.
+   statistic can reach;
+3. a profile of the forging uploads the defense kept: coordinates forged, |g~_j / g_j| on them.
 
     FEDREC_DATA_DIR=... OMP_NUM_THREADS=1 python experiments/camouflage_norms.py [ROUNDS] [DEFENSE]
 """
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedrec.attacks.camouflage import camouflage_gradient
 from fedrec.config import load_config
 from fedrec.data import load_dataset, split_per_user
 from fedrec.defenses.krum import krum_scores
@@ -60,6 +62,30 @@ class Recorded:
         return self.defense.decide(server, uploads, rule, t, codes, f)
 
 
+class Profiled:
+    """The run's camouflage attack, recording per Byzantine upload how many coordinates it forged and
+    the median ratio g~_j / g_j over them (``camouflage_gradient`` is the attack's own root finder)."""
+
+    omniscient = False
+
+    def __init__(self, attack, frames: list[pd.DataFrame]) -> None:
+        self.attack, self.frames = attack, frames
+
+    def __call__(self, ctx):
+        m, v = ctx.server.state["m"], ctx.server.state["v"]
+        crafted, ok = camouflage_gradient(ctx.rule, m[ctx.rows], v[ctx.rows], ctx.g.to(m.dtype))
+        owner = ctx.owner()
+        ratio = (crafted.to(torch.float64) / ctx.g.to(torch.float64)).abs()
+        rows = []
+        for i in range(ctx.b):  # an analysis script: a loop over the round's few Byzantine clients is fine
+            k = ok[owner == i]
+            r = ratio[owner == i][k]
+            rows.append({"n_forged": int(k.sum()), "n_coords": k.numel(),
+                         "forged_ratio": float(r.median()) if r.numel() else float("nan")})  # fmt: skip
+        self.frames.append(pd.DataFrame({"t": ctx.t, "client_id": ctx.client_ids, **pd.DataFrame(rows)}))
+        return self.attack(ctx)
+
+
 def separability(df: pd.DataFrame, cols: list[str]) -> None:
     """False rejections a threshold on each statistic needs to reach a recall on the forging uploads."""
     forging = (df.byzantine & (df.forged > 1e-6 * df.grad_norm)).to_numpy()
@@ -87,9 +113,12 @@ def main(rounds: int, defense: str) -> None:
     run = FederatedRun.create(cfg, split_per_user(load_dataset("lastfm"), seed=0), torch.device("cpu"))
     frames: list[pd.DataFrame] = []
     run.defense = Recorded(run.defense, frames)
+    profiles: list[pd.DataFrame] = []
+    run.attack = Profiled(run.attack, profiles)
     for _ in range(rounds):
         run.step()
     df = run.rounds_frame().merge(pd.concat(frames), on=["t", "client_id"])
+    df = df.merge(pd.concat(profiles), on=["t", "client_id"], how="left")
     df = df.join(df.groupby("t").byzantine.sum().rename("b"), on="t")
     df = df[df.b <= run.f]
     for col in ("linf", "l2"):
@@ -99,6 +128,14 @@ def main(rounds: int, defense: str) -> None:
         q_hon = ratio[~df.byzantine].quantile([0.99, 0.999, 1.0]).round(3).tolist()
         print(f"{col}: substantial Byzantine ({int(sub.sum())}) ratio to round median, 0.1/1/5 % quantiles {q_sub}; "
               f"honest 99/99.9/100 % quantiles {q_hon}")  # fmt: skip
+    forging = df.byzantine & (df.forged > 1e-6 * df.grad_norm)
+    missed = df[forging & df.accepted]
+    x = df.linf / df.groupby("t").linf.transform("median")
+    print(f"{defense} kept {len(missed)} of {int(forging.sum())} forging uploads: median forged coordinates "
+          f"{missed.n_forged.median():.0f} of {missed.n_coords.median():.0f}, median |g~_j / g_j| "
+          f"{missed.forged_ratio.median():.2f}, linf ratio to round median {x[missed.index].min():.2f}-"
+          f"{x[missed.index].max():.2f} (median {x[missed.index].median():.2f}); honest median "
+          f"{x[~df.byzantine].median():.2f}, 99 % {x[~df.byzantine].quantile(0.99):.2f}")  # fmt: skip
     separability(df, ["l2", "linf", "krum_l2", "krum_linf", *(f"linf_adam_{d:g}" for d in STD_FLOORS)])
 
 
