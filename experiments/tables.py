@@ -5,6 +5,7 @@ python experiments/tables.py federated runs/federated runs/centralized
 python experiments/tables.py detection runs/camouflage
 python experiments/tables.py detection-forged runs/camouflage2
 python experiments/tables.py detection-windows runs/camouflage2 50 100 200 1000
+python experiments/tables.py accuracy runs/camouflage-10k
 python experiments/tables.py figure4 runs/figure4
 """
 
@@ -78,16 +79,28 @@ def detection(root: str) -> None:
 
 def detection_forged(root: str) -> None:
     """Detection against what was forged: counts, forged share rejected, substantial uploads."""
-    print("| defense | rounds | scope | Byz. rejected | honest rejected | forged share rejected |"
+    print("| defense | seed | rounds | scope | Byz. rejected | honest rejected | forged share rejected |"
           " substantial Byz. | substantial rejected | P@5 | wall s |")  # fmt: skip
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 11)
     for s in summaries(root):
         d = s["detection"]
         for scope, key in (("all rounds", "all_rounds"), ("≤ f rounds", "rounds_with_at_most_f_byzantine")):
             x = d[key]
-            print(f"| {s['defense']} | {s['rounds']} | {scope} | {x['recall']:.4f} | {x['false_rejection_rate']:.4f} | "
+            print(f"| {s['defense']} | {s['seed']} | {s['rounds']} | {scope} | {x['recall']:.4f} | {x['false_rejection_rate']:.4f} | "
                   f"{x['forged_share_rejected']:.6f} | {x['substantial_byzantine']} | {x['substantial_recall']:.4f} | "
                   f"{s['metrics']['precision']['5']:.4f} | {s['seconds']:.0f} |")  # fmt: skip
+
+
+def accuracy(root: str) -> None:
+    """P@1..5 of each run with its detection rates over all rounds (attack runs of one dataset)."""
+    print("| defense | seed | rounds | " + " | ".join(f"P@{k}" for k in KS) + " | Byz. rejected |"
+          " honest rejected | forged share rejected | wall s |")  # fmt: skip
+    print("|" + "---|" * (len(KS) + 7))
+    for s in summaries(root):
+        p, d = s["metrics"]["precision"], s["detection"]["all_rounds"]
+        print(f"| {s['defense']} | {s['seed']} | {s['rounds']} | " + " | ".join(f"{p[str(k)]:.4f}" for k in KS)
+              + f" | {d['recall']:.4f} | {d['false_rejection_rate']:.4f} | {d['forged_share_rejected']:.6f} | "
+              f"{s['seconds']:.0f} |")  # fmt: skip
 
 
 def detection_windows(root: str, *windows: str) -> None:
@@ -96,9 +109,9 @@ def detection_windows(root: str, *windows: str) -> None:
     honest uploads up to the float32 rounding of the moments)."""
     import pandas as pd
 
-    print("| defense | first T rounds | ≤ f rounds | Byz. uploads | rejected | forging uploads | rejected |"
+    print("| defense | seed | first T rounds | ≤ f rounds | Byz. uploads | rejected | forging uploads | rejected |"
           " honest rejected |")  # fmt: skip
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for s in summaries(root):
         r = pd.read_parquet(Path(s["run_dir"]) / "rounds.parquet")
         r = r.join(r.groupby("t").byzantine.sum().rename("b"), on="t")
@@ -106,7 +119,7 @@ def detection_windows(root: str, *windows: str) -> None:
             w = r[(r.b <= s["detection"]["f"]) & (r.t <= T)]
             byz, honest = w[w.byzantine], w[~w.byzantine]
             forging = byz[byz.forged > 1e-6 * byz.grad_norm]
-            print(f"| {s['defense']} | {T} | {w.t.nunique()} | {len(byz)} | {(~byz.accepted).mean():.4f} | "
+            print(f"| {s['defense']} | {s['seed']} | {T} | {w.t.nunique()} | {len(byz)} | {(~byz.accepted).mean():.4f} | "
                   f"{len(forging)} | {(~forging.accepted).mean():.4f} | {(~honest.accepted).mean():.4f} |")  # fmt: skip
 
 
@@ -171,4 +184,4 @@ def figure4(root: str) -> None:
 
 if __name__ == "__main__":
     {"centralized": centralized, "federated": federated, "detection": detection,
-     "detection-forged": detection_forged, "detection-windows": detection_windows, "figure4": figure4}[sys.argv[1]](*sys.argv[2:])  # fmt: skip
+     "detection-forged": detection_forged, "accuracy": accuracy, "detection-windows": detection_windows, "figure4": figure4}[sys.argv[1]](*sys.argv[2:])  # fmt: skip
