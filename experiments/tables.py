@@ -141,6 +141,8 @@ def figure4(root: str) -> None:
 
     means: dict[tuple[str, str, str], list[float]] = {}
     for ds in ("lastfm", "ml100k"):
+        if not any(key[0] == ds for key in runs):
+            continue
         print(f"\n**{ds}**\n")
         print("| Byzantine | defense | seeds | " + " | ".join(f"P@{k}" for k in KS)
               + " | Byz. rejected | honest rejected | wall s (mean) |")  # fmt: skip
