@@ -87,6 +87,10 @@ class DefenseConfig:
     assumed_fraction: float | None = None  # the Byzantine fraction the rule assumes; default attack.fraction
     f: int | None = None  # a fixed f per round instead of ceil(assumed_fraction * n)
     max_weight_share: float = 0.9  # validation: no upload may claim more of a round's weight
+    verify: bool = True  # validation: reject uploads that break the optimizer rule (paper 000 footnote 2)
+    max_grad: float = 1e4  # validation: bound on every coordinate of a reconstructed gradient
+    weighting: str = "clipped"  # claimed | clipped | uniform: what n_examples weighs in the aggregate
+    weight_clip: float = 20.0  # clipped: each n_i at most this many times the round's median claim
 
 
 @dataclass

@@ -89,6 +89,27 @@ class UploadBatch:
             n_examples=self.n_examples[keep],
         )
 
+    def take(self, index: torch.Tensor) -> UploadBatch:
+        """The uploads ``index[j]`` in that order (repeats allowed), as a new batch: a segment gather,
+        no loop over clients."""
+        counts = self.counts()[index]
+        ptr = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=counts.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        total = int(ptr[-1])
+        # entry e of upload j sits at self.ptr[index[j]] + (e - ptr[j])
+        owner = torch.repeat_interleave(
+            torch.arange(index.shape[0], device=counts.device), counts, output_size=total
+        )
+        src = self.ptr[index][owner] + torch.arange(total, device=counts.device) - ptr[owner]
+        return UploadBatch(
+            client_ids=self.client_ids[index],
+            ptr=ptr,
+            rows=self.rows[src],
+            theta=self.theta[src],
+            state={k: v[src] for k, v in self.state.items()},
+            n_examples=self.n_examples[index],
+        )
+
     def cat(self, other: UploadBatch) -> UploadBatch:
         """This batch's uploads followed by ``other``'s (in this batch's dtypes)."""
         return UploadBatch(
@@ -135,6 +156,12 @@ REASONS: tuple[str, ...] = (
     "rule-verify",  # breaks the optimizer rule's equations (paper 000 footnote 2)
     "filtered",  # rejected by the defense's selection rule
     "too-few-uploads",  # the rule cannot run on so few valid uploads
+    # appended (stored rounds.parquet files keep their codes)
+    "client-id",  # the declared client id is not an int64, or not a client sampled this round
+    "duplicate-client",  # a second upload for a sampled client (the first one counts)
+    "missing",  # a sampled client sent no upload
+    "state-domain",  # a state no honest client can hold (Adam's v, AdaGrad / RMSProp's r below 0)
+    "magnitude",  # a reconstructed gradient beyond the server's bound (defense.max_grad)
 )
 """Why an upload was rejected; ``Decision.reasons`` holds indices into this tuple."""
 

@@ -12,9 +12,9 @@ import torch
 from fedrec.data import split_per_user, synthetic
 from fedrec.defenses.registry import make_defense
 from fedrec.federation.clients import client_gradients, honest_uploads
-from fedrec.federation.server import aggregate, aggregation_weights, apply_decision
+from fedrec.federation.pipeline import ServerLimits, server_round
+from fedrec.federation.server import aggregate, aggregation_weights
 from fedrec.federation.simulation import FederatedRun
-from fedrec.federation.validate import collect, validate
 from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives
 from fedrec.optim import make_rule
 from fedrec.protocol import REASONS, ServerState, Upload
@@ -67,7 +67,7 @@ def _corrupt(up: Upload, kind: str, n_rows: int) -> Upload:
     elif kind == "absurd-examples":
         up.n_examples = 10**9
     elif kind == "weight-share":
-        up.n_examples = 25  # <= 30 items, but most of this round's weight
+        up.n_examples = up.rows.shape[0]  # <= its listed rows, but more than 0.35 of this round's weight
     return up
 
 
@@ -80,6 +80,10 @@ EXPECTED = {
 }  # fmt: skip
 
 
+def _limits(layout, **kw) -> ServerLimits:
+    return ServerLimits(n_rows=layout.n_rows, d=D, max_examples=layout.n_items, **kw)
+
+
 @pytest.mark.parametrize("kind", list(EXPECTED))
 def test_bad_upload_is_rejected_and_state_equals_the_good_uploads(kind):
     server, rule, layout, batch = _honest_round()
@@ -87,12 +91,11 @@ def test_bad_upload_is_rejected_and_state_equals_the_good_uploads(kind):
     ups = [batch.upload(i) for i in range(batch.n)]
     bad = 2
     ups[bad] = _corrupt(ups[bad], kind, layout.n_rows)
-    uploads, codes = collect(ups, layout.n_rows, D, rule.state_names, torch.device("cpu"), torch.float32)
-    codes = validate(
-        uploads, n_rows=layout.n_rows, max_examples=layout.n_items, max_weight_share=0.5, codes=codes
-    )
-    decision = make_defense("none").decide(server, uploads, rule, 5, codes, 0)
-    new = apply_decision(server, uploads, decision, rule, 5)
+    out = server_round(
+        server, ups, sampled=batch.client_ids, rule=rule, defense=make_defense("none"), t=5, f=0,
+        limits=_limits(layout, max_weight_share=0.35 if kind == "weight-share" else 0.5, weighting="claimed"),
+    )  # fmt: skip
+    decision, new = out.decision, out.state
 
     names = decision.reason_names()
     assert names[bad] == EXPECTED[kind]
@@ -114,12 +117,11 @@ def test_bad_upload_is_rejected_and_state_equals_the_good_uploads(kind):
 def test_all_rejected_keeps_the_state():
     server, rule, layout, batch = _honest_round()
     ups = [_corrupt(batch.upload(i), "nan-theta", layout.n_rows) for i in range(batch.n)]
-    uploads, codes = collect(ups, layout.n_rows, D, rule.state_names, torch.device("cpu"), torch.float32)
-    codes = validate(uploads, n_rows=layout.n_rows, max_examples=layout.n_items, codes=codes)
-    new = apply_decision(
-        server, uploads, make_defense("a-rfrs").decide(server, uploads, rule, 5, codes, 1), rule, 5
-    )
-    assert torch.equal(new.theta, server.theta) and new.t == 5
+    out = server_round(
+        server, ups, sampled=batch.client_ids, rule=rule, defense=make_defense("a-rfrs"), t=5, f=1,
+        limits=_limits(layout),
+    )  # fmt: skip
+    assert torch.equal(out.state.theta, server.theta) and out.state.t == 5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -149,8 +149,9 @@ def dense_upload_from_gradient(ctx: AttackContext, g: Tensor) -> UploadBatch:
         client_ids=ctx.client_ids,
         ptr=torch.arange(b + 1, dtype=torch.int64, device=device) * n,
         rows=torch.arange(n, dtype=torch.int64, device=device).repeat(b),
-        theta=new["theta"].reshape(b * n, -1),
-        state={k: new[k].reshape(b * n, -1) for k in ctx.rule.state_names},
+        # the last dimension named: a round without Byzantine clients has b = 0 rows to reshape
+        theta=new["theta"].reshape(b * n, new["theta"].shape[-1]),
+        state={k: new[k].reshape(b * n, new[k].shape[-1]) for k in ctx.rule.state_names},
         n_examples=ctx.n_examples,
     )
 

@@ -50,14 +50,22 @@ class Defense:
             raise ValueError(f"defense {self.name}: rule {self.rule!r} not in {RULE_KINDS}")
 
     def decide(
-        self, server: ServerState, uploads: UploadBatch, opt_rule, t: int, codes: torch.Tensor, f: int
+        self,
+        server: ServerState,
+        uploads: UploadBatch,
+        opt_rule,
+        t: int,
+        codes: torch.Tensor,
+        f: int,
+        *,
+        verified: bool = False,
     ) -> Decision:
         """The verdict on ``uploads`` (reason ``codes`` from validation; ``f`` the assumed number of
-        Byzantine uploads this round)."""
+        Byzantine uploads this round; ``verified``: the server round already ran the rule verifier)."""
         n = uploads.n
         device = uploads.rows.device
         codes = codes.clone()
-        if self.verify:
+        if self.verify and not verified:
             codes = _verify(server, uploads, opt_rule, t, codes)
         keep = codes == 0
         sub = uploads.select(keep)

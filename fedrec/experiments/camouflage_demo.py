@@ -18,8 +18,8 @@ from fedrec.data import load_dataset, split_per_user
 from fedrec.defenses.registry import make_defense
 from fedrec.defenses.spaces import rows_of, uploaded
 from fedrec.federation.clients import client_gradients, honest_uploads
+from fedrec.federation.pipeline import server_round
 from fedrec.federation.simulation import FederatedRun
-from fedrec.federation.validate import validate
 from fedrec.models import gather_users, sample_negatives
 
 
@@ -69,19 +69,20 @@ def inspect_round(run: FederatedRun, warmup: int) -> dict[str, Any]:
         counterpart[k][pos] = uploaded(own)[k]
     g_byz = run.rule.reconstruct(rows_of(run.server, attack.rows), uploaded(attack), t)
     g_honest = run.rule.reconstruct(rows_of(run.server, attack.rows), counterpart, t)
-    uploads = honest.select(~byz).cat(attack)
-    is_byz = run.byzantine[uploads.client_ids]
-    codes = validate(uploads, n_rows=run.layout.n_rows, max_examples=run.layout.n_items)
+    is_byz = byz
     kept = {}
     for name in ("none", "krum", "theta-krum", "a-rfrs", "a-rfrs-linf", "verify"):
-        d = make_defense(name).decide(run.server, uploads, run.rule, t, codes, run.f)
+        d = server_round(
+            run.server, [honest.select(~byz), attack], sampled=clients, rule=run.rule,
+            defense=make_defense(name), t=t, f=run.f, limits=run.limits,
+        ).decision  # fmt: skip
         kept[name] = {
             "byzantine_kept": int((d.accepted & is_byz).sum()),
             "honest_kept": int((d.accepted & ~is_byz).sum()),
         }
     return {
         "round": t,
-        "clients": int(uploads.n),
+        "clients": int(clients.shape[0]),
         "byzantine": int(is_byz.sum()),
         "f": run.f,
         "rows_listed_per_byzantine_upload": int(attack.counts()[0]),

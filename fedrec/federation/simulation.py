@@ -26,14 +26,24 @@ from fedrec.defenses import Defense, assumed_f, make_defense
 from fedrec.eval import full_ranking
 from fedrec.federation.clients import PrivateState, client_gradients, honest_uploads, private_step
 from fedrec.federation.forged import forged_distance, segment_sq_norms
-from fedrec.federation.server import apply_decision
-from fedrec.federation.validate import validate
+from fedrec.federation.pipeline import ServerLimits, server_round
+from fedrec.federation.validate import STRUCTURAL
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, sample_negatives
 from fedrec.optim import make_rule
-from fedrec.protocol import REASONS, ServerState
+from fedrec.protocol import REASONS, ServerState, UploadBatch
 
 Progress = Callable[[dict[str, Any]], None]
-ROUND_COLUMNS = ("t", "client_id", "byzantine", "accepted", "score", "reason", "grad_norm", "forged")
+ROUND_COLUMNS = (
+    "t",
+    "client_id",
+    "byzantine",
+    "accepted",
+    "score",
+    "reason",
+    "weight",
+    "grad_norm",
+    "forged",
+)
 
 
 def make_optimizer_rule(cfg: Config):
@@ -108,6 +118,8 @@ class FederatedRun:
     records: dict[str, torch.Tensor] = field(default_factory=dict)
     losses: torch.Tensor | None = None
     seconds: float = 0.0
+    # called after every round with (run, RoundOutcome): how tests and experiments observe rounds
+    on_round: Callable[[Any, Any], None] | None = None
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
@@ -133,6 +145,12 @@ class FederatedRun:
             attack_gen=torch.Generator(device=device).manual_seed(cfg.attack.seed + 3),
             byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name),
         )  # fmt: skip
+
+    @property
+    def limits(self) -> ServerLimits:
+        return ServerLimits.from_config(
+            self.cfg.defense, self.layout.n_rows, self.cfg.model.dim, max_examples=self.layout.n_items
+        )
 
     @property
     def total_rounds(self) -> int:
@@ -163,37 +181,59 @@ class FederatedRun:
             self.server.theta, self.layout, batch, neg,
             gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay, user_vectors=u,
         )  # fmt: skip
-        uploads = honest_uploads(self.server, self.rule, grads, batch, t)
+        honest = honest_uploads(self.server, self.rule, grads, batch, t)
         byz = self.byzantine[clients]
         grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
-        forged = torch.zeros_like(grad_norm)
-        if self.attack is not None:
+        messages: list[UploadBatch] = [honest.select(~byz)]
+        ctx = None
+        # a round that samples no Byzantine client gives the attack nothing to do
+        if self.attack is not None and bool(byz.any()):
             ctx = self._attack_context(t, clients, batch, grads, byz)
-            attacked = self.attack(ctx)
-            uploads = uploads.select(~byz).cat(attacked)
-            # records follow the upload order: honest clients, then the Byzantine ones
-            grad_norm = torch.cat([grad_norm[~byz], grad_norm[byz]])
-            made = forged_distance(self.server, self.rule, t, attacked, ctx.ptr, ctx.rows, ctx.g)
-            forged = torch.cat([forged[~byz], made])
+            messages.append(self.attack(ctx))  # after the honest uploads: their ids are authenticated
         if self.private is not None:
-            honest = ~byz
-            private_step(self.private, self.rule, clients[honest], grads.g_user[honest])
-        codes = validate(
-            uploads, n_rows=self.layout.n_rows, max_examples=self.layout.n_items,
-            max_weight_share=self.cfg.defense.max_weight_share,
+            private_step(self.private, self.rule, clients[~byz], grads.g_user[~byz])
+        out = server_round(
+            self.server, messages, sampled=clients, rule=self.rule, defense=self.defense, t=t, f=self.f,
+            limits=self.limits,
         )  # fmt: skip
-        decision = self.defense.decide(self.server, uploads, self.rule, t, codes, self.f)
-        self.server = apply_decision(self.server, uploads, decision, self.rule, t)
+        forged = torch.zeros_like(grad_norm)
+        if ctx is not None:
+            forged[byz] = self._forged(t, out, byz, ctx)
+        self.server = out.state
         self._allocate_records()
         self.losses[t - 1] = (grads.loss * ~byz).sum()
-        row = self.records
-        row["client_id"][t - 1] = uploads.client_ids
-        row["byzantine"][t - 1] = self.byzantine[uploads.client_ids]
+        decision, row = out.decision, self.records
+        row["refused"][t - 1] = out.refused
+        row["client_id"][t - 1] = clients
+        row["byzantine"][t - 1] = byz
         row["accepted"][t - 1] = decision.accepted
         row["score"][t - 1] = decision.scores
         row["reason"][t - 1] = decision.reasons
+        row["weight"][t - 1] = decision.weights
         row["grad_norm"][t - 1] = grad_norm
         row["forged"][t - 1] = forged
+        if self.on_round is not None:
+            self.on_round(self, out)
+
+    def _forged(self, t: int, out, byz: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """``|g~ - g|`` of each Byzantine slot's admitted upload from its client's own gradient; NaN
+        where the upload was malformed (its rows say nothing)."""
+        idx = torch.nonzero(byz).flatten()
+        usable = ~torch.isin(out.decision.reasons[idx], torch.tensor(STRUCTURAL, device=idx.device))
+        own = UploadBatch(
+            client_ids=ctx.client_ids,
+            ptr=ctx.ptr,
+            rows=ctx.rows,
+            theta=ctx.g,
+            state={},
+            n_examples=ctx.n_examples,
+        ).select(usable)
+        made = forged_distance(
+            self.server, self.rule, t, out.uploads.take(idx[usable]), own.ptr, own.rows, own.theta
+        )
+        res = torch.full((idx.shape[0],), float("nan"), dtype=torch.float64, device=idx.device)
+        res[usable] = made
+        return res
 
     def _allocate_records(self) -> None:
         if self.losses is not None:
@@ -209,6 +249,9 @@ class FederatedRun:
             # |g| of the client's own gradient; |g~ - g| of its upload's gradient from it (0 when honest)
             "grad_norm": torch.zeros(T, n, dtype=torch.float64, device=dev),
             "forged": torch.zeros(T, n, dtype=torch.float64, device=dev),
+            "weight": torch.zeros(T, n, dtype=torch.float64, device=dev),  # the aggregation weight
+            # [T, len(REASONS)]: uploads that filled no slot (an unsampled or repeated id), by reason
+            "refused": torch.zeros(T, len(REASONS), dtype=torch.int64, device=dev),
         }
 
     def _attack_context(self, t, clients, batch, grads, byz) -> AttackContext:
@@ -302,11 +345,18 @@ class FederatedRun:
         )
         self.rounds_frame().to_parquet(run_dir / "rounds.parquet", index=False)
 
+    def refused_counts(self) -> dict[str, int]:
+        """Uploads that filled no client's slot over the run, by reason (only the reasons that occur)."""
+        if not self.records or self.server.t == 0:
+            return {}
+        total = self.records["refused"][: self.server.t].sum(0).tolist()
+        return {REASONS[i]: int(c) for i, c in enumerate(total) if c}
+
     def rounds_frame(self) -> pd.DataFrame:
         t = self.server.t
         if not self.records or t == 0:
             return pd.DataFrame(columns=list(ROUND_COLUMNS))
-        cols = {k: v[:t].reshape(-1).cpu().numpy() for k, v in self.records.items()}
+        cols = {k: self.records[k][:t].reshape(-1).cpu().numpy() for k in ROUND_COLUMNS[1:]}
         df = pd.DataFrame({"t": (torch.arange(t * self.per_round) // self.per_round + 1).numpy(), **cols})
         df["reason"] = pd.Categorical.from_codes(df["reason"], categories=list(REASONS))
         return df[list(ROUND_COLUMNS)]

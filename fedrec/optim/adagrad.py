@@ -47,6 +47,7 @@ class AdaGrad(RuleBase):
 
     name: ClassVar[str] = "adagrad"
     state_names: ClassVar[tuple[str, ...]] = ("r",)
+    nonnegative: ClassVar[tuple[str, ...]] = ("r",)
 
     eta: float = 1e-3
     eps: float = 1e-10

@@ -54,6 +54,7 @@ class Adam(RuleBase):
 
     name: ClassVar[str] = "adam"
     state_names: ClassVar[tuple[str, ...]] = ("m", "v")
+    nonnegative: ClassVar[tuple[str, ...]] = ("v",)
 
     eta: float = 1e-3
     b1: float = 0.9

@@ -44,6 +44,7 @@ class Rule(Protocol):
 
     name: ClassVar[str]
     state_names: ClassVar[tuple[str, ...]]
+    nonnegative: ClassVar[tuple[str, ...]]
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -83,6 +84,8 @@ class RuleBase:
 
     name: ClassVar[str] = ""
     state_names: ClassVar[tuple[str, ...]] = ()
+    # states no honest client can hold below zero (sums of squares): checked in validation
+    nonnegative: ClassVar[tuple[str, ...]] = ()
 
     eta: float = 1e-3
 

@@ -49,6 +49,7 @@ class RMSProp(RuleBase):
 
     name: ClassVar[str] = "rmsprop"
     state_names: ClassVar[tuple[str, ...]] = ("r",)
+    nonnegative: ClassVar[tuple[str, ...]] = ("r",)
 
     eta: float = 1e-3
     b4: float = 0.9
