@@ -194,3 +194,96 @@ def test_clipped_weights_bound_each_claim_by_the_honest_median():
         assert int(eff.max()) <= math.ceil(20 * int(honest.max()))
         small = honest <= 20 * int(honest.min())
         assert torch.equal(eff[: n - f][small], honest[small])
+
+
+@dataclasses.dataclass(frozen=True)
+class BadTensors:
+    """A reply whose tensors are of a kind the server cannot aggregate (sparse, meta, autograd)."""
+
+    kind: str
+    name = "bad-tensors"
+    omniscient = False
+    rule_consistent = False
+
+    def __call__(self, ctx):
+        up = upload_from_gradient(ctx, ctx.rows, ctx.ptr, -ctx.g)
+        if self.kind == "requires-grad":
+            return dataclasses.replace(up, theta=up.theta.clone().requires_grad_(True))
+        if self.kind == "sparse":
+            return dataclasses.replace(up, theta=up.theta.to_sparse())
+        if self.kind == "meta":
+            return dataclasses.replace(
+                up, state={**up.state, "m": torch.empty(up.state["m"].shape, device="meta")}
+            )
+        if self.kind == "float-ids":
+            return dataclasses.replace(up, client_ids=up.client_ids.double())
+        raise ValueError(self.kind)
+
+
+@pytest.mark.parametrize("kind", ["requires-grad", "sparse", "meta", "float-ids"])
+def test_a_reply_of_unusable_tensors_is_rejected_and_the_run_goes_on(kind):
+    run = _run("a-rfrs", BadTensors(kind))
+    run.run()
+    df = run.rounds_frame()
+    byz = df[df.byzantine]
+    assert run.server.t == 12 and torch.isfinite(run.server.theta).all() and not byz.accepted.any()
+    want = "missing" if kind == "float-ids" else "shape"  # unreadable ids: the reply speaks for nobody
+    assert (byz.reason.astype(str) == want).all()
+    assert not run.server.theta.requires_grad and df[~df.byzantine].groupby("t").accepted.any().all()
+
+
+def _one_round():
+    from fedrec.defenses.registry import make_defense
+    from fedrec.federation.clients import client_gradients, honest_uploads
+    from fedrec.federation.pipeline import ServerLimits, server_round
+    from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives
+    from fedrec.optim import make_rule
+    from fedrec.protocol import ServerState
+
+    inter = synthetic(20, 30, mean_items=5, seed=2)
+    layout = TableLayout.for_model("fism", inter.n_items)
+    rule = make_rule("adam", eta=0.01)
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(layout.n_rows, 4, generator=g)
+    server = ServerState(theta, {k: torch.rand(theta.shape, generator=g) * 1e-2 for k in rule.state_names}, 4)
+    batch = gather_users(CSRTensors.from_interactions(inter), torch.arange(6))
+    grads = client_gradients(
+        theta, layout, batch, sample_negatives(batch, inter.n_items, 1, g), gamma=1.0, lam=1e-4
+    )
+    honest = honest_uploads(server, rule, grads, batch, 5)
+    limits = ServerLimits(n_rows=layout.n_rows, d=4, max_examples=layout.n_items)
+
+    def go(ups):
+        return server_round(
+            server,
+            ups,
+            sampled=honest.client_ids,
+            rule=rule,
+            defense=make_defense("none"),
+            t=5,
+            f=1,
+            limits=limits,
+        )
+
+    return honest, go
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("n_examples", 2**63, "shape"), ("n_examples", 2**80, "shape"), ("n_examples", 3.5, "shape"),
+        ("n_examples", None, "shape"), ("client_id", None, "client-id"), ("client_id", "abc", "client-id"),
+        ("client_id", 3.5, "client-id"), ("client_id", 2**64, "client-id"),
+    ],
+)  # fmt: skip
+def test_uploads_that_crashed_the_round_are_rejected_with_a_reason(field, value, reason):
+    honest, go = _one_round()
+    ups = [honest.upload(i) for i in range(honest.n)]
+    ups[2] = dataclasses.replace(ups[2], **{field: value})
+    out = go(ups)
+    names = out.decision.reason_names()
+    if reason == "client-id":  # it speaks for nobody: client 2's slot is empty, the upload refused
+        assert names[2] == "missing" and int(out.refused[out.refused.nonzero()].sum()) == 1
+    else:
+        assert names[2] == reason
+    assert [n for i, n in enumerate(names) if i != 2] == [""] * 5 and torch.isfinite(out.state.theta).all()
