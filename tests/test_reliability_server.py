@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from fedrec.attacks import upload_from_gradient
+from fedrec.attacks import make_attack, upload_from_gradient
+from fedrec.attacks.poison import KINDS as POISON_KINDS
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
 from fedrec.federation.simulation import FederatedRun
@@ -37,42 +38,13 @@ def _run(defense: str, attack, rounds: int = 12, **defense_kw) -> FederatedRun:
     return run
 
 
-@dataclasses.dataclass(frozen=True)
-class Poison:
-    """A Byzantine reply that starts from the honest upload and edits it (``kind``)."""
-
-    kind: str
-    name = "poison"
-    omniscient = False
-    rule_consistent = False
-
-    def __call__(self, ctx):
-        up = upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
-        m, v = up.state["m"], up.state["v"]
-        if self.kind == "v-negative":
-            up.state["v"] = -v - 1.0
-        elif self.kind == "m-max-v-zero":
-            up.state["m"], up.state["v"] = torch.full_like(m, 3.4e38), torch.zeros_like(v)
-        elif self.kind == "theta-1e30":
-            up.theta = torch.full_like(up.theta, 1e30)
-        elif self.kind == "theta-max":
-            up.theta = torch.full_like(up.theta, 3.4e38) * torch.sign(torch.randn_like(up.theta))
-        elif self.kind == "m-1e30-consistent-theta":
-            m = torch.full_like(m, 1e30)
-            up.state["m"] = m
-            up.theta = ctx.server.theta[ctx.rows] - ctx.rule.step_size(ctx.t) * m / torch.sqrt(
-                v + ctx.rule.eps
-            )
-        return up
-
-
-KINDS = ["v-negative", "m-max-v-zero", "theta-1e30", "theta-max", "m-1e30-consistent-theta"]
+KINDS = [k for k in POISON_KINDS if not k.startswith("inflate")]
 
 
 @pytest.mark.parametrize("defense", ["none", "a-rfrs", "krum", "rfa", "trmean"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_well_formed_poison_neither_corrupts_the_state_nor_stops_honest_training(defense, kind):
-    run = _run(defense, Poison(kind))
+    run = _run(defense, make_attack("poison", kind=kind))
     run.run()
     df = run.rounds_frame()
     assert torch.isfinite(run.server.theta).all() and all(
@@ -126,25 +98,6 @@ def test_exactly_one_upload_per_sampled_client(kind):
         assert sum(refused.values()) == len(byz)
 
 
-@dataclasses.dataclass(frozen=True)
-class Inflate:
-    """Rule-consistent gradient ascent claiming ``n_examples`` = ``claim`` (``rows``: its listed rows)."""
-
-    claim: str
-    name = "inflate"
-    omniscient = False
-    rule_consistent = True
-
-    def __call__(self, ctx):
-        up = upload_from_gradient(ctx, ctx.rows, ctx.ptr, -ctx.g)
-        n = (
-            up.counts()
-            if self.claim == "rows"
-            else torch.full_like(up.n_examples, ctx.server.theta.shape[0] // 2)
-        )
-        return dataclasses.replace(up, n_examples=n)
-
-
 def _byzantine_weight(run: FederatedRun) -> float:
     df = run.rounds_frame()
     return float(df[df.byzantine].weight.sum() / df.weight.sum())
@@ -153,30 +106,20 @@ def _byzantine_weight(run: FederatedRun) -> float:
 @pytest.mark.parametrize("defense", ["none", "rfa", "a-rfrs"])
 def test_a_claimed_n_examples_buys_bounded_weight(defense):
     honest_claims = _byzantine_weight(_honest_run(defense))
-    catalog = _run(defense, Inflate("catalog"))
+    catalog = _run(defense, make_attack("poison", kind="inflate-catalog"))
     catalog.run()
     df = catalog.rounds_frame()
     # a claim of the whole catalog is more positives than the rows it lists: rejected
     assert (df[df.byzantine].reason.astype(str) == "n-examples-absurd").all()
-    rows = _run(defense, Inflate("rows"))
+    rows = _run(defense, make_attack("poison", kind="inflate-rows"))
     rows.run()
     # claiming as many positives as it lists rows (the most validation lets through) at most doubles
     # the Byzantine share of the weight here (FISM lists >= 2 rows per positive, and the median clip)
     assert _byzantine_weight(rows) <= 2.5 * honest_claims
 
 
-@dataclasses.dataclass(frozen=True)
-class _Ascent:
-    name = "ascent"
-    omniscient = False
-    rule_consistent = True
-
-    def __call__(self, ctx):
-        return upload_from_gradient(ctx, ctx.rows, ctx.ptr, -ctx.g)
-
-
 def _honest_run(defense: str) -> FederatedRun:
-    run = _run(defense, _Ascent())
+    run = _run(defense, make_attack("gradient-ascent"))
     run.run()
     return run
 

@@ -19,6 +19,7 @@ from fedrec.attacks.base import (
 from fedrec.attacks.camouflage import Camouflage, camouflage_gradient, other_root, untouched_root
 from fedrec.attacks.gradient_ascent import GradientAscent
 from fedrec.attacks.noise import AdditiveNoise
+from fedrec.attacks.poison import Poison
 from fedrec.attacks.population import (
     byzantine_count,
     byzantine_mask,
@@ -36,6 +37,7 @@ __all__ = [
     "AttackContext",
     "Camouflage",
     "GradientAscent",
+    "Poison",
     "byzantine_count",
     "byzantine_mask",
     "camouflage_gradient",
