@@ -230,3 +230,27 @@ def test_uploads_that_crashed_the_round_are_rejected_with_a_reason(field, value,
     else:
         assert names[2] == reason
     assert [n for i, n in enumerate(names) if i != 2] == [""] * 5 and torch.isfinite(out.state.theta).all()
+
+
+def test_rounds_without_byzantine_clients_run_under_a_dense_attack():
+    """A dense camouflage run whose rounds sample no Byzantine client crashed in
+    dense_upload_from_gradient (a reshape of 0 rows) on 4bd84a9; the attack is not called then, and
+    the dense builder handles b = 0 anyway."""
+    from fedrec.attacks import AttackContext, dense_upload_from_gradient
+    from fedrec.optim import make_rule
+    from fedrec.protocol import ServerState
+
+    run = _run("a-rfrs", make_attack("camouflage", all_rows=True), rounds=12)
+    object.__setattr__(run, "byzantine", torch.zeros_like(run.byzantine))
+    run.byzantine[:1] = True  # one Byzantine client of 60: most rounds sample none
+    run.run()
+    df = run.rounds_frame()
+    assert run.server.t == 12 and (df.groupby("t").byzantine.sum() == 0).any()
+    rule = make_rule("adam")
+    server = ServerState(torch.zeros(5, 3), rule.init_state(torch.zeros(5, 3)), 0)
+    ctx = AttackContext(
+        server=server, t=1, rule=rule, client_ids=torch.zeros(0, dtype=torch.int64),
+        n_examples=torch.zeros(0, dtype=torch.int64), ptr=torch.zeros(1, dtype=torch.int64),
+        rows=torch.zeros(0, dtype=torch.int64), g=torch.zeros(0, 3), generator=torch.Generator(),
+    )  # fmt: skip
+    assert dense_upload_from_gradient(ctx, torch.zeros(0, 5, 3)).n == 0
