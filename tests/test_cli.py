@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrec.cli import app
+from fedrec.defenses import DEFENSES
 
 runner = CliRunner()
 
@@ -97,8 +98,10 @@ def test_defenses_and_attacks_are_listed():
     d = json.loads(invoke("defenses", "--json").stdout)["defenses"]
     names = {x["name"]: x for x in d}
     assert names["a-rfrs"]["space"] == "gradient" and names["krum"]["space"] == "theta"
+    from fedrec.attacks import ATTACKS
+
     a = {x["name"] for x in json.loads(invoke("attacks", "--json").stdout)["attacks"]}
-    assert a == {"camouflage", "gradient-ascent", "noise"}
+    assert a == set(ATTACKS) and set(names) == set(DEFENSES)
 
 
 def test_demo_camouflage_shows_theta_equal_and_gradients_apart():

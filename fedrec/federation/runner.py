@@ -78,7 +78,9 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "detection": detection_summary(rounds, run.f),
         "rejected": {str(k): int(v) for k, v in rounds.reason.astype(str).value_counts().items() if k},
         "refused_uploads": run.refused_counts(),  # uploads that filled no client's slot, by reason
-        "server_limits": {k: v for k, v in dataclasses.asdict(run.limits).items() if k not in ("n_rows", "d")},
+        "server_limits": {
+            k: v for k, v in dataclasses.asdict(run.limits).items() if k not in ("n_rows", "d")
+        },
         "seconds": run.seconds,
         "rounds_per_second": run.server.t / run.seconds if run.seconds else None,
         "device": str(run.device),
