@@ -320,7 +320,12 @@ def _attack_batch(w: World, names, grads, honest: UploadBatch, adv: list[int], t
         return {"client_ids": honest.client_ids[m], "n_examples": honest.n_examples[m], "ptr": ptr,
                 "rows": grads.rows[keep], "g": grads.g[keep]}  # fmt: skip
 
-    attack = make_attack(name)
+    params = {}
+    if name == "poison":  # every kind of it, not only the default
+        from fedrec.attacks.poison import KINDS
+
+        params["kind"] = KINDS[int(w.rng.integers(len(KINDS)))]
+    attack = make_attack(name, **params)
     extra = {f"honest_{k}": v for k, v in part(~mask).items()} if attack.omniscient else {}
     ctx = AttackContext(server=w.server, t=t, rule=w.rule, generator=w.gen, **part(mask), **extra)
     return attack(ctx)
