@@ -23,15 +23,20 @@ def run_name_problem(name: str) -> str | None:
 
 
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
-    """A fresh directory ``out_dir/name-YYYYmmdd-HHMMSS[-k]``; never reuses an existing one."""
+    """A fresh directory ``out_dir/name-YYYYmmdd-HHMMSS[-k]``; never reuses an existing one, also when
+    many processes start runs in the same second (mkdir is the atomic claim, not an exists() check)."""
     if (why := run_name_problem(name)) is not None:
         raise ValueError(f"run.name={name!r}: {why}")
-    base = Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, k = base, 1
-    while path.exists():
-        path, k = Path(f"{base}-{k}"), k + 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir(exist_ok=False)
+            return path
+        except FileExistsError:
+            path, k = Path(f"{base}-{k}"), k + 1
 
 
 def write_config(run_dir: Path, yaml_text: str) -> None:
