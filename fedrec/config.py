@@ -7,8 +7,10 @@ parsed as YAML scalars. Unknown keys are errors (a typo must not silently fall b
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,4 +228,245 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                     raise ConfigError(f"{p}: {err}") from None
     for text in overrides:
         cfg.set(*parse_override(text))
+    return validate(cfg)
+
+
+# ---------------------------------------------------------------- validation
+# Every key is checked before any data loads or any run directory exists: a bad value must fail at
+# once with one line naming the key, not crash mid-run or (worse) run to a silently wrong result.
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a numeric key may take: ``ok(value)`` and the phrase that describes them."""
+
+    ok: Callable[[Any], bool]
+    text: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def interval(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = True) -> Domain:
+    def ok(v: Any) -> bool:
+        return _is_num(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    return Domain(ok, f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+
+
+POSITIVE_INT = Domain(lambda v: _is_int(v) and v > 0, "a positive integer")
+NON_NEGATIVE_INT = Domain(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+POSITIVE = Domain(lambda v: _is_num(v) and v > 0, "a finite number > 0")
+NON_NEGATIVE = Domain(lambda v: _is_num(v) and v >= 0, "a finite number >= 0")
+FINITE = Domain(_is_num, "a finite number")
+# numpy's PCG64 wants seeds >= 0, and the run derives a few generators as seed + small offsets
+SEED = Domain(lambda v: _is_int(v) and 0 <= v < 2**62, "an integer in [0, 2^62)")
+KS = Domain(
+    lambda v: isinstance(v, list) and len(v) > 0 and all(POSITIVE_INT.ok(k) for k in v),
+    "a non-empty list of positive integers",
+)
+PROBABILITY_BELOW_1 = interval(0, 1)  # [0, 1)
+
+# Every numeric key of Config (None is allowed where the field is optional; tests/
+# test_config_validation.py fails when a numeric key is added without a domain here).
+DOMAINS: dict[str, Domain] = {
+    "data.test_fraction": interval(0, 1, lo_open=True),
+    "data.split_seed": SEED,
+    "data.rating_threshold": FINITE,
+    "model.dim": POSITIVE_INT,
+    "model.gamma": NON_NEGATIVE,
+    "model.init_std": POSITIVE,  # 0 would start every user and item at the same point: nothing to learn
+    "train.lr": POSITIVE,
+    "train.beta1": PROBABILITY_BELOW_1,
+    "train.beta2": PROBABILITY_BELOW_1,
+    "train.eps": POSITIVE,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.negatives": POSITIVE_INT,
+    "train.seed": SEED,
+    "federated.fraction": interval(0, 1, lo_open=True, hi_open=False),
+    "federated.rounds": POSITIVE_INT,
+    "federated.epochs": POSITIVE,
+    "federated.eval_every": POSITIVE_INT,
+    "federated.checkpoint_every": POSITIVE_INT,
+    "federated.momentum": PROBABILITY_BELOW_1,
+    "federated.rho": PROBABILITY_BELOW_1,
+    "attack.fraction": PROBABILITY_BELOW_1,
+    "attack.seed": SEED,
+    "attack.scale": POSITIVE,
+    "attack.sigma": POSITIVE,
+    "defense.assumed_fraction": PROBABILITY_BELOW_1,
+    "defense.f": NON_NEGATIVE_INT,
+    # 0 rejects every honest upload; above 1 the check never fires
+    "defense.max_weight_share": interval(0, 1, lo_open=True, hi_open=False),
+    "centralized.lr": POSITIVE,
+    "centralized.init_std": POSITIVE,
+    "centralized.epochs": POSITIVE_INT,
+    "centralized.batch_users": POSITIVE_INT,
+    "centralized.eval_every": POSITIVE_INT,
+    "centralized.implicit_iterations": POSITIVE_INT,
+    "centralized.implicit_lr": POSITIVE,
+    "centralized.implicit_reg": NON_NEGATIVE,
+    "centralized.recbole_epochs": POSITIVE_INT,
+    "centralized.recbole_lr": POSITIVE,
+    "eval.ks": KS,
+    "eval.batch_size": POSITIVE_INT,
+}
+
+MODES = ("centralized", "federated")
+ATTACK_MODES = ("own", "inject")  # fedrec.federation.simulation.with_byzantine
+EVAL_PROTOCOLS = ("full", "loo")  # fedrec.eval.full_ranking, fedrec.eval.leave_one_out
+# defense rules that drop f uploads (or f values per side) and so need f < n/2 (Krum: n - f - 2 >= 1)
+F_RULES = ("krum", "multi-krum", "norm-trim", "cw-trimmed-mean")
+# Sections only one mode reads: the other mode ignores them (the CLI's --epochs writes both lengths).
+MODE_SECTIONS = {"centralized": ("centralized",), "federated": ("federated", "attack", "defense")}
+
+
+def _names(mode: str) -> dict[str, tuple[str, ...]]:
+    """The allowed names of every name-valued key, read from the registries (imported here: they pull
+    in torch, which loading a config does not need)."""
+    from fedrec.attacks import ATTACKS
+    from fedrec.attacks.camouflage import SELECT
+    from fedrec.defenses import DEFENSES
+    from fedrec.optim import RULES
+
+    if mode == "federated":
+        from fedrec.federation.runner import FEDERATED_MODELS as models
+    else:
+        from fedrec.baselines.runner import CENTRALIZED_MODELS as models
+    return {
+        "model.name": tuple(models),
+        "train.optimizer": tuple(RULES),
+        "attack.name": ("none", *ATTACKS),
+        "attack.mode": ATTACK_MODES,
+        "attack.select": SELECT,
+        "defense.name": tuple(DEFENSES),
+        "eval.protocol": EVAL_PROTOCOLS,
+    }
+
+
+def _value(cfg: Config, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _skipped(mode: str, key: str) -> bool:
+    section = key.partition(".")[0]
+    return any(section in secs for m, secs in MODE_SECTIONS.items() if m != mode)
+
+
+def validate(cfg: Config, mode: str | None = None) -> Config:
+    """Check every key against its domain and the keys against each other; raise ``ConfigError`` (one
+    line naming the key) on the first problem. ``mode`` (default ``train.mode``): the engine that will
+    read ``cfg``. Returns ``cfg``."""
+    mode = cfg.train.mode if mode is None else mode
+    if mode not in MODES:
+        raise ConfigError(f"train.mode={mode!r}: expected 'federated' or 'centralized'")
+    for key, dom in DOMAINS.items():
+        v = _value(cfg, key)
+        if _skipped(mode, key) or (v is None and _optional(key)):
+            continue
+        if not dom.ok(v):
+            hint = ""
+            if key == "attack.fraction" and _is_num(v) and v >= 1:
+                hint = ": no benign clients to evaluate"
+            raise ConfigError(f"{key}={v!r}: must be {dom.text}{hint}")
+    for key, names in _names(mode).items():
+        if not _skipped(mode, key) and _value(cfg, key) not in names:
+            raise ConfigError(f"{key}={_value(cfg, key)!r}: expected one of {', '.join(names)}")
+    _check_dataset(cfg)
+    _check_run(cfg)
+    if mode == "federated":
+        _check_defense_fraction(cfg)
     return cfg
+
+
+def _optional(key: str) -> bool:
+    section, _, name = key.partition(".")
+    cls = type(getattr(Config(), section))
+    hint = typing.get_type_hints(cls)[name]
+    return type(None) in typing.get_args(hint)
+
+
+def _check_dataset(cfg: Config) -> None:
+    from fedrec.data import DATASETS
+    from fedrec.data.registry import is_inter_path
+
+    name = cfg.data.dataset
+    if not isinstance(name, str) or not (name in DATASETS or is_inter_path(name)):
+        raise ConfigError(
+            f"data.dataset={name!r}: expected one of {', '.join(DATASETS)} or a path to a RecBole .inter file"
+        )
+
+
+def _check_run(cfg: Config) -> None:
+    from fedrec.runs import run_name_problem
+
+    if not cfg.run.out_dir:
+        raise ConfigError("run.out_dir is empty: expected the folder for run directories")
+    if cfg.run.name is not None and (why := run_name_problem(cfg.run.name)):
+        raise ConfigError(f"run.name={cfg.run.name!r}: {why}")
+    dev = cfg.run.device
+    if dev != "auto":
+        import torch
+
+        try:
+            ok = torch.device(dev).type in ("cpu", "cuda")
+        except (RuntimeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"run.device={dev!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def _f_rule(defense: str) -> str | None:
+    """The rule of ``defense`` when it drops f uploads (or values per side), else None."""
+    from fedrec.defenses import DEFENSES
+
+    rule = DEFENSES[defense].rule
+    return rule if rule in F_RULES else None
+
+
+def _check_defense_fraction(cfg: Config) -> None:
+    """Krum-type rules assume f < n/2 Byzantine uploads; at a fraction >= 0.5 they reject every upload
+    of every round (too few to choose from), which used to run to the end without a word."""
+    d = cfg.defense
+    if _f_rule(d.name) is None or d.f is not None:  # an explicit f is checked once n is known
+        return
+    key, fraction = (
+        ("defense.assumed_fraction", d.assumed_fraction)
+        if d.assumed_fraction is not None
+        else ("attack.fraction", cfg.attack.fraction)
+    )
+    if fraction >= 0.5:
+        raise ConfigError(
+            f"{key}={fraction!r}: defense {d.name!r} assumes fewer than half of the uploads are "
+            "Byzantine (f < n/2) and would reject every upload; set defense.assumed_fraction below 0.5 "
+            "or use a defense without f (e.g. cw-median, rfa)"
+        )
+
+
+def check_round_size(cfg: Config, n: int, f: int) -> None:
+    """The defense's f against the run's ``n`` clients per round (known once the data is loaded):
+    Krum needs ``n - f - 2 >= 1``, trimming ``n - 2f >= 1``; otherwise every round rejects every upload."""
+    d = cfg.defense
+    rule = _f_rule(d.name)
+    if rule is None:
+        return
+    need = "n - f - 2 >= 1" if rule in ("krum", "multi-krum") else "n - 2f >= 1"
+    ok = (n - f - 2 >= 1) if rule in ("krum", "multi-krum") else (n - 2 * f >= 1)
+    if ok and 2 * f < n:
+        return
+    if d.f is not None:
+        where = f"defense.f={d.f}"
+    else:
+        key = "defense.assumed_fraction" if d.assumed_fraction is not None else "attack.fraction"
+        fraction = d.assumed_fraction if d.assumed_fraction is not None else cfg.attack.fraction
+        where = f"{key}={fraction!r} (f = {f})"
+    raise ConfigError(
+        f"{where}: defense {d.name!r} needs f < n/2 and {need}, but a round has n = {n} clients "
+        "(federated.fraction of the clients), so every upload would be rejected"
+    )

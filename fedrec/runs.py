@@ -10,14 +10,33 @@ from typing import Any
 import pandas as pd
 
 
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run directory inside ``--out`` (None when it can): a separator, a
+    ``..`` or an absolute path would put the run outside the out folder."""
+    if not isinstance(name, str) or not name.strip():
+        return "must be a non-empty name"
+    if any(c in name for c in "/\\\0") or Path(name).is_absolute():
+        return "must be a plain name without path separators (it names a folder inside --out)"
+    if ".." in name:
+        return "must not contain '..' (it names a folder inside --out)"
+    return None
+
+
 def new_run_dir(out_dir: str | Path, name: str) -> Path:
-    """A fresh directory ``out_dir/name-YYYYmmdd-HHMMSS[-k]``; never reuses an existing one."""
-    base = Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A fresh directory ``out_dir/name-YYYYmmdd-HHMMSS[-k]``; never reuses an existing one, also when
+    many processes start runs in the same second (mkdir is the atomic claim, not an exists() check)."""
+    if (why := run_name_problem(name)) is not None:
+        raise ValueError(f"run.name={name!r}: {why}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, k = base, 1
-    while path.exists():
-        path, k = Path(f"{base}-{k}"), k + 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir(exist_ok=False)
+            return path
+        except FileExistsError:
+            path, k = Path(f"{base}-{k}"), k + 1
 
 
 def write_config(run_dir: Path, yaml_text: str) -> None:

@@ -123,3 +123,88 @@ def test_error_line_far_into_a_large_file(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         parse_ml100k(path)
     _check(info.value, path, 4322, ["rating", "'three'"])
+
+
+# ---------------------------------------------------------------- issue 9 item 6: hostile bytes
+
+BOM = b"\xef\xbb\xbf"
+GOOD_FILES = [
+    (parse_lastfm, "user_artists.dat", b"userID\tartistID\tweight\r\n2\t51\t13\r\n3\t52\t1\r\n"),
+    (parse_ml100k, "u.data", b"1\t2\t3\t881250949\n2\t3\t4\t881250949\n"),
+    (parse_citeulike, "users.dat", b"2 0 3\n1 2\n"),
+    (parse_inter, "x.inter", INTER.encode() + b"1\t2\t3\t4\n5\t6\t7\t8\n"),
+    (parse_ml100k, "ml-100k.inter", INTER.encode() + b"1\t2\t3\t4\n5\t6\t7\t8\n"),
+]
+GOOD_IDS = [f"{c[0].__name__}-{c[1]}" for c in GOOD_FILES]
+
+
+def _same(a: Interactions, b: Interactions) -> bool:
+    return (
+        (a.indptr == b.indptr).all()
+        and (a.indices == b.indices).all()
+        and list(a.user_ids) == list(b.user_ids)
+        and list(a.item_ids) == list(b.item_ids)
+    )
+
+
+@pytest.mark.parametrize(("parser", "fname", "content"), GOOD_FILES, ids=GOOD_IDS)
+def test_utf8_bom_was_rejected(tmp_path: Path, parser: Callable[..., Interactions], fname, content) -> None:
+    """A UTF-8 byte-order mark (Windows editors write one) reads exactly like the file without it."""
+    plain, bom = tmp_path / "plain", tmp_path / "bom"
+    plain.mkdir(), bom.mkdir()
+    (plain / fname).write_bytes(content)
+    (bom / fname).write_bytes(BOM + content)
+    assert _same(parser(bom / fname), parser(plain / fname))
+
+
+@pytest.mark.parametrize(("parser", "fname", "content"), GOOD_FILES, ids=GOOD_IDS)
+def test_non_utf8_byte_had_no_line_number(
+    tmp_path: Path, parser: Callable[..., Interactions], fname, content
+) -> None:
+    lines = content.split(b"\n")
+    lines[1] = lines[1][:1] + b"\xe9" + lines[1][1:]  # a Latin-1 e-acute on line 2
+    path = tmp_path / fname
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError) as info:
+        parser(path)
+    _check(info.value, path, 2, ["UTF-8", "0xe9", "column 2"])
+
+
+def test_ten_million_character_id_was_parsed_into_a_745_gib_allocation(tmp_path: Path) -> None:
+    """numpy gives every id the longest one's width: one 10^7-character id in a big file asked for
+    745 GiB. The line cap stops it before any parsing."""
+    path = tmp_path / "x.inter"
+    path.write_bytes(INTER.encode() + b"1\t2\t3\t4\n" + b"u" * 10_000_000 + b"\t2\t3\t4\n")
+    with pytest.raises(DataError) as info:
+        parse_inter(path)
+    _check(info.value, path, 3, ["longer than the limit"])
+
+
+def test_overlong_id_under_the_line_cap_was_accepted(tmp_path: Path) -> None:
+    """A 1,000-character id (a line well under the line cap) is refused at its own line, blank lines
+    before it counted."""
+    path = tmp_path / "x.inter"
+    path.write_bytes(INTER.encode() + b"1\t2\t3\t4\n\n5\t" + b"i" * 1000 + b"\t3\t4\n")
+    with pytest.raises(DataError) as info:
+        parse_inter(path)
+    _check(info.value, path, 4, ["item_id", "1,000 characters", "limit"])
+
+
+@pytest.mark.parametrize(
+    ("parser", "fname", "content", "line"),
+    [
+        (parse_ml100k, "u.data", UDATA_OK + "1\t99999999999999999999999\t3\t4\n", 2),  # was OverflowError
+        (parse_ml100k, "u.data", UDATA_OK + "1\t9999999999999999999\t3\t4\n", 2),  # was read as float ids
+        (parse_lastfm, "user_artists.dat", HEAD + "2\t51\t1\r\n2\t51\t99999999999999999999\r\n", 3),
+        (parse_citeulike, "users.dat", "1 0\n1 99999999999999999999999\n", 2),  # was OverflowError
+    ],
+    ids=["ml100k-overflow", "ml100k-uint64", "lastfm-overflow", "cite-overflow"],
+)
+def test_integer_beyond_int64_crashed_or_turned_ids_to_float(
+    tmp_path: Path, parser: Callable[..., Interactions], fname: str, content: str, line: int
+) -> None:
+    path = tmp_path / fname
+    path.write_text(content)
+    with pytest.raises(DataError) as info:
+        parser(path)
+    _check(info.value, path, line, ["64-bit range"])

@@ -24,7 +24,21 @@ log = logging.getLogger(__name__)
 
 _SEP_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe", " ": "space"}
 _INT = re.compile(r"\s*[-+]?\d+\s*")
-_FAST_ERRORS = (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError)
+_FAST_ERRORS = (
+    ValueError,
+    OverflowError,
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+    UnicodeDecodeError,
+)
+
+# Caps on what a data file may hold: far above every real file (longest line: 11,108 bytes in
+# citeulike-t users.dat) yet small enough that one absurd token cannot exhaust memory (a 10-million-
+# character id once made numpy ask for 745 GiB: astype(str) gives every id the longest one's width).
+MAX_LINE_BYTES = 1 << 20
+MAX_ID_CHARS = 256
+_BOM = b"\xef\xbb\xbf"  # tolerated at the start of a file (editors on Windows write one)
+_INT64_MAX = 2**63 - 1
 
 LASTFM_FIELDS = ("userID", "artistID", "weight")
 ML100K_FIELDS = ("user_id", "item_id", "rating", "timestamp")
@@ -39,12 +53,36 @@ def _require_file(path: str | Path) -> Path:
         raise DataError("file not found" if not path.exists() else "not a regular file", path)
     if path.stat().st_size == 0:
         raise DataError("empty file: no interactions", path)
+    _check_bytes(path)
     return path
+
+
+def _check_bytes(path: Path) -> None:
+    """UTF-8 throughout and no line over ``MAX_LINE_BYTES``, each failure located at its line (the
+    fast parsers would report neither with a line number)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"not UTF-8: byte 0x{data[e.start]:02x} at column {e.start - line_start + 1} "
+            "(re-save the file as UTF-8)",
+            path,
+            data.count(b"\n", 0, e.start) + 1,
+        ) from None
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    lens = np.diff(np.concatenate(([-1], ends, [len(data)]))) - 1
+    if lens.max() > MAX_LINE_BYTES:
+        k = int(np.argmax(lens > MAX_LINE_BYTES))
+        raise DataError(
+            f"line of {lens[k]:,} bytes is longer than the limit of {MAX_LINE_BYTES:,}", path, k + 1
+        )
 
 
 def _read_lines(path: Path) -> list[str]:
     """File lines without terminators (CRLF tolerated); no phantom line after a final newline."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -143,11 +181,19 @@ def _diagnose_int_table(
         for c in int_cols:
             if not _INT.fullmatch(parts[c]):
                 return DataError(f"{fields[c]} {_short(parts[c])} is not an integer", path, lineno)
+            if not _fits_int64(parts[c]):
+                return DataError(f"{fields[c]} {_short(parts[c])} is out of the 64-bit range", path, lineno)
     if n_data == 0:
         return DataError(
             "only a header line, no interactions" if header else "empty file: no interactions", path
         )
     return DataError(f"could not parse ({cause})", path)
+
+
+def _fits_int64(token: str) -> bool:
+    """Whether an integer token fits int64 (length first: int() refuses > 4,300 digits)."""
+    digits = token.strip().lstrip("+-")
+    return len(digits) <= 19 and -_INT64_MAX - 1 <= int(token) <= _INT64_MAX
 
 
 def _read_int_table(path: str | Path, *, sep: str, fields: Sequence[str], header: bool) -> np.ndarray:
@@ -156,12 +202,21 @@ def _read_int_table(path: str | Path, *, sep: str, fields: Sequence[str], header
     cause = "unexpected layout"
     try:
         df = pd.read_csv(
-            path, sep=sep, header=0 if header else None, dtype=np.int64, quoting=csv.QUOTE_NONE, engine="c"
+            path,
+            sep=sep,
+            header=0 if header else None,
+            dtype=np.int64,
+            quoting=csv.QUOTE_NONE,
+            engine="c",
+            encoding="utf-8-sig",
         )
         arr = df.to_numpy()
         # A file without its header would silently lose its first row to pandas: insist on a name.
         header_ok = not header or not _INT.fullmatch(str(df.columns[0]))
-        shape_ok = arr.ndim == 2 and arr.shape[1] == len(fields) and arr.shape[0] > 0
+        # pandas reads a value above int64 as uint64 silently, and mixed columns come back as float
+        shape_ok = (
+            arr.ndim == 2 and arr.shape[1] == len(fields) and arr.shape[0] > 0 and arr.dtype == np.int64
+        )
         if shape_ok and header_ok and _separators_ok(path, sep, arr.shape[0] + header, len(fields)):
             return arr
     except _FAST_ERRORS as exc:
@@ -189,7 +244,7 @@ def parse_ml100k(path: str | Path, *, rating_threshold: float | None = None) -> 
     """
     path = _require_file(path)
     with path.open("rb") as f:
-        first = f.readline()
+        first = f.readline().removeprefix(_BOM)
     if first.startswith(b"user_id:"):
         return parse_inter(path, rating_threshold=rating_threshold)
     arr = _read_int_table(path, sep="\t", fields=ML100K_FIELDS, header=False)
@@ -224,9 +279,14 @@ def parse_citeulike(
     lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
     try:
         flat = np.array(list(chain.from_iterable(tokens)), dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         for lineno, toks in enumerate(tokens, start=1):
             for pos, tok in enumerate(toks):
+                what = "item id" if pos else "count"
+                if _INT.fullmatch(tok) and not _fits_int64(tok):
+                    raise DataError(
+                        f"{what} {_short(tok)} is out of the 64-bit range", path, lineno
+                    ) from None
                 if not _INT.fullmatch(tok):
                     found = next((c for c in ",;|" if c in tok), None)
                     if found is not None:
@@ -236,7 +296,6 @@ def parse_citeulike(
                             path,
                             lineno,
                         ) from None
-                    what = "item id" if pos else "count"
                     raise DataError(f"{what} {_short(tok)} is not an integer", path, lineno) from None
         raise DataError("could not parse the integers of the file", path) from None
     if (lens == 0).any():
@@ -301,6 +360,12 @@ def _diagnose_inter(
         for c, name in need.items():
             if parts[c].strip() == "":
                 return DataError(f"empty {name}", path, lineno)
+            if len(parts[c]) > MAX_ID_CHARS:
+                return DataError(
+                    f"{name} of {len(parts[c]):,} characters is longer than the limit of {MAX_ID_CHARS}",
+                    path,
+                    lineno,
+                )
         if rating_col is not None:
             try:
                 float(parts[rating_col])
@@ -327,7 +392,7 @@ def parse_inter(
     ignored. ``rating_threshold`` needs a ``rating_field`` column.
     """
     path = _require_file(path)
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
         header = f.readline().rstrip("\r\n")
     if not header.strip():
         raise DataError("empty header line: expected 'user_id:token<TAB>item_id:token...'", path, 1)
@@ -352,6 +417,7 @@ def parse_inter(
             na_filter=False,
             quoting=csv.QUOTE_NONE,
             engine="c",
+            encoding="utf-8-sig",
         )
         ok = (
             df.shape[1] == len(fields)
@@ -361,6 +427,8 @@ def parse_inter(
         if ok:
             users, items = df[ucol].to_numpy(), df[icol].to_numpy()
             ok = not ((users == "").any() or (items == "").any())
+            # an over-long id goes to the line-by-line diagnosis before _as_ids can widen every id to it
+            ok = ok and max(map(len, chain(users, items))) <= MAX_ID_CHARS
         if ok:
             keep = None
             if rcol is not None and rating_threshold is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fedrec.config import Config, ConfigError, load_config
+from fedrec.config import Config, ConfigError, check_round_size, load_config, validate
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
 from fedrec.federation.detection import detection_summary, per_round
@@ -24,10 +24,13 @@ def _prepare(cfg: Config) -> FederatedRun:
         raise ConfigError(
             f"model.name={cfg.model.name!r}: federated models are {', '.join(FEDERATED_MODELS)}"
         )
+    validate(cfg, mode="federated")  # a Config built in code has not been through load_config
     device = resolve_device(cfg.run.device)
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
-    return FederatedRun.create(cfg, split, device)
+    run = FederatedRun.create(cfg, split, device)
+    check_round_size(cfg, run.per_round, run.f)  # n is known only now; still before any run directory
+    return run
 
 
 def run_federated(cfg: Config, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
