@@ -303,6 +303,10 @@ DOMAINS: dict[str, Domain] = {
     "defense.f": NON_NEGATIVE_INT,
     # 0 rejects every honest upload; above 1 the check never fires
     "defense.max_weight_share": interval(0, 1, lo_open=True, hi_open=False),
+    # every honest coordinate measured so far is below 6 (docs/RESULTS.md section 8); 0 rejects them all
+    "defense.max_grad": POSITIVE,
+    # below 1 the clip would cut honest claims under the round's median
+    "defense.weight_clip": Domain(lambda v: _is_num(v) and v >= 1, "a finite number >= 1"),
     "centralized.lr": POSITIVE,
     "centralized.init_std": POSITIVE,
     "centralized.epochs": POSITIVE_INT,
@@ -332,6 +336,7 @@ def _names(mode: str) -> dict[str, tuple[str, ...]]:
     from fedrec.attacks import ATTACKS
     from fedrec.attacks.camouflage import SELECT
     from fedrec.defenses import DEFENSES
+    from fedrec.federation.validate import WEIGHTINGS
     from fedrec.optim import RULES
 
     if mode == "federated":
@@ -345,6 +350,7 @@ def _names(mode: str) -> dict[str, tuple[str, ...]]:
         "attack.mode": ATTACK_MODES,
         "attack.select": SELECT,
         "defense.name": tuple(DEFENSES),
+        "defense.weighting": WEIGHTINGS,
         "eval.protocol": EVAL_PROTOCOLS,
     }
 
@@ -434,6 +440,15 @@ def _check_defense_fraction(cfg: Config) -> None:
     """Krum-type rules assume f < n/2 Byzantine uploads; at a fraction >= 0.5 they reject every upload
     of every round (too few to choose from), which used to run to the end without a word."""
     d = cfg.defense
+    from fedrec.defenses import DEFENSES
+    from fedrec.optim import RULES
+
+    if d.name in DEFENSES and DEFENSES[d.name].space in ("momentum",) and cfg.train.optimizer in RULES:
+        if not RULES[cfg.train.optimizer].state_names:
+            raise ConfigError(
+                f"defense.name={d.name!r}: looks at the optimizer's first moment, and "
+                f"train.optimizer={cfg.train.optimizer!r} keeps none"
+            )
     if _f_rule(d.name) is None or d.f is not None:  # an explicit f is checked once n is known
         return
     key, fraction = (

@@ -50,6 +50,9 @@ BAD = [
     ("attack.sigma=-1", []),
     ("defense.max_weight_share=0", []),  # was exit 0 with every honest upload rejected
     ("defense.max_weight_share=1.5", []),
+    ("defense.max_grad=0", []),  # would reject every honest upload as a "magnitude"
+    ("defense.weight_clip=0.5", []),  # would cut honest claims below the round's median
+    ("defense.weighting=heavy", ["claimed", "uniform"]),
     ("defense.assumed_fraction=1", []),
     ("defense.f=-1", []),
     ("eval.ks=0", []),
@@ -76,6 +79,11 @@ def test_bad_value_ran_silently_or_crashed_later(override: str, words: list[str]
     assert "\n" not in msg and msg.startswith(f"{key}="), msg
     for w in words:
         assert w in msg, msg
+
+
+def test_momentum_space_defense_without_a_momentum_raised_in_round_1() -> None:
+    with pytest.raises(ConfigError, match=r"^defense.name='momentum-krum': .*'sgd' keeps none"):
+        load_config(None, [FED, "defense.name=momentum-krum", "train.optimizer=sgd"])
 
 
 @pytest.mark.parametrize(
