@@ -443,12 +443,12 @@ def _check_defense_fraction(cfg: Config) -> None:
     from fedrec.defenses import DEFENSES
     from fedrec.optim import RULES
 
-    if d.name in DEFENSES and DEFENSES[d.name].space in ("momentum",) and cfg.train.optimizer in RULES:
-        if not RULES[cfg.train.optimizer].state_names:
-            raise ConfigError(
-                f"defense.name={d.name!r}: looks at the optimizer's first moment, and "
-                f"train.optimizer={cfg.train.optimizer!r} keeps none"
-            )
+    momentum_space = d.name in DEFENSES and DEFENSES[d.name].space == "momentum"
+    if momentum_space and cfg.train.optimizer in RULES and not RULES[cfg.train.optimizer].state_names:
+        raise ConfigError(
+            f"defense.name={d.name!r}: looks at the optimizer's first moment, and "
+            f"train.optimizer={cfg.train.optimizer!r} keeps none"
+        )
     if _f_rule(d.name) is None or d.f is not None:  # an explicit f is checked once n is known
         return
     key, fraction = (
