@@ -27,7 +27,7 @@ def main(run_dir: str, fraction: float, seed: int) -> None:
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
     run = FederatedRun.create(cfg, split, torch.device("cpu"))
-    run.load_state_dict(torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False))
+    run.load(Path(run_dir))  # checksum, identity, weights_only=True
     run.byzantine = byzantine_mask(split.train.n_users, fraction, seed)
     res = run.evaluate()
     p = res.metrics["precision"]
