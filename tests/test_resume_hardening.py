@@ -115,7 +115,22 @@ def test_benign_eval_runs_no_code(run_dir, tmp_path):
     with pytest.raises(Exception) as err:  # any type: the marker is checked first
         benign_eval.main(str(run_dir), 0.4, 0)
     assert not marker.exists(), "unpickling the checkpoint ran code"
-    assert isinstance(err.value, ValueError) and "not a fedrec checkpoint" in str(err.value)
+    assert isinstance(err.value, ValueError) and "weights_only=True" in str(err.value)
+
+
+def test_legacy_checkpoint_is_readable_for_evaluation_but_not_resumed(run_dir):
+    """A bare torch.save checkpoint (fedrec before format 1) has no checksum: benign_eval may read it
+    with weights_only=True, a resume refuses it."""
+    import torch
+
+    from fedrec.federation.checkpoint import load_checkpoint
+
+    ckpt = run_dir / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    torch.save(state, ckpt)
+    assert load_checkpoint(ckpt, legacy=True)["t"] == state["t"] == 12
+    assert "not a fedrec checkpoint" in one_error_line(invoke("train", "--resume", str(run_dir)))
+    load_script("benign_eval").main(str(run_dir), 0.4, 0)
 
 
 # -- item 5: resume trusts nothing it finds --------------------------------------------------------------

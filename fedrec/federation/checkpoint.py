@@ -87,13 +87,20 @@ def save_checkpoint(path: Path, state_dict: dict[str, Any], identity: dict[str, 
     _atomic(Path(path), write)
 
 
-def load_checkpoint(path: Path, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, identity: dict[str, Any] | None = None, *, legacy: bool = False
+) -> dict[str, Any]:
     """The state dict in ``path``, after checking its checksum and (unless None) that it was written by
-    the run ``identity`` describes; raises :class:`CheckpointError` with one line otherwise."""
+    the run ``identity`` describes; raises :class:`CheckpointError` with one line otherwise.
+
+    ``legacy``: also read a bare torch.save file (fedrec before format 1) with weights_only=True, with
+    nothing to verify: for read-only evaluation of old runs, never for a resume."""
     path = Path(path)
     data = path.read_bytes()
     if not data:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+    if legacy and data.startswith(b"PK\x03\x04"):  # torch.save's zip container
+        return _torch_load(path, data)
     if not data.startswith(MAGIC):
         raise CheckpointError(
             f"{path}: not a fedrec checkpoint (format 1): no header; refusing to unpickle it"
@@ -123,9 +130,13 @@ def load_checkpoint(path: Path, identity: dict[str, Any] | None = None) -> dict[
         raise CheckpointError(f"{path}: corrupt checkpoint (unreadable identity)")
     if identity is not None:
         _check_identity(path, stored, identity)
+    return _torch_load(path, body[n_ident:])
+
+
+def _torch_load(path: Path, blob: bytes) -> dict[str, Any]:
     try:
-        return torch.load(io.BytesIO(body[n_ident:]), map_location="cpu", weights_only=True)
-    except Exception as e:  # the checksum matched, so the file was made to hold this
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # past a valid checksum: the file was crafted to hold this
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: checkpoint payload refused by torch.load(weights_only=True): {first}"
