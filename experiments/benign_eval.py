@@ -17,6 +17,7 @@ import torch
 from fedrec.attacks import byzantine_mask
 from fedrec.config import load_config
 from fedrec.data import load_dataset, split_per_user
+from fedrec.federation.checkpoint import CHECKPOINT, load_checkpoint, run_identity
 from fedrec.federation.simulation import FederatedRun
 
 
@@ -27,7 +28,8 @@ def main(run_dir: str, fraction: float, seed: int) -> None:
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
     run = FederatedRun.create(cfg, split, torch.device("cpu"))
-    run.load_state_dict(torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False))
+    # checksum and identity checked; runs from before checkpoint format 1 read with weights_only=True
+    run.load_state_dict(load_checkpoint(Path(run_dir) / CHECKPOINT, run_identity(cfg), legacy=True))
     run.byzantine = byzantine_mask(split.train.n_users, fraction, seed)
     res = run.evaluate()
     p = res.metrics["precision"]

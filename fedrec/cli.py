@@ -95,10 +95,16 @@ def train(
     """Train a model and print its Precision@K / Recall@K table; writes a run directory."""
     with _clean_errors():
         if resume is not None:
-            from fedrec.federation.runner import resume_federated
+            from fedrec.federation.runner import RunFinished, resume_federated
 
-            with _progress("round") as bar:
-                summary, run_dir = resume_federated(resume, progress=_round_progress(bar))
+            try:
+                with _progress("round") as bar:
+                    summary, run_dir = resume_federated(resume, progress=_round_progress(bar))
+            except RunFinished as done:  # a no-op: say so, touch nothing
+                err.print(str(done), highlight=False, markup=False, soft_wrap=True)
+                if as_json:
+                    _print_json(done.summary)
+                return
         else:
             cfg = load_config(config, _train_overrides(locals()) + list(set_ or []))
             if cfg.train.mode == "federated":

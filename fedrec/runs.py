@@ -40,7 +40,7 @@ def new_run_dir(out_dir: str | Path, name: str) -> Path:
 
 
 def write_config(run_dir: Path, yaml_text: str) -> None:
-    (run_dir / "config.yaml").write_text(yaml_text)
+    _atomic(run_dir / "config.yaml", lambda p: p.write_text(yaml_text))
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -137,7 +137,7 @@ def test_resume_reaches_the_same_final_model(tmp_path, model):
     with pytest.raises(Killed):
         killed.run(run_dir, progress=kill_at_17, progress_every=1)
     resumed = FederatedRun.create(cfg, split, torch.device("cpu"))
-    resumed.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=False))
+    resumed.load(run_dir)
     assert resumed.server.t == 15
     resumed.run(run_dir)
     assert torch.equal(resumed.server.theta, straight.server.theta)

@@ -12,9 +12,10 @@ import torch
 from fedrec.config import Config, ConfigError, check_round_size, load_config, validate
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
+from fedrec.federation.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, run_identity
 from fedrec.federation.detection import detection_summary, per_round
 from fedrec.federation.simulation import FederatedRun, Progress
-from fedrec.runs import new_run_dir, write_config, write_summary
+from fedrec.runs import _atomic, new_run_dir, read_summary, write_config, write_summary
 
 FEDERATED_MODELS = ("fism", "mf")
 
@@ -42,27 +43,48 @@ def run_federated(cfg: Config, progress: Progress | None = None) -> tuple[dict[s
     return _finish(run, run_dir, progress), run_dir
 
 
+class RunFinished(Exception):
+    """``resume`` of a run that already finished: nothing to do. ``summary`` is its stored summary."""
+
+    def __init__(self, run_dir: Path, summary: dict[str, Any]):
+        super().__init__(f"{run_dir}: run already finished at round {summary.get('rounds')}; nothing to do")
+        self.summary = summary
+
+
 def resume_federated(run_dir: str | Path, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
-    """Continue a killed run from its last checkpoint to the length its config asks for."""
+    """Continue a killed run from its last checkpoint to the length its config asks for.
+
+    The checkpoint is verified (checksum, then that config.yaml still describes the run that wrote it)
+    before anything is built or written; a run that already finished raises :class:`RunFinished`."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
     cfg = load_config(run_dir / "config.yaml")
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file() and (run_dir / "summary.json").is_file():
+        raise CheckpointError(f"{ckpt}: missing, but summary.json says the run finished; nothing resumed")
+    sd = load_checkpoint(ckpt, run_identity(cfg)) if ckpt.is_file() else None
     run = _prepare(cfg)
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.is_file():
-        run.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
+    if sd is not None:
+        run.load_state_dict(sd)
+        if run.server.t >= run.total_rounds and (run_dir / "summary.json").is_file():
+            raise RunFinished(run_dir, read_summary(run_dir))
     return _finish(run, run_dir, progress), run_dir
 
 
 def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict[str, Any]:
     final = run.run(run_dir, progress)
-    if final is None:  # resumed a run that had already finished
+    if final is None:
+        # killed after the last checkpoint, before summary.json: the final evaluation is already in
+        # metric_rows, so evaluate again for the summary without recording it twice
+        rows = list(run.metric_rows)
         final = run.evaluate()
+        run.metric_rows = rows
     run.save(run_dir)
     cfg = run.cfg
     rounds = run.rounds_frame()
-    per_round(rounds).to_parquet(run_dir / "detection.parquet", index=False)
+    detection = per_round(rounds)
+    _atomic(run_dir / "detection.parquet", lambda p: detection.to_parquet(p, index=False))
     summary = {
         "dataset": run.split.train.name,
         "model": cfg.model.name,

@@ -24,6 +24,13 @@ from fedrec.config import Config
 from fedrec.data import Split
 from fedrec.defenses import Defense, assumed_f, make_defense
 from fedrec.eval import full_ranking
+from fedrec.federation.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
 from fedrec.federation.clients import PrivateState, client_gradients, honest_uploads, private_step
 from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.pipeline import ServerLimits, server_round
@@ -31,6 +38,7 @@ from fedrec.federation.validate import STRUCTURAL
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, sample_negatives
 from fedrec.optim import make_rule
 from fedrec.protocol import REASONS, ServerState, UploadBatch
+from fedrec.runs import _atomic
 
 Progress = Callable[[dict[str, Any]], None]
 ROUND_COLUMNS = (
@@ -297,21 +305,28 @@ class FederatedRun:
     # -- persistence -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything ``resume`` needs, as tensors and plain Python values only: it must load with
+        ``torch.load(weights_only=True)``, so a checkpoint can never carry code."""
         return {
-            "t": self.server.t,
+            "t": int(self.server.t),
             "theta": self.server.theta,
-            "state": self.server.state,
-            "private": None if self.private is None else vars(self.private),
+            "state": dict(self.server.state),
+            "private": None if self.private is None else dict(vars(self.private)),
             "sample_gen": self.sample_gen.get_state(),
             "neg_gen": self.neg_gen.get_state(),
             "attack_gen": self.attack_gen.get_state(),
-            "metric_rows": self.metric_rows,
+            # plain int / str / float: a numpy scalar would need an unpickler that runs code
+            "metric_rows": [
+                {"t": int(r["t"]), "metric": str(r["metric"]), "k": int(r["k"]), "value": float(r["value"])}
+                for r in self.metric_rows
+            ],
             "records": {k: v[: self.server.t].cpu() for k, v in self.records.items()},
             "losses": None if self.losses is None else self.losses[: self.server.t].cpu(),
-            "seconds": self.seconds,
+            "seconds": float(self.seconds),
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self._check_state_dict(sd)
         state = {k: v.to(self.device) for k, v in sd["state"].items()}
         self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])
         if sd["private"] is not None:
@@ -333,17 +348,62 @@ class FederatedRun:
                 self.records[k][:t] = v.to(self.device)
         self.seconds = float(sd["seconds"])
 
+    def _check_state_dict(self, sd: Any) -> None:
+        """A checkpoint whose checksum and identity match is ours, but a crafted one can match too:
+        check its structure against this run's, so a bad one is one line instead of a traceback."""
+
+        def like(got: Any, want: Any, where: str, first_dim: int | None = None) -> None:
+            if isinstance(want, torch.Tensor):
+                shape = tuple(want.shape) if first_dim is None else (first_dim, *want.shape[1:])
+                if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or tuple(got.shape) != shape:
+                    what = (
+                        f"{got.dtype} {tuple(got.shape)}"
+                        if isinstance(got, torch.Tensor)
+                        else type(got).__name__
+                    )
+                    raise CheckpointError(f"checkpoint {where}: {what}, expected {want.dtype} {shape}")
+            elif isinstance(want, dict):
+                if not isinstance(got, dict) or set(got) != set(want):
+                    raise CheckpointError(f"checkpoint {where}: keys do not match this run's")
+                for k in want:
+                    like(got[k], want[k], f"{where}.{k}", first_dim)
+            elif want is not None and not isinstance(got, type(want)):
+                raise CheckpointError(
+                    f"checkpoint {where}: {type(got).__name__}, expected {type(want).__name__}"
+                )
+
+        template = self.state_dict()
+        if not isinstance(sd, dict) or set(sd) != set(template):
+            raise CheckpointError("checkpoint: not a federated run's state (keys do not match)")
+        t = sd["t"]
+        if not isinstance(t, int) or not 0 <= t <= self.total_rounds:
+            raise CheckpointError(f"checkpoint: round {t!r} outside 0..{self.total_rounds}")
+        for key in ("theta", "state", "private", "sample_gen", "neg_gen", "attack_gen"):
+            like(sd[key], template[key], key)
+        if (sd["private"] is None) != (template["private"] is None):
+            raise CheckpointError("checkpoint: private client state does not match this run's model")
+        if not isinstance(sd["metric_rows"], list) or not isinstance(sd["records"], dict):
+            raise CheckpointError("checkpoint: metric_rows or records malformed")
+        if sd["losses"] is not None:
+            self._allocate_records()  # the template of a fresh run has no records yet: compare with these
+            like(sd["losses"], self.losses, "losses", t)
+            like(sd["records"], self.records, "records", t)
+            self.losses, self.records = None, {}
+
     def save(self, run_dir: Path) -> None:
-        tmp = run_dir / "checkpoint.pt.tmp"
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(run_dir / "checkpoint.pt")
+        """Checkpoint, then the tables; each written atomically, so a kill leaves the previous version."""
+        save_checkpoint(run_dir / CHECKPOINT, self.state_dict(), run_identity(self.cfg))
         self.write_tables(run_dir)
 
+    def load(self, run_dir: Path) -> None:
+        """Continue from ``run_dir``'s checkpoint, after checking its checksum and identity."""
+        self.load_state_dict(load_checkpoint(run_dir / CHECKPOINT, run_identity(self.cfg)))
+
     def write_tables(self, run_dir: Path) -> None:
-        pd.DataFrame(self.metric_rows, columns=["t", "metric", "k", "value"]).to_parquet(
-            run_dir / "metrics.parquet", index=False
-        )
-        self.rounds_frame().to_parquet(run_dir / "rounds.parquet", index=False)
+        metrics = pd.DataFrame(self.metric_rows, columns=["t", "metric", "k", "value"])
+        _atomic(run_dir / "metrics.parquet", lambda p: metrics.to_parquet(p, index=False))
+        rounds = self.rounds_frame()
+        _atomic(run_dir / "rounds.parquet", lambda p: rounds.to_parquet(p, index=False))
 
     def refused_counts(self) -> dict[str, int]:
         """Uploads that filled no client's slot over the run, by reason (only the reasons that occur)."""

@@ -1,0 +1,213 @@
+"""``fedrec train --resume`` against crafted, corrupt and mismatched checkpoints, finished runs, and
+SIGKILL (issue 9, items 1 and 5): no code runs, every refusal is one line and exit 2 with nothing in
+the run directory touched, and a killed run resumes to the uninterrupted run's exact state."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished 12-round federated run directory (ML-100K, dim 8)."""
+    out = tmp_path_factory.mktemp("runs")
+    res = invoke(
+        "train", "--dataset", "ml100k", "--mode", "federated", "--rounds", "12", "--device", "cpu",
+        "--out", str(out), "--json", "--set", "model.dim=8", "--set", "federated.eval_every=4",
+        "--set", "federated.checkpoint_every=4", "--set", "eval.ks=[1,5]",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return Path(json.loads(res.stdout)["run_dir"])
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def load_script(name: str):
+    """experiments/NAME.py as a module (registered, so its dataclasses resolve)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def snapshot(d: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.iterdir())}
+
+
+def one_error_line(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    return lines[0]
+
+
+class _Marker:
+    """Unpickling this creates ``path``: what an attacker's checkpoint would do instead."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+# -- item 1: no code runs on resume --------------------------------------------------------------------
+
+
+def test_crafted_pickle_checkpoint_runs_no_code(run_dir, tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    torch.save({"t": 4, "theta": _Marker(marker)}, run_dir / "checkpoint.pt")
+    before = snapshot(run_dir)
+    res = invoke("train", "--resume", str(run_dir))
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+    line = one_error_line(res)
+    assert "not a fedrec checkpoint" in line
+    assert snapshot(run_dir) == before
+
+
+def test_crafted_payload_under_a_valid_checksum_runs_no_code(run_dir, tmp_path):
+    """An attacker who knows the format can compute the checksum; weights_only=True still refuses."""
+    from fedrec.config import load_config
+    from fedrec.federation.checkpoint import run_identity, save_checkpoint
+
+    marker = tmp_path / "pwned"
+    identity = run_identity(load_config(run_dir / "config.yaml"))
+    save_checkpoint(run_dir / "checkpoint.pt", {"theta": _Marker(marker)}, identity)
+    before = snapshot(run_dir)
+    res = invoke("train", "--resume", str(run_dir))
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+    line = one_error_line(res)
+    assert "weights_only=True" in line
+    assert snapshot(run_dir) == before
+
+
+def test_benign_eval_runs_no_code(run_dir, tmp_path):
+    import torch
+
+    benign_eval = load_script("benign_eval")
+    marker = tmp_path / "pwned"
+    torch.save({"t": 4, "theta": _Marker(marker)}, run_dir / "checkpoint.pt")
+    with pytest.raises(Exception) as err:  # any type: the marker is checked first
+        benign_eval.main(str(run_dir), 0.4, 0)
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+    assert isinstance(err.value, ValueError) and "weights_only=True" in str(err.value)
+
+
+def test_legacy_checkpoint_is_readable_for_evaluation_but_not_resumed(run_dir):
+    """A bare torch.save checkpoint (fedrec before format 1) has no checksum: benign_eval may read it
+    with weights_only=True, a resume refuses it."""
+    import torch
+
+    from fedrec.federation.checkpoint import load_checkpoint
+
+    ckpt = run_dir / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    torch.save(state, ckpt)
+    assert load_checkpoint(ckpt, legacy=True)["t"] == state["t"] == 12
+    assert "not a fedrec checkpoint" in one_error_line(invoke("train", "--resume", str(run_dir)))
+    load_script("benign_eval").main(str(run_dir), 0.4, 0)
+
+
+# -- item 5: resume trusts nothing it finds --------------------------------------------------------------
+
+
+def _flip64(data: bytes) -> bytes:
+    b, rng = bytearray(data), random.Random(0)
+    for i in rng.sample(range(len(b) // 10, len(b)), 64):  # past the header: in the state itself
+        b[i] ^= 0xFF
+    return bytes(b)
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda d: b"", "empty"),
+        (lambda d: d[: len(d) // 2], "truncated"),
+        (lambda d: d[:-1], "truncated"),
+        (_flip64, "sha256 mismatch"),
+    ],
+    ids=["empty", "half", "last-byte-missing", "64-flipped-bytes"],
+)
+def test_corrupt_checkpoint_is_one_line_exit_2_and_touches_nothing(run_dir, damage, needle):
+    (run_dir / "summary.json").unlink()  # a killed run, so resuming would write
+    ckpt = run_dir / "checkpoint.pt"
+    ckpt.write_bytes(damage(ckpt.read_bytes()))
+    before = snapshot(run_dir)
+    line = one_error_line(invoke("train", "--resume", str(run_dir)))
+    assert needle in line and "checkpoint.pt" in line
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("data.dataset", "lastfm"), ("model.dim", 16), ("train.seed", 1), ("data.split_seed", 1)],
+)
+def test_edited_config_is_refused_naming_the_key(run_dir, key, value):
+    (run_dir / "summary.json").unlink()
+    doc = yaml.safe_load((run_dir / "config.yaml").read_text())
+    section, name = key.split(".")
+    doc[section][name] = value
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = snapshot(run_dir)
+    line = one_error_line(invoke("train", "--resume", str(run_dir)))
+    assert "another run" in line and key in line and repr(value) in line
+    assert snapshot(run_dir) == before
+
+
+def test_resuming_a_finished_run_is_a_noop(run_dir):
+    before = snapshot(run_dir)
+    res = invoke("train", "--resume", str(run_dir))
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "already finished at round 12" in lines[0], res.output
+    assert snapshot(run_dir) == before
+
+
+def test_killed_before_summary_finishes_without_duplicate_rows(run_dir, finished):
+    (run_dir / "summary.json").unlink()
+    (run_dir / "detection.parquet").unlink()
+    res = invoke("train", "--resume", str(run_dir), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 12
+    for table in ("metrics.parquet", "rounds.parquet", "detection.parquet"):
+        assert pd.read_parquet(run_dir / table).equals(pd.read_parquet(finished / table)), table
+    want = json.loads((finished / "summary.json").read_text())["metrics"]
+    assert json.loads(res.stdout)["metrics"] == want
+
+
+# -- kill -9 -------------------------------------------------------------------------------------------
+
+
+def test_sigkill_anywhere_resumes_bit_identical(tmp_path):
+    """Two SIGKILLs, one at a random time and one halfway through a checkpoint write, each resumed by
+    ``python -m fedrec train --resume``; the short form of experiments/kill_campaign.py."""
+    kc = load_script("kill_campaign")
+    trials = kc.campaign(tmp_path, kills=2, seed=0, rounds=30, checkpoint_every=4, eval_every=5, dim=8)
+    print(kc.table(trials))
+    assert any("ckpt write" in t.landed for t in trials), kc.table(trials)
+    assert all(t.ok for t in trials), kc.table(trials)
