@@ -73,7 +73,10 @@ def save_checkpoint(path: Path, state_dict: dict[str, Any], identity: dict[str, 
         "payload_bytes": len(payload),
     }
     head = MAGIC + json.dumps(meta).encode() + b"\n" + ident
-    delay = float(os.environ.get(DELAY_ENV) or 0)
+    try:
+        delay = max(0.0, min(float(os.environ.get(DELAY_ENV) or 0), 5.0))  # a stray value must not stop a run
+    except ValueError:
+        delay = 0.0
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
