@@ -43,13 +43,14 @@ def bench(name: str, device: torch.device, seconds: float, fraction: float) -> d
     grads = client_gradients(run.server.theta, run.layout, batch, neg, gamma=1.0, lam=1e-4)
     uploads = honest_uploads(run.server, run.rule, grads, batch, t)
     f = assumed_f(run.per_round, fraction)
+    server = run.server  # the state the uploads were made from (run.step below moves run.server)
     _, listed = torch.unique(uploads.rows, return_counts=True)
     rows = []
     for d in DEFENSES:
         defense = make_defense(d)
         server_s = timed(
             lambda defense=defense: server_round(
-                run.server,
+                server,
                 [uploads],
                 sampled=clients,
                 rule=run.rule,
@@ -63,6 +64,10 @@ def bench(name: str, device: torch.device, seconds: float, fraction: float) -> d
         )
         run.defense = defense
         round_s = timed(run.step, device, seconds)
+        accepted = server_round(
+            server, [uploads], sampled=clients, rule=run.rule, defense=defense, t=t, f=f, limits=run.limits
+        ).decision.reasons.eq(0)
+        assert bool(accepted.all()), "the fixed uploads must pass validation (else the rule does no work)"
         rows.append({"defense": d, "server_ms": server_s * 1e3, "round_ms": round_s * 1e3})
     base = rows[0]
     for r in rows:

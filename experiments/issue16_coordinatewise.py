@@ -4,7 +4,8 @@ Last.fm, attack-free and under gradient ascent at 20 %, next to most-popular; on
     OMP_NUM_THREADS=1 FEDREC_DATA_DIR=/work/shared/data python experiments/issue16_coordinatewise.py OUT_DIR
 
 Each run's summary is written to OUT_DIR/<dataset>-<defense>-<attack>.json with its wall time and
-command; existing files are skipped, so the script can be rerun after an interruption.
+command; existing files are skipped, so the script can be rerun after an interruption. Extra
+arguments ``DATASET-DEFENSE-ATTACK`` (e.g. ``ml100k-cw-median-none``) run only those.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ def main() -> None:
     for ds in ("ml100k", "lastfm"):
         run([*py, "train", "--dataset", ds, "--mode", "centralized", "--model", "pop", "--out", runs_dir, "--json"],
             out_dir / f"{ds}-pop.json")  # fmt: skip
+    only = set(sys.argv[2:])
     for defense, attack in ORDER:
         for ds in ("ml100k", "lastfm"):
+            if only and f"{ds}-{defense}-{attack}" not in only:
+                continue
             cmd = [*py, "train", "-c", f"configs/{ds}.yaml", "--defense", defense, *ATTACKS[attack], *COMMON,
                    "--out", runs_dir, "--json"]  # fmt: skip
             run(cmd, out_dir / f"{ds}-{defense}-{attack}.json")
