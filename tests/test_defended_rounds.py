@@ -51,7 +51,16 @@ def _round(run: FederatedRun):
 CASES = [(a, d) for a in ("none", "camouflage") for d in DEFENSES] + [
     (a, d)
     for a in ("gradient-ascent", "noise")
-    for d in ("a-rfrs", "krum", "rfa", "trmean", "cw-median", "verify+a-rfrs")
+    for d in (
+        "a-rfrs",
+        "krum",
+        "rfa",
+        "trmean",
+        "cw-median",
+        "item-median",
+        "grad-item-trmean",
+        "verify+a-rfrs",
+    )
 ]
 
 

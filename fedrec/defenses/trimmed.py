@@ -142,3 +142,85 @@ def meamed(v: ClientVectors, f: int, *, block_rows: int | None = None) -> tuple[
         return cols.gather(-1, closest).sum(-1) / (n - f)
 
     return _coordinatewise(v, block_rows, reduce)
+
+
+# -- item scope: per row, over the clients that listed it (DESIGN.md section 6, Spattack's sparse
+# aggregation) -------------------------------------------------------------------------------------
+
+
+def _row_sorted(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Every listed row's values sorted contiguously, per column, with no loop over rows or clients.
+
+    A per-column argsort of the values, then a stable argsort by row, leaves the K entries of every
+    column grouped by row (rows ascending) and sorted by value within each row. Returns ``(rows [M],
+    counts [M], starts [M], segment [K], sorted [K, d])``: the listed rows, how many clients list each
+    (c_r), where its run begins in ``sorted``, and the row position of every sorted entry."""
+    # sorted along the last axis of the [d, K] transpose: contiguous, ~25 % faster than along dim 0
+    by_value = torch.sort(v.values.T.contiguous(), dim=1, stable=True).indices  # [d, K]
+    by_row = torch.sort(v.rows[by_value], dim=1, stable=True).indices  # stable: keeps the value order
+    order = by_value.gather(1, by_row).T
+    rows, counts = torch.unique_consecutive(torch.sort(v.rows).values, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    segment = torch.repeat_interleave(
+        torch.arange(rows.shape[0], device=v.device), counts, output_size=v.rows.shape[0]
+    )
+    return rows, counts, starts, segment, v.values.gather(0, order)
+
+
+def item_median(v: ClientVectors) -> tuple[Tensor, Tensor]:
+    """Item-wise coordinate median: per listed row r and coordinate k, the median over the c_r clients
+    that list r, ``[IMed(x)]_{r,k} = median_{i : r in rows_i} [x_i]_{r,k}`` (even c_r: the mean of the
+    two middle values, as ``coordinate_median``). Unlike the flat rule, unlisted rows do not vote with
+    their zeros: on sparse uploads, where no row is listed by half of the clients, the flat median is 0
+    everywhere and this one is not. Rows nobody lists are left out (the caller keeps the default).
+
+    Example::
+
+        >>> x = torch.tensor([[[1.0], [0.0]], [[3.0], [0.0]], [[0.0], [5.0]]])  # 3 clients, 2 rows
+        >>> rows, med = item_median(ClientVectors.from_dense(x))  # row 0: median(1, 3); row 1: 5
+        >>> rows.tolist(), med.flatten().tolist()
+        ([0, 1], [2.0, 5.0])
+
+    Returns:
+        ``(rows [M], values [M, d])`` over the listed rows, in the values' dtype (computed in float64).
+    """
+    if v.rows.shape[0] == 0:
+        return v.rows.new_zeros(0), v.values.new_zeros(0, v.d)
+    rows, counts, starts, _, s = _row_sorted(v)
+    lo, hi = starts + (counts - 1) // 2, starts + counts // 2  # the same position for odd c_r
+    med = 0.5 * (s[lo].to(torch.float64) + s[hi].to(torch.float64))
+    return rows, med.to(v.values.dtype)
+
+
+def item_trimmed_mean(v: ClientVectors, f: int) -> tuple[Tensor, Tensor]:
+    """Item-wise coordinate trimmed mean: per listed row r, sort the c_r listers' values per coordinate,
+    drop ``t_r = min(f, (c_r - 1) // 2)`` from each side and average the middle ``c_r - 2 t_r``,
+
+        ``[ITM(x)]_{r,k} = 1/(c_r - 2 t_r) sum_{j = t_r + 1}^{c_r - t_r} [x_{tau_{r,k}(j)}]_{r,k}``.
+
+    The per-row trim is capped so that at least one value (c_r odd) or two (c_r even) remain: a row
+    listed by fewer than 2f + 1 clients is still aggregated, down to its median (``t_r = (c_r - 1)//2``).
+    Unlisted rows are left out (the caller keeps the default), so the listers' zeros-by-absence of the
+    flat ``trimmed_mean`` never enter.
+
+    Example::
+
+        >>> x = torch.tensor([[[1.0]], [[2.0]], [[9.0]], [[4.0]]])  # 4 clients list row 0
+        >>> rows, tm = item_trimmed_mean(ClientVectors.from_dense(x), f=1)  # t_0 = 1: mean(2, 4)
+        >>> rows.tolist(), tm.flatten().tolist()
+        ([0], [3.0])
+
+    Raises:
+        ValueError: if ``f < 0``.
+    """
+    if f < 0:
+        raise ValueError(f"item_trimmed_mean drops f values per side and needs f >= 0, got f={f}")
+    if v.rows.shape[0] == 0:
+        return v.rows.new_zeros(0), v.values.new_zeros(0, v.d)
+    rows, counts, starts, segment, s = _row_sorted(v)
+    trim = torch.clamp((counts - 1) // 2, max=f)
+    rank = torch.arange(s.shape[0], device=v.device) - starts[segment]  # position within its row
+    keep = (rank >= trim[segment]) & (rank < (counts - trim)[segment])
+    kept = torch.where(keep[:, None], s.to(torch.float64), 0.0)
+    total = torch.zeros(rows.shape[0], v.d, dtype=torch.float64, device=v.device).index_add_(0, segment, kept)
+    return rows, (total / (counts - 2 * trim)[:, None]).to(v.values.dtype)

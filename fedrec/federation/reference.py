@@ -111,6 +111,45 @@ def _literal_krum_scores(X: torch.Tensor, f: int, distance: str = "l2") -> torch
     return torch.tensor(scores, dtype=torch.float64)
 
 
+def _literal_robust(values: torch.Tensor, rule: str, f: int) -> torch.Tensor:
+    """The median (even count: mean of the two middle values) or the trimmed mean with
+    ``min(f, (c - 1) // 2)`` per side, over the ``c`` rows of ``values [c, d]``, column by column."""
+    c = values.shape[0]
+    s = values.to(torch.float64).sort(0).values
+    if rule == "cw-median":
+        return 0.5 * (s[(c - 1) // 2] + s[c // 2])
+    trim = min(f, (c - 1) // 2)
+    return s[trim : c - trim].mean(0)
+
+
+def _item_wise(server: ServerState, rule, uploads: UploadBatch, idx, messages, defense, t: int, f: int):
+    """Item scope literally: a Python loop over the rows; each listed row is aggregated over the valid
+    uploads that list it (theta space: their deltas from the default; gradient space: their
+    reconstructed gradients, then one step of the rule from the global state). Unlisted rows keep the
+    default (gradient space: the step with g = 0, which is the default)."""
+    prev = {"theta": server.theta, **server.state}
+    default = rule.default_rows(prev, t)
+    listed = [set(uploads.rows[int(uploads.ptr[i]) : int(uploads.ptr[i + 1])].tolist()) for i in idx]
+    keys = ("theta", *rule.state_names)
+    if defense.space == "gradient":
+        grads = [rule.reconstruct(prev, msg, t) for msg in messages]
+        g = torch.zeros_like(server.theta)
+        for r in range(server.theta.shape[0]):
+            who = [p for p in range(len(idx)) if r in listed[p]]
+            if who:
+                g[r] = _literal_robust(torch.stack([grads[p][r] for p in who]), defense.rule, f).to(g.dtype)
+        return rule.client_step(prev, g, t)
+    new = {k: default[k].clone() for k in keys}
+    for r in range(server.theta.shape[0]):
+        who = [p for p in range(len(idx)) if r in listed[p]]
+        if not who:
+            continue
+        for k in keys:
+            deltas = torch.stack([messages[p][k][r] - default[k][r] for p in who])
+            new[k][r] = default[k][r] + _literal_robust(deltas, defense.rule, f).to(new[k].dtype)
+    return new
+
+
 def reference_defended_round(
     server: ServerState, rule, uploads: UploadBatch, defense, t: int, f: int, valid: torch.Tensor
 ) -> tuple[ServerState, torch.Tensor]:
@@ -150,7 +189,9 @@ def reference_defended_round(
                 kept |= {i for i in range(n) if float(scores[i]) <= defense.params["c"] * med}
             accepted = [i in kept for i in range(n)]
     keys = ("theta", *rule.state_names)
-    if defense.rule in ("cw-median", "cw-trimmed-mean") and defense.space == "gradient":
+    if defense.rule in ("cw-median", "cw-trimmed-mean") and getattr(defense, "scope", "flat") == "item":
+        new = _item_wise(server, rule, uploads, idx, messages, defense, t, f)
+    elif defense.rule in ("cw-median", "cw-trimmed-mean") and defense.space == "gradient":
         G = torch.stack([rule.reconstruct(prev, msg, t) for msg in messages])
         g = (
             G.quantile(0.5, dim=0)

@@ -100,6 +100,7 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "attack": {"name": cfg.attack.name, "fraction": cfg.attack.fraction, "mode": cfg.attack.mode},
         "defense": cfg.defense.name,
         "byzantine_clients": int(run.byzantine.sum()),
+        "flat_coordinatewise_sparsity": run.sparsity.summary(),  # issue 16; None unless a flat cw rule
         "detection": detection_summary(rounds, run.f),
         "rejected": {str(k): int(v) for k, v in rounds.reason.astype(str).value_counts().items() if k},
         "refused_uploads": run.refused_counts(),  # uploads that filled no client's slot, by reason

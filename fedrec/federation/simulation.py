@@ -34,6 +34,7 @@ from fedrec.federation.checkpoint import (
 from fedrec.federation.clients import PrivateState, client_gradients, honest_uploads, private_step
 from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.pipeline import ServerLimits, server_round
+from fedrec.federation.sparsity import SparseRowsMonitor
 from fedrec.federation.validate import STRUCTURAL
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, sample_negatives
 from fedrec.optim import make_rule
@@ -128,6 +129,8 @@ class FederatedRun:
     seconds: float = 0.0
     # called after every round with (run, RoundOutcome): how tests and experiments observe rounds
     on_round: Callable[[Any, Any], None] | None = None
+    # flat coordinate-wise rules: how many listed rows fewer than half the clients list (issue 16)
+    sparsity: SparseRowsMonitor = field(default_factory=SparseRowsMonitor)
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
@@ -220,6 +223,7 @@ class FederatedRun:
         row["weight"][t - 1] = decision.weights
         row["grad_norm"][t - 1] = grad_norm
         row["forged"][t - 1] = forged
+        self.sparsity.observe(out, self.defense.name)
         if self.on_round is not None:
             self.on_round(self, out)
 
