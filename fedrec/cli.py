@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -19,6 +18,7 @@ from rich.table import Table
 
 from fedrec.config import ConfigError, load_config
 from fedrec.data import DATASETS, DataError
+from fedrec.runs import dumps
 
 app = typer.Typer(
     help="Byzantine-robust federated recommendation (FISM/MF + BPR, Adam, gradient-based filtering).",
@@ -46,7 +46,7 @@ def _clean_errors() -> Iterator[None]:
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.write(dumps(obj) + "\n")  # strict: null for NaN
 
 
 @app.callback()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -49,8 +51,27 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     _atomic(run_dir / "metrics.parquet", lambda p: df.to_parquet(p, index=False))
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, Inf, numpy's too) as None: strict JSON has no NaN, and
+    JSON.parse or jq reject Python's ``NaN`` token."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, float | np.floating) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """Strict JSON (null for NaN / Inf; other objects as strings)."""
+    return json.dumps(finite_json(obj), allow_nan=False, default=str, **kw)
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    _atomic(run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=str)))
+    _atomic(run_dir / "summary.json", lambda p: p.write_text(dumps(summary, indent=2)))
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:

@@ -65,3 +65,24 @@ def test_concurrent_new_run_dir_raised_file_exists(tmp_path: Path, monkeypatch) 
     assert len(set(paths)) == n
     assert all(p.is_dir() and p.parent == tmp_path / "out" for p in paths)
     assert len(list((tmp_path / "out").iterdir())) == n
+
+
+def test_summary_and_json_output_are_strict_json(tmp_path):
+    """summary.json and --json wrote Python's NaN token (JSON.parse rejects it) on 4bd84a9."""
+    import json
+    import math
+
+    import numpy as np
+
+    from fedrec.runs import write_summary
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+    summary = {"recall": math.nan, "rate": np.float64("inf"), "nested": [np.float32(0.5), {"x": -math.inf}]}
+    write_summary(tmp_path, summary)
+    back = strict((tmp_path / "summary.json").read_text())
+    assert back == {"recall": None, "rate": None, "nested": [0.5, {"x": None}]}
+    from fedrec.runs import dumps  # what the CLI's --json prints with
+
+    assert strict(dumps({"a": float("nan")})) == {"a": None}
