@@ -43,7 +43,7 @@ class Recorded:
         self.defense, self.frames = defense, frames
         self.verify = defense.verify
 
-    def decide(self, server, uploads, rule, t, codes, f, **kw):
+    def decide(self, server, uploads, rule, t, codes, f):
         v = space_vectors("gradient", server, uploads, rule, t)
         own, vals = v.owner(), v.values.to(torch.float64)
         linf = torch.zeros(v.n, dtype=torch.float64).scatter_reduce(0, own, vals.abs().amax(1), "amax")
@@ -60,7 +60,7 @@ class Recorded:
         self.frames.append(
             pd.DataFrame({"t": t, "client_id": uploads.client_ids, "linf": linf, "l2": l2, **krum, **std})
         )
-        return self.defense.decide(server, uploads, rule, t, codes, f, **kw)
+        return self.defense.decide(server, uploads, rule, t, codes, f)
 
 
 class Profiled:

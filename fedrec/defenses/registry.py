@@ -28,7 +28,7 @@ import torch
 
 from fedrec.defenses.geomed import geometric_median
 from fedrec.defenses.krum import multi_krum, multi_krum_outliers
-from fedrec.defenses.spaces import SPACES, delta_vectors, rows_of, space_vectors, uploaded
+from fedrec.defenses.spaces import SPACES, delta_vectors, rows_of, space_vectors
 from fedrec.defenses.trimmed import (
     coordinate_median,
     item_median,
@@ -82,16 +82,13 @@ class Defense:
         t: int,
         codes: torch.Tensor,
         f: int,
-        *,
-        verified: bool = False,
     ) -> Decision:
-        """The verdict on ``uploads`` (reason ``codes`` from validation; ``f`` the assumed number of
-        Byzantine uploads this round; ``verified``: the server round already ran the rule verifier)."""
+        """The verdict on ``uploads`` (reason ``codes`` from validation, which also ran the rule
+        verifier when ``verify`` is set: ``fedrec.federation.pipeline.server_round``; ``f`` the assumed
+        number of Byzantine uploads this round)."""
         n = uploads.n
         device = uploads.rows.device
         codes = codes.clone()
-        if self.verify and not verified:
-            codes = _verify(server, uploads, opt_rule, t, codes)
         keep = codes == 0
         sub = uploads.select(keep)
         scores = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
@@ -157,14 +154,6 @@ def rows_below_half(uploads: UploadBatch) -> torch.Tensor:
     if counts.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=uploads.rows.device)
     return (2 * counts < uploads.n).to(torch.float64).mean()
-
-
-def _verify(server: ServerState, uploads: UploadBatch, opt_rule, t: int, codes: torch.Tensor) -> torch.Tensor:
-    """Reject uploads that break the optimizer rule's remaining equations anywhere (violation > 1)."""
-    viol = opt_rule.verify(rows_of(server, uploads.rows), uploaded(uploads), t).to(torch.float64)
-    worst = torch.zeros(uploads.n, dtype=torch.float64, device=viol.device)
-    worst = worst.scatter_reduce(0, uploads.owner(), torch.nan_to_num(viol, nan=math.inf), "amax")
-    return torch.where((codes == 0) & (worst > 1), torch.full_like(codes, CODE["rule-verify"]), codes)
 
 
 DEFENSES: dict[str, Defense] = {

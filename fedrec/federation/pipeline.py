@@ -104,6 +104,6 @@ def server_round(
         admitted, n_examples=effective_examples(claimed, codes == 0, limits.weighting, limits.weight_clip)
     )
     codes = weight_share(codes, admitted.n_examples, limits.max_weight_share)
-    decision = defense.decide(server, admitted, rule, t, codes, f, verified=True)
+    decision = defense.decide(server, admitted, rule, t, codes, f)
     state = apply_decision(server, admitted, decision, rule, t)
     return RoundOutcome(state=state, decision=decision, uploads=admitted, claimed=claimed, refused=refused)

@@ -8,6 +8,7 @@ saved so ``resume`` continues to the same final model as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -157,8 +158,9 @@ class FederatedRun:
             byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name),
         )  # fmt: skip
 
-    @property
+    @functools.cached_property
     def limits(self) -> ServerLimits:
+        """What the server accepts, from ``cfg.defense`` (built once, not every round)."""
         return ServerLimits.from_config(
             self.cfg.defense, self.layout.n_rows, self.cfg.model.dim, max_examples=self.layout.n_items
         )
