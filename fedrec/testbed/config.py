@@ -133,6 +133,8 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ValueError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(value, str):
+            value = _number(value)
         head, dot, sub = key.partition(".")
         if head not in FIELDS:
             raise ValueError(f"--set {item!r}: unknown key {head!r}; known: {', '.join(sorted(FIELDS))}")
@@ -143,6 +145,14 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
         else:
             out[head] = value
     return out
+
+
+def _number(text: str) -> Any:
+    """``1e-3`` as a float: YAML 1.1 reads an exponent without a dot or sign as a string."""
+    try:
+        return float(text) if text.strip().lower() not in ("nan", "inf", "-inf", "infinity") else text
+    except ValueError:
+        return text
 
 
 def make_config(overrides: list[str] | None = None, **values: Any) -> TestbedConfig:
