@@ -160,6 +160,8 @@ def summarize(res: Result) -> dict[str, Any]:
         "seconds": res.seconds,
         "ms_per_step": 1000 * res.seconds / cfg.steps,
         "byzantine_workers": res.byzantine.nonzero().reshape(-1).tolist(),
+        # non-finite parameters: the loss is null and every prediction is class 0 (argmax of NaN)
+        "diverged": not bool(torch.isfinite(res.theta).all()),
     }
     if res.accepted is not None:
         a = res.accepted.double()
