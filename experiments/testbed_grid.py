@@ -50,10 +50,18 @@ RESAM_ATTACKS = ["none", "alie", "ipm", "sign-flip", "label-flip"]
 SIGNGUARD_RULES = ["signguard", "krum", "cw-median", "cw-trmean", "mean"]
 SIGNGUARD_ATTACKS = ["none", "gaussian", "label-flip", "byzmean", "sign-flip", "alie", "min-max", "min-sum"]
 
-# The papers' attack parameters where they differ from the attack's defaults. The names of the
-# parameters are the attacks module's; keep {} for an attack whose defaults are the paper's.
-RESAM_ATTACK_PARAMS: dict[str, dict[str, Any]] = {}  # little: zeta = 1; empire (ipm): zeta = 1.1 (eps 0.1)
-SIGNGUARD_ATTACK_PARAMS: dict[str, dict[str, Any]] = {}  # LIE: z = 0.3; random: sigma = 0.5
+# The papers' attack parameters where they differ from the attack's defaults (parameter names of the
+# attacks in fedrec/attacks; ALGORITHMS.md section 7).
+RESAM_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
+    "alie": {"z": 1.0},  # "little" with zeta = 1 (the usual mu - z sigma reading)
+    "ipm": {"eps": 0.1},  # "empire" with zeta = 1.1, i.e. each Byzantine sends -0.1 * honest mean
+}
+SIGNGUARD_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
+    "alie": {"z": 0.3},  # SignGuard's experiments: z = 0.3
+    "byzmean": {"z": 0.3},  # eq. (8) with g_m1 the LIE vector (same z)
+    "gaussian": {"sigma": 0.5},  # "Random": N(0, 0.5^2)
+}
+
 
 GRIDS: dict[str, dict[str, Any]] = {
     "resam": {
