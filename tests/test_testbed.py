@@ -40,16 +40,22 @@ def _first_half(v, f):
     return RuleResult(scores=nan_scores(v.n), accepted=acc)
 
 
-def _local(name, kind, fn):
-    if name not in RULES:
+# test-only rules, registered while this module's tests run (so no other test module sees them): the
+# registered `mean` once the integrator's rules have landed, a local stand-in until then
+MEAN = "mean" if "mean" in RULES else "tb-test-mean"
+RECORD, HALF = "tb-test-record", "tb-test-first-half"
+_LOCAL = {MEAN: ("weight", _mean), RECORD: ("weight", _record), HALF: ("select", _first_half)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_rules():
+    added = [name for name in _LOCAL if name not in RULES]
+    for name in added:
+        kind, fn = _LOCAL[name]
         register_rule(RuleSpec(name=name, kind=kind, fast=fn, literal=fn))
-    return name
-
-
-# the registered `mean` once the integrator's rules have landed; a local stand-in until then
-MEAN = "mean" if "mean" in RULES else _local("tb-test-mean", "weight", _mean)
-RECORD = _local("tb-test-record", "weight", _record)
-HALF = _local("tb-test-first-half", "select", _first_half)
+    yield
+    for name in added:
+        del RULES[name]
 
 
 def recorded_run(**kw) -> tuple[list[torch.Tensor], object]:
