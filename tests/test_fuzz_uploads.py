@@ -23,9 +23,9 @@ import torch
 
 from fedrec.attacks import ATTACKS, AttackContext, make_attack
 from fedrec.data import synthetic
-from fedrec.defenses.registry import DEFENSES, assumed_f
+from fedrec.defenses import DEFENSES, assumed_f
 from fedrec.federation.clients import client_gradients, honest_uploads
-from fedrec.federation.pipeline import ServerLimits, server_round
+from fedrec.federation.pipeline import ServerLimits, rule_generator, server_round
 from fedrec.federation.reference import densify, reference_defended_round
 from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives
 from fedrec.optim import make_rule
@@ -337,13 +337,14 @@ def _equals_reference(before: ServerState, rule, out, defense, t: int, f: int) -
     if bool((reasons == TOO_FEW).any()) or not bool(valid.any()):
         same = torch.equal(out.state.theta, before.theta)
         return same and all(torch.equal(out.state.state[k], before.state[k]) for k in before.state)
-    if defense.rule == "rfa":
+    if defense.spec.kind == "weight":
         # RFA's state is the mean of the valid uploads under its Weiszfeld weights, exactly; the
         # iterates themselves match the literal reference in tests/test_defended_rounds.py, but an
         # unconverged iterate near one upload (the median at a data point) amplifies summation order
         rejected_weight = float(out.decision.weights[~valid].abs().sum())
         return rejected_weight == 0.0 and _is_weighted_mean(before, rule, out, t)
-    ref, ref_accepted = reference_defended_round(before, rule, out.uploads, defense, t, f, valid)
+    rng = rule_generator(0, t) if defense.spec.needs_rng else None  # server_round's default seed
+    ref, ref_accepted = reference_defended_round(before, rule, out.uploads, defense, t, f, valid, rng)
     if not torch.equal(out.decision.accepted, ref_accepted):
         return False
     tol = {"rtol": 1e-9, "atol": 1e-11}

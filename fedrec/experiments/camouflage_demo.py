@@ -15,7 +15,7 @@ import torch
 
 from fedrec.config import Config
 from fedrec.data import load_dataset, split_per_user
-from fedrec.defenses.registry import make_defense
+from fedrec.defenses import make_defense
 from fedrec.defenses.spaces import rows_of, uploaded
 from fedrec.federation.clients import client_gradients, honest_uploads
 from fedrec.federation.pipeline import server_round
@@ -28,12 +28,8 @@ def demo_config(dataset: str, fraction: float, rounds: int, seed: int, data_dir:
     cfg.data.dataset, cfg.data.data_dir = dataset, data_dir
     cfg.train.mode, cfg.train.seed = "federated", seed
     cfg.federated.rounds, cfg.federated.eval_every = rounds, rounds
-    cfg.attack.name, cfg.attack.fraction, cfg.attack.seed, cfg.attack.all_rows = (
-        "camouflage",
-        fraction,
-        seed,
-        True,
-    )
+    cfg.attack.name, cfg.attack.fraction, cfg.attack.seed = "camouflage", fraction, seed
+    cfg.attack.params = {"all_rows": True}
     return cfg
 
 

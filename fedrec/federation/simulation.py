@@ -72,13 +72,9 @@ def make_optimizer_rule(cfg: Config):
 
 
 def make_attack_from(cfg: Config):
-    """The attack named by ``attack.name`` with its parameters from the config (None for ``none``)."""
+    """The attack named by ``attack.name`` with ``attack.params`` (None for ``none``)."""
     a = cfg.attack
-    params = {"gradient-ascent": {"scale": a.scale}, "noise": {"sigma": a.sigma},
-              "camouflage": {"all_rows": a.all_rows, "select": a.select}}  # fmt: skip
-    if a.name == "none":
-        return None
-    return make_attack(a.name, **params.get(a.name, {}))
+    return None if a.name == "none" else make_attack(a.name, **a.params)
 
 
 def with_byzantine(cfg: Config, split: Split) -> tuple[Split, torch.Tensor]:
@@ -155,7 +151,7 @@ class FederatedRun:
             sample_gen=torch.Generator().manual_seed(cfg.train.seed + 1),
             neg_gen=torch.Generator(device=device).manual_seed(cfg.train.seed + 2),
             attack_gen=torch.Generator(device=device).manual_seed(cfg.attack.seed + 3),
-            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name),
+            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name, cfg.defense.params),
         )  # fmt: skip
 
     @functools.cached_property
@@ -207,7 +203,7 @@ class FederatedRun:
             private_step(self.private, self.rule, clients[~byz], grads.g_user[~byz])
         out = server_round(
             self.server, messages, sampled=clients, rule=self.rule, defense=self.defense, t=t, f=self.f,
-            limits=self.limits,
+            limits=self.limits, seed=self.cfg.defense.seed,
         )  # fmt: skip
         forged = torch.zeros_like(grad_norm)
         if ctx is not None:
