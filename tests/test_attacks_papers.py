@@ -475,7 +475,7 @@ def short_run(attack_name: str, model: str, optimizer: str, **params) -> Federat
     cfg.train.optimizer, cfg.train.lr = optimizer, 0.05
     cfg.federated.fraction, cfg.federated.rounds = 0.5, 3
     cfg.attack.name, cfg.attack.fraction, cfg.attack.seed = "gradient-ascent", 0.3, 1
-    cfg.defense.name = "none"
+    cfg.defense.name, cfg.defense.verify = "none", True  # the server runs the rule verifier
     split = split_per_user(synthetic(24, 15, mean_items=5, seed=2), seed=2)
     run = FederatedRun.create(cfg, split, torch.device("cpu"))
     run.attack = make_attack(attack_name, **params)
@@ -509,6 +509,7 @@ def test_short_run_with_each_attack(attack_name: str, model: str) -> None:
     byz = rec["byzantine"]
     reasons = rec["reason"][byz]
     assert (reasons != REASONS.index("rule-verify")).all()  # rule-consistent: the verifier accepts them
+    assert (reasons == 0).all() and rec["accepted"][byz].all()  # no defense: the server takes them all
     assert torch.isfinite(run.server.theta).all()
     assert seen and all((c.flipped_g is not None) == inner.needs_flipped for c in seen)
     assert all((c.honest_g is not None) == inner.omniscient for c in seen)

@@ -96,7 +96,7 @@ def largest_gamma(
 
 @dataclass(frozen=True)
 class _SpreadAttack(GradientAttack):
-    """Shared by Min-Max and Min-Sum: every Byzantine client sends, on the union of the honest rows::
+    """Every Byzantine client sends, on the union of the honest rows (Min-Max and Min-Sum alike)::
 
         g~ = mu + gamma * grad_p              (eq. 19)
 

@@ -22,9 +22,9 @@ class SignFlip(GradientAttack):
     gradient attack"); BRVR uses ``c = -5``. Any finite nonzero ``c`` (``c = -scale`` is
     ``gradient-ascent``'s reverse attack with scaling).
 
-    >>> make = __import__("fedrec.attacks", fromlist=["make_attack"]).make_attack
-    >>> make("sign-flip", c=-5.0).c
-    -5.0
+    >>> from fedrec.attacks import make_attack
+    >>> make_attack("sign-flip", c=-5.0)
+    SignFlip(c=-5.0)
     """
 
     name = "sign-flip"
