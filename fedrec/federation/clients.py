@@ -47,8 +47,11 @@ def client_gradients(
     gamma: float,
     lam: float,
     user_vectors: torch.Tensor | None = None,
+    flip: bool = False,
 ) -> ClientGradients:
-    """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector)."""
+    """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector).
+
+    ``flip``: the loss with every BPR pair inverted (``bpr_objective(..., flip=True)``: label-flip)."""
     owner, rows = touched_rows(batch, neg, layout)
     keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
     W = theta[rows].detach().clone().requires_grad_(True)
@@ -59,7 +62,7 @@ def client_gradients(
     u = None
     if user_vectors is not None:
         u = user_vectors.detach().clone().requires_grad_(True)
-    loss = bpr_objective(lookup, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u)
+    loss = bpr_objective(lookup, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u, flip=flip)
     grads = torch.autograd.grad(loss.sum(), [W] if u is None else [W, u])
     ptr = torch.zeros(batch.size + 1, dtype=torch.int64, device=rows.device)
     torch.cumsum(torch.bincount(owner, minlength=batch.size), 0, out=ptr[1:])

@@ -197,7 +197,7 @@ class FederatedRun:
         ctx = None
         # a round that samples no Byzantine client gives the attack nothing to do
         if self.attack is not None and bool(byz.any()):
-            ctx = self._attack_context(t, clients, batch, grads, byz)
+            ctx = self._attack_context(t, clients, batch, grads, byz, neg=neg, u=u)
             messages.append(self.attack(ctx))  # after the honest uploads: their ids are authenticated
         if self.private is not None:
             private_step(self.private, self.rule, clients[~byz], grads.g_user[~byz])
@@ -264,9 +264,10 @@ class FederatedRun:
             "refused": torch.zeros(T, len(REASONS), dtype=torch.int64, device=dev),
         }
 
-    def _attack_context(self, t, clients, batch, grads, byz) -> AttackContext:
-        """The Byzantine clients' view: their own honest gradients (they keep their data) and, for an
-        omniscient attack, the honest clients' gradients of the round."""
+    def _attack_context(self, t, clients, batch, grads, byz, neg=None, u=None) -> AttackContext:
+        """The Byzantine clients' view: their own honest gradients (they keep their data), for an
+        omniscient attack the honest clients' gradients of the round and, for an attack that
+        ``needs_flipped`` (label-flip), their gradients on inverted BPR pairs (same rows and negatives)."""
 
         def part(mask: torch.Tensor) -> dict[str, torch.Tensor]:
             counts = batch.counts()[mask]
@@ -277,11 +278,19 @@ class FederatedRun:
             return {"client_ids": clients[mask], "n_examples": counts, "ptr": ptr,
                     "rows": grads.rows[keep], "g": grads.g[keep]}  # fmt: skip
 
-        honest = {}
+        extra = {}
         if self.attack.omniscient:
-            honest = {f"honest_{k}": v for k, v in part(~byz).items()}
+            extra = {f"honest_{k}": v for k, v in part(~byz).items()}
+        if getattr(self.attack, "needs_flipped", False) and neg is not None:
+            keep = byz[batch.owner]  # the Byzantine clients' entries: their items, their negatives
+            flipped = client_gradients(
+                self.server.theta, self.layout, gather_users(self.train, clients[byz]), neg[keep],
+                gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
+                user_vectors=None if u is None else u[byz], flip=True,
+            )  # fmt: skip
+            extra["flipped_g"] = flipped.g
         return AttackContext(
-            server=self.server, t=t, rule=self.rule, generator=self.attack_gen, **part(byz), **honest
+            server=self.server, t=t, rule=self.rule, generator=self.attack_gen, **part(byz), **extra
         )
 
     def scorer(self):
