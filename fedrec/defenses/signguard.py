@@ -156,7 +156,7 @@ def sim_feature(sim: Tensor) -> Tensor:
 
 def dist_feature(dist: Tensor) -> Tensor:
     """-Dist's feature from ``dist [n]``: 0.2 where ``dist_i >= 1.1 median``, else 0."""
-    return torch.where(dist >= 1.1 * median(dist), 0.2, 0.0).to(torch.float64)
+    return (dist >= 1.1 * median(dist)).to(torch.float64) * 0.2
 
 
 def cluster(features: Tensor, n_samples: int) -> tuple[np.ndarray, float, tuple[str, ...], np.ndarray]:
