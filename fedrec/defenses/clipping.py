@@ -28,7 +28,9 @@ client i lists,
 
     |x_i - v|^2 = sum_{r in L_i} |x_i[r] - v[r]|^2 + (|v|^2 - sum_{r in L_i} |v[r]|^2),
 
-the first term exact on the listed entries, the second (v's mass off the client's rows) clamped at 0.
+the first term exact on the listed entries, the second (v's mass off the client's rows) a difference
+of float64 sums clamped at 0: its rounding error is about ``eps |v|^2``, so a distance near 0 is off by up
+to about ``sqrt(eps) |v| = 1.5e-8 |v|`` (a clip factor changes only for a distance that close to tau).
 The update is ``v <- (1 - sum_i c_i / n) v + (1/n) sum_i c_i x_i`` with ``c_i`` the clip factors, a
 scatter-add over the listed entries. One iteration costs ``O(K d + M d)``, no dense ``[n, M, d]`` block
 and no host synchronisation beyond sizing the union.
