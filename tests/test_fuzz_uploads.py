@@ -59,6 +59,10 @@ class World:
         batch = gather_users(self.train, clients)
         neg = sample_negatives(batch, N_ITEMS, 1, self.gen)
         grads = client_gradients(self.server.theta, self.layout, batch, neg, gamma=1.0, lam=1e-4)
+        # what a label-flipping client trains on: the same rows, the pairs inverted
+        self.flipped = client_gradients(
+            self.server.theta, self.layout, batch, neg, gamma=1.0, lam=1e-4, flip=True
+        )
         return clients, grads, honest_uploads(self.server, self.rule, grads, batch, t)
 
     def consistent(self, up: Upload, g: torch.Tensor, t: int) -> Upload:
@@ -327,6 +331,8 @@ def _attack_batch(w: World, names, grads, honest: UploadBatch, adv: list[int], t
         params["kind"] = KINDS[int(w.rng.integers(len(KINDS)))]
     attack = make_attack(name, **params)
     extra = {f"honest_{k}": v for k, v in part(~mask).items()} if attack.omniscient else {}
+    if attack.needs_flipped:
+        extra["flipped_g"] = w.flipped.g[mask[grads.owner]]
     ctx = AttackContext(server=w.server, t=t, rule=w.rule, generator=w.gen, **part(mask), **extra)
     return attack(ctx)
 

@@ -67,6 +67,19 @@ DEFENSES: dict[str, Defense] = {
                 description="RESAM's Multi-Krum*_(n-f) on reconstructed gradients"),
         Defense("momentum-krum-star", "multi-krum-star", "momentum",
                 description="RESAM's Multi-Krum*_(n-f) on the uploaded first moments (distributed momentum)"),
+        Defense("grad-mda", "mda", "gradient",
+                description="RESAM's MDA: the n - f reconstructed gradients of least diameter (exact, C(n, f) subsets)"),
+        Defense("grad-cc", "cc", "gradient",
+                description="centered clipping of reconstructed gradients from 0 (tau, iters), then a server-side step"),
+        Defense("grad-cge", "cge", "gradient",
+                description="CGE: the n - f reconstructed gradients of smallest norm (not resilient averaging)"),
+        # SignGuard (paper 002) on reconstructed gradients: its clipped mean is the server-side step
+        Defense("signguard", "signguard", "gradient",
+                description="SignGuard: median-norm filter and sign-statistics clustering, clipped mean"),
+        Defense("signguard-sim", "signguard-sim", "gradient",
+                description="SignGuard-Sim: SignGuard plus a cosine-similarity feature"),
+        Defense("signguard-dist", "signguard-dist", "gradient",
+                description="SignGuard-Dist: SignGuard plus a Euclidean-distance feature"),
     ]
 }  # fmt: skip
 

@@ -124,6 +124,13 @@ def weiszfeld_gram(
     r = distances(beta)
     converged = False
     iterations = 0
+    if bool(r_norm <= eta):
+        # Vardi and Zhang's test: the medoid itself is the geometric median (e.g. a majority of equal
+        # inputs); smoothed steps would only move off it by ~nu, so keep it exactly
+        # (its copies within nu share its weight as their alpha shares: exact for equal inputs)
+        max_iter, converged = 0, True
+        beta = alpha * near / eta
+        r = distances(beta)
     for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
         step = alpha / r.clamp_min(nu)
         new_beta = step / step.sum()

@@ -228,6 +228,17 @@ def _finish(
 # ------------------------------------------------------------------------------------------------ fast
 
 
+def _support(v: ClientVectors) -> tuple[Tensor, Tensor]:
+    """The union's rows that hold a nonzero value for some client (``[M]`` bool over the union; a row
+    listed only with zeros carries no sign and is what the literal dense reading cannot see either),
+    and each entry's position in the union."""
+    union = v.union_rows()
+    pos = torch.searchsorted(union, v.rows)
+    nonzero = (v.values != 0).any(1).to(torch.int64)
+    live = torch.zeros(union.shape[0], dtype=torch.int64, device=v.device).index_add_(0, pos, nonzero) > 0
+    return live, pos
+
+
 def sign_fractions(v: ClientVectors, subset: Tensor, support: str = "union") -> Tensor:
     """``[n, 3]`` float64 fractions of positive, zero and negative entries of each client on the flat
     coordinates ``subset`` of the support (``union``: position in the union of listed rows * d +
@@ -235,13 +246,16 @@ def sign_fractions(v: ClientVectors, subset: Tensor, support: str = "union") -> 
     n, d = v.n, v.d
     dev = v.device
     if support == "union":
-        pos = torch.searchsorted(v.union_rows(), v.rows)
-        size = v.union_rows().shape[0] * d
+        live, pos = _support(v)
+        size = int(live.sum()) * d
+        pos = torch.where(live[pos], torch.cumsum(live, 0)[pos] - 1, 0)
+        in_support = live[torch.searchsorted(v.union_rows(), v.rows)]
     else:
         pos, size = v.rows, v.n_rows * d
+        in_support = torch.ones_like(v.rows, dtype=torch.bool)
     member = torch.zeros(size, dtype=torch.bool, device=dev)
     member[subset.to(dev)] = True
-    inside = member[pos[:, None] * d + torch.arange(d, device=dev)]  # [K, d]
+    inside = member[pos[:, None] * d + torch.arange(d, device=dev)] & in_support[:, None]  # [K, d]
     owner = v.owner()
     zeros = torch.zeros(n, dtype=torch.float64, device=dev)
     n_pos = zeros.index_add(0, owner, ((v.values > 0) & inside).sum(1).to(torch.float64))
@@ -261,7 +275,7 @@ def _fast(
     n = v.n
     if n < 1:
         raise ValueError("signguard needs at least one client")
-    size = (v.union_rows().shape[0] if params["support"] == "union" else v.n_rows) * v.d
+    size = (int(_support(v)[0].sum()) if params["support"] == "union" else v.n_rows) * v.d
     subset = draw_subset(size, params["coords"], params["sample"], rng)
     fallback: tuple[str, ...] = ()
     if size == 0:
