@@ -257,17 +257,25 @@ def report(
 
 @app.command()
 def defenses(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The server defenses, by config name (--defense NAME)."""
+    """The server defenses, by config name (--defense NAME; --set defense.params.NAME=VALUE), and the
+    robust rules they are built on."""
     from fedrec.defenses import DEFENSES
 
-    rows = [{"name": d.name, "space": d.space, "rule": d.rule, "verify": d.verify, "description": d.description}
+    def jsonable(v: Any) -> Any:
+        return v if v is None or isinstance(v, bool | int | float | str) else repr(v)
+
+    rows = [{"name": d.name, "rule": d.rule, "space": d.space, "scope": d.scope, "verify": d.verify,
+             "params": {k: jsonable(v) for k, v in {**d.spec.params, **d.params}.items()},
+             "resilient": d.spec.resilient, "description": d.description}
             for d in DEFENSES.values()]  # fmt: skip
     if as_json:
         _print_json({"defenses": rows})
         return
-    table = Table("name", "space", "rule", "verify first", "what it does")
+    table = Table("name", "rule", "space", "scope", "verify first", "parameters", "what it does")
     for r in rows:
-        table.add_row(r["name"], r["space"], r["rule"], "yes" if r["verify"] else "", r["description"])
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(r["name"], r["rule"], r["space"], r["scope"], "yes" if r["verify"] else "", params,
+                      r["description"])  # fmt: skip
     out.print(table)
 
 

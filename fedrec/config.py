@@ -75,10 +75,9 @@ class AttackConfig:
     fraction: float = 0.0  # share of the clients that are Byzantine (paper: 0.2 / 0.3 / 0.4)
     mode: str = "own"  # own: a seeded subset of the users, keeping their own data; inject: fake users
     seed: int = 0  # which users are Byzantine, and the attacker's own RNG
-    scale: float = 1.0  # gradient ascent: -scale * g
-    sigma: float = 0.5  # additive noise on parameters
-    all_rows: bool = False  # camouflage: also poison every row it did not touch (dense uploads: slow)
-    select: str = "farthest"  # camouflage: which root where two exist
+    # the attack's own parameters, passed straight through (`fedrec attacks` lists them):
+    # --set attack.params.scale=3, --set attack.params.all_rows=true
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +92,10 @@ class DefenseConfig:
     max_grad: float = 1e4  # validation: bound on every coordinate of a reconstructed gradient
     weighting: str = "clipped"  # claimed | clipped | uniform: what n_examples weighs in the aggregate
     weight_clip: float = 20.0  # clipped: each n_i at most this many times the round's median claim
+    # the rule's parameters over the preset's, passed straight through (`fedrec defenses` lists them):
+    # --set defense.params.c=3
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the server's generator for rules that draw random numbers (SignGuard's sample)
 
 
 @dataclass
@@ -150,6 +153,12 @@ class Config:
         if target is None or not dataclasses.is_dataclass(target):
             raise ConfigError(f"unknown config key {dotted!r}: expected one of {', '.join(_all_keys(self))}")
         fields = {f.name: f for f in dataclasses.fields(target)}
+        head, _, sub = key.partition(".")
+        if sub and head == "params" and head in fields:  # section.params.name: one parameter
+            if not isinstance(target.params, dict):
+                target.params = {}
+            target.params[sub] = value
+            return
         if key not in fields:
             raise ConfigError(f"unknown config key {dotted!r}: {section} has {', '.join(fields)}")
         hint = typing.get_type_hints(type(target))[key]
@@ -172,6 +181,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping of parameter names to values, got {value!r}")
+        return dict(value)
     try:
         if origin is list:
             (inner,) = typing.get_args(hint)
@@ -297,10 +312,9 @@ DOMAINS: dict[str, Domain] = {
     "federated.rho": PROBABILITY_BELOW_1,
     "attack.fraction": PROBABILITY_BELOW_1,
     "attack.seed": SEED,
-    "attack.scale": POSITIVE,
-    "attack.sigma": POSITIVE,
     "defense.assumed_fraction": PROBABILITY_BELOW_1,
     "defense.f": NON_NEGATIVE_INT,
+    "defense.seed": SEED,
     # 0 rejects every honest upload; above 1 the check never fires
     "defense.max_weight_share": interval(0, 1, lo_open=True, hi_open=False),
     # every honest coordinate measured so far is below 6 (docs/RESULTS.md section 8); 0 rejects them all
@@ -324,8 +338,6 @@ DOMAINS: dict[str, Domain] = {
 MODES = ("centralized", "federated")
 ATTACK_MODES = ("own", "inject")  # fedrec.federation.simulation.with_byzantine
 EVAL_PROTOCOLS = ("full", "loo")  # fedrec.eval.full_ranking, fedrec.eval.leave_one_out
-# defense rules that drop f uploads (or f values per side) and so need f < n/2 (Krum: n - f - 2 >= 1)
-F_RULES = ("krum", "multi-krum", "norm-trim", "cw-trimmed-mean")
 # Sections only one mode reads: the other mode ignores them (the CLI's --epochs writes both lengths).
 MODE_SECTIONS = {"centralized": ("centralized",), "federated": ("federated", "attack", "defense")}
 
@@ -334,7 +346,6 @@ def _names(mode: str) -> dict[str, tuple[str, ...]]:
     """The allowed names of every name-valued key, read from the registries (imported here: they pull
     in torch, which loading a config does not need)."""
     from fedrec.attacks import ATTACKS
-    from fedrec.attacks.camouflage import SELECT
     from fedrec.defenses import DEFENSES
     from fedrec.federation.validate import WEIGHTINGS
     from fedrec.optim import RULES
@@ -348,7 +359,6 @@ def _names(mode: str) -> dict[str, tuple[str, ...]]:
         "train.optimizer": tuple(RULES),
         "attack.name": ("none", *ATTACKS),
         "attack.mode": ATTACK_MODES,
-        "attack.select": SELECT,
         "defense.name": tuple(DEFENSES),
         "defense.weighting": WEIGHTINGS,
         "eval.protocol": EVAL_PROTOCOLS,
@@ -387,6 +397,7 @@ def validate(cfg: Config, mode: str | None = None) -> Config:
     _check_dataset(cfg)
     _check_run(cfg)
     if mode == "federated":
+        _check_params(cfg)
         _check_defense_fraction(cfg)
     return cfg
 
@@ -429,11 +440,34 @@ def _check_run(cfg: Config) -> None:
 
 
 def _f_rule(defense: str) -> str | None:
-    """The rule of ``defense`` when it drops f uploads (or values per side), else None."""
+    """The rule of ``defense`` when it drops uploads (or values) by f, else None."""
     from fedrec.defenses import DEFENSES
 
-    rule = DEFENSES[defense].rule
-    return rule if rule in F_RULES else None
+    spec = DEFENSES[defense].spec
+    return spec.name if spec.min_n(8) > spec.min_n(0) else None
+
+
+def _check_params(cfg: Config) -> None:
+    """``defense.params`` and ``attack.params``: every name must be one the rule / attack takes, and the
+    values must build it (the attack's own checks; the rule is tried once on a tiny problem)."""
+    from fedrec.attacks import make_attack
+    from fedrec.defenses import make_defense
+
+    a, d = cfg.attack, cfg.defense
+    for section, params in (("attack", a.params), ("defense", d.params)):
+        if not isinstance(params, dict):
+            raise ConfigError(f"{section}.params: expected a mapping of parameter names to values")
+    if a.name != "none":
+        try:
+            make_attack(a.name, **a.params)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"attack.params ({a.name}): {err}") from None
+    elif a.params:
+        raise ConfigError(f"attack.params={a.params!r}: attack.name is 'none', which takes no parameters")
+    try:
+        make_defense(d.name, d.params).try_params()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"defense.params ({d.name}): {err}") from None
 
 
 def _check_defense_fraction(cfg: Config) -> None:
@@ -471,9 +505,11 @@ def check_round_size(cfg: Config, n: int, f: int) -> None:
     rule = _f_rule(d.name)
     if rule is None:
         return
-    need = "n - f - 2 >= 1" if rule in ("krum", "multi-krum") else "n - 2f >= 1"
-    ok = (n - f - 2 >= 1) if rule in ("krum", "multi-krum") else (n - 2 * f >= 1)
-    if ok and 2 * f < n:
+    from fedrec.defenses import DEFENSES
+
+    least = DEFENSES[d.name].spec.min_n(f)
+    need = f"n >= {least}"
+    if n >= least and 2 * f < n:
         return
     if d.f is not None:
         where = f"defense.f={d.f}"

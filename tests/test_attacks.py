@@ -468,7 +468,7 @@ def test_registry() -> None:
     for name in ATTACKS:
         assert isinstance(make_attack(name), Attack) and make_attack(name).name == name
     with pytest.raises(ValueError, match=", ".join(sorted(ATTACKS))):
-        make_attack("alie")
+        make_attack("no-such-attack")
     with pytest.raises(ValueError, match="it takes sigma"):
         make_attack("noise", scale=2.0)
     for name, bad in [

@@ -23,9 +23,9 @@ import torch
 
 from fedrec.attacks import ATTACKS, AttackContext, make_attack
 from fedrec.data import synthetic
-from fedrec.defenses.registry import DEFENSES, assumed_f
+from fedrec.defenses import DEFENSES, assumed_f
 from fedrec.federation.clients import client_gradients, honest_uploads
-from fedrec.federation.pipeline import ServerLimits, server_round
+from fedrec.federation.pipeline import ServerLimits, rule_generator, server_round
 from fedrec.federation.reference import densify, reference_defended_round
 from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives
 from fedrec.optim import make_rule
@@ -59,6 +59,10 @@ class World:
         batch = gather_users(self.train, clients)
         neg = sample_negatives(batch, N_ITEMS, 1, self.gen)
         grads = client_gradients(self.server.theta, self.layout, batch, neg, gamma=1.0, lam=1e-4)
+        # what a label-flipping client trains on: the same rows, the pairs inverted
+        self.flipped = client_gradients(
+            self.server.theta, self.layout, batch, neg, gamma=1.0, lam=1e-4, flip=True
+        )
         return clients, grads, honest_uploads(self.server, self.rule, grads, batch, t)
 
     def consistent(self, up: Upload, g: torch.Tensor, t: int) -> Upload:
@@ -327,6 +331,8 @@ def _attack_batch(w: World, names, grads, honest: UploadBatch, adv: list[int], t
         params["kind"] = KINDS[int(w.rng.integers(len(KINDS)))]
     attack = make_attack(name, **params)
     extra = {f"honest_{k}": v for k, v in part(~mask).items()} if attack.omniscient else {}
+    if attack.needs_flipped:
+        extra["flipped_g"] = w.flipped.g[mask[grads.owner]]
     ctx = AttackContext(server=w.server, t=t, rule=w.rule, generator=w.gen, **part(mask), **extra)
     return attack(ctx)
 
@@ -337,13 +343,14 @@ def _equals_reference(before: ServerState, rule, out, defense, t: int, f: int) -
     if bool((reasons == TOO_FEW).any()) or not bool(valid.any()):
         same = torch.equal(out.state.theta, before.theta)
         return same and all(torch.equal(out.state.state[k], before.state[k]) for k in before.state)
-    if defense.rule == "rfa":
+    if defense.spec.kind == "weight":
         # RFA's state is the mean of the valid uploads under its Weiszfeld weights, exactly; the
         # iterates themselves match the literal reference in tests/test_defended_rounds.py, but an
         # unconverged iterate near one upload (the median at a data point) amplifies summation order
         rejected_weight = float(out.decision.weights[~valid].abs().sum())
         return rejected_weight == 0.0 and _is_weighted_mean(before, rule, out, t)
-    ref, ref_accepted = reference_defended_round(before, rule, out.uploads, defense, t, f, valid)
+    rng = rule_generator(0, t) if defense.spec.needs_rng else None  # server_round's default seed
+    ref, ref_accepted = reference_defended_round(before, rule, out.uploads, defense, t, f, valid, rng)
     if not torch.equal(out.decision.accepted, ref_accepted):
         return False
     tol = {"rtol": 1e-9, "atol": 1e-11}

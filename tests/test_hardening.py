@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedrec.data import split_per_user, synthetic
-from fedrec.defenses.registry import make_defense
+from fedrec.defenses import make_defense
 from fedrec.federation.clients import client_gradients, honest_uploads
 from fedrec.federation.pipeline import ServerLimits, server_round
 from fedrec.federation.server import aggregate, aggregation_weights

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
-from fedrec.defenses import ClientVectors, coordinate_median, trimmed_mean
-from fedrec.defenses.registry import DEFENSES, Defense
+from fedrec.defenses import DEFENSES, ClientVectors, Defense, coordinate_median, trimmed_mean
 from fedrec.defenses.trimmed import item_median, item_trimmed_mean
 from fedrec.federation.simulation import FederatedRun
 
@@ -119,7 +118,8 @@ def test_item_rules_equal_a_literal_per_row_loop(problem):
 def test_registry_scopes():
     assert DEFENSES["item-median"].scope == "item" and DEFENSES["cw-median"].scope == "flat"
     assert DEFENSES["grad-item-median"].space == "gradient"
-    assert all(d.scope == "flat" for d in DEFENSES.values() if d.rule not in ("cw-median", "cw-trimmed-mean"))
+    # only rules with a per-row form run item-wise
+    assert all(d.scope == "flat" for d in DEFENSES.values() if d.spec.item is None)
     with pytest.raises(ValueError, match="scope"):
         Defense("bad", rule="multi-krum", scope="item")
     with pytest.raises(ValueError, match="scope"):

@@ -176,7 +176,7 @@ def test_a_reply_of_unusable_tensors_is_rejected_and_the_run_goes_on(kind):
 
 
 def _one_round():
-    from fedrec.defenses.registry import make_defense
+    from fedrec.defenses import make_defense
     from fedrec.federation.clients import client_gradients, honest_uploads
     from fedrec.federation.pipeline import ServerLimits, server_round
     from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives

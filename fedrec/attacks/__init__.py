@@ -6,18 +6,26 @@
 
 from __future__ import annotations
 
+from fedrec.attacks.alie import ALIE, alie_vector, baruch_z
 from fedrec.attacks.base import (
     ATTACKS,
     Attack,
     AttackBase,
     AttackContext,
+    GradientAttack,
     dense_upload_from_gradient,
     make_attack,
     register,
     upload_from_gradient,
 )
+from fedrec.attacks.byzmean import ByzMean
 from fedrec.attacks.camouflage import Camouflage, camouflage_gradient, other_root, untouched_root
+from fedrec.attacks.gaussian import Gaussian
 from fedrec.attacks.gradient_ascent import GradientAscent
+from fedrec.attacks.honest import dense_over_union
+from fedrec.attacks.ipm import IPM
+from fedrec.attacks.label_flip import LabelFlip
+from fedrec.attacks.minmax import MinMax, MinSum, largest_gamma, perturbation
 from fedrec.attacks.noise import AdditiveNoise
 from fedrec.attacks.poison import Poison
 from fedrec.attacks.population import (
@@ -28,25 +36,40 @@ from fedrec.attacks.population import (
     inject_fake_users,
     typical_size,
 )
+from fedrec.attacks.sign_flip import SignFlip
 
 __all__ = [
+    "ALIE",
     "ATTACKS",
+    "IPM",
     "AdditiveNoise",
     "Attack",
     "AttackBase",
     "AttackContext",
+    "ByzMean",
     "Camouflage",
+    "Gaussian",
     "GradientAscent",
+    "GradientAttack",
+    "LabelFlip",
+    "MinMax",
+    "MinSum",
     "Poison",
+    "SignFlip",
+    "alie_vector",
+    "baruch_z",
     "byzantine_count",
     "byzantine_mask",
     "camouflage_gradient",
+    "dense_over_union",
     "dense_upload_from_gradient",
     "extend_users",
     "fake_user_count",
     "inject_fake_users",
+    "largest_gamma",
     "make_attack",
     "other_root",
+    "perturbation",
     "register",
     "typical_size",
     "untouched_root",

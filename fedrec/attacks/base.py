@@ -18,6 +18,7 @@ server's and the honest clients' (a MixTailor and a reproducibility requirement,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
@@ -54,6 +55,9 @@ class AttackContext:
     honest_ptr: Tensor | None = None  # int64 [h + 1]
     honest_rows: Tensor | None = None  # int64 [K_h]
     honest_g: Tensor | None = None  # [K_h, d]
+    # each Byzantine client's gradient of its loss with every BPR pair inverted (label-flip), same
+    # layout as ``g``; filled only for attacks with ``needs_flipped = True``
+    flipped_g: Tensor | None = None  # [K, d]
 
     def __post_init__(self) -> None:
         b = self.client_ids.shape[0]
@@ -66,6 +70,11 @@ class AttackContext:
             raise ValueError(
                 f"AttackContext: g has shape {tuple(self.g.shape)}, expected "
                 f"({self.rows.shape[0]}, {self.server.theta.shape[1]}) (one row per listed row)"
+            )
+        if self.flipped_g is not None and self.flipped_g.shape != self.g.shape:
+            raise ValueError(
+                f"AttackContext: flipped_g has shape {tuple(self.flipped_g.shape)}, expected that of g "
+                f"{tuple(self.g.shape)}"
             )
 
     @property
@@ -106,15 +115,39 @@ class Attack(Protocol):
 
 @dataclass(frozen=True)
 class AttackBase:
-    """Shared plumbing: the class-level flags and the check that an omniscient attack got its data."""
+    """Shared plumbing: the class-level flags and the check that an attack got the data it needs.
+
+    ``needs_flipped``: needs each Byzantine client's gradient on inverted BPR pairs (``ctx.flipped_g``,
+    label-flip); the simulation computes it only for such attacks."""
 
     name: ClassVar[str] = ""
     omniscient: ClassVar[bool] = False
     rule_consistent: ClassVar[bool] = True
+    needs_flipped: ClassVar[bool] = False
 
     def check(self, ctx: AttackContext) -> None:
         if self.omniscient and ctx.honest_g is None:
             raise ValueError(f"attack {self.name!r} is omniscient: the context must carry honest_g")
+        if self.needs_flipped and ctx.flipped_g is None:
+            raise ValueError(f"attack {self.name!r} needs the flipped-pair gradients: ctx.flipped_g")
+
+
+@dataclass(frozen=True)
+class GradientAttack(AttackBase):
+    """A rule-consistent attack that crafts gradients: ``craft(ctx) -> (ptr [b+1], rows [K'], g [K', d])``
+    (flat like ``ctx.rows``; client ``i`` lists ``rows[ptr[i]:ptr[i+1]]``, sorted unique) and uploads
+    exactly what an honest client with that gradient would (``upload_from_gradient``).
+
+    ``craft`` is pure: it reads only ``ctx`` and draws randomness from ``ctx.generator`` only, and it
+    works for any sparsity, including every client listing every row (dense vectors)."""
+
+    def craft(self, ctx: AttackContext) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, ctx: AttackContext) -> UploadBatch:
+        self.check(ctx)
+        ptr, rows, g = self.craft(ctx)
+        return upload_from_gradient(ctx, rows, ptr, g)
 
 
 # ----------------------------------------------------------------------------- uploads from gradients
@@ -192,3 +225,11 @@ def finite_positive(obj: object, field: str) -> None:
     value = getattr(obj, field)
     if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value < float("inf")):
         raise ValueError(f"{type(obj).__name__}: {field} must be a finite number > 0, got {value!r}")
+
+
+def finite(obj: object, field: str, *, nonzero: bool = False) -> None:
+    value = getattr(obj, field)
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not ok or (nonzero and value == 0):
+        what = "a finite nonzero number" if nonzero else "a finite number"
+        raise ValueError(f"{type(obj).__name__}: {field} must be {what}, got {value!r}")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedrec.attacks.base import AttackBase, AttackContext, finite_positive, register, upload_from_gradient
-from fedrec.protocol import UploadBatch
+import torch
+
+from fedrec.attacks.base import AttackContext, GradientAttack, finite_positive, register
+
+Tensor = torch.Tensor
 
 
 @register
 @dataclass(frozen=True)
-class GradientAscent(AttackBase):
+class GradientAscent(GradientAttack):
     """Each Byzantine client computes its honest gradient ``g`` on its own data and touched rows, then
     steps the optimizer rule with the crafted gradient::
 
@@ -31,7 +34,6 @@ class GradientAscent(AttackBase):
     def __post_init__(self) -> None:
         finite_positive(self, "scale")
 
-    def __call__(self, ctx: AttackContext) -> UploadBatch:
-        self.check(ctx)
+    def craft(self, ctx: AttackContext) -> tuple[Tensor, Tensor, Tensor]:
         g = -ctx.g if self.scale == 1.0 else -self.scale * ctx.g
-        return upload_from_gradient(ctx, ctx.rows, ctx.ptr, g)
+        return ctx.ptr, ctx.rows, g

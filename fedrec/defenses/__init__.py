@@ -59,7 +59,19 @@ __all__ = [
     "weiszfeld_gram",
 ]
 
-# the registry last: it builds on every rule above
-from fedrec.defenses.registry import DEFENSES, Defense, assumed_f, make_defense
+# the rule registry, filled by the rule modules on import (the catalogue imports every module of this
+# package first: a new rule is one module plus one catalogue line, nothing to add here), and the presets
+from fedrec.defenses.base import RULES, RuleResult, RuleSpec, register_rule
+from fedrec.defenses.catalogue import DEFENSES, make_defense
+from fedrec.defenses.defense import Defense, assumed_f
 
-__all__ += ["DEFENSES", "Defense", "assumed_f", "make_defense"]
+__all__ += [
+    "DEFENSES",
+    "RULES",
+    "Defense",
+    "RuleResult",
+    "RuleSpec",
+    "assumed_f",
+    "make_defense",
+    "register_rule",
+]

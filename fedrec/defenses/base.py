@@ -72,6 +72,7 @@ class RuleSpec:
         item: optional per-row rule over the clients that listed each row, ``(v, f, **params) ->
             (rows, values)``: what ``scope: item`` runs.
         needs_rng: the rule draws random numbers (from ``rng``).
+        uses_weights: the rule takes the uploads' aggregation weights (``weights``: RFA's alpha_i = n_i).
         description: one line for ``fedrec defenses``.
     """
 
@@ -83,6 +84,7 @@ class RuleSpec:
     lam: Callable[[int, int, int], float] | None = None
     item: Callable[..., tuple[Tensor, Tensor]] | None = None
     needs_rng: bool = False
+    uses_weights: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -97,7 +99,9 @@ class RuleSpec:
     @property
     def params(self) -> dict[str, Any]:
         """The parameters ``fast`` takes (besides ``v``, ``f`` and ``rng``), with their defaults."""
-        return {k: v for k, v in keyword_params(self.fast, 2).items() if k not in ("rng", "block_rows")}
+        return {
+            k: v for k, v in keyword_params(self.fast, 2).items() if k not in ("rng", "block_rows", "weights")
+        }
 
     def check(self, params: dict[str, Any]) -> None:
         """Raise ``ValueError`` for a parameter this rule does not take."""

@@ -45,10 +45,12 @@ per iteration from the device, the only host synchronisation in the loop.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from fedrec.defenses.base import RuleResult, RuleSpec, register_rule
 from fedrec.defenses.vectors import ClientVectors, gram, sq_distances_from_gram
 
 Tensor = torch.Tensor
@@ -122,6 +124,13 @@ def weiszfeld_gram(
     r = distances(beta)
     converged = False
     iterations = 0
+    if bool(r_norm <= eta):
+        # Vardi and Zhang's test: the medoid itself is the geometric median (e.g. a majority of equal
+        # inputs); smoothed steps would only move off it by ~nu, so keep it exactly
+        # (its copies within nu share its weight as their alpha shares: exact for equal inputs)
+        max_iter, converged = 0, True
+        beta = alpha * near / eta
+        r = distances(beta)
     for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
         step = alpha / r.clamp_min(nu)
         new_beta = step / step.sum()
@@ -195,3 +204,40 @@ def geometric_median(
         ``medoid`` (0-dim int64, the input the solver started from).
     """
     return weiszfeld_gram(gram(v, block_rows), weights, nu=nu, tol=tol, max_iter=max_iter)
+
+
+# -- registration --------------------------------------------------------------------------------------
+
+
+def _fast_geomed(
+    v: ClientVectors, f: int, *, weights: Tensor | None = None, nu: float = 1e-6, tol: float = 1e-6,
+    max_iter: int = 100,
+) -> RuleResult:  # fmt: skip
+    beta, info = geometric_median(v, weights, nu=nu, tol=tol, max_iter=max_iter)
+    return RuleResult(scores=beta, weights=beta, info=info)
+
+
+def _literal_geomed(
+    x: Tensor, f: int, *, weights: Tensor | None = None, nu: float = 1e-6, tol: float = 1e-6,
+    max_iter: int = 100,
+) -> RuleResult:  # fmt: skip
+    """RFA's smoothed Weiszfeld written out: start at the weighted mean, ``max_iter`` steps (no early stop:
+    the fast rule's stopping test only ends it closer to the fixed point)."""
+    X = x.reshape(x.shape[0], -1).to(torch.float64)
+    w = torch.ones(X.shape[0], dtype=torch.float64) if weights is None else weights.to(torch.float64).cpu()
+    alpha = w / w.sum()
+    beta = alpha.clone()
+    for _ in range(max_iter):
+        z = (beta[:, None] * X).sum(0)
+        beta = alpha / ((X - z) ** 2).sum(1).sqrt().clamp(min=nu)
+        beta = beta / beta.sum()
+    return RuleResult(scores=beta, weights=beta)
+
+
+register_rule(
+    RuleSpec(
+        "geomed", "weight", _fast_geomed, _literal_geomed, uses_weights=True,
+        lam=lambda n, f, D: 1 + (n - f) / math.sqrt((n - 2 * f) * n),
+        description="geometric median (RFA's smoothed Weiszfeld) as convex weights of the uploads",
+    )
+)  # fmt: skip

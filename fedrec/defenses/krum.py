@@ -12,8 +12,11 @@ clients (DESIGN.md section 5), which for ``m = 1`` is Krum and for ``m > 1`` Mul
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from fedrec.defenses.base import RuleResult, RuleSpec, register_rule
 from fedrec.defenses.vectors import DISTANCES, ClientVectors, Selection, select_lowest, sq_distances
 
 Tensor = torch.Tensor
@@ -155,3 +158,144 @@ def krum_star(v: ClientVectors, f: int, *, block_rows: int | None = None) -> Sel
     """RESAM's Krum*: ``multi_krum_star`` with ``q = 1``."""
     sel = multi_krum_star(v, f, 1, block_rows=block_rows)
     return Selection(sel.accepted, sel.scores, {**sel.info, "rule": "krum_star"})
+
+
+# -- registration: one signature (v, f, **params) -> RuleResult, and the literal dense form -----------
+
+
+def _literal_scores(x: Tensor, f: int, neighbours: int, distance: str = "l2") -> list[float]:
+    """Per vector, the sum of its ``neighbours`` smallest squared distances to the others, written out."""
+    X = x.reshape(x.shape[0], -1).to(torch.float64)
+    n = X.shape[0]
+
+    def dist(a: Tensor) -> float:
+        return float((a**2).sum()) if distance == "l2" else float(a.abs().max()) ** 2
+
+    out = []
+    for i in range(n):
+        d = sorted(dist(X[i] - X[j]) for j in range(n) if j != i)
+        out.append(sum(d[:neighbours]))
+    return out
+
+
+def _literal_keep(scores: list[float], m: int) -> Tensor:
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    keep = torch.zeros(len(scores), dtype=torch.bool)
+    keep[order[:m]] = True
+    return keep
+
+
+def _m(m: int | None, n: int, f: int) -> int:
+    return n - f if m is None else int(m)
+
+
+def _fast_multi_krum(v: ClientVectors, f: int, *, m: int | None = None, distance: str = "l2") -> RuleResult:
+    scores = krum_scores(DISTANCES[distance](v), f)
+    keep = _m(m, v.n, f)
+    return RuleResult(scores=scores, accepted=select_lowest(scores, keep), info={"m": keep})
+
+
+def _literal_multi_krum(x: Tensor, f: int, *, m: int | None = None, distance: str = "l2") -> RuleResult:
+    n = x.shape[0]
+    scores = _literal_scores(x, f, n - f - 2, distance)
+    return RuleResult(
+        scores=torch.tensor(scores, dtype=torch.float64), accepted=_literal_keep(scores, _m(m, n, f))
+    )
+
+
+def _fast_krum(v: ClientVectors, f: int, *, distance: str = "l2") -> RuleResult:
+    return _fast_multi_krum(v, f, m=1, distance=distance)
+
+
+def _literal_krum(x: Tensor, f: int, *, distance: str = "l2") -> RuleResult:
+    return _literal_multi_krum(x, f, m=1, distance=distance)
+
+
+def _fast_outliers(v: ClientVectors, f: int, *, c: float = 2.0, distance: str = "l2") -> RuleResult:
+    sel = multi_krum_outliers(v, f, c, distance=distance)
+    return RuleResult(scores=sel.scores, accepted=sel.accepted)
+
+
+def _literal_outliers(x: Tensor, f: int, *, c: float = 2.0, distance: str = "l2") -> RuleResult:
+    import statistics
+
+    n = x.shape[0]
+    scores = _literal_scores(x, f, n - f - 2, distance)
+    keep = _literal_keep(scores, n - f)
+    med = statistics.median_low(scores)  # torch.median: the lower middle value
+    keep |= torch.tensor([s <= c * med for s in scores])
+    return RuleResult(scores=torch.tensor(scores, dtype=torch.float64), accepted=keep)
+
+
+def _fast_multi_krum_star(v: ClientVectors, f: int, *, q: int | None = None) -> RuleResult:
+    scores = krum_star_scores(sq_distances(v), f)
+    keep = _m(q, v.n, f)
+    return RuleResult(scores=scores, accepted=select_lowest(scores, keep), info={"q": keep})
+
+
+def _literal_multi_krum_star(x: Tensor, f: int, *, q: int | None = None) -> RuleResult:
+    n = x.shape[0]
+    scores = _literal_scores(x, f, n - f - 1)
+    return RuleResult(
+        scores=torch.tensor(scores, dtype=torch.float64), accepted=_literal_keep(scores, _m(q, n, f))
+    )
+
+
+def _fast_krum_star(v: ClientVectors, f: int) -> RuleResult:
+    return _fast_multi_krum_star(v, f, q=1)
+
+
+def _literal_krum_star(x: Tensor, f: int) -> RuleResult:
+    return _literal_multi_krum_star(x, f, q=1)
+
+
+def _star_lambda(n: int, f: int, q: int) -> float:
+    """RESAM Proposition 6: ``(1 + sqrt((n - f) / (n - 2f))) * min(1, (n - q) / (n - f))``."""
+    return (1 + math.sqrt((n - f) / (n - 2 * f))) * min(1.0, (n - q) / (n - f))
+
+
+for _spec in (
+    RuleSpec(
+        "multi-krum",
+        "select",
+        _fast_multi_krum,
+        _literal_multi_krum,
+        min_n=lambda f: f + 3,
+        description="Multi-Krum: keep the m (default n - f) lowest Krum scores (n - f - 2 neighbours)",
+    ),
+    RuleSpec(
+        "krum",
+        "select",
+        _fast_krum,
+        _literal_krum,
+        min_n=lambda f: f + 3,
+        description="Krum: Multi-Krum of one",
+    ),
+    RuleSpec(
+        "multi-krum-outliers",
+        "select",
+        _fast_outliers,
+        _literal_outliers,
+        min_n=lambda f: f + 3,
+        description="Multi-Krum keeping n - f plus every score within c x the median score",
+    ),
+    RuleSpec(
+        "multi-krum-star",
+        "select",
+        _fast_multi_krum_star,
+        _literal_multi_krum_star,
+        min_n=lambda f: f + 2,
+        lam=lambda n, f, D: _star_lambda(n, f, n - f),
+        description="RESAM's Multi-Krum*_q (q = n - f; n - f - 1 neighbours)",
+    ),
+    RuleSpec(
+        "krum-star",
+        "select",
+        _fast_krum_star,
+        _literal_krum_star,
+        min_n=lambda f: f + 2,
+        lam=lambda n, f, D: _star_lambda(n, f, 1),
+        description="RESAM's Krum*: Multi-Krum*_1",
+    ),
+):
+    register_rule(_spec)

@@ -12,10 +12,12 @@ too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
+from fedrec.defenses.base import RuleResult, RuleSpec, dense_rows, nan_scores, register_rule
 from fedrec.defenses.vectors import ClientVectors, Selection, dense_blocks, sq_norms
 
 Tensor = torch.Tensor
@@ -224,3 +226,128 @@ def item_trimmed_mean(v: ClientVectors, f: int) -> tuple[Tensor, Tensor]:
     kept = torch.where(keep[:, None], s.to(torch.float64), 0.0)
     total = torch.zeros(rows.shape[0], v.d, dtype=torch.float64, device=v.device).index_add_(0, segment, kept)
     return rows, (total / (counts - 2 * trim)[:, None]).to(v.values.dtype)
+
+
+# -- registration --------------------------------------------------------------------------------------
+
+
+def _dense(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).to(torch.float64)
+
+
+def _fast_mean(v: ClientVectors, f: int) -> RuleResult:
+    return RuleResult(
+        scores=nan_scores(v.n, v.device), accepted=torch.ones(v.n, dtype=torch.bool, device=v.device)
+    )
+
+
+def _literal_mean(x: Tensor, f: int) -> RuleResult:
+    return RuleResult(scores=nan_scores(x.shape[0]), accepted=torch.ones(x.shape[0], dtype=torch.bool))
+
+
+def _fast_norm_trim(v: ClientVectors, f: int, *, trim: int | None = None) -> RuleResult:
+    sel = norm_trim(v, f, trim=trim)
+    return RuleResult(scores=sel.scores, accepted=sel.accepted)
+
+
+def _literal_norm_trim(x: Tensor, f: int, *, trim: int | None = None) -> RuleResult:
+    X = _dense(x)
+    n, trim = X.shape[0], f if trim is None else trim
+    norms = [float(X[i].norm()) for i in range(n)]
+    order = sorted(range(n), key=lambda i: (norms[i], i))
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order[trim : n - trim]] = True
+    return RuleResult(scores=torch.tensor(norms, dtype=torch.float64), accepted=keep)
+
+
+def _fast_median(v: ClientVectors, f: int) -> RuleResult:
+    return RuleResult(scores=nan_scores(v.n, v.device), aggregate=coordinate_median(v))
+
+
+def _literal_median(x: Tensor, f: int) -> RuleResult:
+    return RuleResult(scores=nan_scores(x.shape[0]), aggregate=dense_rows(x, _dense(x).quantile(0.5, dim=0)))
+
+
+def _fast_trmean(v: ClientVectors, f: int) -> RuleResult:
+    return RuleResult(scores=nan_scores(v.n, v.device), aggregate=trimmed_mean(v, f))
+
+
+def _literal_trmean(x: Tensor, f: int) -> RuleResult:
+    X = _dense(x)
+    agg = X.sort(0).values[f : X.shape[0] - f].mean(0)
+    return RuleResult(scores=nan_scores(x.shape[0]), aggregate=dense_rows(x, agg))
+
+
+def _fast_meamed(v: ClientVectors, f: int) -> RuleResult:
+    return RuleResult(scores=nan_scores(v.n, v.device), aggregate=meamed(v, f))
+
+
+def _literal_meamed(x: Tensor, f: int) -> RuleResult:
+    """Per coordinate: the mean of the n - f values closest to the median (ties: lower index)."""
+    X = _dense(x)
+    n, D = X.shape
+    agg = torch.zeros(D, dtype=torch.float64)
+    for k in range(D):
+        col = [float(c) for c in X[:, k]]
+        s = sorted(col)
+        med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        closest = sorted(range(n), key=lambda i: (abs(col[i] - med), i))[: n - f]
+        agg[k] = sum(col[i] for i in closest) / (n - f)
+    return RuleResult(scores=nan_scores(n), aggregate=dense_rows(x, agg))
+
+
+def _item_median(v: ClientVectors, f: int) -> tuple[Tensor, Tensor]:
+    return item_median(v)
+
+
+def _delta(n: int, f: int, D: int) -> float:
+    """RESAM's ``min(2 sqrt(n - f), sqrt(D))`` (Table 1)."""
+    return min(2 * math.sqrt(n - f), math.sqrt(D))
+
+
+for _spec in (
+    RuleSpec(
+        "mean",
+        "select",
+        _fast_mean,
+        _literal_mean,
+        description="no filtering: the n_i-weighted mean of every valid upload (Algorithm 1, Option I)",
+    ),
+    RuleSpec(
+        "norm-trim",
+        "select",
+        _fast_norm_trim,
+        _literal_norm_trim,
+        min_n=lambda f: 2 * f + 1,
+        description="paper 000's Trmean: drop the f largest- and f smallest-norm uploads",
+    ),
+    RuleSpec(
+        "cw-median",
+        "aggregate",
+        _fast_median,
+        _literal_median,
+        item=_item_median,
+        lam=lambda n, f, D: n / (2 * (n - f)) * _delta(n, f, D),
+        description="coordinate-wise median (even n: mean of the two middle values)",
+    ),
+    RuleSpec(
+        "cw-trmean",
+        "aggregate",
+        _fast_trmean,
+        _literal_trmean,
+        item=item_trimmed_mean,
+        min_n=lambda f: 2 * f + 1,
+        lam=lambda n, f, D: f / (n - f) * _delta(n, f, D),
+        description="coordinate-wise trimmed mean, f per side",
+    ),
+    RuleSpec(
+        "meamed",
+        "aggregate",
+        _fast_meamed,
+        _literal_meamed,
+        min_n=lambda f: f + 1,
+        lam=lambda n, f, D: 2 * f / (n - f) * _delta(n, f, D),
+        description="mean around median: per coordinate the n - f values closest to the median",
+    ),
+):
+    register_rule(_spec)

@@ -15,12 +15,11 @@ import torch
 
 from fedrec.config import Config
 from fedrec.data import load_dataset, split_per_user
-from fedrec.defenses.registry import make_defense
+from fedrec.defenses import make_defense
 from fedrec.defenses.spaces import rows_of, uploaded
-from fedrec.federation.clients import client_gradients, honest_uploads
+from fedrec.federation.clients import sample_clients
 from fedrec.federation.pipeline import server_round
 from fedrec.federation.simulation import FederatedRun
-from fedrec.models import gather_users, sample_negatives
 
 
 def demo_config(dataset: str, fraction: float, rounds: int, seed: int, data_dir: str | None) -> Config:
@@ -28,12 +27,8 @@ def demo_config(dataset: str, fraction: float, rounds: int, seed: int, data_dir:
     cfg.data.dataset, cfg.data.data_dir = dataset, data_dir
     cfg.train.mode, cfg.train.seed = "federated", seed
     cfg.federated.rounds, cfg.federated.eval_every = rounds, rounds
-    cfg.attack.name, cfg.attack.fraction, cfg.attack.seed, cfg.attack.all_rows = (
-        "camouflage",
-        fraction,
-        seed,
-        True,
-    )
+    cfg.attack.name, cfg.attack.fraction, cfg.attack.seed = "camouflage", fraction, seed
+    cfg.attack.params = {"all_rows": True}
     return cfg
 
 
@@ -45,20 +40,15 @@ def inspect_round(run: FederatedRun, warmup: int) -> dict[str, Any]:
     # a round in which the sampled clients include Byzantine ones
     gen = torch.Generator().manual_seed(t)
     for _ in range(10_000):
-        pick = torch.randperm(run.active.shape[0], generator=gen)[: run.per_round]
-        clients = run.active[pick].sort().values.to(run.device)
+        clients = sample_clients(run.active, run.per_round, gen, run.device)
         byz = run.byzantine[clients]
         if 0 < int(byz.sum()) <= run.f:
             break
     else:
         raise ValueError("no round samples between 1 and f Byzantine clients: change --byzantine")
-    batch = gather_users(run.train, clients)
-    neg = sample_negatives(batch, run.layout.n_items, run.cfg.train.negatives, run.neg_gen)
-    grads = client_gradients(
-        run.server.theta, run.layout, batch, neg, gamma=run.cfg.model.gamma, lam=run.cfg.train.weight_decay
-    )
-    honest = honest_uploads(run.server, run.rule, grads, batch, t)
-    attack = run.attack(run._attack_context(t, clients, batch, grads, byz))
+    cr = run.client_round(clients, t)
+    honest = cr.uploads
+    attack = run.attack(run._attack_context(t, cr, byz))
     # the honest counterpart of every Byzantine upload over the rows it lists: the client's own honest
     # values on its touched rows, the zero-gradient default elsewhere
     counterpart = run.rule.default_rows(rows_of(run.server, attack.rows), t)

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from fedrec.models import TableLayout, UserBatch, bpr_objective, touched_rows
+from fedrec.models import (
+    CSRTensors,
+    TableLayout,
+    UserBatch,
+    bpr_objective,
+    gather_users,
+    sample_negatives,
+    touched_rows,
+)
 from fedrec.protocol import ServerState, UploadBatch
 
 
@@ -47,8 +55,11 @@ def client_gradients(
     gamma: float,
     lam: float,
     user_vectors: torch.Tensor | None = None,
+    flip: bool = False,
 ) -> ClientGradients:
-    """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector)."""
+    """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector).
+
+    ``flip``: the loss with every BPR pair inverted (``bpr_objective(..., flip=True)``: label-flip)."""
     owner, rows = touched_rows(batch, neg, layout)
     keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
     W = theta[rows].detach().clone().requires_grad_(True)
@@ -59,7 +70,7 @@ def client_gradients(
     u = None
     if user_vectors is not None:
         u = user_vectors.detach().clone().requires_grad_(True)
-    loss = bpr_objective(lookup, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u)
+    loss = bpr_objective(lookup, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u, flip=flip)
     grads = torch.autograd.grad(loss.sum(), [W] if u is None else [W, u])
     ptr = torch.zeros(batch.size + 1, dtype=torch.int64, device=rows.device)
     torch.cumsum(torch.bincount(owner, minlength=batch.size), 0, out=ptr[1:])
@@ -98,3 +109,47 @@ def private_step(private: PrivateState, rule, users: torch.Tensor, g_user: torch
     private.u[users] = new["theta"]
     for k in private.state:
         private.state[k][users] = new[k]
+
+
+def sample_clients(active: torch.Tensor, per_round: int, gen: torch.Generator, device) -> torch.Tensor:
+    """The round's clients: ``per_round`` of the ``active`` ids drawn without replacement from the
+    server's generator (Algorithm 1, |S^t| = e |S|), sorted, on ``device``."""
+    pick = torch.randperm(active.shape[0], generator=gen)[:per_round]
+    return active[pick].sort().values.to(device)
+
+
+@dataclass
+class ClientRound:
+    """What the sampled clients computed in a round: their data, negatives, gradients and the honest
+    upload each would send (the Byzantine ones too: it is what they attack from)."""
+
+    clients: torch.Tensor  # [B] sorted client ids
+    batch: UserBatch
+    neg: torch.Tensor
+    grads: ClientGradients
+    uploads: UploadBatch  # one honest upload per client, in ``clients`` order
+
+
+def client_round(
+    server: ServerState,
+    rule,
+    layout: TableLayout,
+    train: CSRTensors,
+    clients: torch.Tensor,
+    t: int,
+    neg_gen: torch.Generator,
+    *,
+    negatives: int,
+    gamma: float,
+    lam: float,
+    user_vectors: torch.Tensor | None = None,
+) -> ClientRound:
+    """The client side of round ``t`` (paper 000 Algorithm 2, batched): gather each client's items, draw
+    its negatives, differentiate its BPR loss at the global parameters and take one optimizer step from
+    the global state. The simulation, the demos and the tests call this; nothing else assembles it."""
+    batch = gather_users(train, clients)
+    neg = sample_negatives(batch, layout.n_items, negatives, neg_gen)
+    grads = client_gradients(
+        server.theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors
+    )
+    return ClientRound(clients, batch, neg, grads, honest_uploads(server, rule, grads, batch, t))

@@ -66,6 +66,12 @@ class ServerLimits:
         )  # fmt: skip
 
 
+def rule_generator(seed: int, t: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The server's generator for round ``t``: a function of ``(defense.seed, t)`` only, so a resumed run
+    draws what an uninterrupted one would, and no attack context ever holds it."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + t) % (2**63 - 1))
+
+
 @dataclass
 class RoundOutcome:
     """A round as the server saw it, one slot per sampled client (in ``sampled`` order)."""
@@ -87,9 +93,11 @@ def server_round(
     t: int,
     f: int,
     limits: ServerLimits,
+    seed: int = 0,
 ) -> RoundOutcome:
     """Round ``t`` on the server: from whatever the sampled clients (``sampled``: sorted unique ids on
-    the server's device) sent, to the new global state and the per-client verdict."""
+    the server's device) sent, to the new global state and the per-client verdict. ``seed``
+    (``defense.seed``) seeds the rules that draw random numbers, anew every round (``rule_generator``)."""
     device, dtype = server.theta.device, server.theta.dtype
     batch, codes = receive(messages, limits.d, rule.state_names, device, dtype)
     admitted, codes, refused = admit(batch, codes, sampled)
@@ -104,6 +112,7 @@ def server_round(
         admitted, n_examples=effective_examples(claimed, codes == 0, limits.weighting, limits.weight_clip)
     )
     codes = weight_share(codes, admitted.n_examples, limits.max_weight_share)
-    decision = defense.decide(server, admitted, rule, t, codes, f)
+    rng = rule_generator(seed, t, device) if defense.spec.needs_rng else None
+    decision = defense.decide(server, admitted, rule, t, codes, f, rng)
     state = apply_decision(server, admitted, decision, rule, t)
     return RoundOutcome(state=state, decision=decision, uploads=admitted, claimed=claimed, refused=refused)

@@ -7,8 +7,6 @@ dense messages. Slow by design; used only by tests and benchmarks to check the f
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 
 from fedrec.models import CSRTensors, TableLayout, bpr_objective, gather_users
@@ -93,51 +91,46 @@ def reference_round(
 
 
 def _dense_space(space: str, server: ServerState, rule, messages: list[dict[str, torch.Tensor]], t: int):
+    """The dense messages as the defense sees them: ``[n, n_rows, width]`` float64."""
     prev = {"theta": server.theta, **server.state}
     default = rule.default_rows(prev, t)
     if space == "gradient":
-        return [rule.reconstruct(prev, msg, t).flatten() for msg in messages]
+        return torch.stack([rule.reconstruct(prev, msg, t) for msg in messages]).to(torch.float64)
     keys = {"theta": ["theta"], "momentum": list(rule.state_names[:1]), "upload": list(rule.keys)}[space]
-    return [torch.cat([(msg[k] - default[k]) for k in keys], dim=1).flatten() for msg in messages]
+    return torch.stack([torch.cat([msg[k] - default[k] for k in keys], dim=1) for msg in messages]).to(
+        torch.float64
+    )
 
 
-def _literal_krum_scores(X: torch.Tensor, f: int, distance: str = "l2") -> torch.Tensor:
-    n = X.shape[0]
-    dist = (lambda a: float((a**2).sum())) if distance == "l2" else (lambda a: float(a.abs().max()) ** 2)
-    scores = []
-    for i in range(n):
-        d = sorted(dist(X[i] - X[j]) for j in range(n) if j != i)
-        scores.append(sum(d[: n - f - 2]))
-    return torch.tensor(scores, dtype=torch.float64)
-
-
-def _literal_robust(values: torch.Tensor, rule: str, f: int) -> torch.Tensor:
-    """The median (even count: mean of the two middle values) or the trimmed mean with
-    ``min(f, (c - 1) // 2)`` per side, over the ``c`` rows of ``values [c, d]``, column by column."""
-    c = values.shape[0]
-    s = values.to(torch.float64).sort(0).values
-    if rule == "cw-median":
-        return 0.5 * (s[(c - 1) // 2] + s[c // 2])
-    trim = min(f, (c - 1) // 2)
-    return s[trim : c - trim].mean(0)
+def _literal(defense, x: torch.Tensor, f: int, weights: list[float], rng):
+    spec = defense.spec
+    extra = {"weights": torch.tensor(weights, dtype=torch.float64)} if spec.uses_weights else {}
+    return spec.run_literal(x, f, rng=rng, **extra, **defense.params)
 
 
 def _item_wise(server: ServerState, rule, uploads: UploadBatch, idx, messages, defense, t: int, f: int):
-    """Item scope literally: a Python loop over the rows; each listed row is aggregated over the valid
-    uploads that list it (theta space: their deltas from the default; gradient space: their
-    reconstructed gradients, then one step of the rule from the global state). Unlisted rows keep the
-    default (gradient space: the step with g = 0, which is the default)."""
+    """Item scope literally: a Python loop over the rows; each listed row is aggregated by the rule's
+    literal form over the valid uploads that list it, with ``f`` capped at ``(c - 1) // 2`` for a row
+    of ``c`` listers (theta space: their deltas from the default; gradient space: their reconstructed
+    gradients, then one step of the rule from the global state). Unlisted rows keep the default
+    (gradient space: the step with g = 0, which is the default)."""
     prev = {"theta": server.theta, **server.state}
     default = rule.default_rows(prev, t)
     listed = [set(uploads.rows[int(uploads.ptr[i]) : int(uploads.ptr[i + 1])].tolist()) for i in idx]
     keys = ("theta", *rule.state_names)
+
+    def robust(values: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.stack(values).to(torch.float64)[:, None, :]
+        res = _literal(defense, x, min(f, (x.shape[0] - 1) // 2), [1.0] * x.shape[0], None)
+        return res.aggregate[1][0]
+
     if defense.space == "gradient":
         grads = [rule.reconstruct(prev, msg, t) for msg in messages]
         g = torch.zeros_like(server.theta)
         for r in range(server.theta.shape[0]):
             who = [p for p in range(len(idx)) if r in listed[p]]
             if who:
-                g[r] = _literal_robust(torch.stack([grads[p][r] for p in who]), defense.rule, f).to(g.dtype)
+                g[r] = robust([grads[p][r] for p in who]).to(g.dtype)
         return rule.client_step(prev, g, t)
     new = {k: default[k].clone() for k in keys}
     for r in range(server.theta.shape[0]):
@@ -145,79 +138,65 @@ def _item_wise(server: ServerState, rule, uploads: UploadBatch, idx, messages, d
         if not who:
             continue
         for k in keys:
-            deltas = torch.stack([messages[p][k][r] - default[k][r] for p in who])
-            new[k][r] = default[k][r] + _literal_robust(deltas, defense.rule, f).to(new[k].dtype)
+            new[k][r] = default[k][r] + robust([messages[p][k][r] - default[k][r] for p in who]).to(
+                new[k].dtype
+            )
     return new
 
 
 def reference_defended_round(
-    server: ServerState, rule, uploads: UploadBatch, defense, t: int, f: int, valid: torch.Tensor
+    server: ServerState,
+    rule,
+    uploads: UploadBatch,
+    defense,
+    t: int,
+    f: int,
+    valid: torch.Tensor,
+    rng: torch.Generator | None = None,
 ) -> tuple[ServerState, torch.Tensor]:
-    """Algorithm 1 Option II literally: dense messages, the defense's rule written out on dense
-    vectors, then the n_i-weighted mean of the accepted messages (or the coordinate-wise aggregate).
-    ``valid`` marks the uploads that passed validation (and the verifier, when the defense has it)."""
+    """Algorithm 1 Option II literally: dense messages, the defense's rule in its literal dense form,
+    then the n_i-weighted mean of the accepted messages (or the rule's convex weights, or its
+    aggregate: per quantity in parameter space, a server-side step in gradient space). ``valid`` marks
+    the uploads that passed validation (and the verifier); ``rng`` is the generator state the fast
+    round's rule started from."""
     idx = [i for i in range(uploads.n) if bool(valid[i])]
     messages = [densify(server, rule, uploads, i, t) for i in idx]
-    n_ex = [int(uploads.n_examples[i]) for i in idx]
+    n_ex = [float(uploads.n_examples[i]) for i in idx]
     prev = {"theta": server.theta, **server.state}
     default = rule.default_rows(prev, t)
-    accepted = [True] * len(idx)
-    weights = [float(n) for n in n_ex]
-    if defense.rule in ("krum", "multi-krum", "norm-trim", "rfa"):
-        X = torch.stack(_dense_space(defense.space, server, rule, messages, t)).to(torch.float64)
-        n = X.shape[0]
-        if defense.rule == "norm-trim":
-            order = sorted(range(n), key=lambda i: (float(X[i].norm()), i))
-            kept = set(order[f : n - f])
-            accepted = [i in kept for i in range(n)]
-        elif defense.rule == "rfa":
-            alpha = torch.tensor(weights, dtype=torch.float64) / sum(weights)
-            beta = alpha.clone()
-            for _ in range(defense.params.get("max_iter", 100)):
-                z = (beta[:, None] * X).sum(0)
-                dist = ((X - z) ** 2).sum(1).sqrt().clamp(min=defense.params.get("nu", 1e-6))
-                beta = alpha / dist
-                beta = beta / beta.sum()
-            weights = beta.tolist()
-        else:
-            scores = _literal_krum_scores(X, f, defense.params.get("distance", "l2"))
-            m = 1 if defense.rule == "krum" else n - f
-            order = sorted(range(n), key=lambda i: (float(scores[i]), i))
-            kept = set(order[:m])
-            if defense.keep == "outliers":  # also keep every score within c x the (lower) median
-                med = statistics.median_low(float(s) for s in scores)
-                kept |= {i for i in range(n) if float(scores[i]) <= defense.params["c"] * med}
-            accepted = [i in kept for i in range(n)]
     keys = ("theta", *rule.state_names)
-    if defense.rule in ("cw-median", "cw-trimmed-mean") and getattr(defense, "scope", "flat") == "item":
+    spec = defense.spec
+    unchanged = ServerState(server.theta, server.state, t), torch.zeros(uploads.n, dtype=torch.bool)
+    if not idx or len(idx) < spec.min_n(f):
+        return unchanged
+    accepted, weights = [True] * len(idx), list(n_ex)
+    start = None if rng is None else rng.get_state()
+    if defense.scope == "item":
         new = _item_wise(server, rule, uploads, idx, messages, defense, t, f)
-    elif defense.rule in ("cw-median", "cw-trimmed-mean") and defense.space == "gradient":
-        G = torch.stack([rule.reconstruct(prev, msg, t) for msg in messages])
-        g = (
-            G.quantile(0.5, dim=0)
-            if defense.rule == "cw-median"
-            else G.sort(0).values[f : G.shape[0] - f].mean(0)
-        )
-        new = rule.client_step(prev, g, t)
-    elif defense.rule in ("cw-median", "cw-trimmed-mean"):
+    elif spec.kind == "aggregate" and defense.space == "gradient":
+        res = _literal(defense, _dense_space("gradient", server, rule, messages, t), f, n_ex, rng)
+        accepted = res.accepted.tolist() if res.accepted is not None else accepted
+        new = rule.client_step(prev, res.aggregate[1].to(server.theta.dtype), t)
+    elif spec.kind == "aggregate":
         new = {}
         for k in keys:
-            deltas = torch.stack([msg[k] - default[k] for msg in messages])
-            if defense.rule == "cw-median":
-                agg = (
-                    deltas.quantile(0.5, dim=0) if deltas.dtype == torch.float64 else deltas.median(0).values
-                )
-            else:
-                agg = deltas.sort(0).values[f : deltas.shape[0] - f].mean(0)
-            new[k] = default[k] + agg
+            if start is not None:
+                rng.set_state(start)
+            deltas = torch.stack([msg[k] - default[k] for msg in messages]).to(torch.float64)
+            res = _literal(defense, deltas, f, n_ex, rng)
+            accepted = res.accepted.tolist() if (k == "theta" and res.accepted is not None) else accepted
+            new[k] = default[k] + res.aggregate[1].to(default[k].dtype)
     else:
+        res = _literal(defense, _dense_space(defense.space, server, rule, messages, t), f, n_ex, rng)
+        accepted = res.accepted.tolist() if res.accepted is not None else accepted
+        weights = res.weights.tolist() if res.weights is not None else weights
         w = [wi if a else 0.0 for wi, a in zip(weights, accepted, strict=True)]
         total = sum(w)
         if total == 0:
-            return ServerState(server.theta, server.state, t), torch.zeros(uploads.n, dtype=torch.bool)
+            return unchanged
         new = {k: sum((wi / total) * msg[k] for wi, msg in zip(w, messages, strict=True)) for k in keys}
     acc = torch.zeros(uploads.n, dtype=torch.bool)
     for pos, i in enumerate(idx):
-        acc[i] = accepted[pos]
+        acc[i] = bool(accepted[pos])
     theta = new.pop("theta")
     return ServerState(theta=theta, state=new, t=t), acc

@@ -32,12 +32,19 @@ from fedrec.federation.checkpoint import (
     run_identity,
     save_checkpoint,
 )
-from fedrec.federation.clients import PrivateState, client_gradients, honest_uploads, private_step
+from fedrec.federation.clients import (
+    ClientRound,
+    PrivateState,
+    client_gradients,
+    client_round,
+    private_step,
+    sample_clients,
+)
 from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.pipeline import ServerLimits, server_round
 from fedrec.federation.sparsity import SparseRowsMonitor
 from fedrec.federation.validate import STRUCTURAL
-from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, sample_negatives
+from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer
 from fedrec.optim import make_rule
 from fedrec.protocol import REASONS, ServerState, UploadBatch
 from fedrec.runs import _atomic
@@ -72,13 +79,9 @@ def make_optimizer_rule(cfg: Config):
 
 
 def make_attack_from(cfg: Config):
-    """The attack named by ``attack.name`` with its parameters from the config (None for ``none``)."""
+    """The attack named by ``attack.name`` with ``attack.params`` (None for ``none``)."""
     a = cfg.attack
-    params = {"gradient-ascent": {"scale": a.scale}, "noise": {"sigma": a.sigma},
-              "camouflage": {"all_rows": a.all_rows, "select": a.select}}  # fmt: skip
-    if a.name == "none":
-        return None
-    return make_attack(a.name, **params.get(a.name, {}))
+    return None if a.name == "none" else make_attack(a.name, **a.params)
 
 
 def with_byzantine(cfg: Config, split: Split) -> tuple[Split, torch.Tensor]:
@@ -155,7 +158,7 @@ class FederatedRun:
             sample_gen=torch.Generator().manual_seed(cfg.train.seed + 1),
             neg_gen=torch.Generator(device=device).manual_seed(cfg.train.seed + 2),
             attack_gen=torch.Generator(device=device).manual_seed(cfg.attack.seed + 3),
-            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name),
+            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name, cfg.defense.params),
         )  # fmt: skip
 
     @functools.cached_property
@@ -185,29 +188,23 @@ class FederatedRun:
         """One round of Algorithm 1: honest clients step (batched), Byzantine clients attack, the server
         validates, the defense decides (Option II; ``none`` is Option I) and the state is aggregated."""
         t = self.server.t + 1
-        pick = torch.randperm(self.active.shape[0], generator=self.sample_gen)[: self.per_round]
-        clients = self.active[pick].sort().values.to(self.device)
-        batch = gather_users(self.train, clients)
-        neg = sample_negatives(batch, self.layout.n_items, self.cfg.train.negatives, self.neg_gen)
+        clients = sample_clients(self.active, self.per_round, self.sample_gen, self.device)
         u = None if self.private is None else self.private.u[clients]
-        grads = client_gradients(
-            self.server.theta, self.layout, batch, neg,
-            gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay, user_vectors=u,
-        )  # fmt: skip
-        honest = honest_uploads(self.server, self.rule, grads, batch, t)
+        cr = self.client_round(clients, t, u)
+        grads, honest = cr.grads, cr.uploads
         byz = self.byzantine[clients]
         grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
         messages: list[UploadBatch] = [honest.select(~byz)]
         ctx = None
         # a round that samples no Byzantine client gives the attack nothing to do
         if self.attack is not None and bool(byz.any()):
-            ctx = self._attack_context(t, clients, batch, grads, byz)
+            ctx = self._attack_context(t, cr, byz, u)
             messages.append(self.attack(ctx))  # after the honest uploads: their ids are authenticated
         if self.private is not None:
             private_step(self.private, self.rule, clients[~byz], grads.g_user[~byz])
         out = server_round(
             self.server, messages, sampled=clients, rule=self.rule, defense=self.defense, t=t, f=self.f,
-            limits=self.limits,
+            limits=self.limits, seed=self.cfg.defense.seed,
         )  # fmt: skip
         forged = torch.zeros_like(grad_norm)
         if ctx is not None:
@@ -268,9 +265,20 @@ class FederatedRun:
             "refused": torch.zeros(T, len(REASONS), dtype=torch.int64, device=dev),
         }
 
-    def _attack_context(self, t, clients, batch, grads, byz) -> AttackContext:
-        """The Byzantine clients' view: their own honest gradients (they keep their data) and, for an
-        omniscient attack, the honest clients' gradients of the round."""
+    def client_round(self, clients: torch.Tensor, t: int, u: torch.Tensor | None = None) -> ClientRound:
+        """The sampled clients' side of round ``t`` with this run's model and data (``client_round``)."""
+        return client_round(
+            self.server, self.rule, self.layout, self.train, clients, t, self.neg_gen,
+            negatives=self.cfg.train.negatives, gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
+            user_vectors=u,
+        )  # fmt: skip
+
+    def _attack_context(self, t: int, cr: ClientRound, byz: torch.Tensor, u=None) -> AttackContext:
+        """The Byzantine clients' view: their own honest gradients (they keep their data), for an
+        omniscient attack the honest clients' gradients of the round and, for an attack that
+        ``needs_flipped`` (label-flip), their gradients on inverted BPR pairs (same rows and negatives)."""
+
+        clients, batch, grads, neg = cr.clients, cr.batch, cr.grads, cr.neg
 
         def part(mask: torch.Tensor) -> dict[str, torch.Tensor]:
             counts = batch.counts()[mask]
@@ -281,11 +289,19 @@ class FederatedRun:
             return {"client_ids": clients[mask], "n_examples": counts, "ptr": ptr,
                     "rows": grads.rows[keep], "g": grads.g[keep]}  # fmt: skip
 
-        honest = {}
+        extra = {}
         if self.attack.omniscient:
-            honest = {f"honest_{k}": v for k, v in part(~byz).items()}
+            extra = {f"honest_{k}": v for k, v in part(~byz).items()}
+        if getattr(self.attack, "needs_flipped", False):
+            keep = byz[batch.owner]  # the Byzantine clients' entries: their items, their negatives
+            flipped = client_gradients(
+                self.server.theta, self.layout, gather_users(self.train, clients[byz]), neg[keep],
+                gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
+                user_vectors=None if u is None else u[byz], flip=True,
+            )  # fmt: skip
+            extra["flipped_g"] = flipped.g
         return AttackContext(
-            server=self.server, t=t, rule=self.rule, generator=self.attack_gen, **part(byz), **honest
+            server=self.server, t=t, rule=self.rule, generator=self.attack_gen, **part(byz), **extra
         )
 
     def scorer(self):

@@ -27,9 +27,13 @@ def bpr_objective(
     gamma: float,
     lam: float,
     user_vectors: torch.Tensor | None = None,
+    flip: bool = False,
 ) -> torch.Tensor:
     """Per-user loss ``[B]``: Eq. (7) summed over each user's positives x negatives, plus
-    ``lam * ||rows||^2`` over the user's touched rows (and its private vector for MF)."""
+    ``lam * ||rows||^2`` over the user's touched rows (and its private vector for MF).
+
+    ``flip``: every pair inverted, ``-log sigmoid(y_ik - y_ij)`` (the label-flip attack's loss); the L2
+    term unchanged."""
     B = batch.size
     n_neg = neg.shape[1]
     owner_neg = batch.owner.repeat_interleave(n_neg)
@@ -42,6 +46,8 @@ def bpr_objective(
         if user_vectors is None:
             raise ValueError("MF needs the batch's user vectors")
         y_pos, y_neg = mf_pair_scores(user_vectors, p_pos, p_neg, batch.owner)
+    if flip:  # (-y_ij) - (-y_ik) = y_ik - y_ij
+        y_pos, y_neg = -y_pos, -y_neg
     loss = bpr_loss_per_user(y_pos, y_neg, batch.owner, B)
     if lam:
         owner, rows = touched_rows(batch, neg, layout)
