@@ -36,7 +36,7 @@ class Registry(dict[str, T]):
         try:
             return self[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self)}") from None
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}") from None
 
 
 def check_params(what: str, params: Mapping[str, Any], known: Iterable[str]) -> None:

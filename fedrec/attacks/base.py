@@ -26,6 +26,7 @@ import torch
 
 from fedrec.optim import Rule
 from fedrec.protocol import ServerState, UploadBatch
+from fedrec.registry import Registry, check_params
 
 Tensor = torch.Tensor
 
@@ -191,7 +192,7 @@ def dense_upload_from_gradient(ctx: AttackContext, g: Tensor) -> UploadBatch:
 
 # ----------------------------------------------------------------------------- registry
 
-ATTACKS: dict[str, type[AttackBase]] = {}
+ATTACKS: Registry[type[AttackBase]] = Registry("attack")
 """Every attack by name (filled by ``register`` when fedrec.attacks is imported)."""
 
 A = TypeVar("A", bound=type[AttackBase])
@@ -199,25 +200,15 @@ A = TypeVar("A", bound=type[AttackBase])
 
 def register(cls: A) -> A:
     """Class decorator: add an attack class to ``ATTACKS`` under its ``name``."""
-    if not cls.name or cls.name in ATTACKS:
-        raise ValueError(f"attack name {cls.name!r} is empty or registered twice")
-    ATTACKS[cls.name] = cls
-    return cls
+    return ATTACKS.register(cls)
 
 
 def make_attack(name: str, **params: object) -> Attack:
     """The attack called ``name`` (a key of ``ATTACKS``) with the given parameters (the rest default).
 
     Raises ``ValueError`` for an unknown name, an unknown parameter or an invalid value."""
-    try:
-        cls = ATTACKS[name]
-    except KeyError:
-        raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}") from None
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        takes = ", ".join(known) if known else "no parameters"
-        raise ValueError(f"attack {name!r} has no parameter {', '.join(unknown)}; it takes {takes}")
+    cls = ATTACKS.lookup(name)
+    check_params(f"attack {name!r}", params, [f.name for f in dataclasses.fields(cls)])
     return cls(**params)  # type: ignore[arg-type]
 
 

@@ -12,24 +12,19 @@ from fedrec.optim.base import SLACK, Rows, Rule, RuleBase
 from fedrec.optim.momentum import Momentum
 from fedrec.optim.rmsprop import RMSProp
 from fedrec.optim.sgd import SGD
+from fedrec.registry import Registry, check_params
 
-RULES: dict[str, type[RuleBase]] = {cls.name: cls for cls in (Adam, SGD, Momentum, AdaGrad, RMSProp)}
+RULES: Registry[type[RuleBase]] = Registry("optimizer")
+for _cls in (Adam, SGD, Momentum, AdaGrad, RMSProp):
+    RULES.register(_cls)
 
 
 def make_rule(name: str, **hyper: float) -> Rule:
     """The rule called ``name`` (a key of ``RULES``) with the given hyper-parameters (the rest default).
 
     Raises ``ValueError`` for an unknown name, an unknown hyper-parameter or an invalid value."""
-    try:
-        cls = RULES[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(RULES))}") from None
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(hyper) - set(known))
-    if unknown:
-        raise ValueError(
-            f"optimizer {name!r} has no hyper-parameter {', '.join(unknown)}; it takes {', '.join(known)}"
-        )
+    cls = RULES.lookup(name)
+    check_params(f"optimizer {name!r}", hyper, [f.name for f in dataclasses.fields(cls)])
     return cls(**hyper)
 
 
