@@ -25,13 +25,6 @@ from fedrec.config import Config
 from fedrec.data import Split
 from fedrec.defenses import Defense, assumed_f, make_defense
 from fedrec.eval import full_ranking
-from fedrec.federation.checkpoint import (
-    CHECKPOINT,
-    CheckpointError,
-    load_checkpoint,
-    run_identity,
-    save_checkpoint,
-)
 from fedrec.federation.clients import (
     ClientRound,
     PrivateState,
@@ -41,26 +34,16 @@ from fedrec.federation.clients import (
     sample_clients,
 )
 from fedrec.federation.forged import forged_distance, segment_sq_norms
+from fedrec.federation.persistence import RunCheckpointing
 from fedrec.federation.pipeline import ServerLimits, server_round
+from fedrec.federation.recorder import RoundRecorder
 from fedrec.federation.sparsity import SparseRowsMonitor
 from fedrec.federation.validate import STRUCTURAL
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer
 from fedrec.optim import make_rule
-from fedrec.protocol import REASONS, ServerState, UploadBatch
-from fedrec.runs import _atomic
+from fedrec.protocol import ServerState, UploadBatch
 
 Progress = Callable[[dict[str, Any]], None]
-ROUND_COLUMNS = (
-    "t",
-    "client_id",
-    "byzantine",
-    "accepted",
-    "score",
-    "reason",
-    "weight",
-    "grad_norm",
-    "forged",
-)
 
 
 def make_optimizer_rule(cfg: Config):
@@ -107,8 +90,10 @@ def clients_per_round(n_clients: int, fraction: float) -> int:
 
 
 @dataclass
-class FederatedRun:
-    """Everything a federated run holds between rounds."""
+class FederatedRun(RunCheckpointing):
+    """Everything a federated run holds between rounds: the loop (``step``, ``run``, ``evaluate``); the
+    round records live in ``recorder`` (fedrec.federation.recorder), checkpoint I/O in the
+    ``RunCheckpointing`` base (fedrec.federation.persistence)."""
 
     cfg: Config
     split: Split
@@ -126,10 +111,6 @@ class FederatedRun:
     attack: Any
     defense: Defense
     metric_rows: list[dict[str, Any]] = field(default_factory=list)
-    # per-round records in buffers preallocated for the whole run ([T, clients per round], [T]): no
-    # small long-lived allocation per round (they fragment the heap: RSS grew ~5 MB a round on Last.fm)
-    records: dict[str, torch.Tensor] = field(default_factory=dict)
-    losses: torch.Tensor | None = None
     seconds: float = 0.0
     # called after every round with (run, RoundOutcome): how tests and experiments observe rounds
     on_round: Callable[[Any, Any], None] | None = None
@@ -160,6 +141,19 @@ class FederatedRun:
             attack_gen=torch.Generator(device=device).manual_seed(cfg.attack.seed + 3),
             byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name, cfg.defense.params),
         )  # fmt: skip
+
+    @functools.cached_property
+    def recorder(self) -> RoundRecorder:
+        """The round records (rounds.parquet), preallocated for the whole run."""
+        return RoundRecorder(self.total_rounds, self.per_round, self.device)
+
+    @property
+    def records(self) -> dict[str, torch.Tensor]:
+        return self.recorder.records
+
+    @property
+    def losses(self) -> torch.Tensor | None:
+        return self.recorder.losses
 
     @functools.cached_property
     def limits(self) -> ServerLimits:
@@ -210,18 +204,7 @@ class FederatedRun:
         if ctx is not None:
             forged[byz] = self._forged(t, out, byz, ctx)
         self.server = out.state
-        self._allocate_records()
-        self.losses[t - 1] = (grads.loss * ~byz).sum()
-        decision, row = out.decision, self.records
-        row["refused"][t - 1] = out.refused
-        row["client_id"][t - 1] = clients
-        row["byzantine"][t - 1] = byz
-        row["accepted"][t - 1] = decision.accepted
-        row["score"][t - 1] = decision.scores
-        row["reason"][t - 1] = decision.reasons
-        row["weight"][t - 1] = decision.weights
-        row["grad_norm"][t - 1] = grad_norm
-        row["forged"][t - 1] = forged
+        self.recorder.record(t, clients, byz, out, grad_norm, forged, (grads.loss * ~byz).sum())
         self.sparsity.observe(out, self.defense.name)
         if self.on_round is not None:
             self.on_round(self, out)
@@ -245,25 +228,6 @@ class FederatedRun:
         res = torch.full((idx.shape[0],), float("nan"), dtype=torch.float64, device=idx.device)
         res[usable] = made
         return res
-
-    def _allocate_records(self) -> None:
-        if self.losses is not None:
-            return
-        T, n, dev = self.total_rounds, self.per_round, self.device
-        self.losses = torch.zeros(T, dtype=torch.float64, device=dev)
-        self.records = {
-            "client_id": torch.zeros(T, n, dtype=torch.int64, device=dev),
-            "byzantine": torch.zeros(T, n, dtype=torch.bool, device=dev),
-            "accepted": torch.zeros(T, n, dtype=torch.bool, device=dev),
-            "score": torch.zeros(T, n, dtype=torch.float64, device=dev),
-            "reason": torch.zeros(T, n, dtype=torch.int64, device=dev),
-            # |g| of the client's own gradient; |g~ - g| of its upload's gradient from it (0 when honest)
-            "grad_norm": torch.zeros(T, n, dtype=torch.float64, device=dev),
-            "forged": torch.zeros(T, n, dtype=torch.float64, device=dev),
-            "weight": torch.zeros(T, n, dtype=torch.float64, device=dev),  # the aggregation weight
-            # [T, len(REASONS)]: uploads that filled no slot (an unsampled or repeated id), by reason
-            "refused": torch.zeros(T, len(REASONS), dtype=torch.int64, device=dev),
-        }
 
     def client_round(self, clients: torch.Tensor, t: int, u: torch.Tensor | None = None) -> ClientRound:
         """The sampled clients' side of round ``t`` with this run's model and data (``client_round``)."""
@@ -324,124 +288,13 @@ class FederatedRun:
             )
         return res
 
-    # -- persistence -------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything ``resume`` needs, as tensors and plain Python values only: it must load with
-        ``torch.load(weights_only=True)``, so a checkpoint can never carry code."""
-        return {
-            "t": int(self.server.t),
-            "theta": self.server.theta,
-            "state": dict(self.server.state),
-            "private": None if self.private is None else dict(vars(self.private)),
-            "sample_gen": self.sample_gen.get_state(),
-            "neg_gen": self.neg_gen.get_state(),
-            "attack_gen": self.attack_gen.get_state(),
-            # plain int / str / float: a numpy scalar would need an unpickler that runs code
-            "metric_rows": [
-                {"t": int(r["t"]), "metric": str(r["metric"]), "k": int(r["k"]), "value": float(r["value"])}
-                for r in self.metric_rows
-            ],
-            "records": {k: v[: self.server.t].cpu() for k, v in self.records.items()},
-            "losses": None if self.losses is None else self.losses[: self.server.t].cpu(),
-            "seconds": float(self.seconds),
-        }
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self._check_state_dict(sd)
-        state = {k: v.to(self.device) for k, v in sd["state"].items()}
-        self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])
-        if sd["private"] is not None:
-            p = sd["private"]
-            self.private = PrivateState(
-                u=p["u"].to(self.device), state={k: v.to(self.device) for k, v in p["state"].items()},
-                steps=p["steps"].to(self.device),
-            )  # fmt: skip
-        self.sample_gen.set_state(sd["sample_gen"])
-        self.neg_gen.set_state(sd["neg_gen"])
-        self.attack_gen.set_state(sd["attack_gen"])
-        self.metric_rows = list(sd["metric_rows"])
-        self.losses, self.records = None, {}
-        if sd["losses"] is not None:
-            self._allocate_records()
-            t = sd["t"]
-            self.losses[:t] = sd["losses"].to(self.device)
-            for k, v in sd["records"].items():
-                self.records[k][:t] = v.to(self.device)
-        self.seconds = float(sd["seconds"])
-
-    def _check_state_dict(self, sd: Any) -> None:
-        """A checkpoint whose checksum and identity match is ours, but a crafted one can match too:
-        check its structure against this run's, so a bad one is one line instead of a traceback."""
-
-        def like(got: Any, want: Any, where: str, first_dim: int | None = None) -> None:
-            if isinstance(want, torch.Tensor):
-                shape = tuple(want.shape) if first_dim is None else (first_dim, *want.shape[1:])
-                if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or tuple(got.shape) != shape:
-                    what = (
-                        f"{got.dtype} {tuple(got.shape)}"
-                        if isinstance(got, torch.Tensor)
-                        else type(got).__name__
-                    )
-                    raise CheckpointError(f"checkpoint {where}: {what}, expected {want.dtype} {shape}")
-            elif isinstance(want, dict):
-                if not isinstance(got, dict) or set(got) != set(want):
-                    raise CheckpointError(f"checkpoint {where}: keys do not match this run's")
-                for k in want:
-                    like(got[k], want[k], f"{where}.{k}", first_dim)
-            elif want is not None and not isinstance(got, type(want)):
-                raise CheckpointError(
-                    f"checkpoint {where}: {type(got).__name__}, expected {type(want).__name__}"
-                )
-
-        template = self.state_dict()
-        if not isinstance(sd, dict) or set(sd) != set(template):
-            raise CheckpointError("checkpoint: not a federated run's state (keys do not match)")
-        t = sd["t"]
-        if not isinstance(t, int) or not 0 <= t <= self.total_rounds:
-            raise CheckpointError(f"checkpoint: round {t!r} outside 0..{self.total_rounds}")
-        for key in ("theta", "state", "private", "sample_gen", "neg_gen", "attack_gen"):
-            like(sd[key], template[key], key)
-        if (sd["private"] is None) != (template["private"] is None):
-            raise CheckpointError("checkpoint: private client state does not match this run's model")
-        if not isinstance(sd["metric_rows"], list) or not isinstance(sd["records"], dict):
-            raise CheckpointError("checkpoint: metric_rows or records malformed")
-        if sd["losses"] is not None:
-            self._allocate_records()  # the template of a fresh run has no records yet: compare with these
-            like(sd["losses"], self.losses, "losses", t)
-            like(sd["records"], self.records, "records", t)
-            self.losses, self.records = None, {}
-
-    def save(self, run_dir: Path) -> None:
-        """Checkpoint, then the tables; each written atomically, so a kill leaves the previous version."""
-        save_checkpoint(run_dir / CHECKPOINT, self.state_dict(), run_identity(self.cfg))
-        self.write_tables(run_dir)
-
-    def load(self, run_dir: Path) -> None:
-        """Continue from ``run_dir``'s checkpoint, after checking its checksum and identity."""
-        self.load_state_dict(load_checkpoint(run_dir / CHECKPOINT, run_identity(self.cfg)))
-
-    def write_tables(self, run_dir: Path) -> None:
-        metrics = pd.DataFrame(self.metric_rows, columns=["t", "metric", "k", "value"])
-        _atomic(run_dir / "metrics.parquet", lambda p: metrics.to_parquet(p, index=False))
-        rounds = self.rounds_frame()
-        _atomic(run_dir / "rounds.parquet", lambda p: rounds.to_parquet(p, index=False))
-
     def refused_counts(self) -> dict[str, int]:
         """Uploads that filled no client's slot over the run, by reason (only the reasons that occur)."""
-        if not self.records or self.server.t == 0:
-            return {}
-        total = self.records["refused"][: self.server.t].sum(0).tolist()
-        return {REASONS[i]: int(c) for i, c in enumerate(total) if c}
+        return self.recorder.refused_counts(self.server.t)
 
     def rounds_frame(self) -> pd.DataFrame:
-        t = self.server.t
-        if not self.records or t == 0:
-            return pd.DataFrame(columns=list(ROUND_COLUMNS))
-        cols = {k: self.records[k][:t].reshape(-1).cpu().numpy() for k in ROUND_COLUMNS[1:]}
-        df = pd.DataFrame({"t": (torch.arange(t * self.per_round) // self.per_round + 1).numpy(), **cols})
-        df["reason"] = pd.Categorical.from_codes(df["reason"], categories=list(REASONS))
-        return df[list(ROUND_COLUMNS)]
+        """rounds.parquet as a frame: one row per sampled client per round so far."""
+        return self.recorder.frame(self.server.t)
 
     # -- the loop ----------------------------------------------------------------------------------
 

@@ -1,0 +1,128 @@
+"""Checkpoint I/O of a federated run (DESIGN.md section 10): what ``resume`` needs, as tensors and plain
+values only (read with ``torch.load(weights_only=True)``), checked against the run's own structure
+before use, and the run directory's tables, each written atomically.
+
+``RunCheckpointing`` is a base of ``FederatedRun``; it reads the run's ``server``, ``private``,
+generators, ``metric_rows``, ``recorder``, ``seconds``, ``cfg``, ``device`` and ``total_rounds``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from fedrec.federation.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
+from fedrec.federation.clients import PrivateState
+from fedrec.federation.recorder import RoundRecorder
+from fedrec.protocol import ServerState
+from fedrec.runs import _atomic
+
+
+class RunCheckpointing:
+    """State dict, checks, save / load and the tables of a run directory."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything ``resume`` needs, as tensors and plain Python values only: it must load with
+        ``torch.load(weights_only=True)``, so a checkpoint can never carry code."""
+        records, losses = self.recorder.state(self.server.t)
+        return {
+            "t": int(self.server.t),
+            "theta": self.server.theta,
+            "state": dict(self.server.state),
+            "private": None if self.private is None else dict(vars(self.private)),
+            "sample_gen": self.sample_gen.get_state(),
+            "neg_gen": self.neg_gen.get_state(),
+            "attack_gen": self.attack_gen.get_state(),
+            # plain int / str / float: a numpy scalar would need an unpickler that runs code
+            "metric_rows": [
+                {"t": int(r["t"]), "metric": str(r["metric"]), "k": int(r["k"]), "value": float(r["value"])}
+                for r in self.metric_rows
+            ],
+            "records": records,
+            "losses": losses,
+            "seconds": float(self.seconds),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self._check_state_dict(sd)
+        state = {k: v.to(self.device) for k, v in sd["state"].items()}
+        self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])
+        if sd["private"] is not None:
+            p = sd["private"]
+            self.private = PrivateState(
+                u=p["u"].to(self.device), state={k: v.to(self.device) for k, v in p["state"].items()},
+                steps=p["steps"].to(self.device),
+            )  # fmt: skip
+        self.sample_gen.set_state(sd["sample_gen"])
+        self.neg_gen.set_state(sd["neg_gen"])
+        self.attack_gen.set_state(sd["attack_gen"])
+        self.metric_rows = list(sd["metric_rows"])
+        self.recorder.restore(sd["records"], sd["losses"], sd["t"])
+        self.seconds = float(sd["seconds"])
+
+    def _check_state_dict(self, sd: Any) -> None:
+        """A checkpoint whose checksum and identity match is ours, but a crafted one can match too:
+        check its structure against this run's, so a bad one is one line instead of a traceback."""
+
+        def like(got: Any, want: Any, where: str, first_dim: int | None = None) -> None:
+            if isinstance(want, torch.Tensor):
+                shape = tuple(want.shape) if first_dim is None else (first_dim, *want.shape[1:])
+                if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or tuple(got.shape) != shape:
+                    what = (
+                        f"{got.dtype} {tuple(got.shape)}"
+                        if isinstance(got, torch.Tensor)
+                        else type(got).__name__
+                    )
+                    raise CheckpointError(f"checkpoint {where}: {what}, expected {want.dtype} {shape}")
+            elif isinstance(want, dict):
+                if not isinstance(got, dict) or set(got) != set(want):
+                    raise CheckpointError(f"checkpoint {where}: keys do not match this run's")
+                for k in want:
+                    like(got[k], want[k], f"{where}.{k}", first_dim)
+            elif want is not None and not isinstance(got, type(want)):
+                raise CheckpointError(
+                    f"checkpoint {where}: {type(got).__name__}, expected {type(want).__name__}"
+                )
+
+        template = self.state_dict()
+        if not isinstance(sd, dict) or set(sd) != set(template):
+            raise CheckpointError("checkpoint: not a federated run's state (keys do not match)")
+        t = sd["t"]
+        if not isinstance(t, int) or not 0 <= t <= self.total_rounds:
+            raise CheckpointError(f"checkpoint: round {t!r} outside 0..{self.total_rounds}")
+        for key in ("theta", "state", "private", "sample_gen", "neg_gen", "attack_gen"):
+            like(sd[key], template[key], key)
+        if (sd["private"] is None) != (template["private"] is None):
+            raise CheckpointError("checkpoint: private client state does not match this run's model")
+        if not isinstance(sd["metric_rows"], list) or not isinstance(sd["records"], dict):
+            raise CheckpointError("checkpoint: metric_rows or records malformed")
+        if sd["losses"] is not None:
+            # the template of a fresh run has no records yet: compare with freshly allocated ones
+            fresh = RoundRecorder(self.recorder.rounds, self.recorder.per_round, self.recorder.device)
+            fresh.allocate()
+            like(sd["losses"], fresh.losses, "losses", t)
+            like(sd["records"], fresh.records, "records", t)
+
+    def save(self, run_dir: Path) -> None:
+        """Checkpoint, then the tables; each written atomically, so a kill leaves the previous version."""
+        save_checkpoint(run_dir / CHECKPOINT, self.state_dict(), run_identity(self.cfg))
+        self.write_tables(run_dir)
+
+    def load(self, run_dir: Path) -> None:
+        """Continue from ``run_dir``'s checkpoint, after checking its checksum and identity."""
+        self.load_state_dict(load_checkpoint(run_dir / CHECKPOINT, run_identity(self.cfg)))
+
+    def write_tables(self, run_dir: Path) -> None:
+        metrics = pd.DataFrame(self.metric_rows, columns=["t", "metric", "k", "value"])
+        _atomic(run_dir / "metrics.parquet", lambda p: metrics.to_parquet(p, index=False))
+        rounds = self.rounds_frame()
+        _atomic(run_dir / "rounds.parquet", lambda p: rounds.to_parquet(p, index=False))
