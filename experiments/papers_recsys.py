@@ -3,7 +3,7 @@ under the attacks of papers 001-002, at 40 % Byzantine clients.
 
     OMP_NUM_THREADS=1 FEDREC_DATA_DIR=/work/shared/data python experiments/papers_recsys.py OUT \
         [--datasets ml100k lastfm] [--seeds 0 1 2] [--rounds 1000] [--jobs 2] [--only DEFENSE/ATTACK ...]
-    python experiments/papers_recsys.py OUT --table          # Markdown from what has finished
+    python experiments/papers_recsys.py OUT --table [--plot docs/figures]   # Markdown (and PNG) so far
 
 Every cell is ``fedrec train -c configs/<dataset>.yaml --defense D --attack A --byzantine 0.4 --rounds R
 --seed S --set attack.seed=S --set train.lr=0.01`` (one evaluation, at the end) and writes
@@ -127,6 +127,26 @@ def table(out_dir: Path) -> None:
         )
 
 
+def plot(out_dir: Path, folder: Path) -> None:
+    """A heatmap per dataset: P@5 (mean over seeds) of every defense under every attack."""
+    from heatmap import heatmap
+
+    for ds_dir in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != "runs"):
+        found: dict[tuple[str, str], list[float]] = {}
+        seeds = set()
+        for f in ds_dir.glob("*.json"):
+            defense, attack, seed = f.stem.split("__")
+            seeds.add(seed)
+            found.setdefault((defense, attack), []).append(
+                json.loads(f.read_text())["metrics"]["precision"]["5"]
+            )
+        values = [[statistics.mean(found[(d, a)]) if (d, a) in found else float("nan") for a in ATTACKS]
+                  for d in DEFENSES]  # fmt: skip
+        title = f"{ds_dir.name}, 40 % Byzantine: P@5 (mean over {len(seeds)} seed(s))"
+        print(heatmap(values, DEFENSES, ATTACKS, title, folder / f"papers-recsys-{ds_dir.name}.png", fmt="{:.3f}",
+                      vmin=0, label="P@5"))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
@@ -136,9 +156,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=[])
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--plot", type=Path, help="write the heatmaps of finished cells into this folder")
     args = ap.parse_args()
-    if args.table:
+    if args.table or args.plot:
         table(args.out)
+        if args.plot:
+            plot(args.out, args.plot)
         return
     todo = cells(args.datasets, args.seeds, set(args.only))
     print(f"{len(todo)} cells", flush=True)

@@ -214,6 +214,35 @@ def table(out: Path, grid: str) -> str:
     return "\n".join(lines)
 
 
+def plot(out: Path, grid: str, folder: Path) -> list[Path]:
+    """One heatmap per beta: mean of the grid's metric over seeds, rules x attacks (benchmark first)."""
+    from heatmap import heatmap
+
+    g = GRIDS[grid]
+    results: dict[tuple[str, str, float], list[float]] = {}
+    for path in sorted((out / grid).glob("*/*/summary.json")):
+        rule, attack, beta, _ = path.parent.parent.name.split("__")
+        value = json.loads(path.read_text()).get(g["metric"])
+        results.setdefault((rule, attack, float(beta[1:])), []).append(
+            float("nan") if value is None else value
+        )
+    made = []
+    for beta in g["betas"]:
+        rows = (["mean (no Byzantine)"] if g["benchmark"] else []) + list(g["rules"])
+        values = []
+        for label in rows:
+            rule = "mean" if label.startswith("mean (") else label
+            values.append([
+                100 * statistics.mean(v) if (v := results.get((rule, "benchmark" if label != rule else a, beta)))
+                else float("nan") for a in g["attacks"]
+            ])  # fmt: skip
+        n, f = g["base"]["n"], g["base"]["f"]
+        title = f"digits testbed, {grid} grid: {g['metric'].replace('_', ' ')} (%), n = {n}, f = {f}, beta = {beta}"
+        made.append(heatmap(values, rows, list(g["attacks"]), title, folder / f"testbed-{grid}-beta{beta}.png",
+                            vmin=0, vmax=100, label="accuracy (%)"))  # fmt: skip
+    return made
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
@@ -225,11 +254,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", help="RULE/ATTACK pairs to run (e.g. cw-median/alie mean/benchmark)")
     p.add_argument("--estimate", action="store_true", help="time a short run per cell, project, run nothing")
     p.add_argument("--table", action="store_true", help="print the Markdown tables of finished cells")
+    p.add_argument("--plot", type=Path, help="write heatmap PNGs of finished cells into this folder")
     a = p.parse_args(argv)
     grids = ["resam", "signguard"] if a.grid == "all" else [a.grid]
-    if a.table:
+    if a.table or a.plot:
         for g in grids:
             print(table(a.out, g))
+            for path in plot(a.out, g, a.plot) if a.plot else []:
+                print(path)
         return
     overrides: dict[str, Any] = {"model": a.model}
     if a.steps is not None:
