@@ -502,11 +502,15 @@ def check_round_size(cfg: Config, n: int, f: int) -> None:
     """The defense's f against the run's ``n`` clients per round (known once the data is loaded):
     Krum needs ``n - f - 2 >= 1``, trimming ``n - 2f >= 1``; otherwise every round rejects every upload."""
     d = cfg.defense
+    from fedrec.defenses import DEFENSES, make_defense
+
+    try:  # the rule once at this n and f: what no tiny test problem shows (MDA's C(n, f) subsets)
+        make_defense(d.name, d.params).try_params(n=n, f=min(f, max(0, (n - 1) // 2)))
+    except ValueError as err:
+        raise ConfigError(f"defense.name={d.name!r}: {err}") from None
     rule = _f_rule(d.name)
     if rule is None:
         return
-    from fedrec.defenses import DEFENSES
-
     least = DEFENSES[d.name].spec.min_n(f)
     need = f"n >= {least}"
     if n >= least and 2 * f < n:

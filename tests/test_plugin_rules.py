@@ -163,3 +163,15 @@ def test_every_preset_names_a_registered_rule_and_valid_params():
     for d in DEFENSES.values():
         assert d.rule in RULES
         d.try_params()
+
+
+def test_a_round_the_rule_cannot_take_is_refused_before_round_1():
+    """MDA enumerates C(n, f) subsets: a round size past its limit would raise in every round; it is
+    one line naming the key once n is known, and a round it can take passes."""
+    from fedrec.config import ConfigError, check_round_size
+
+    cfg = load_config(None, ["train.mode=federated", "defense.name=grad-mda", "attack.name=alie",
+                             "attack.fraction=0.4"])  # fmt: skip
+    check_round_size(cfg, 19, 8)  # Last.fm at e = 0.01: C(19, 8) = 75,582 subsets
+    with pytest.raises(ConfigError, match=r"^defense.name='grad-mda': MDA .* exceeds max_subsets"):
+        check_round_size(cfg, 56, 23)  # Citeulike-a: C(56, 23) ~ 3e15

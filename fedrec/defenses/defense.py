@@ -71,12 +71,16 @@ class Defense:
     def spec(self) -> RuleSpec:
         return RULES[self.rule]
 
-    def try_params(self) -> None:
-        """Run the rule once on a tiny random problem with ``params``: a bad value (a negative ``c``, an
-        ``m`` of 0) fails here, in config validation, instead of in round 1. Raises ``ValueError``."""
-        spec, f = self.spec, 1
+    def try_params(self, n: int | None = None, f: int = 1) -> None:
+        """Run the rule once on a small random problem of ``n`` clients (default: a tiny one) with
+        ``params``: a bad value (a negative ``c``, an ``m`` of 0) or a round the rule cannot take (MDA's
+        C(n, f) past its limit) fails here, in config validation, instead of in a round. Raises
+        ``ValueError``."""
+        spec = self.spec
         gen = torch.Generator().manual_seed(0)
-        n = max(spec.min_n(f), 5)
+        n = max(spec.min_n(f), 5) if n is None else n
+        if n < spec.min_n(f):
+            return  # too few uploads: the round is refused with a reason, never a crash
         v = ClientVectors.from_dense(torch.randn(n, 3, 2, generator=gen, dtype=torch.float64), all_rows=True)
         try:
             if self.scope == "item":
