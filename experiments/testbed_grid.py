@@ -181,16 +181,22 @@ def estimate(todo: list[dict[str, Any]], overrides: dict[str, Any], jobs: int) -
     )
 
 
-def table(out: Path, grid: str) -> str:
-    """Markdown: rows = rules, columns = attacks, cell = mean +- std of the grid's metric over seeds."""
-    g = GRIDS[grid]
+def _results(out: Path, grid: str) -> dict[tuple[str, str, float], list[float]]:
+    """The grid's metric of every finished run, by (rule, attack, beta)."""
     results: dict[tuple[str, str, float], list[float]] = {}
     for path in sorted((out / grid).glob("*/*/summary.json")):
         rule, attack, beta, _ = path.parent.parent.name.split("__")
-        value = json.loads(path.read_text()).get(g["metric"])
+        value = json.loads(path.read_text()).get(GRIDS[grid]["metric"])
         results.setdefault((rule, attack, float(beta[1:])), []).append(
             float("nan") if value is None else value
         )
+    return results
+
+
+def table(out: Path, grid: str) -> str:
+    """Markdown: rows = rules, columns = attacks, cell = mean +- std of the grid's metric over seeds."""
+    g = GRIDS[grid]
+    results = _results(out, grid)
     lines = []
     for beta in g["betas"]:
         lines.append(f"\n**{grid}, beta = {beta}: {g['metric']} (%), mean ± std over seeds (runs)**\n")
@@ -219,13 +225,7 @@ def plot(out: Path, grid: str, folder: Path) -> list[Path]:
     from heatmap import heatmap
 
     g = GRIDS[grid]
-    results: dict[tuple[str, str, float], list[float]] = {}
-    for path in sorted((out / grid).glob("*/*/summary.json")):
-        rule, attack, beta, _ = path.parent.parent.name.split("__")
-        value = json.loads(path.read_text()).get(g["metric"])
-        results.setdefault((rule, attack, float(beta[1:])), []).append(
-            float("nan") if value is None else value
-        )
+    results = _results(out, grid)
     made = []
     for beta in g["betas"]:
         rows = (["mean (no Byzantine)"] if g["benchmark"] else []) + list(g["rules"])

@@ -7,16 +7,13 @@ has the rule, and sparse == dense for every rule."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
+from byzfl_oracle import BYZFL, needs_byzfl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
@@ -131,28 +128,6 @@ def lam_gm(n: int, f: int) -> float:
 def gm_point(v: ClientVectors, beta: torch.Tensor) -> torch.Tensor:
     rows, values = weighted_sum(v, beta)
     return scatter(v, rows, values)
-
-
-def load_byzfl_aggregators() -> types.ModuleType | None:
-    """ByzFL's aggregators module, or None. ``import byzfl`` imports its benchmark code and with it
-    torchvision, which has no CPU build for torch 2.13 here (pyproject.toml); the aggregators need only
-    torch, numpy and scipy, so the package is entered through a namespace stub that skips
-    byzfl/__init__.py."""
-    try:
-        if "byzfl" not in sys.modules:
-            spec = importlib.util.find_spec("byzfl")
-            if spec is None or not spec.submodule_search_locations:
-                return None
-            stub = types.ModuleType("byzfl")
-            stub.__path__ = list(spec.submodule_search_locations)
-            sys.modules["byzfl"] = stub
-        return importlib.import_module("byzfl.aggregators.aggregators")
-    except Exception:  # an oracle that does not load is skipped, not a failure
-        return None
-
-
-BYZFL = load_byzfl_aggregators()
-needs_byzfl = pytest.mark.skipif(BYZFL is None, reason="byzfl (test-only oracle) is not installed")
 
 
 # ----------------------------------------------------------------------------------------------- vectors

@@ -8,16 +8,14 @@ c_tau = inf, L = 1; CGE fails RESAM's counter-example and is registered as not r
 from __future__ import annotations
 
 import doctest
-import importlib
-import importlib.util
 import itertools
 import math
-import sys
 import types
 
 import numpy as np
 import pytest
 import torch
+from byzfl_oracle import BYZFL, needs_byzfl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,26 +59,6 @@ def dense_output(res: RuleResult, x: torch.Tensor) -> torch.Tensor:
     if res.weights is not None:
         return res.weights.to(F64).cpu() @ flat
     return flat[res.accepted.cpu()].mean(0)
-
-
-def load_byzfl_aggregators() -> types.ModuleType | None:
-    """ByzFL's aggregators module, or None (as in test_defenses_rules: ``import byzfl`` pulls in
-    torchvision through its benchmark code, so the package is entered through a namespace stub)."""
-    try:
-        if "byzfl" not in sys.modules:
-            spec = importlib.util.find_spec("byzfl")
-            if spec is None or not spec.submodule_search_locations:
-                return None
-            stub = types.ModuleType("byzfl")
-            stub.__path__ = list(spec.submodule_search_locations)
-            sys.modules["byzfl"] = stub
-        return importlib.import_module("byzfl.aggregators.aggregators")
-    except Exception:  # an oracle that does not load is skipped, not a failure
-        return None
-
-
-BYZFL = load_byzfl_aggregators()
-needs_byzfl = pytest.mark.skipif(BYZFL is None, reason="byzfl (test-only oracle) is not installed")
 
 
 def problems(draw_seed: int, n: int, rule: str) -> tuple[torch.Tensor, int]:

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 
 import torch
 
-from fedrec.attacks.alie import ALIE, check_z
-from fedrec.attacks.base import AttackContext, GradientAttack, register
-from fedrec.attacks.honest import check_stats, own, per_client
+from fedrec.attacks.alie import ALIE
+from fedrec.attacks.base import AttackContext, register
+from fedrec.attacks.honest import own, per_client
 
 Tensor = torch.Tensor
 
 
 @register
 @dataclass(frozen=True)
-class ByzMean(GradientAttack):
+class ByzMean(ALIE):
     """Split the round's ``m = b`` Byzantine clients into the first ``m1 = floor(m / 2)`` (in
     ``ctx.client_ids`` order) and the other ``m2 = m - m1``; with ``n = h + m`` the round's clients::
 
@@ -33,20 +33,10 @@ class ByzMean(GradientAttack):
     plain mean); the identity holds for the plain unweighted mean, the attack's design target.
     """
 
-    name = "byzmean"
-    omniscient = True
-    rule_consistent = True
-
-    z: float | None = None
-    ddof: int = 0
-    stats: str = "honest"
-
-    def __post_init__(self) -> None:
-        check_z(self)
-        check_stats(self)
+    name = "byzmean"  # ALIE's parameters (z, ddof, stats) and its vector for the first m1 clients
 
     def craft(self, ctx: AttackContext) -> tuple[Tensor, Tensor, Tensor]:
-        got = ALIE(z=self.z, ddof=self.ddof, stats=self.stats).vector(ctx)
+        got = self.vector(ctx)
         if got is None:
             return own(ctx)
         union, g_m1, X, h = got

@@ -77,6 +77,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import warnings
@@ -311,7 +312,8 @@ def _fast(
     return RuleResult(scores=scores, accepted=accepted, aggregate=aggregate, info=info)
 
 
-def signguard(
+def _fast_entry(
+    variant: str,
     v: ClientVectors,
     f: int,
     *,
@@ -321,8 +323,9 @@ def signguard(
     coords: float = 0.1,
     sample: str = "block",
     support: str = "union",
+    block_rows: int | None = None,
 ) -> RuleResult:
-    """Plain SignGuard (sign features only); see the module docstring. ``f`` is not used.
+    """SignGuard ``variant`` on sparse client vectors; see the module docstring. ``f`` is not used.
 
     Returns:
         ``RuleResult`` with ``accepted`` = S1 & S2, ``scores`` = ``|x_i| / M``, ``aggregate`` = the
@@ -330,44 +333,12 @@ def signguard(
         (median_norm, norm_ok, sign_ok, features, bandwidth, labels, subset, fallback, parameters).
     """
     params = dict(lower=lower, upper=upper, coords=coords, sample=sample, support=support)
-    return _fast("plain", v, rng, params, None)
+    return _fast(variant, v, rng, params, block_rows)
 
 
-def signguard_sim(
-    v: ClientVectors,
-    f: int,
-    *,
-    rng: torch.Generator | None = None,
-    lower: float = 0.1,
-    upper: float = 3.0,
-    coords: float = 0.1,
-    sample: str = "block",
-    support: str = "union",
-    block_rows: int | None = None,
-) -> RuleResult:
-    """SignGuard-Sim (stateless): the sign features plus the median-cosine feature."""
-    params = dict(lower=lower, upper=upper, coords=coords, sample=sample, support=support)
-    return _fast("sim", v, rng, params, block_rows)
-
-
-def signguard_dist(
-    v: ClientVectors,
-    f: int,
-    *,
-    rng: torch.Generator | None = None,
-    lower: float = 0.1,
-    upper: float = 3.0,
-    coords: float = 0.1,
-    sample: str = "block",
-    support: str = "union",
-    block_rows: int | None = None,
-) -> RuleResult:
-    """SignGuard-Dist (stateless): the sign features plus the distance feature."""
-    params = dict(lower=lower, upper=upper, coords=coords, sample=sample, support=support)
-    return _fast("dist", v, rng, params, block_rows)
-
-
-# --------------------------------------------------------------------------------------------- literal
+signguard = functools.partial(_fast_entry, "plain")  # sign features only
+signguard_sim = functools.partial(_fast_entry, "sim")  # plus the median-cosine feature (stateless)
+signguard_dist = functools.partial(_fast_entry, "dist")  # plus the distance feature (stateless)
 
 
 def _literal(variant: str, x: Tensor, rng: torch.Generator | None, params: dict[str, Any]) -> RuleResult:
@@ -441,23 +412,8 @@ def _literal(variant: str, x: Tensor, rng: torch.Generator | None, params: dict[
     return RuleResult(scores=scores, accepted=accepted, aggregate=dense_rows(x, total), info=info)
 
 
-def signguard_literal(
-    x: Tensor,
-    f: int,
-    *,
-    rng: torch.Generator | None = None,
-    lower: float = 0.1,
-    upper: float = 3.0,
-    coords: float = 0.1,
-    sample: str = "block",
-    support: str = "union",
-) -> RuleResult:
-    """Plain SignGuard on dense vectors, literally (the reference for ``signguard``)."""
-    params = dict(lower=lower, upper=upper, coords=coords, sample=sample, support=support)
-    return _literal("plain", x, rng, params)
-
-
-def signguard_sim_literal(
+def _literal_entry(
+    variant: str,
     x: Tensor,
     f: int,
     *,
@@ -469,26 +425,14 @@ def signguard_sim_literal(
     support: str = "union",
     block_rows: int | None = None,
 ) -> RuleResult:
-    """SignGuard-Sim on dense vectors, literally."""
+    """SignGuard ``variant`` on dense vectors, literally (the reference for the fast rules)."""
     params = dict(lower=lower, upper=upper, coords=coords, sample=sample, support=support)
-    return _literal("sim", x, rng, params)
+    return _literal(variant, x, rng, params)
 
 
-def signguard_dist_literal(
-    x: Tensor,
-    f: int,
-    *,
-    rng: torch.Generator | None = None,
-    lower: float = 0.1,
-    upper: float = 3.0,
-    coords: float = 0.1,
-    sample: str = "block",
-    support: str = "union",
-    block_rows: int | None = None,
-) -> RuleResult:
-    """SignGuard-Dist on dense vectors, literally."""
-    params = dict(lower=lower, upper=upper, coords=coords, sample=sample, support=support)
-    return _literal("dist", x, rng, params)
+signguard_literal = functools.partial(_literal_entry, "plain")
+signguard_sim_literal = functools.partial(_literal_entry, "sim")
+signguard_dist_literal = functools.partial(_literal_entry, "dist")
 
 
 for _name, _fast_fn, _literal_fn, _what in (
