@@ -94,8 +94,16 @@ def train(
 ) -> None:
     """Train a model and print its Precision@K / Recall@K table; writes a run directory."""
     with _clean_errors():
+        given = {k: v for k, v in locals().items() if k not in ("resume", "as_json", "config") and v}
         if resume is not None:
             from fedrec.federation.runner import RunFinished, resume_federated
+
+            if given or config is not None:  # a resumed run is the run its config.yaml describes
+                flag = {"out_dir": "--out", "set_": "--set"}
+                names = ", ".join(flag.get(k, f"--{k.replace('_', '-')}") for k in given) or "--config"
+                raise ConfigError(
+                    f"--resume continues the run as its config.yaml says: {names} cannot change it"
+                )
 
             try:
                 with _progress("round") as bar:
@@ -106,7 +114,7 @@ def train(
                     _print_json(done.summary)
                 return
         else:
-            cfg = load_config(config, _train_overrides(locals()) + list(set_ or []))
+            cfg = load_config(config, _train_overrides(locals(), config) + list(set_ or []))
             if cfg.train.mode == "federated":
                 from fedrec.federation.runner import run_federated
 
@@ -141,18 +149,61 @@ def train(
     err.print(f"run directory: {run_dir}")
 
 
-def _train_overrides(opts: dict[str, Any]) -> list[str]:
-    """The typed shortcut options of ``train`` as config overrides (before any --set)."""
+# options that only federated training reads: without --mode (and without train.mode in the -c file)
+# they make the run federated; with a centralized mode they are an error, never ignored
+FEDERATED_ONLY = {
+    "attack": "--attack",
+    "byzantine": "--byzantine",
+    "defense": "--defense",
+    "rounds": "--rounds",
+}
+# what --epochs sets for each centralized model (pop trains nothing)
+CENTRALIZED_EPOCHS = {
+    "recbole-bpr": "centralized.recbole_epochs",
+    "implicit-bpr": "centralized.implicit_iterations",
+}
+
+
+def _config_mode(config: Path | None) -> str | None:
+    """``train.mode`` as the -c file states it, or None (unreadable files fail later, with their line)."""
+    if config is None or not config.is_file():
+        return None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return None
+    train = doc.get("train") if isinstance(doc, dict) else None
+    return train.get("mode") if isinstance(train, dict) else None
+
+
+def _train_overrides(opts: dict[str, Any], config: Path | None = None) -> list[str]:
+    """The typed shortcut options of ``train`` as config overrides (before any --set). The mode follows
+    from the options: ``--mode``, else the -c file's ``train.mode``, else federated when a federated-only
+    option is given (centralized otherwise, the default)."""
     keys = {
         "dataset": "data.dataset", "model": "model.name", "mode": "train.mode", "optimizer": "train.optimizer",
         "rounds": "federated.rounds", "seed": "train.seed", "data_dir": "data.data_dir", "device": "run.device",
         "out_dir": "run.out_dir", "attack": "attack.name", "byzantine": "attack.fraction",
         "defense": "defense.name",
     }  # fmt: skip
+    fed = [flag for name, flag in FEDERATED_ONLY.items() if opts.get(name) is not None]
+    mode = opts.get("mode") or _config_mode(config) or ("federated" if fed else None)
+    if mode == "centralized" and fed:
+        raise ConfigError(f"{', '.join(fed)}: only federated training reads it, and the mode is centralized")
     overrides = [f"{key}={opts[name]}" for name, key in keys.items() if opts.get(name) is not None]
+    if mode is not None and opts.get("mode") is None:
+        overrides.insert(0, f"train.mode={mode}")
     if opts.get("epochs") is not None:
-        # --epochs sets the length of whichever mode runs (the config decides the mode when --mode is absent)
-        overrides += [f"federated.epochs={opts['epochs']}", f"centralized.epochs={int(opts['epochs'])}"]
+        # --epochs sets the length of whichever mode runs
+        epochs = opts["epochs"]
+        model = opts.get("model")
+        if (mode or "centralized") == "centralized" and model == "pop":
+            raise ConfigError("--epochs: the most-popular baseline (pop) trains nothing")
+        overrides += [f"federated.epochs={epochs}", f"centralized.epochs={int(epochs)}"]
+        if model in CENTRALIZED_EPOCHS:
+            overrides.append(f"{CENTRALIZED_EPOCHS[model]}={int(epochs)}")
     return overrides
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -397,6 +398,7 @@ def validate(cfg: Config, mode: str | None = None) -> Config:
     _check_dataset(cfg)
     _check_run(cfg)
     if mode == "federated":
+        _check_attack(cfg)
         _check_params(cfg)
         _check_defense_fraction(cfg)
     return cfg
@@ -425,6 +427,12 @@ def _check_run(cfg: Config) -> None:
 
     if not cfg.run.out_dir:
         raise ConfigError("run.out_dir is empty: expected the folder for run directories")
+    out = Path(cfg.run.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: exists and is not a folder")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {existing} is not writable")
     if cfg.run.name is not None and (why := run_name_problem(cfg.run.name)):
         raise ConfigError(f"run.name={cfg.run.name!r}: {why}")
     dev = cfg.run.device
@@ -445,6 +453,22 @@ def _f_rule(defense: str) -> str | None:
 
     spec = DEFENSES[defense].spec
     return spec.name if spec.min_n(8) > spec.min_n(0) else None
+
+
+def _check_attack(cfg: Config) -> None:
+    """An attack needs Byzantine clients and Byzantine clients need an attack: either alone used to run
+    attack-free without a word (and print "Byzantine rejected nan%")."""
+    a = cfg.attack
+    if a.name != "none" and a.fraction <= 0:
+        raise ConfigError(
+            f"attack.name={a.name!r} with attack.fraction={a.fraction!r}: no client is Byzantine; "
+            "set the share (--byzantine 0.2) or drop the attack"
+        )
+    if a.name == "none" and a.fraction > 0:
+        raise ConfigError(
+            f"attack.fraction={a.fraction!r} with attack.name='none': name the attack (--attack, see "
+            "`fedrec attacks`); to make a defense assume Byzantine clients, set defense.assumed_fraction"
+        )
 
 
 def _check_params(cfg: Config) -> None:

@@ -60,6 +60,8 @@ def resume_federated(run_dir: str | Path, progress: Progress | None = None) -> t
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
     cfg = load_config(run_dir / "config.yaml")
+    if cfg.train.mode != "federated":
+        raise ConfigError(f"{run_dir}: a {cfg.train.mode} run; only federated runs resume (rerun it instead)")
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file() and (run_dir / "summary.json").is_file():
         raise CheckpointError(f"{ckpt}: missing, but summary.json says the run finished; nothing resumed")

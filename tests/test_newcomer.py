@@ -1,0 +1,92 @@
+"""Issue 13 item 1 (defects 2 and 4): a newcomer's option is never ignored silently. Each case ran, on
+4bd84a9, to exit 0 with an option dropped, or crashed with a traceback after the data had loaded; now
+the mode follows from the options and a conflict is one line, exit 2, before any data loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedrec.cli import _train_overrides, app
+from fedrec.config import ConfigError, load_config
+
+
+def _one_line_exit_2(args: list[str], needle: str, out: Path | None = None) -> None:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "INFO" not in ln]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert "Traceback" not in res.output
+    if out is not None:
+        assert not out.exists() or not any(out.iterdir()), "a run directory was left behind"
+
+
+def _mode(args: dict, config: Path | None = None) -> str:
+    return load_config(config, _train_overrides(args, config)).train.mode
+
+
+def test_a_federated_option_without_a_config_means_federated() -> None:
+    """``fedrec train --dataset lastfm --attack camouflage --byzantine 0.4 --defense a-rfrs --rounds 100``
+    trained centralized, attack-free, and exited 0."""
+    assert _mode({"attack": "sign-flip", "byzantine": 0.4, "defense": "a-rfrs"}) == "federated"
+    assert _mode({"rounds": 10}) == "federated"
+    assert _mode({"dataset": "ml100k"}) == "centralized"  # no federated option: the default
+    assert _mode({"rounds": 10, "mode": "federated"}) == "federated"
+
+
+def test_a_config_file_mode_wins_and_a_conflict_is_an_error(tmp_path: Path) -> None:
+    cen = tmp_path / "c.yaml"
+    cen.write_text("train:\n  mode: centralized\n")
+    assert _mode({"dataset": "ml100k"}, cen) == "centralized"
+    with pytest.raises(ConfigError, match=r"^--rounds: only federated training reads it"):
+        _train_overrides({"rounds": 10}, cen)
+    assert _mode({"rounds": 10}, Path("configs/ml100k.yaml")) == "federated"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        # centralized on purpose, with federated options: they were dropped
+        (["--mode", "centralized", "--attack", "sign-flip", "--byzantine", "0.4"], "--attack, --byzantine"),
+        (["--mode", "centralized", "--rounds", "100"], "--rounds"),
+        # an attack without Byzantine clients printed "Byzantine rejected nan%"
+        (["--attack", "noise", "--rounds", "2"], "attack.name='noise' with attack.fraction=0.0"),
+        (["--byzantine", "0.3", "--rounds", "2"], "attack.fraction=0.3 with attack.name='none'"),
+        (["--byzantine", "-0.2", "--attack", "noise", "--rounds", "2"], "attack.fraction=-0.2"),
+        # pop trains nothing: --epochs was accepted and ignored
+        (["--model", "pop", "--epochs", "3"], "pop"),
+    ],
+)
+def test_options_that_were_ignored_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "out"
+    _one_line_exit_2(["train", "--dataset", "ml100k", *args, "--out", str(out)], needle, out)
+
+
+def test_epochs_reach_the_centralized_baselines() -> None:
+    """``--epochs`` for recbole-bpr (and implicit-bpr) was ignored: they read their own length keys."""
+    cfg = load_config(None, _train_overrides({"model": "recbole-bpr", "epochs": 7}))
+    assert cfg.centralized.recbole_epochs == 7
+    cfg = load_config(None, _train_overrides({"model": "implicit-bpr", "epochs": 9}))
+    assert cfg.centralized.implicit_iterations == 9
+
+
+def test_resume_takes_no_other_option(tmp_path: Path) -> None:
+    """``--resume DIR --rounds 2000`` resumed with the old length and said nothing."""
+    _one_line_exit_2(["train", "--resume", str(tmp_path), "--rounds", "2000"], "--rounds cannot change it")
+
+
+def test_out_that_is_a_file_is_refused_before_the_data_loads(tmp_path: Path) -> None:
+    """``--out FILE`` crashed with FileExistsError after the dataset had loaded."""
+    f = tmp_path / "a-file"
+    f.write_text("")
+    _one_line_exit_2(["train", "--dataset", "ml100k", "--rounds", "2", "--out", str(f)], "not a folder")
+
+
+def test_resuming_a_centralized_run_says_so(tmp_path: Path) -> None:
+    """``--resume`` on a centralized run raised KeyError 'state'."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(load_config(None, ["train.mode=centralized"]).to_yaml())
+    _one_line_exit_2(["train", "--resume", str(run)], "a centralized run; only federated runs resume")
