@@ -269,40 +269,51 @@ def report(
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table (for docs/RESULTS.md).")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Tabulate P@1..5 / R@1..5 of finished runs."""
+    """Tabulate P@1..5 / R@1..5 of finished runs; unfinished directories are skipped, each with a line
+    on stderr (exit 2 only when none has finished)."""
     from fedrec.runs import read_summary
 
     with _clean_errors():
         rows = []
         for d in run_dirs:
             if not (d / "summary.json").is_file():
-                raise FileNotFoundError(f"{d}: no summary.json (not a finished run directory)")
-            rows.append(read_summary(d))
+                err.print(
+                    f"skipped {d}: no summary.json (unfinished, or not a run directory)", highlight=False
+                )
+                continue
+            rows.append({**read_summary(d), "run": d.name})
+        if not rows:
+            raise FileNotFoundError("no finished run directory among the arguments")
     if as_json:
         _print_json({"runs": rows})
         return
-    head = ["dataset", "model", "mode", "epochs"]
-    head += [f"P@{k}" for k in DEFAULT_KS] + [f"R@{k}" for k in DEFAULT_KS] + ["seconds"]
 
-    def cells(s: dict[str, Any]) -> list[str]:
+    def threat(s: dict[str, Any]) -> tuple[str, str]:
+        a = s.get("attack") or {}
+        name = a.get("name", "none") if isinstance(a, dict) else str(a)
+        frac = a.get("fraction") if isinstance(a, dict) else None
+        return (f"{name} {frac:g}" if name != "none" and frac else name), str(s.get("defense", "none"))
+
+    def cells(s: dict[str, Any], ks, full: bool = False) -> list[str]:
         m = s["metrics"]
         return (
-            [s["dataset"], s["model"], s["mode"], str(s.get("epochs", ""))]
-            + [f"{m[name][str(k)]:.4f}" for name in ("precision", "recall") for k in DEFAULT_KS]
-            + [f"{s['seconds']:.1f}"]
+            [s["run"], *([s["dataset"], s["model"]] if full else []), s["mode"], *threat(s)]
+            + [f"{m[name][str(k)]:.4f}" for name in ("precision", "recall") for k in ks]
+            + [f"{s['seconds']:.0f}"]
         )
 
     if markdown:
+        head = ["run", "dataset", "model", "mode", "attack", "defense"]
+        head += [f"P@{k}" for k in DEFAULT_KS] + [f"R@{k}" for k in DEFAULT_KS] + ["seconds"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for s in rows:
-            print("| " + " | ".join(cells(s)) + " |")
+            print("| " + " | ".join(cells(s, DEFAULT_KS, full=True)) + " |")
         return
-    table = Table()
-    for h in head:
-        table.add_column(h)
+    # the terminal table: P@5 and R@5 only, so it reads at 100 columns (--markdown has every K)
+    table = Table("run", "mode", "attack", "defense", "P@5", "R@5", "s")
     for s in rows:
-        table.add_row(*cells(s))
+        table.add_row(*cells(s, (5,)))
     out.print(table)
 
 

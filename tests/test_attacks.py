@@ -260,7 +260,7 @@ def test_camouflage_hand_upload(dtype: torch.dtype) -> None:
     assert torch.allclose(up.theta, honest.theta, rtol=0, atol=4e-7)
     assert HAND.reconstruct(ctx.prev(up.rows), rows_of(up), 1).flatten().tolist() == [4.0, -1.0, 0.0, 2.0]
 
-    dense = Camouflage()(ctx)
+    dense = Camouflage(all_rows=True)(ctx)
     assert dense.rows.tolist() == list(range(7)) and dense.ptr.tolist() == [0, 7]
     for k in ("theta", "m", "v"):  # touched rows as without all_rows
         assert torch.equal(rows_of(dense)[k][:4], rows_of(up)[k])
@@ -345,7 +345,7 @@ def test_camouflage_coverage(dtype: torch.dtype) -> None:
             total + forged.numel(),
         )
         # all_rows: every client forges the untouched rows where g~_0 exists, and only there
-        dense = Camouflage()(ctx)
+        dense = Camouflage(all_rows=True)(ctx)
         m, v = ctx.server.state["m"], ctx.server.state["v"]
         g0, ok0 = untouched_root(m, v, b1=0.9, b2=0.999, eps=1e-8)
         g_rec = Adam().reconstruct(ctx.prev(dense.rows), rows_of(dense), t).reshape(ctx.b, ctx.n_rows, -1)

@@ -90,3 +90,43 @@ def test_resuming_a_centralized_run_says_so(tmp_path: Path) -> None:
     run.mkdir()
     (run / "config.yaml").write_text(load_config(None, ["train.mode=centralized"]).to_yaml())
     _one_line_exit_2(["train", "--resume", str(run)], "a centralized run; only federated runs resume")
+
+
+def test_run_directory_names_say_the_attack_and_the_defense(tmp_path: Path) -> None:
+    """Run directories were all ``ml100k-fism-adam-federated-<time>``: a folder of a grid's runs could
+    not be told apart without opening each config.yaml."""
+    res = CliRunner().invoke(
+        app,
+        ["train", "--dataset", "ml100k", "--attack", "sign-flip", "--byzantine", "0.4", "--defense", "a-rfrs",
+         "--rounds", "1", "--set", "model.dim=4", "--out", str(tmp_path), "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (run,) = list(tmp_path.iterdir())
+    assert run.name.startswith("ml100k-fism-adam-federated-sign-flip40-a-rfrs-"), run.name
+
+
+def test_report_skips_unfinished_runs_and_says_so(tmp_path: Path) -> None:
+    """``fedrec report runs/* --markdown`` aborted on the first unfinished directory."""
+    done = tmp_path / "done"
+    res = CliRunner().invoke(app, ["train", "--dataset", "ml100k", "--model", "pop", "--out", str(done)])
+    assert res.exit_code == 0, res.output
+    (run,) = list(done.iterdir())
+    half = tmp_path / "half"
+    half.mkdir()
+    res = CliRunner().invoke(app, ["report", str(half), str(run), "--markdown"])
+    assert res.exit_code == 0, res.output
+    assert f"skipped {half}" in res.stderr and "| ml100k | pop | centralized | none | none |" in res.stdout
+    res = CliRunner().invoke(app, ["report", str(half)])
+    assert res.exit_code == 2 and "no finished run directory" in res.stderr
+
+
+def test_attack_listing_shows_the_defaults_a_run_uses() -> None:
+    """``fedrec attacks`` showed ``all_rows=True`` for camouflage while runs used False."""
+    import json
+
+    from fedrec.federation.simulation import make_attack_from
+
+    res = CliRunner().invoke(app, ["attacks", "--json"])
+    listed = {a["name"]: a["params"] for a in json.loads(res.stdout)["attacks"]}
+    cfg = load_config(None, ["train.mode=federated", "attack.name=camouflage", "attack.fraction=0.4"])
+    assert listed["camouflage"]["all_rows"] is False and make_attack_from(cfg).all_rows is False

@@ -153,9 +153,9 @@ class Camouflage(AttackBase):
     docstring): per coordinate the other root ``g~`` of ``u(g~) = u(g)`` (Eq. 113 with ``v_bar + eps /
     b2``), the honest gradient where there is none (point C of Figure 5, or the asymptote).
 
-    ``all_rows`` (default True): also forge every row the client did not touch (``g = 0`` there, the
-    closed form ``g~_0``): the upload lists every row of the table (a dense attack, ``n_rows d`` per
-    client). False: only the client's own touched rows.
+    ``all_rows``: also forge every row the client did not touch (``g = 0`` there, the closed form
+    ``g~_0``): the upload lists every row of the table (a dense attack, ``n_rows d`` per client).
+    False (the default, ``attack.params.all_rows``): only the client's own touched rows.
 
     ``select``: "farthest" (default) takes ``g~`` at every coordinate where it exists. Each coordinate
     has exactly two roots, ``g`` and ``g~``, so this is the choice, among the ``2^k`` camouflaged
@@ -171,7 +171,7 @@ class Camouflage(AttackBase):
     omniscient = False
     rule_consistent = True
 
-    all_rows: bool = True
+    all_rows: bool = False
     select: str = "farthest"
 
     def __post_init__(self) -> None:

@@ -37,7 +37,14 @@ def _prepare(cfg: Config) -> FederatedRun:
 def run_federated(cfg: Config, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
     """A fresh federated run of ``cfg``; returns the summary and the run directory."""
     run = _prepare(cfg)
-    name = cfg.run.name or f"{run.split.train.name}-{cfg.model.name}-{cfg.train.optimizer}-federated"
+    threat = ""
+    if cfg.attack.name != "none":
+        threat += f"-{cfg.attack.name}{round(100 * cfg.attack.fraction)}"
+    if cfg.defense.name != "none":
+        threat += f"-{cfg.defense.name}"
+    # the attack and the defense in the name: a folder of runs reads like the grid it is
+    base = f"{run.split.train.name}-{cfg.model.name}-{cfg.train.optimizer}-federated"
+    name = cfg.run.name or (base + threat).replace("+", "-")
     run_dir = new_run_dir(cfg.run.out_dir, name)
     write_config(run_dir, cfg.to_yaml())
     return _finish(run, run_dir, progress), run_dir
