@@ -248,8 +248,17 @@ def _progress(unit: str):
 
     class LazyBar:
         started = False
+        said = -1  # the last tenth of the run reported as a plain line
 
         def update(self, *args, **kwargs) -> None:
+            if not err.is_terminal:
+                # a pipe or a log file gets no live bar: one plain line per tenth of the run instead
+                total, done = kwargs.get("total"), kwargs.get("completed")
+                if total and done is not None and (tenth := int(10 * done / total)) > self.said:
+                    self.said = tenth
+                    status = kwargs.get("status", "")
+                    err.print(f"{unit} {done}/{total} {status}".rstrip(), highlight=False, markup=False)
+                return
             if not self.started:
                 progress.start()
                 self.started = True

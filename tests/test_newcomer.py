@@ -130,3 +130,15 @@ def test_attack_listing_shows_the_defaults_a_run_uses() -> None:
     listed = {a["name"]: a["params"] for a in json.loads(res.stdout)["attacks"]}
     cfg = load_config(None, ["train.mode=federated", "attack.name=camouflage", "attack.fraction=0.4"])
     assert listed["camouflage"]["all_rows"] is False and make_attack_from(cfg).all_rows is False
+
+
+def test_progress_reaches_a_non_terminal(tmp_path: Path) -> None:
+    """``make demo`` printed nothing while stderr was not a terminal (a pipe, CI, a log file): now a
+    plain line per tenth of the run."""
+    res = CliRunner().invoke(
+        app,
+        ["train", "--dataset", "ml100k", "--rounds", "20", "--set", "model.dim=4", "--out", str(tmp_path)],
+    )
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("round ")]
+    assert [ln.split()[1] for ln in lines] == [f"{t}/200" for t in range(20, 201, 20)], res.stderr
