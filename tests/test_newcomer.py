@@ -137,7 +137,7 @@ def test_progress_reaches_a_non_terminal(tmp_path: Path) -> None:
     plain line per tenth of the run."""
     res = CliRunner().invoke(
         app,
-        ["train", "--dataset", "ml100k", "--rounds", "20", "--set", "model.dim=4", "--out", str(tmp_path)],
+        ["train", "--dataset", "ml100k", "--rounds", "200", "--set", "model.dim=4", "--out", str(tmp_path)],
     )
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("round ")]
