@@ -220,6 +220,33 @@ def table(out: Path, grid: str) -> str:
     return "\n".join(lines)
 
 
+def selection(out: Path, grid: str) -> str:
+    """Markdown: per rule x attack, the share of Byzantine / honest messages the rule accepted over every
+    step and seed (SignGuard Table II's M / H), for the rules that say whom they accept."""
+    import pandas as pd
+
+    rates: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for path in sorted((out / grid).glob("*/*/selection.parquet")):
+        rule, attack, _, _ = path.parent.parent.name.split("__")
+        rates.setdefault((rule, attack), []).append(pd.read_parquet(path))
+    g = GRIDS[grid]
+    attacks = [a for a in g["attacks"] if a != "none"]
+    lines = [f"\n**{grid}: Byzantine accepted / honest accepted (all steps and seeds)**\n",
+             "| rule | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]  # fmt: skip
+    for rule in g["rules"]:
+        cells_ = []
+        for a in attacks:
+            if (rule, a) not in rates:
+                cells_.append("–")
+                continue
+            df = pd.concat(rates[(rule, a)])
+            byz, hon = df[df.byzantine].accepted.mean(), df[~df.byzantine].accepted.mean()
+            cells_.append(f"{byz:.2f} / {hon:.2f}")
+        if any(c != "–" for c in cells_):
+            lines.append(f"| {rule} | " + " | ".join(cells_) + " |")
+    return "\n".join(lines)
+
+
 def plot(out: Path, grid: str, folder: Path) -> list[Path]:
     """One heatmap per beta: mean of the grid's metric over seeds, rules x attacks (benchmark first)."""
     from heatmap import heatmap
@@ -260,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.table or a.plot:
         for g in grids:
             print(table(a.out, g))
+            print(selection(a.out, g))
             for path in plot(a.out, g, a.plot) if a.plot else []:
                 print(path)
         return
