@@ -99,11 +99,7 @@ def table(out_dir: Path) -> None:
                 if p5 and a != "none":
                     worst.append((statistics.mean(p5), a))
             w = min(worst) if worst else None
-            print(
-                f"| {d} | " + " | ".join(row) + f" | {w[0]:.3f} ({w[1]})"
-                if w
-                else f"| {d} | " + " | ".join(row) + " | — |"
-            )
+            print(f"| {d} | " + " | ".join(row) + (f" | {w[0]:.3f} ({w[1]}) |" if w else " | — |"))
         print(
             f"\n#### {ds_dir.name}: Byzantine uploads rejected / honest uploads rejected (all rounds, pooled)\n"
         )
