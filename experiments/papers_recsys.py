@@ -151,6 +151,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=[])
+    ap.add_argument(
+        "--reverse", action="store_true", help="last cell first (a second worker on the same grid)"
+    )
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--plot", type=Path, help="write the heatmaps of finished cells into this folder")
     args = ap.parse_args()
@@ -160,6 +163,7 @@ def main() -> None:
             plot(args.out, args.plot)
         return
     todo = cells(args.datasets, args.seeds, set(args.only))
+    todo = todo[::-1] if args.reverse else todo
     print(f"{len(todo)} cells", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         for line in pool.map(lambda c: run_cell(args.out, args.rounds, c), todo):
