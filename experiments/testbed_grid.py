@@ -44,6 +44,7 @@ RESAM_RULES = [
     "geomed",
     "mda",
     "cc",
+    "cc:tau=0.5",
     "cge",
 ]
 RESAM_ATTACKS = ["none", "alie", "ipm", "sign-flip", "label-flip"]
@@ -97,13 +98,22 @@ def cells(grid: str, seeds: int, only: list[str] | None) -> list[dict[str, Any]]
             continue
         for beta in g["betas"]:
             for seed in range(1, seeds + 1):  # RESAM's seeds 1-5
-                cfg = {**g["base"], "rule": rule, "momentum": beta, "seed": seed}
+                name, _, given = rule.partition(":")  # "cc:tau=1": a rule with parameters
+                params = {k: float(v) for k, v in (p.split("=") for p in given.split(",") if p)}
+                cfg = {**g["base"], "rule": name, "rule_params": params, "momentum": beta, "seed": seed}
                 if attack == "benchmark":
                     cfg.update(f=0, attack="none")
                 else:
                     cfg.update(attack=attack, attack_params=dict(g["attack_params"].get(attack, {})))
-                out.append({"grid": grid, "name": f"{rule}__{attack}__b{beta}__s{seed}", "config": cfg})
+                out.append(
+                    {"grid": grid, "name": f"{_label(rule)}__{attack}__b{beta}__s{seed}", "config": cfg}
+                )
     return out
+
+
+def _label(rule: str) -> str:
+    """A grid entry as it names its run folders and table rows: ``cc:tau=0.5`` -> ``cc-tau0.5``."""
+    return rule.replace(":", "-").replace("=", "").replace(",", "-")
 
 
 def finished(cell_dir: Path) -> Path | None:
@@ -203,7 +213,7 @@ def table(out: Path, grid: str) -> str:
         lines.append("| rule | " + " | ".join(g["attacks"]) + " |")
         lines.append("|---|" + "---|" * len(g["attacks"]))
         rows = [("mean (no Byzantine)", "mean", ["benchmark"] * len(g["attacks"]))] if g["benchmark"] else []
-        rows += [(r, r, g["attacks"]) for r in g["rules"]]
+        rows += [(_label(r), _label(r), g["attacks"]) for r in g["rules"]]
         for label, rule, attacks in rows:
             cells_ = []
             for a in attacks:
@@ -233,7 +243,7 @@ def selection(out: Path, grid: str) -> str:
     attacks = [a for a in g["attacks"] if a != "none"]
     lines = [f"\n**{grid}: Byzantine accepted / honest accepted (all steps and seeds)**\n",
              "| rule | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]  # fmt: skip
-    for rule in g["rules"]:
+    for rule in map(_label, g["rules"]):
         cells_ = []
         for a in attacks:
             if (rule, a) not in rates:
@@ -255,7 +265,7 @@ def plot(out: Path, grid: str, folder: Path) -> list[Path]:
     results = _results(out, grid)
     made = []
     for beta in g["betas"]:
-        rows = (["mean (no Byzantine)"] if g["benchmark"] else []) + list(g["rules"])
+        rows = (["mean (no Byzantine)"] if g["benchmark"] else []) + [_label(r) for r in g["rules"]]
         values = []
         for label in rows:
             rule = "mean" if label.startswith("mean (") else label
