@@ -336,7 +336,11 @@ def _grid_module():
 def test_grid_cells_and_table(tmp_path):
     grid = _grid_module()
     cells = grid.cells("resam", 5, None)
-    assert len(cells) == (1 + 10 * 5) * 2 * 5 and len({c["name"] for c in cells}) == len(cells)
+    g = grid.GRIDS["resam"]  # the benchmark row, then every rule x attack, per beta and seed
+    size = (1 + len(g["rules"]) * len(g["attacks"])) * len(g["betas"]) * 5
+    assert len(cells) == size and len({c["name"] for c in cells}) == len(cells)
+    (cc,) = {c["config"]["rule_params"]["tau"] for c in cells if c["name"].startswith("cc-tau0.5__")}
+    assert cc == 0.5  # "cc:tau=0.5": a rule with parameters in the grid
     bench = [c for c in cells if "__benchmark__" in c["name"]]
     assert all(c["config"]["f"] == 0 and c["config"]["attack"] == "none" for c in bench)
     assert len(grid.cells("signguard", 5, ["krum/alie"])) == 5
