@@ -78,13 +78,15 @@ def _stat(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def table(out_dir: Path) -> None:
+def table(out_dir: Path, seeds: list[int]) -> None:
     """P@5 (mean ± std over seeds) per defense x attack, and the Byzantine / honest rejection rates
     pooled over the finished runs, one table per dataset."""
     for ds_dir in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != "runs"):
         found: dict[tuple[str, str], list[dict]] = {}
         for f in ds_dir.glob("*.json"):
-            defense, attack, _ = f.stem.split("__")
+            defense, attack, seed = f.stem.split("__")
+            if int(seed[1:]) not in seeds:
+                continue
             found.setdefault((defense, attack), []).append(json.loads(f.read_text()))
         attacks = [a for a in ATTACKS if any(k[1] == a for k in found)]
         print(f"\n#### {ds_dir.name}: P@5 after the run (mean ± std over seeds; n = seeds)\n")
@@ -123,22 +125,26 @@ def table(out_dir: Path) -> None:
         )
 
 
-def plot(out_dir: Path, folder: Path) -> None:
+def plot(out_dir: Path, folder: Path, seeds: list[int]) -> None:
     """A heatmap per dataset: P@5 (mean over seeds) of every defense under every attack."""
     from heatmap import heatmap
 
     for ds_dir in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != "runs"):
         found: dict[tuple[str, str], list[float]] = {}
-        seeds = set()
+        used: set[str] = set()
         for f in ds_dir.glob("*.json"):
             defense, attack, seed = f.stem.split("__")
-            seeds.add(seed)
+            if int(seed[1:]) not in seeds:
+                continue
+            used.add(seed)
             found.setdefault((defense, attack), []).append(
                 json.loads(f.read_text())["metrics"]["precision"]["5"]
             )
         values = [[statistics.mean(found[(d, a)]) if (d, a) in found else float("nan") for a in ATTACKS]
                   for d in DEFENSES]  # fmt: skip
-        title = f"{ds_dir.name}, 40 % Byzantine: P@5 (mean over {len(seeds)} seed(s))"
+        title = (
+            f"{ds_dir.name}, 40 % Byzantine: P@5 (mean over seeds {', '.join(sorted(s[1:] for s in used))})"
+        )
         print(heatmap(values, DEFENSES, ATTACKS, title, folder / f"papers-recsys-{ds_dir.name}.png", fmt="{:.3f}",
                       vmin=0, label="P@5"))  # fmt: skip
 
@@ -158,9 +164,9 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="write the heatmaps of finished cells into this folder")
     args = ap.parse_args()
     if args.table or args.plot:
-        table(args.out)
+        table(args.out, args.seeds)
         if args.plot:
-            plot(args.out, args.plot)
+            plot(args.out, args.plot, args.seeds)
         return
     todo = cells(args.datasets, args.seeds, set(args.only))
     todo = todo[::-1] if args.reverse else todo
