@@ -240,17 +240,20 @@ def _support(v: ClientVectors) -> tuple[Tensor, Tensor]:
     return live, pos
 
 
-def sign_fractions(v: ClientVectors, subset: Tensor, support: str = "union") -> Tensor:
+def sign_fractions(
+    v: ClientVectors, subset: Tensor, support: str = "union", live: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """``[n, 3]`` float64 fractions of positive, zero and negative entries of each client on the flat
-    coordinates ``subset`` of the support (``union``: position in the union of listed rows * d +
-    column; ``all``: row * d + column). Unlisted coordinates are zeros. No loop over clients."""
+    coordinates ``subset`` of the support (``union``: position among the union's live rows * d +
+    column; ``all``: row * d + column). Unlisted coordinates are zeros. No loop over clients.
+    ``live``: ``_support(v)`` when the caller has it already."""
     n, d = v.n, v.d
     dev = v.device
     if support == "union":
-        live, pos = _support(v)
-        size = int(live.sum()) * d
-        pos = torch.where(live[pos], torch.cumsum(live, 0)[pos] - 1, 0)
-        in_support = live[torch.searchsorted(v.union_rows(), v.rows)]
+        rows_live, upos = _support(v) if live is None else live
+        size = int(rows_live.sum()) * d
+        in_support = rows_live[upos]
+        pos = torch.where(in_support, torch.cumsum(rows_live, 0)[upos] - 1, 0)
     else:
         pos, size = v.rows, v.n_rows * d
         in_support = torch.ones_like(v.rows, dtype=torch.bool)
@@ -276,14 +279,15 @@ def _fast(
     n = v.n
     if n < 1:
         raise ValueError("signguard needs at least one client")
-    size = (int(_support(v)[0].sum()) if params["support"] == "union" else v.n_rows) * v.d
+    live = _support(v) if params["support"] == "union" else None
+    size = (int(live[0].sum()) if live is not None else v.n_rows) * v.d
     subset = draw_subset(size, params["coords"], params["sample"], rng)
     fallback: tuple[str, ...] = ()
     if size == 0:
         fallback = ("empty-support",)
         features = torch.zeros(n, 3, dtype=torch.float64, device=v.device)
     else:
-        features = normalise(sign_fractions(v, subset, params["support"]))
+        features = normalise(sign_fractions(v, subset, params["support"], live))
     if variant == "plain":
         norms = sq_norms(v).sqrt()
     else:
