@@ -287,10 +287,20 @@ def report(
         for d in run_dirs:
             if not (d / "summary.json").is_file():
                 err.print(
-                    f"skipped {d}: no summary.json (unfinished, or not a run directory)", highlight=False
+                    f"skipped {d}: no summary.json (unfinished, or not a run directory)",
+                    highlight=False,
+                    soft_wrap=True,
                 )
                 continue
-            rows.append({**read_summary(d), "run": d.name})
+            summary = read_summary(d)
+            if not isinstance(summary.get("metrics"), dict):  # a testbed run: accuracy, not P@K
+                err.print(
+                    f"skipped {d}: no P@K / R@K in its summary (a testbed run?)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                continue
+            rows.append({**summary, "run": d.name})
         if not rows:
             raise FileNotFoundError("no finished run directory among the arguments")
     if as_json:
@@ -342,11 +352,13 @@ def defenses(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         _print_json({"defenses": rows})
         return
-    table = Table("name", "rule", "space", "scope", "verify first", "parameters", "what it does")
+    # names never wrap; space, scope and the verifier go with the rule, so the table reads at 100 columns
+    table = Table("name", "rule · space · scope", "parameters", "what it does")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
-        table.add_row(r["name"], r["rule"], r["space"], r["scope"], "yes" if r["verify"] else "", params,
-                      r["description"])  # fmt: skip
+        where = f"{r['rule']} · {r['space']} · {r['scope']}" + (" · verify" if r["verify"] else "")
+        table.add_row(r["name"], where, params, r["description"])
     out.print(table)
 
 
@@ -366,6 +378,7 @@ def attacks(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         _print_json({"attacks": rows})
         return
     table = Table("name", "passes the rule verifier", "omniscient", "parameters", "what it does")
+    table.columns[0].no_wrap = True
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
         table.add_row(

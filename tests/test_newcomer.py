@@ -118,6 +118,11 @@ def test_report_skips_unfinished_runs_and_says_so(tmp_path: Path) -> None:
     assert f"skipped {half}" in res.stderr and "| ml100k | pop | centralized | none | none |" in res.stdout
     res = CliRunner().invoke(app, ["report", str(half)])
     assert res.exit_code == 2 and "no finished run directory" in res.stderr
+    testbed = tmp_path / "testbed-run"  # a testbed run's summary has accuracy, not P@K: it crashed report
+    testbed.mkdir()
+    (testbed / "summary.json").write_text('{"command": "testbed", "final_accuracy": 0.9}')
+    res = CliRunner().invoke(app, ["report", str(testbed), str(run)])
+    assert res.exit_code == 0 and f"skipped {testbed}" in res.stderr, res.output
 
 
 def test_attack_listing_shows_the_defaults_a_run_uses() -> None:
