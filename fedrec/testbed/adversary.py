@@ -15,20 +15,16 @@ An attack with ``craft(ctx) -> (ptr, rows, g)`` gives its crafted vectors direct
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 import fedrec.attacks  # noqa: F401  (registers the attacks)
-from fedrec.attacks.base import ATTACKS, AttackContext, make_attack
+from fedrec.attacks.base import AttackContext, make_attack
 from fedrec.optim import make_rule
 from fedrec.protocol import ServerState
 from fedrec.testbed.config import NO_ATTACK
 from fedrec.testbed.server import ROWS, table
 
 Tensor = torch.Tensor
-
-HAS_FLIPPED = "flipped_g" in {f.name for f in dataclasses.fields(AttackContext)}
 
 
 def _flat(msgs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -47,11 +43,8 @@ class Adversary:
         self.attack = None if name == NO_ATTACK else make_attack(name, **params)
         if name == NO_ATTACK and params:
             raise ValueError(f"attack 'none' takes no parameters, got {', '.join(sorted(params))}")
-        cls = ATTACKS.get(name)
-        self.omniscient = bool(getattr(cls, "omniscient", False))
-        self.needs_flipped = bool(getattr(cls, "needs_flipped", False))
-        if self.needs_flipped and not HAS_FLIPPED:
-            raise ValueError(f"attack {name!r} needs flipped gradients but AttackContext has no flipped_g")
+        self.omniscient = bool(self.attack is not None and self.attack.omniscient)
+        self.needs_flipped = bool(self.attack is not None and self.attack.needs_flipped)
         self.rule = make_rule("sgd", eta=lr)
 
     def context(
