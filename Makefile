@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv  ## train FISM on ML-100K (the copy inside RecBole) and print the P@K / R@K table
-	$(BIN)/fedrec train --config configs/ml100k.yaml
+demo: venv  ## ~2 min: most-popular, then federated FISM learning on ML-100K, then the camouflage demo's verdict
+	$(BIN)/fedrec train --dataset ml100k --mode centralized --model pop --out runs/demo
+	$(BIN)/fedrec train --config configs/demo.yaml --out runs/demo
+	$(BIN)/fedrec demo camouflage
 
 test: venv  ## the whole test suite (real-data tests need FEDREC_DATA_DIR; they skip without it)
 	$(BIN)/pytest -q

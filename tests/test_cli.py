@@ -115,6 +115,15 @@ def test_demo_camouflage_shows_theta_equal_and_gradients_apart():
     # the l-infinity variant rejects only the forged uploads: every honest one is kept
     linf = r["kept"]["a-rfrs-linf"]
     assert linf["byzantine_kept"] == 0 and linf["honest_kept"] == r["clients"] - r["byzantine"]
+    # the verdict: one claim per finding, each decided by the figures it prints; the round-level ones
+    # hold after two rounds already, the run-level ones are present with their rates
+    res_json = json.loads(res.stdout)
+    claims = {c["claim"].split(":")[0]: c for c in res_json["verdict"]}
+    assert claims["theta equal"]["holds"] and claims["gradients apart"]["holds"]
+    assert {"parameter Krum keeps them", "A-RFRS (gradient Krum) rejects them"} <= set(claims)
+    assert set(res_json["runs"]) == {"clean", "none", "krum", "a-rfrs"}
+    assert res_json["runs"]["clean"]["byzantine_rejected"] is None  # no Byzantine client: null, not NaN
+    assert "Verdict" in invoke("demo", "camouflage", "--rounds", "2").stdout
 
 
 def test_train_reports_what_the_attack_forged(tmp_path):
