@@ -408,6 +408,47 @@ def _results_table(rows: list[dict[str, Any]], keys: list[str]) -> Table:
     return table
 
 
+@app.command(context_settings={"allow_extra_args": True})
+def evaluate(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (with config.yaml and checkpoint.pt).")],
+    ks: Annotated[
+        list[str] | None,
+        typer.Option("--ks", help="Cut-offs, e.g. --ks 1 5 10 (default: the run's eval.ks)."),
+    ] = None,
+    users: Annotated[
+        str, typer.Option(help="benign: training's evaluated users (non-Byzantine); all: every user.")
+    ] = "benign",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-score a run's saved model at other K or on other users (same split, same evaluator)."""
+    from fedrec.experiments.evaluate import evaluate_run
+
+    with _clean_errors():
+        # click gives an option one value: the rest of `--ks 1 5 10` arrive as extra arguments
+        paths = [str(run_dir), *ctx.args]
+        extra = [a for a in paths if a.isdigit() and not Path(a).exists()]
+        rest = [a for a in paths if a not in extra]
+        if extra and ks is None:
+            raise ConfigError(f"unexpected argument {extra[0]!r} (K values go after --ks)")
+        if len(rest) != 1:
+            raise ConfigError(f"expected one run directory, got {len(rest)}: {' '.join(rest)}")
+        values = [v for text in [*(ks or []), *extra] for v in text.replace(",", " ").split()]
+        if not all(v.isdigit() and int(v) > 0 for v in values) or (ks is not None and not values):
+            raise ConfigError(f"--ks {' '.join(values)}: expected positive integers")
+        res = evaluate_run(Path(rest[0]), [int(v) for v in values] or None, users)
+    if as_json:
+        _print_json(res)
+        return
+    where = "" if res["round"] is None else f" · round {res['round']} of {res['rounds']}"
+    title = (
+        f"{res['dataset']} · {res['model']} · {res['mode']}{where} · {res['evaluated_users']} {users} users"
+    )
+    out.print(metrics_table(res["metrics"], ks=res["ks"], title=title))
+    if res["round"] is not None and res["round"] < res["rounds"]:
+        err.print(f"note: the checkpoint is at round {res['round']}; the run was not finished")
+
+
 @app.command()
 def defenses(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The server defenses, by config name (--defense NAME; --set defense.params.NAME=VALUE), and the
