@@ -97,7 +97,7 @@ class Cell:
     """One run of the grid: its dotted overrides (``set`` then the grid's values) and resolved config."""
 
     name: str
-    values: dict[str, Any]  # the grid keys' values as the grid file gives them
+    values: dict[str, Any]  # ``set`` and this cell's grid values, as the grid file gives them
     config: Config = field(repr=False)
     digest: str  # sha256 of the resolved config without where it runs (NOT_IDENTITY)
 
