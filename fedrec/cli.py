@@ -343,6 +343,10 @@ def experiment(
         Path | None, typer.Option("--out", help="Output folder (else the grid's out:, else runs/<name>).")
     ] = None,
     jobs: Annotated[int, typer.Option(help="Cells run in parallel, each on cores / jobs threads.")] = 1,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value: narrows a grid key's list to one value, else adds to set:."),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the cells and their state; run nothing.")
     ] = False,
@@ -356,7 +360,7 @@ def experiment(
     with _clean_errors():
         if jobs < 1:
             raise GridError(f"--jobs {jobs}: must be at least 1")
-        grid = load_grid(grid_file, out=out_dir)
+        grid = load_grid(grid_file, out=out_dir, overrides=list(set_ or []))
     if dry_run:
         cells = plan(grid)
         if as_json:

@@ -183,6 +183,24 @@ def test_dry_run_lists_the_cells_and_writes_nothing(
     assert load_grid(grid_file).out == grid_file.parent / "default-out"
 
 
+def test_set_narrows_a_grid_key_and_overrides_the_rest(grid_file: Path, uninterrupted: Path) -> None:
+    """--set on a grid key runs a part of the grid (the same cells, by name: done ones are found);
+    on another key it changes every cell, so none of the finished ones is reused."""
+    res = _experiment(
+        grid_file, "--out", uninterrupted, "--set", "attack.fraction=0.4", "--dry-run", "--json"
+    )
+    assert res.exit_code == 0, res.output
+    part = json.loads(res.stdout)["cells"]
+    assert len(part) == 4 and {c["status"] for c in part} == {"done"}
+    assert {c["values"]["attack.fraction"] for c in part} == {0.4}
+    res = _experiment(
+        grid_file, "--out", uninterrupted, "--set", "federated.rounds=31", "--dry-run", "--json"
+    )
+    other = json.loads(res.stdout)["cells"]
+    assert len(other) == 8 and {c["status"] for c in other} == {"pending"}
+    _bad_grid_cli(grid_file, ["--set", "train.nope=1"], "unknown config key 'train.nope'")
+
+
 def _bad_grid(tmp_path: Path, doc: dict, needle: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -193,6 +211,14 @@ def _bad_grid(tmp_path: Path, doc: dict, needle: str) -> None:
     assert len(lines) == 1 and needle in lines[0] and str(path) in lines[0], res.stderr
     assert "Traceback" not in res.output
     assert not out.exists(), "something ran"
+
+
+def _bad_grid_cli(path: Path, args: list[str], needle: str) -> None:
+    res = _experiment(path, "--out", path.parent / "never", *args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (path.parent / "never").exists()
 
 
 @pytest.mark.parametrize(
@@ -258,3 +284,13 @@ def test_load_grid_names_cells_by_their_grid_keys(grid_file: Path) -> None:
     assert names[0].startswith("syn1__alie__0.2__none__")
     with pytest.raises(GridError, match="grid file not found"):
         load_grid(grid_file.parent / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("name", "cells"), [("federated", 8), ("centralized", 20), ("figure4", 160), ("camouflage", 6)]
+)
+def test_the_shipped_grids_are_valid(name: str, cells: int) -> None:
+    """configs/grids/ replaces the shell grids of experiments/: same cells (figure4.sh: per dataset and
+    seed, the attack-free run and 3 fractions x 5 defenses)."""
+    grid = load_grid(Path(__file__).parents[1] / "configs" / "grids" / f"{name}.yaml")
+    assert len(grid.cells) == cells

@@ -20,7 +20,9 @@ cell beside the attacked ones (an attack needs a Byzantine fraction, and a fract
       - {data.dataset: [ml100k], train.seed: [0, 1]}
       - {data.dataset: [ml100k], train.seed: [0, 1], attack.name: [alie], attack.fraction: [0.2, 0.4]}
 
-Nested mappings are read as dotted keys (``set: {train: {lr: 0.01}}`` is ``train.lr``), and
+``fedrec experiment GRID --set key=value`` narrows a key the grid lists to that one value (the same
+cells, by name, so a part of a grid is run first and the whole grid later skips it); any other key
+joins ``set`` (every cell changes). Nested mappings are read as dotted keys (``set: {train: {lr: 0.01}}`` is ``train.lr``), and
 ``attack.params.NAME`` / ``defense.params.NAME`` set one parameter of the attack / defense. Values are
 typed YAML (``0.4`` is a number, ``none`` a string).
 
@@ -63,7 +65,7 @@ from typing import Any
 
 import yaml
 
-from fedrec.config import MODE_SECTIONS, Config, ConfigError, load_config
+from fedrec.config import MODE_SECTIONS, Config, ConfigError, load_config, parse_override
 from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
 from fedrec.runs import _atomic, dumps
 
@@ -125,8 +127,15 @@ class Grid:
 # ------------------------------------------------------------------------------------------- loading
 
 
-def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
-    """Read and check ``path``; every cell's config is built and validated. Raises :class:`GridError`."""
+def load_grid(
+    path: str | Path, out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Grid:
+    """Read and check ``path``; every cell's config is built and validated. Raises :class:`GridError`.
+
+    ``overrides`` (``key=value``, the CLI's ``--set``): a key the grid lists narrows that list to the
+    one value, and the cells keep their names (a narrowed run is part of the whole grid's, and the
+    whole grid later skips what it ran); any other key is added to ``set`` (every cell's config, and
+    so its name, changes)."""
     path = Path(path)
     if not path.is_file():
         raise GridError(f"{path}: grid file not found")
@@ -155,6 +164,15 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> Grid:
     if not subgrids:
         raise GridError(f"{path}: grid: an empty list has no cell")
     keys = list(dict.fromkeys(k for g in subgrids for k in g))
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as err:
+            raise GridError(f"--set: {err}") from None
+        if key in keys:
+            subgrids = [{k: [value] if k == key else vs for k, vs in g.items()} for g in subgrids]
+        else:
+            fixed[key] = value
     for key, value in [*fixed.items(), *((k, v) for g in subgrids for k, vs in g.items() for v in vs)]:
         _check_key(path, key, value)
     if both := [k for k in keys if k in fixed]:
