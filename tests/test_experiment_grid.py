@@ -199,6 +199,9 @@ def test_set_narrows_a_grid_key_and_overrides_the_rest(grid_file: Path, uninterr
     other = json.loads(res.stdout)["cells"]
     assert len(other) == 8 and {c["status"] for c in other} == {"pending"}
     _bad_grid_cli(grid_file, ["--set", "train.nope=1"], "unknown config key 'train.nope'")
+    _bad_grid_cli(grid_file, ["--jobs", "0"], "--jobs 0: must be at least 1")
+    (grid_file.parent / "a-file").write_text("")
+    _bad_grid_cli(grid_file, ["--out", str(grid_file.parent / "a-file")], "exists and is not a folder")
 
 
 def _bad_grid(tmp_path: Path, doc: dict, needle: str) -> None:

@@ -183,6 +183,8 @@ def load_grid(
     if not isinstance(out, str | Path) or not str(out).strip():
         raise GridError(f"{path}: out={out!r}: expected a folder name")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GridError(f"{path}: out {str(out)!r} exists and is not a folder")
 
     assignments = [
         {**fixed, **dict(zip(g, combo, strict=True))}
