@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Superseded by configs/grids/camouflage.yaml (fedrec experiment: parallel, resumable, one results table);
+# kept because docs/RESULTS.md records this script's commands for the results it reports.
 # Camouflage on Last.fm at 40 % Byzantine (paper 000 Section 4.1 and 5): A-RFRS (gradient-space
 # Multi-Krum, keeping n - f; keeping up to n and rejecting score outliers only, on l2 or l-infinity
 # distances) against paper 000's parameter-space Krum, Flower-style Krum (one client) and no defense.

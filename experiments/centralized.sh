@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Superseded by configs/grids/centralized.yaml (fedrec experiment: parallel, resumable, one results table);
+# kept because docs/RESULTS.md records this script's commands for the results it reports.
 # Centralized upper bounds and reference baselines on all four datasets (issue: foundation).
 # Usage: FEDREC_DATA_DIR=... bash experiments/centralized.sh [OUT_DIR]
 set -euo pipefail

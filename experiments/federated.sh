@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Superseded by configs/grids/federated.yaml (fedrec experiment: parallel, resumable, one results table);
+# kept because docs/RESULTS.md records this script's commands for the results it reports.
 # A-FRS (federated FISM) against FMF (federated MF), both with Adam and paper 000 Appendix G settings,
 # 100 epochs (10,000 rounds at e = 0.01), seed 0, on the datasets given (default: all four).
 # Usage: FEDREC_DATA_DIR=... bash experiments/federated.sh OUT_DIR [DATASET ...]

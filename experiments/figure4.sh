@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Superseded by configs/grids/figure4.yaml (fedrec experiment: parallel, resumable, one results table);
+# kept because docs/RESULTS.md records this script's commands for the results it reports.
 # Paper 000 Figure 4: gradient ascent at 20 / 30 / 40 % Byzantine on Last.fm and ML100K, A-RFRS against
 # parameter-space Krum, RFA, Trmean and no defense, 5 seeds, plus the attack-free run per seed.
 # Usage: FEDREC_DATA_DIR=... bash experiments/figure4.sh OUT_DIR ROUNDS LR [DATASET ...]

@@ -337,6 +337,123 @@ def report(
 
 
 @app.command()
+def experiment(
+    grid_file: Annotated[Path, typer.Argument(help="Grid YAML (see configs/grids/).")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (else the grid's out:, else runs/<name>).")
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Cells run in parallel, each on cores / jobs threads.")] = 1,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value: narrows a grid key's list to one value, else adds to set:."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the cells and their state; run nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results (or the plan) as JSON.")] = False,
+) -> None:
+    """Run a grid of configs (lists expand to every combination) in parallel processes into one Parquet
+    table, OUT/results.parquet; finished cells are skipped and killed ones resume. The grid is checked
+    whole before anything runs."""
+    from fedrec.experiments.grid import GridError, load_grid, plan, run_grid
+
+    with _clean_errors():
+        if jobs < 1:
+            raise GridError(f"--jobs {jobs}: must be at least 1")
+        grid = load_grid(grid_file, out=out_dir, overrides=list(set_ or []))
+    if dry_run:
+        cells = plan(grid)
+        if as_json:
+            _print_json({"grid": str(grid_file), "out": str(grid.out), "cells": cells})
+            return
+        # the name says the values (--json has them by key)
+        table = Table("cell", "state", title=f"{len(cells)} cells -> {grid.out}")
+        table.columns[0].overflow = "fold"
+        table.columns[1].no_wrap = True
+        for c in cells:
+            table.add_row(c["cell"], c["status"])
+        out.print(table)
+        return
+    with _clean_errors():
+        rows = run_grid(
+            grid, jobs, say=lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True)
+        )
+    failed = [r for r in rows if r["status"] == "failed"]
+    if as_json:
+        _print_json({"grid": str(grid_file), "out": str(grid.out), "results": str(grid.out / "results.parquet"),
+                     "cells": rows})  # fmt: skip
+    else:
+        out.print(_results_table(rows, grid.keys))
+    err.print(f"results: {grid.out / 'results.parquet'}", highlight=False)
+    if failed:
+        err.print(
+            f"{len(failed)} of {len(rows)} cells failed (their cell.log says why), e.g. "
+            f"{failed[0]['cell']}: {failed[0]['error']}",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(1)
+
+
+def _results_table(rows: list[dict[str, Any]], keys: list[str]) -> Table:
+    """P@K and R@K at K = 5 (else the smallest K), detection and seconds per cell: reads at 100 columns."""
+    ks = sorted({int(c.split("@")[1]) for r in rows for c in r if c.startswith("precision@")})
+    k = 5 if 5 in ks else (ks[0] if ks else 5)
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    table = Table("cell", "status", f"P@{k}", f"R@{k}", "Byz rej", "hon rej", "s")
+    table.columns[0].overflow = "fold"
+    for r in rows:
+        table.add_row(
+            r["cell"], r["status"], num(r.get(f"precision@{k}"), ".4f"), num(r.get(f"recall@{k}"), ".4f"),
+            num(r["byzantine_rejected"], ".1%"), num(r["honest_rejected"], ".1%"), num(r["wall_s"], ".0f"),
+        )  # fmt: skip
+    return table
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def evaluate(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (with config.yaml and checkpoint.pt).")],
+    ks: Annotated[
+        list[str] | None,
+        typer.Option("--ks", help="Cut-offs, e.g. --ks 1 5 10 (default: the run's eval.ks)."),
+    ] = None,
+    users: Annotated[
+        str, typer.Option(help="benign: training's evaluated users (non-Byzantine); all: every user.")
+    ] = "benign",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-score a run's saved model at other K or on other users (same split, same evaluator)."""
+    from fedrec.experiments.evaluate import evaluate_run
+
+    with _clean_errors():
+        # click gives an option one value: the rest of `--ks 1 5 10` arrive as extra arguments
+        paths = [str(run_dir), *ctx.args]
+        extra = [a for a in paths if a.isdigit() and not Path(a).exists()]
+        rest = [a for a in paths if a not in extra]
+        if extra and ks is None:
+            raise ConfigError(f"unexpected argument {extra[0]!r} (K values go after --ks)")
+        if len(rest) != 1:
+            raise ConfigError(f"expected one run directory, got {len(rest)}: {' '.join(rest)}")
+        values = [v for text in [*(ks or []), *extra] for v in text.replace(",", " ").split()]
+        if not all(v.isdigit() and int(v) > 0 for v in values) or (ks is not None and not values):
+            raise ConfigError(f"--ks {' '.join(values)}: expected positive integers")
+        res = evaluate_run(Path(rest[0]), [int(v) for v in values] or None, users)
+    if as_json:
+        _print_json(res)
+        return
+    where = "" if res["round"] is None else f" · round {res['round']} of {res['rounds']}"
+    title = (
+        f"{res['dataset']} · {res['model']} · {res['mode']}{where} · {res['evaluated_users']} {users} users"
+    )
+    out.print(metrics_table(res["metrics"], ks=res["ks"], title=title))
+    if res["round"] is not None and res["round"] < res["rounds"]:
+        err.print(f"note: the checkpoint is at round {res['round']}; the run was not finished")
+
+
+@app.command()
 def defenses(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The server defenses, by config name (--defense NAME; --set defense.params.NAME=VALUE), and the
     robust rules they are built on."""

@@ -11,7 +11,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,8 +219,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then the ``key=value`` overrides, in that order."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the YAML file (if any), then ``values`` (dotted key -> typed value, as a grid cell
+    gives them), then the ``key=value`` overrides, in that order; validated once, at the end."""
     cfg = Config()
     if path is not None:
         p = Path(path)
@@ -234,14 +239,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{p}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{p}: expected a mapping of sections")
-        for section, values in doc.items():
-            if not isinstance(values, dict):
+        for section, entries in doc.items():
+            if not isinstance(entries, dict):
                 raise ConfigError(f"{p}: section {section!r} must be a mapping")
-            for key, value in values.items():
+            for key, value in entries.items():
                 try:
                     cfg.set(f"{section}.{key}", value)
                 except ConfigError as err:
                     raise ConfigError(f"{p}: {err}") from None
+    for key, value in (values or {}).items():
+        cfg.set(key, value)
     for text in overrides:
         cfg.set(*parse_override(text))
     return validate(cfg)

@@ -26,15 +26,20 @@ CENTRALIZED_MODELS = ("fism", "mf", "implicit-bpr", "recbole-bpr", "pop")
 Progress = Callable[[dict[str, Any]], None]
 
 
-def run_centralized(cfg: Config, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
-    """Train ``cfg.model.name`` centrally on ``cfg.data.dataset`` and evaluate on the held-out 20 %."""
+def run_centralized(
+    cfg: Config, progress: Progress | None = None, run_dir: Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Train ``cfg.model.name`` centrally on ``cfg.data.dataset`` and evaluate on the held-out 20 %.
+    ``run_dir``: an existing directory to write into (a grid cell's), instead of a fresh one in
+    ``run.out_dir``; a centralized run has no checkpoint to resume from, so it always starts over."""
     model = cfg.model.name
     if model not in CENTRALIZED_MODELS:
         raise ConfigError(f"model.name={model!r}: centralized models are {', '.join(CENTRALIZED_MODELS)}")
     device = resolve_device(cfg.run.device)
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
-    run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or f"{inter.name}-{model}-centralized")
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or f"{inter.name}-{model}-centralized")
     write_config(run_dir, cfg.to_yaml())
     ks = sorted(set(cfg.eval.ks))
     c = cfg.centralized

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ from fedrec.runs import _atomic, new_run_dir, read_summary, write_config, write_
 
 FEDERATED_MODELS = ("fism", "mf")
 
+log = logging.getLogger(__name__)
 
-def _prepare(cfg: Config) -> FederatedRun:
+
+def prepare_federated(cfg: Config) -> FederatedRun:
+    """Validate ``cfg``, load and split its data, and build the run at round 0 (no directory yet)."""
     if cfg.model.name not in FEDERATED_MODELS:
         raise ConfigError(
             f"model.name={cfg.model.name!r}: federated models are {', '.join(FEDERATED_MODELS)}"
@@ -36,7 +40,7 @@ def _prepare(cfg: Config) -> FederatedRun:
 
 def run_federated(cfg: Config, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
     """A fresh federated run of ``cfg``; returns the summary and the run directory."""
-    run = _prepare(cfg)
+    run = prepare_federated(cfg)
     threat = ""
     if cfg.attack.name != "none":
         threat += f"-{cfg.attack.name}{round(100 * cfg.attack.fraction)}"
@@ -73,11 +77,12 @@ def resume_federated(run_dir: str | Path, progress: Progress | None = None) -> t
     if not ckpt.is_file() and (run_dir / "summary.json").is_file():
         raise CheckpointError(f"{ckpt}: missing, but summary.json says the run finished; nothing resumed")
     sd = load_checkpoint(ckpt, run_identity(cfg)) if ckpt.is_file() else None
-    run = _prepare(cfg)
+    run = prepare_federated(cfg)
     if sd is not None:
         run.load_state_dict(sd)
         if run.server.t >= run.total_rounds and (run_dir / "summary.json").is_file():
             raise RunFinished(run_dir, read_summary(run_dir))
+        log.info("%s: resuming at round %d of %d", run_dir, run.server.t, run.total_rounds)
     return _finish(run, run_dir, progress), run_dir
 
 

@@ -1,0 +1,107 @@
+"""``fedrec evaluate RUN_DIR``: re-score a run's saved model at other K and on other users.
+
+The run's config.yaml rebuilds the data, the split and (federated) the Byzantine set exactly as training
+did; the model comes from the run's checkpoint.pt, verified (checksum, then that it belongs to this
+config) before any data loads. User sets:
+
+- ``benign``: the users training's own evaluation scores (federated: the non-Byzantine users; a
+  centralized run has no Byzantine users), with at least one test item;
+- ``all``: every user with at least one test item (Byzantine users included).
+
+With the run's own K and ``benign`` the numbers equal summary.json's (same scorer, same evaluator, same
+batches). Federated runs and centralized FISM / MF runs save their model; the other centralized
+baselines (pop, implicit-bpr, recbole-bpr) keep none and cannot be re-scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedrec.config import ConfigError, load_config
+from fedrec.eval import full_ranking
+
+USER_SETS = ("benign", "all")
+
+
+def evaluate_run(run_dir: str | Path, ks: list[int] | None = None, users: str = "benign") -> dict[str, Any]:
+    """Metrics of the model in ``run_dir``'s checkpoint at ``ks`` (default: the run's eval.ks) over
+    ``users`` (``benign`` or ``all``). Bad input raises ConfigError / FileNotFoundError (one line)."""
+    run_dir = Path(run_dir)
+    if users not in USER_SETS:
+        raise ConfigError(f"--users {users!r}: expected one of {', '.join(USER_SETS)}")
+    if ks is not None and (not ks or any(not isinstance(k, int) or k < 1 for k in ks)):
+        raise ConfigError(f"--ks {ks}: expected positive integers")
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory)")
+    cfg = load_config(run_dir / "config.yaml")
+    ks = sorted(set(ks or cfg.eval.ks))
+    from fedrec.federation.checkpoint import CHECKPOINT
+
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"{ckpt}: no checkpoint, so no model to evaluate (pop, implicit-bpr and recbole-bpr runs save none)"
+        )
+    if cfg.train.mode == "federated":
+        scorer, split, benign, device, t, total = _federated(cfg, ckpt)
+    else:
+        scorer, split, device = _centralized(cfg, ckpt)
+        benign, t, total = None, None, None  # no Byzantine users: training scores every user
+    res = full_ranking(
+        scorer, split.train, split.test, users=benign if users == "benign" else None, ks=ks,
+        batch_size=cfg.eval.batch_size, device=device,
+    )  # fmt: skip
+    return {
+        "run_dir": str(run_dir),
+        "dataset": split.train.name,
+        "model": cfg.model.name,
+        "mode": cfg.train.mode,
+        "round": t,
+        "rounds": total,
+        "users": users,
+        "evaluated_users": res.n_users,
+        "ks": ks,
+        "metrics": {m: {str(k): v for k, v in by_k.items()} for m, by_k in res.metrics.items()},
+    }
+
+
+def _federated(cfg, ckpt: Path):
+    from fedrec.federation.checkpoint import load_checkpoint, run_identity
+    from fedrec.federation.runner import prepare_federated
+
+    sd = load_checkpoint(ckpt, run_identity(cfg))  # checksum and identity before the data loads
+    run = prepare_federated(cfg)
+    run.load_state_dict(sd)  # checked against this run's structure: a crafted file is one line too
+    return run.scorer(), run.split, run.benign_users(), run.device, run.server.t, run.total_rounds
+
+
+def _centralized(cfg, ckpt: Path):
+    """A centralized FISM / MF checkpoint is a bare ``torch.save`` of theta and the user vectors."""
+    from fedrec.baselines.centralized import CentralizedModel
+    from fedrec.data import load_dataset, split_per_user
+    from fedrec.device import resolve_device
+    from fedrec.federation.checkpoint import CheckpointError, load_checkpoint
+    from fedrec.models import CSRTensors, TableLayout
+
+    sd = load_checkpoint(ckpt, legacy=True)
+    model = cfg.model.name
+    if not isinstance(sd, dict) or not isinstance(sd.get("theta"), torch.Tensor):
+        raise CheckpointError(f"{ckpt}: not a centralized FISM / MF checkpoint (no theta tensor)")
+    device = resolve_device(cfg.run.device)
+    inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
+    split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
+    layout = TableLayout.for_model(model, split.train.n_items)
+    theta, users = sd["theta"], sd.get("user_vectors")
+    want = (layout.n_rows, cfg.model.dim)
+    if tuple(theta.shape) != want or (model == "mf") != isinstance(users, torch.Tensor):
+        raise CheckpointError(f"{ckpt}: theta {tuple(theta.shape)} does not fit this run ({model}, {want})")
+    if users is not None and tuple(users.shape) != (split.train.n_users, cfg.model.dim):
+        raise CheckpointError(f"{ckpt}: user vectors {tuple(users.shape)} do not fit this run's users")
+    state = CentralizedModel(
+        layout, theta.to(device), None if users is None else users.to(device), cfg.model.gamma,
+        CSRTensors.from_interactions(split.train, device),
+    )  # fmt: skip
+    return state.scorer(), split, device

@@ -1,0 +1,573 @@
+"""``fedrec experiment GRID.yaml``: a grid of runs, in parallel processes, resumable, into one table.
+
+A grid file::
+
+    base: configs/ml100k.yaml        # optional: a config file, resolved relative to the grid file, then cwd
+    set: {train.lr: 0.01, federated.rounds: 1000}   # optional: fixed overrides, dotted keys
+    grid:                            # dotted keys -> lists of values; every combination is one cell
+      data.dataset: [ml100k, lastfm]
+      attack.name: [alie, ipm]
+      attack.fraction: [0.2, 0.4]
+      defense.name: [none, a-rfrs]
+      train.seed: [0, 1, 2]
+    out: runs/grid-name              # optional: where the cells go (``--out`` wins; default runs/<file name>)
+
+``grid`` may also be a list of such mappings: the cells are then the union of their products (as in
+scikit-learn's ParameterGrid), which is how cells that do not combine are written, e.g. the attack-free
+cell beside the attacked ones (an attack needs a Byzantine fraction, and a fraction needs an attack)::
+
+    grid:
+      - {data.dataset: [ml100k], train.seed: [0, 1]}
+      - {data.dataset: [ml100k], train.seed: [0, 1], attack.name: [alie], attack.fraction: [0.2, 0.4]}
+
+``fedrec experiment GRID --set key=value`` narrows a key the grid lists to that one value (the same
+cells, by name, so a part of a grid is run first and the whole grid later skips it); any other key
+joins ``set`` (every cell changes). Nested mappings are read as dotted keys (``set: {train: {lr: 0.01}}`` is ``train.lr``), and
+``attack.params.NAME`` / ``defense.params.NAME`` set one parameter of the attack / defense. Values are
+typed YAML (``0.4`` is a number, ``none`` a string).
+
+Before anything runs or any data loads, the whole grid is checked: every key must be a config key, every
+cell's config must pass ``fedrec.config.validate``, and a cell may not set a key its mode does not read
+(``federated.*`` in a centralized cell). A bad grid is one ``GridError`` line naming the grid file.
+
+Output folder OUT:
+
+- ``OUT/grid.yaml`` (a copy of the grid file) and ``OUT/manifest.json`` (the expanded cells);
+- ``OUT/runs/<cell>/``: one run directory per cell (``fedrec report OUT/runs/*``), named by the values
+  of the cell's grid keys (every key listed under ``grid``, so that adding a value to a list keeps the
+  names of the cells already run) and a short hash of its whole resolved config, e.g.
+  ``ml100k__alie__0.4__a-rfrs__s0__1f3e5a7c``; ``cell.log`` there holds the cell's output;
+- ``OUT/results.parquet``: one row per finished cell (see :func:`result_row` for the columns), in grid
+  order, rewritten atomically after every cell, so a killed grid leaves a valid table.
+
+A cell whose directory holds a finished summary.json is skipped; an unfinished federated cell resumes
+from its last checkpoint (or starts over when the checkpoint is unusable); a centralized cell starts
+over. Each cell runs in its own process (``fedrec.experiments.cell``, forked from a server that has
+imported fedrec and torch once), ``jobs`` at a time, each with ``max(1, cores // jobs)`` threads (at
+most ``$OMP_NUM_THREADS`` when that is set), so the cores are never oversubscribed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedrec.config import MODE_SECTIONS, Config, ConfigError, load_config, parse_override
+from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
+from fedrec.runs import _atomic, dumps
+
+GRID_FIELDS = ("base", "set", "grid", "out")
+# the columns every results table has, whatever the grid varies (other engineers' plots read them)
+STANDARD_KEYS = (
+    "data.dataset",
+    "model.name",
+    "train.optimizer",
+    "attack.name",
+    "attack.fraction",
+    "defense.name",
+    "train.seed",
+)
+# the grid names and places its run directories itself
+RESERVED_KEYS = ("run.out_dir", "run.name")
+# keys that say where a run lives or runs, not what it computes (= fedrec.federation.checkpoint's)
+NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "data.data_dir")
+RESULTS = "results.parquet"
+MANIFEST = "manifest.json"
+CELL_INFO = "cell.json"  # the grid's record of a cell: wall seconds over its attempts, last status
+MAX_NAME = 150  # characters of a cell name before its hash (file names stop at 255 bytes)
+
+
+class GridError(ConfigError):
+    """A grid file that cannot run as written; ``str`` is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its dotted overrides (``set`` then the grid's values) and resolved config."""
+
+    name: str
+    values: dict[str, Any]  # ``set`` and this cell's grid values, as the grid file gives them
+    config: Config = field(repr=False)
+    digest: str  # sha256 of the resolved config without where it runs (NOT_IDENTITY)
+
+
+@dataclass
+class Grid:
+    path: Path
+    text: str
+    base: Path | None
+    fixed: dict[str, Any]
+    subgrids: list[dict[str, list[Any]]]
+    out: Path
+    keys: list[str]  # the grid keys, in the order the file first lists them
+    cells: list[Cell]
+
+    def run_dir(self, cell: Cell) -> Path:
+        return self.out / "runs" / cell.name
+
+    @property
+    def columns(self) -> list[str]:
+        """The config columns of the results table: the standard keys, then the other grid keys."""
+        return [*STANDARD_KEYS, *(k for k in self.keys if k not in STANDARD_KEYS)]
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def load_grid(
+    path: str | Path, out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Grid:
+    """Read and check ``path``; every cell's config is built and validated. Raises :class:`GridError`.
+
+    ``overrides`` (``key=value``, the CLI's ``--set``): a key the grid lists narrows that list to the
+    one value, and the cells keep their names (a narrowed run is part of the whole grid's, and the
+    whole grid later skips what it ran); any other key is added to ``set`` (every cell's config, and
+    so its name, changes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"{path}: grid file not found")
+    try:
+        text = path.read_text()
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise GridError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise GridError(f"{path}: unreadable ({err})") from None
+    if not isinstance(doc, dict):
+        raise GridError(f"{path}: expected a mapping with {', '.join(GRID_FIELDS)}")
+    if unknown := [k for k in doc if k not in GRID_FIELDS]:
+        raise GridError(f"{path}: unknown field {unknown[0]!r}; a grid file has {', '.join(GRID_FIELDS)}")
+
+    base = _base(path, doc.get("base"))
+    fixed = _flat(path, "set", doc.get("set") or {})
+    raw = doc.get("grid")
+    if raw is None:
+        raw = [{}]
+    subgrids = [_subgrid(path, i, g, len(raw) if isinstance(raw, list) else 0) for i, g in enumerate(
+        raw if isinstance(raw, list) else [raw]
+    )]  # fmt: skip
+    if not subgrids:
+        raise GridError(f"{path}: grid: an empty list has no cell")
+    keys = list(dict.fromkeys(k for g in subgrids for k in g))
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as err:
+            raise GridError(f"--set: {err}") from None
+        if key in keys:
+            subgrids = [{k: [value] if k == key else vs for k, vs in g.items()} for g in subgrids]
+        else:
+            fixed[key] = value
+    for key, value in [*fixed.items(), *((k, v) for g in subgrids for k, vs in g.items() for v in vs)]:
+        _check_key(path, key, value)
+    if both := [k for k in keys if k in fixed]:
+        raise GridError(f"{path}: {both[0]!r} is under both set and grid; keep it in one place")
+
+    if out is None:
+        out = doc.get("out") or Path("runs") / path.stem
+    if not isinstance(out, str | Path) or not str(out).strip():
+        raise GridError(f"{path}: out={out!r}: expected a folder name")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GridError(f"{path}: out {str(out)!r} exists and is not a folder")
+
+    assignments = [
+        {**fixed, **dict(zip(g, combo, strict=True))}
+        for g in subgrids
+        for combo in itertools.product(*g.values())
+    ]
+    configs = [_cell_config(path, base, values, out, keys) for values in assignments]
+    cells = _name_cells(path, keys, assignments, configs)
+    return Grid(path, text, base, fixed, subgrids, out, keys, cells)
+
+
+def _base(path: Path, base: Any) -> Path | None:
+    if base is None:
+        return None
+    if not isinstance(base, str) or not base.strip():
+        raise GridError(f"{path}: base={base!r}: expected the path of a config file")
+    for candidate in (path.parent / base, Path(base)):
+        if candidate.is_file():
+            return candidate
+    raise GridError(f"{path}: base={base!r}: no such config file (looked in {path.parent} and the cwd)")
+
+
+def _flat(path: Path, where: str, doc: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys; a ``params`` mapping stays whole only when given as a value."""
+    if not isinstance(doc, dict):
+        raise GridError(f"{path}: {where}: expected a mapping of dotted config keys")
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted.count(".") < 2 and not dotted.endswith(".params"):
+            flat.update(_flat(path, where, value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _subgrid(path: Path, i: int, doc: Any, n: int) -> dict[str, list[Any]]:
+    where = f"grid[{i}]" if n else "grid"
+    flat = _flat(path, where, doc)
+    for key, values in flat.items():
+        if not isinstance(values, list):
+            raise GridError(
+                f"{path}: {where}: {key}: expected a list of values, got {values!r} (fixed values go under set)"
+            )
+        if not values:
+            raise GridError(f"{path}: {where}: {key}: the list is empty, so the grid has no cell")
+    return flat
+
+
+def _check_key(path: Path, key: str, value: Any) -> None:
+    if key in RESERVED_KEYS:
+        raise GridError(f"{path}: {key}: the grid names and places its run directories (use out: or --out)")
+    try:
+        Config().set(key, value)  # the key exists and the value reads as its type
+    except ConfigError as err:
+        raise GridError(f"{path}: {err}") from None
+
+
+def _describe(values: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={values[k]!r}" for k in keys if k in values) or "the only cell"
+
+
+def _cell_config(path: Path, base: Path | None, values: dict[str, Any], out: Path, keys: list[str]) -> Config:
+    try:
+        cfg = load_config(base, values={**values, "run.out_dir": str(out / "runs")})
+    except ConfigError as err:
+        raise GridError(f"{path}: cell {_describe(values, keys)}: {err}") from None
+    mode = cfg.train.mode
+    other = {s for m, sections in MODE_SECTIONS.items() if m != mode for s in sections}
+    if ignored := [k for k in values if k.partition(".")[0] in other]:
+        raise GridError(
+            f"{path}: cell {_describe(values, keys)}: train.mode={mode!r} does not read {ignored[0]}; "
+            "give the modes separate sub-grids (grid: a list of mappings)"
+        )
+    return cfg
+
+
+def config_digest(cfg: Config) -> str:
+    """sha256 of the resolved config without NOT_IDENTITY: what the run computes, not where."""
+    flat = {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
+    flat = {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_value(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (``attack.params.z`` too; None when that parameter is unset)."""
+    section, _, rest = key.partition(".")
+    name, _, param = rest.partition(".")
+    value = getattr(getattr(cfg, section), name)
+    return value.get(param) if param else value
+
+
+def _part(key: str, value: Any) -> str:
+    if key == "data.dataset" and isinstance(value, str) and value.endswith(".inter"):
+        value = Path(value).stem
+    if isinstance(value, bool) or value is None:
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, list | tuple):
+        text = "-".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        text = ",".join(f"{k}={v}" for k, v in value.items())
+    else:
+        text = str(value)
+    if key == "train.seed":
+        text = f"s{text}"
+    return re.sub(r"[^A-Za-z0-9.=,+-]+", "-", text).strip("-.") or "x"
+
+
+def _name_cells(path: Path, keys: list[str], assignments: list[dict], configs: list[Config]) -> list[Cell]:
+    cells, seen = [], {}
+    for values, cfg in zip(assignments, configs, strict=True):
+        digest = config_digest(cfg)
+        readable = "__".join(_part(k, config_value(cfg, k)) for k in keys)[:MAX_NAME] or "cell"
+        name = f"{readable}__{digest[:8]}"
+        if name in seen:
+            raise GridError(
+                f"{path}: cells {_describe(seen[name], keys)} and {_describe(values, keys)} are the same run "
+                "(a value listed twice, or sub-grids that overlap)"
+            )
+        seen[name] = values
+        cfg.run.name = name
+        cells.append(Cell(name, values, cfg, digest))
+    return cells
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def cell_status(run_dir: Path) -> str:
+    """done (finished summary.json), resumable (a checkpoint, federated), or pending."""
+    if finished_summary(run_dir) is not None:
+        return "done"
+    return "resumable" if (run_dir / "checkpoint.pt").is_file() else "pending"
+
+
+def plan(grid: Grid) -> list[dict[str, Any]]:
+    """What ``run_grid`` would do, cell by cell; reads the run directories and writes nothing."""
+    return [
+        {"cell": c.name, "run_dir": str(grid.run_dir(c)), "status": cell_status(grid.run_dir(c)),
+         "values": {k: config_value(c.config, k) for k in grid.keys}}
+        for c in grid.cells
+    ]  # fmt: skip
+
+
+def threads_per_job(jobs: int) -> int:
+    """``max(1, cores // jobs)``, and at most ``$OMP_NUM_THREADS`` when the caller capped it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = max(1, cores // jobs)
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return n
+    return max(1, min(n, cap))
+
+
+def manifest(grid: Grid) -> dict[str, Any]:
+    return {
+        "grid_file": str(grid.path),
+        "base": None if grid.base is None else str(grid.base),
+        "set": grid.fixed,
+        "grid": grid.subgrids,
+        "keys": grid.keys,
+        "cells": [
+            {"cell": c.name, "run_dir": f"runs/{c.name}", "config_sha256": c.digest, "values": c.values,
+             "config": c.config.to_dict()}
+            for c in grid.cells
+        ],
+    }  # fmt: skip
+
+
+def _prepare_dir(grid: Grid, cell: Cell) -> Path:
+    """The cell's directory with its config.yaml (rewritten only when it differs: a finished or
+    resumable cell keeps its own); a corrupt summary.json is dropped so the cell runs again."""
+    run_dir = grid.run_dir(cell)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = run_dir / "summary.json"
+    if summary.exists() and finished_summary(run_dir) is None:
+        summary.unlink()
+    config = run_dir / "config.yaml"
+    text = cell.config.to_yaml()
+    if not config.is_file() or config.read_text() != text:
+        _atomic(config, lambda p: p.write_text(text))
+    return run_dir
+
+
+def _cell_info(run_dir: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((run_dir / CELL_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _last_error(log: Path, since: int) -> str | None:
+    """The last ``error:`` line the cell wrote in this attempt (its log from byte ``since``)."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(since)
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [ln[len("error: ") :] for ln in lines if ln.startswith("error: ")]
+    return errors[-1] if errors else None
+
+
+@dataclass
+class _Running:
+    cell: Cell
+    proc: multiprocessing.process.BaseProcess
+    start: float
+    log_from: int
+
+
+def _context():
+    """A forkserver that has imported fedrec and torch once: each cell is a fork of it (fresh state,
+    no import cost); spawn where there is no forkserver."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def result_row(grid: Grid, cell: Cell, status: str, error: str | None = None) -> dict[str, Any]:
+    """One row of results.parquet: the config columns (``Grid.columns``, from the cell's resolved
+    config), cell, run_dir, status (done / failed), error, wall_s (seconds of the cell's processes
+    over the attempts the grid recorded), rounds, byzantine_rejected and honest_rejected (over all
+    rounds: detection recall and false-rejection rate; NaN without Byzantine clients or in a
+    centralized cell), then precision@K and recall@K for every K evaluated."""
+    run_dir = grid.run_dir(cell)
+    row: dict[str, Any] = {k: config_value(cell.config, k) for k in grid.columns}
+    summary = finished_summary(run_dir) if status == "done" else None
+    detection = ((summary or {}).get("detection") or {}).get("all_rounds") or {}
+
+    def rate(name: str) -> float:
+        value = detection.get(name)
+        return float(value) if isinstance(value, int | float) else math.nan
+
+    row.update(
+        cell=cell.name, run_dir=str(run_dir), status=status, error=error,
+        wall_s=float(_cell_info(run_dir).get("wall_s", math.nan)),
+        rounds=(summary or {}).get("rounds"),
+        byzantine_rejected=rate("recall"), honest_rejected=rate("false_rejection_rate"),
+    )  # fmt: skip
+    metrics = (summary or {}).get("metrics") or {}
+    for name in ("precision", "recall"):
+        for k, value in sorted((metrics.get(name) or {}).items(), key=lambda kv: int(kv[0])):
+            row[f"{name}@{k}"] = value
+    return row
+
+
+def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as one Parquet table, atomically; a column of mixed kinds becomes strings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    metric = [n for n in names if "@" in n]
+    order = [n for n in names if "@" not in n]
+    order += sorted(metric, key=lambda n: (n.split("@")[0] != "precision", int(n.split("@")[1])))
+    columns = {}
+    for name in order:
+        values = [r.get(name) for r in rows]
+        if name in metric or name in ("wall_s", "byzantine_rejected", "honest_rejected"):
+            columns[name] = pa.array([math.nan if v is None else float(v) for v in values], pa.float64())
+            continue
+        if name in ("rounds", "cell", "run_dir", "status", "error"):
+            columns[name] = pa.array(values, pa.int64() if name == "rounds" else pa.string())
+            continue
+        kinds = {_kind(v) for v in values if v is not None}
+        if len(kinds) > 1 or kinds & {"other"}:
+            values = [None if v is None else (v if isinstance(v, str) else dumps(v)) for v in values]
+        columns[name] = pa.array(values)
+    table = pa.table(columns)
+    _atomic(path, lambda p: pq.write_table(table, p))
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int | float):
+        return "number"
+    return "str" if isinstance(v, str) else "other"
+
+
+def run_grid(
+    grid: Grid, jobs: int = 1, say: Callable[[str], None] = lambda line: None
+) -> list[dict[str, Any]]:
+    """Run every unfinished cell, ``jobs`` processes at a time; returns the results rows (also in
+    OUT/results.parquet). ``say`` gets one line per event (a cell started, finished, failed)."""
+    if jobs < 1:
+        raise GridError(f"--jobs {jobs}: must be at least 1")
+    out = grid.out
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / "grid.yaml", lambda p: p.write_text(grid.text))
+    _atomic(out / MANIFEST, lambda p: p.write_text(dumps(manifest(grid), indent=1)))
+
+    status: dict[str, tuple[str, str | None]] = {}
+    todo = []
+    for cell in grid.cells:
+        if finished_summary(grid.run_dir(cell)) is not None:
+            status[cell.name] = ("done", None)
+        else:
+            todo.append(cell)
+    threads = threads_per_job(jobs)
+    say(
+        f"{len(grid.cells)} cells in {out}: {len(grid.cells) - len(todo)} done, {len(todo)} to run "
+        f"({min(jobs, max(1, len(todo)))} at a time, {threads} thread{'s' * (threads > 1)} each)"
+    )
+
+    def table() -> list[dict[str, Any]]:
+        rows = [result_row(grid, c, *status[c.name]) for c in grid.cells if c.name in status]
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        rows = [{k: r.get(k, math.nan) for k in columns} for r in rows]  # a failed cell has no P@K: NaN
+        if rows:
+            write_results(out / RESULTS, rows)
+        return rows
+
+    ctx = _context()
+    running: list[_Running] = []
+    finished = len(grid.cells) - len(todo)
+
+    def launch(cell: Cell) -> None:
+        run_dir = _prepare_dir(grid, cell)
+        with open(run_dir / LOG, "ab") as fh:
+            start = fh.tell()
+            fh.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt (grid pid {os.getpid()})\n".encode())
+        proc = ctx.Process(target=cell_process, args=(str(run_dir), os.getpid(), threads), name=cell.name)
+        proc.start()
+        running.append(_Running(cell, proc, time.perf_counter(), start))
+
+    def reap(r: _Running) -> None:
+        nonlocal finished
+        run_dir = grid.run_dir(r.cell)
+        wall = time.perf_counter() - r.start
+        info = _cell_info(run_dir)
+        rc = r.proc.exitcode
+        if finished_summary(run_dir) is not None:
+            state, error = "done", None
+        else:
+            error = _last_error(run_dir / LOG, r.log_from)
+            if error is None:
+                error = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}, no summary.json"
+            state = "failed"
+        info = {"cell": r.cell.name, "wall_s": float(info.get("wall_s", 0.0)) + wall,
+                "attempts": int(info.get("attempts", 0)) + 1, "status": state, "error": error}  # fmt: skip
+        _atomic(run_dir / CELL_INFO, lambda p: p.write_text(dumps(info, indent=1)))
+        status[r.cell.name] = (state, error)
+        finished += 1
+        summary = finished_summary(run_dir) or {}
+        p5 = ((summary.get("metrics") or {}).get("precision") or {}).get("5")
+        what = (f"P@5 {p5:.4f}" if p5 is not None else "done") if state == "done" else f"FAILED: {error}"
+        say(f"[{finished}/{len(grid.cells)}] {r.cell.name}: {what} ({wall:.1f} s)")
+        table()
+
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                launch(todo.pop(0))
+            multiprocessing.connection.wait([r.proc.sentinel for r in running])
+            for r in [r for r in running if r.proc.exitcode is not None]:
+                running.remove(r)
+                r.proc.join()
+                reap(r)
+    except BaseException:  # Ctrl-C or a bug here: stop the cells (their checkpoints stay for a rerun)
+        for r in running:
+            r.proc.terminate()
+        for r in running:
+            r.proc.join()
+        raise
+    return table()
+
+
+__all__ = [
+    "Cell",
+    "Grid",
+    "GridError",
+    "load_grid",
+    "plan",
+    "result_row",
+    "run_grid",
+    "threads_per_job",
+    "write_results",
+]

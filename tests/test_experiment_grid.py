@@ -1,0 +1,299 @@
+"""``fedrec experiment GRID.yaml`` (issue 13, Build item 3): a 2 x 2 x 2 grid on tiny synthetic data, run
+whole, and run in a subprocess that is SIGKILLed midway and restarted, gives the same results table; a
+bad grid is one line before anything runs; finished cells are skipped; an unusable checkpoint restarts
+its cell."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+from fedrec.data import synthetic
+from fedrec.experiments.grid import STANDARD_KEYS, GridError, load_grid
+
+VOLATILE = ["wall_s", "run_dir"]  # what may differ between two runs of the same grid
+
+
+def _write_inter(path: Path, seed: int) -> str:
+    inter = synthetic(200, 100, mean_items=10, seed=seed)
+    users = np.repeat(np.arange(inter.n_users), np.diff(inter.indptr))
+    lines = [f"{u}\t{i}" for u, i in zip(users, inter.indices, strict=True)]
+    path.write_text("user_id:token\titem_id:token\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("grid")
+    doc = {
+        "set": {
+            "train.mode": "federated",
+            "federated": {"rounds": 30, "fraction": 0.1, "eval_every": 10, "checkpoint_every": 5},
+            "model.dim": 8,
+            "eval.ks": [1, 5],
+        },
+        "grid": {
+            "data.dataset": [_write_inter(root / "syn1.inter", 1), _write_inter(root / "syn2.inter", 2)],
+            "attack.name": ["alie"],
+            "attack.fraction": [0.2, 0.4],
+            "defense.name": ["none", "a-rfrs"],
+        },
+        "out": str(root / "default-out"),
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _experiment(*args: str):
+    return CliRunner().invoke(app, ["experiment", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(grid_file: Path) -> Path:
+    """Dir A: the grid run whole, two cells at a time."""
+    out = grid_file.parent / "A"
+    res = _experiment(grid_file, "--out", out, "--jobs", 2, "--json")
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["cells"]) == 8
+    return out
+
+
+def _table(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "results.parquet").drop(columns=VOLATILE)
+
+
+def test_the_table_has_the_promised_columns(uninterrupted: Path) -> None:
+    df = pd.read_parquet(uninterrupted / "results.parquet")
+    need = [*STANDARD_KEYS, "cell", "run_dir", "status", "error", "wall_s", "rounds", "byzantine_rejected",
+            "honest_rejected", "precision@1", "precision@5", "recall@1", "recall@5"]  # fmt: skip
+    assert set(need) <= set(df.columns), set(need) - set(df.columns)
+    assert len(df) == 8 and (df.status == "done").all() and df.error.isna().all() and (df.rounds == 30).all()
+    assert (
+        df["cell"].is_unique
+        and df["cell"].str.match(r"^syn[12]__alie__0\.[24]__(none|a-rfrs)__[0-9a-f]{8}$").all()
+    )
+    # the seven standard columns come from the resolved config even where the grid does not vary them
+    assert (df["model.name"] == "fism").all() and (df["train.optimizer"] == "adam").all()
+    assert (df["train.seed"] == 0).all()
+    # detection: a-rfrs rejects uploads, no defense rejects none
+    none = df[df["defense.name"] == "none"]
+    assert (none.byzantine_rejected == 0).all() and (none.honest_rejected == 0).all()
+    assert (df[df["defense.name"] == "a-rfrs"].honest_rejected > 0).all()
+    # the rows carry each run's own summary
+    for row in df.to_dict("records"):
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert row["precision@5"] == summary["metrics"]["precision"]["5"]
+        assert row["recall@1"] == summary["metrics"]["recall"]["1"]
+    manifest = json.loads((uninterrupted / "manifest.json").read_text())
+    assert [c["cell"] for c in manifest["cells"]] == list(df["cell"])
+    assert (uninterrupted / "grid.yaml").is_file()
+
+
+def test_killed_midway_and_restarted_gives_the_same_table(grid_file: Path, uninterrupted: Path) -> None:
+    out = grid_file.parent / "B"
+    # the checkpoint-write hook slows each cell to ~2 s, so the kill lands inside a cell, sometimes
+    # inside a checkpoint write
+    env = {**os.environ, "FEDREC_CHECKPOINT_WRITE_DELAY": "0.3"}
+    cmd = [sys.executable, "-m", "fedrec", "experiment", str(grid_file), "--out", str(out), "--jobs", "1"]
+    with open(grid_file.parent / "B.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        runs = out / "runs"
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = list(runs.glob("*/summary.json"))
+            midway = [p for p in runs.glob("*/checkpoint.pt") if not (p.parent / "summary.json").exists()]
+            if done and midway:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the grid ended before it could be killed midway"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    half = pd.read_parquet(out / "results.parquet")  # a killed grid leaves a valid table
+    assert 1 <= len(half) < 8 and (half.status == "done").all()
+    interrupted = [p.parent for p in midway]
+
+    res = _experiment(grid_file, "--out", out, "--jobs", 1)
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(_table(out), _table(uninterrupted), check_exact=True)
+    # the interrupted cell continued from its checkpoint, to the same rounds and the same model
+    (cell,) = interrupted
+    assert "resuming at round" in (cell / "cell.log").read_text()
+    same = uninterrupted / "runs" / cell.name
+    for name in ("rounds.parquet", "metrics.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(cell / name), pd.read_parquet(same / name))
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+
+
+def test_finished_cells_are_skipped(uninterrupted: Path, grid_file: Path) -> None:
+    before = _mtimes(uninterrupted)
+    res = _experiment(grid_file, "--out", uninterrupted)
+    assert res.exit_code == 0, res.output
+    assert "8 done, 0 to run" in res.stderr
+    assert _mtimes(uninterrupted) == before, "a finished cell's run directory was rewritten"
+    assert len(pd.read_parquet(uninterrupted / "results.parquet")) == 8
+
+
+def test_an_unusable_checkpoint_restarts_its_cell(
+    uninterrupted: Path, grid_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    cell = sorted((out / "runs").iterdir())[0]
+    (cell / "summary.json").unlink()
+    ckpt = cell / "checkpoint.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[-10] ^= 0xFF  # a flipped byte: the checksum refuses it
+    ckpt.write_bytes(bytes(data))
+    res = _experiment(grid_file, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "7 done, 1 to run" in res.stderr
+    assert "starting the cell again from round 0" in (cell / "cell.log").read_text()
+    pd.testing.assert_frame_equal(_table(out), _table(uninterrupted), check_exact=True)
+
+
+def test_dry_run_lists_the_cells_and_writes_nothing(
+    grid_file: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    res = _experiment(grid_file, "--out", tmp_path / "new", "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    cells = json.loads(res.stdout)["cells"]
+    assert len(cells) == 8 and {c["status"] for c in cells} == {"pending"}
+    assert cells[0]["values"]["attack.fraction"] == 0.2
+    assert not (tmp_path / "new").exists()
+    res = _experiment(grid_file, "--out", uninterrupted, "--dry-run")
+    assert res.exit_code == 0 and res.stdout.count("done") == 8, res.output
+    # out: in the grid file is the default folder
+    assert load_grid(grid_file).out == grid_file.parent / "default-out"
+
+
+def test_set_narrows_a_grid_key_and_overrides_the_rest(grid_file: Path, uninterrupted: Path) -> None:
+    """--set on a grid key runs a part of the grid (the same cells, by name: done ones are found);
+    on another key it changes every cell, so none of the finished ones is reused."""
+    res = _experiment(
+        grid_file, "--out", uninterrupted, "--set", "attack.fraction=0.4", "--dry-run", "--json"
+    )
+    assert res.exit_code == 0, res.output
+    part = json.loads(res.stdout)["cells"]
+    assert len(part) == 4 and {c["status"] for c in part} == {"done"}
+    assert {c["values"]["attack.fraction"] for c in part} == {0.4}
+    res = _experiment(
+        grid_file, "--out", uninterrupted, "--set", "federated.rounds=31", "--dry-run", "--json"
+    )
+    other = json.loads(res.stdout)["cells"]
+    assert len(other) == 8 and {c["status"] for c in other} == {"pending"}
+    _bad_grid_cli(grid_file, ["--set", "train.nope=1"], "unknown config key 'train.nope'")
+    _bad_grid_cli(grid_file, ["--jobs", "0"], "--jobs 0: must be at least 1")
+    (grid_file.parent / "a-file").write_text("")
+    _bad_grid_cli(grid_file, ["--out", str(grid_file.parent / "a-file")], "exists and is not a folder")
+
+
+def _bad_grid(tmp_path: Path, doc: dict, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    res = _experiment(path, "--out", out)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and str(path) in lines[0], res.stderr
+    assert "Traceback" not in res.output
+    assert not out.exists(), "something ran"
+
+
+def _bad_grid_cli(path: Path, args: list[str], needle: str) -> None:
+    res = _experiment(path, "--out", path.parent / "never", *args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (path.parent / "never").exists()
+
+
+@pytest.mark.parametrize(
+    ("doc", "needle"),
+    [
+        ({"grid": {"train.lrr": [0.1, 0.2]}}, "unknown config key 'train.lrr'"),
+        ({"set": {"federated.roundz": 3}, "grid": {"train.seed": [0]}}, "unknown config key 'federated.roundz'"),
+        ({"grid": {"train.seed": 3}}, "train.seed: expected a list of values"),
+        ({"grid": {"train.seed": [0]}, "sweep": 1}, "unknown field 'sweep'"),
+        ({"base": "no/such.yaml"}, "base='no/such.yaml': no such config file"),
+        # every cell is validated before any runs: an attack without Byzantine clients
+        ({"set": {"train.mode": "federated"}, "grid": {"attack.name": ["alie"], "train.seed": [0, 1]}},
+         "cell attack.name='alie', train.seed=0: attack.name='alie' with attack.fraction=0.0"),
+        # a key the cell's mode does not read is refused, not ignored
+        ({"set": {"train.mode": "centralized", "federated.rounds": 5}, "grid": {"model.name": ["pop"]}},
+         "does not read federated.rounds"),
+        ({"grid": {"train.seed": [0, 0]}}, "are the same run"),
+        ({"grid": {"run.name": ["x"]}}, "run.name: the grid names and places its run directories"),
+    ],
+)  # fmt: skip
+def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path: Path, doc: dict, needle: str) -> None:
+    _bad_grid(tmp_path, doc, needle)
+
+
+def test_grid_as_a_list_of_subgrids_and_failed_cells(tmp_path: Path, grid_file: Path) -> None:
+    """Sub-grids: the attack-free cell beside the attacked one. A cell that fails at run time (a round
+    too small for a-rfrs at 40 %, known only once the data is loaded) is a failed row with its error;
+    the other cells still run, and the exit code is 1. Centralized cells run too."""
+    data = yaml.safe_load(grid_file.read_text())["grid"]["data.dataset"][0]
+    doc = {
+        "set": {"data.dataset": data},
+        "grid": [
+            {"train.mode": ["federated"], "federated.rounds": [3], "federated.fraction": [0.02],
+             "defense.name": ["none", "a-rfrs"], "attack.name": ["alie"], "attack.fraction": [0.4]},
+            {"train.mode": ["federated"], "federated.rounds": [3]},
+            {"train.mode": ["centralized"], "model.name": ["pop"]},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = _experiment(path, "--out", tmp_path / "out", "--json")
+    assert res.exit_code == 1, res.output
+    rows = {(r["train.mode"], r["attack.name"], r["defense.name"], r["model.name"]): r
+            for r in json.loads(res.stdout)["cells"]}  # fmt: skip
+    assert len(rows) == 4
+    bad = rows[("federated", "alie", "a-rfrs", "fism")]
+    assert bad["status"] == "failed" and "defense 'a-rfrs' needs f < n/2" in bad["error"]
+    assert bad["precision@5"] is None  # strict JSON: null, not NaN
+    assert rows[("federated", "alie", "none", "fism")]["status"] == "done"
+    clean = rows[("federated", "none", "none", "fism")]
+    assert clean["status"] == "done" and clean["byzantine_rejected"] is None  # NaN -> null
+    pop = rows[("centralized", "none", "none", "pop")]
+    assert pop["status"] == "done" and pop["rounds"] is None and pop["precision@5"] > 0
+    assert "1 of 4 cells failed" in res.stderr
+    assert "train.mode" in pd.read_parquet(tmp_path / "out" / "results.parquet").columns
+
+
+def test_load_grid_names_cells_by_their_grid_keys(grid_file: Path) -> None:
+    grid = load_grid(grid_file)
+    assert grid.keys == ["data.dataset", "attack.name", "attack.fraction", "defense.name"]
+    names = [c.name for c in grid.cells]
+    assert names == [c.name for c in load_grid(grid_file).cells]  # deterministic
+    assert names[0].startswith("syn1__alie__0.2__none__")
+    with pytest.raises(GridError, match="grid file not found"):
+        load_grid(grid_file.parent / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("name", "cells"), [("federated", 8), ("centralized", 20), ("figure4", 160), ("camouflage", 6)]
+)
+def test_the_shipped_grids_are_valid(name: str, cells: int) -> None:
+    """configs/grids/ replaces the shell grids of experiments/: same cells (figure4.sh: per dataset and
+    seed, the attack-free run and 3 fractions x 5 defenses)."""
+    grid = load_grid(Path(__file__).parents[1] / "configs" / "grids" / f"{name}.yaml")
+    assert len(grid.cells) == cells
