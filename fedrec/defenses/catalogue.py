@@ -80,6 +80,11 @@ DEFENSES: dict[str, Defense] = {
                 description="SignGuard-Sim: SignGuard plus a cosine-similarity feature"),
         Defense("signguard-dist", "signguard-dist", "gradient",
                 description="SignGuard-Dist: SignGuard plus a Euclidean-distance feature"),
+        # MixTailor (paper 004) and its pool's Bulyan, on reconstructed gradients, then a server-side step
+        Defense("grad-mixtailor", "mixtailor", "gradient",
+                description="MixTailor: per round a rule drawn from comed / l_p-Krum / GM / l_p-Bulyan (64)"),
+        Defense("grad-bulyan", "bulyan", "gradient",
+                description="Bulyan: n - 2f rounds of Krum, then MeaMed over them (needs n >= 4f + 3)"),
     ]
 }  # fmt: skip
 
