@@ -12,6 +12,7 @@ from fedrec.attacks import ATTACKS
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
 from fedrec.defenses import DEFENSES, RULES, Defense
+from fedrec.defenses.preagg import PRE_STEPS
 from fedrec.federation.pipeline import rule_generator
 from fedrec.federation.reference import reference_defended_round
 from fedrec.federation.simulation import FederatedRun
@@ -104,6 +105,17 @@ OPTIMIZER_CASES = [
 @pytest.mark.parametrize(("optimizer", "attack", "defense"), OPTIMIZER_CASES)
 def test_defended_round_equals_dense_reference_other_optimizers(optimizer, attack, defense):
     _check_against_reference(_run(attack, defense, seed=11, optimizer=optimizer))
+
+
+# pre-aggregation (paper 003): every pre-step before every rule, with and without an attack
+PRE_CASES = [(p, r, a) for p in PRE_STEPS for r in RULES for a in ("none", "sign-flip", "ipm")]
+
+
+@pytest.mark.parametrize(("pre", "rule", "attack"), PRE_CASES)
+def test_every_pre_step_before_every_rule_equals_dense_reference(pre, rule, attack):
+    run = _run(attack, "none", seed=13)
+    object.__setattr__(run, "defense", Defense(f"contract-{pre}-{rule}", rule, "gradient", pre=pre))
+    _check_against_reference(run)
 
 
 def iterative_rule(spec) -> bool:
