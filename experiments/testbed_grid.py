@@ -1,6 +1,7 @@
 """The dense digits testbed's grids (fedrec.testbed) in the papers' own settings, 5 seeds per cell.
 
-    OMP_NUM_THREADS=1 python experiments/testbed_grid.py OUT [--grid resam|signguard|all] [--jobs 2]
+    OMP_NUM_THREADS=1 python experiments/testbed_grid.py OUT [--grid resam|signguard|brvr|mixtailor|all]
+        [--jobs 2]
         [--seeds 5] [--steps N] [--model softmax|mlp] [--only RULE/ATTACK ...] [--estimate] [--table]
 
 (a) ``resam`` (RESAM section 9.1, feed-forward setting: n = 15, f = 5, gamma = 0.5, batch 25, C = 2,
@@ -12,6 +13,15 @@
     weight decay 5e-4, 600 steps): rules {signguard, krum, cw-median, cw-trmean, mean} x attacks
     {none, gaussian, label-flip, byzmean, sign-flip, alie, min-max, min-sum}; metric: the best test
     accuracy during training (SignGuard Table I), evaluated every 20 steps.
+
+(c) ``brvr`` (paper 003 section 6, scaled to digits: W = 30 on label-sorted shards, B = 6, softmax,
+    gamma = 0.5, batch 32, 500 steps): SGD + geometric median (Byrd-SGD), SAGA + geometric median
+    (Byrd-SAGA) and SAGA + resampling (s = 2) + geometric median (the paper's method) x attacks {none,
+    sign-flip c = -5, gaussian sigma = 100, sample-duplicate (Byzantine = the first 6 workers, classes
+    0-1)}; metric: the final test accuracy.
+(d) ``mixtailor`` (paper 004 section 5, scaled: n = 12, f = 2, iid, 500 steps): MixTailor and its pool's
+    rules {krum, cw-median, geomed, bulyan} x attacks {none, ipm eps = 0.1, ipm eps = 10} (the tailored
+    -eps * honest mean), benchmark the mean of 12 honest workers; metric: the final test accuracy.
 
 Each cell runs in its own process (``--jobs`` at a time) and writes a run directory under
 ``OUT/<grid>/<cell>/`` like ``fedrec testbed``; a cell with a summary.json is skipped, so the script can
@@ -64,6 +74,28 @@ SIGNGUARD_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+# paper 003 (BRVR section 6, scaled to digits): W = 30 workers on label-sorted shards (three per class),
+# B = 6, softmax regression, gamma = 0.5, batch 32, no momentum; methods = (estimator, pre-step, rule)
+BRVR_METHODS: dict[str, dict[str, Any]] = {
+    "sgd-geomed": {"rule": "geomed", "estimator": "sgd"},  # Byrd-SGD
+    "byrd-saga": {"rule": "geomed", "estimator": "saga"},  # Byrd-SAGA: SAGA + geometric median
+    "saga-rs-geomed": {"rule": "geomed", "estimator": "saga", "pre": "resample", "rule_params": {"s": 2}},
+}
+BRVR_ATTACKS = ["none", "sign-flip", "gaussian", "sample-duplicate"]
+BRVR_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
+    "sign-flip": {"c": -5.0},  # BRVR: the true message times -5
+    "gaussian": {"sigma": 100.0},  # BRVR: N(0, 10^4)
+}
+# BRVR's sample-duplicating run makes "the workers holding two classes" Byzantine: the first 6 of the
+# sorted shards (classes 0 and 1 vanish, best accuracy about 0.8); the other attacks place them at random
+BRVR_ATTACK_CONFIG: dict[str, dict[str, Any]] = {"sample-duplicate": {"byzantine": "first"}}
+
+# paper 004 (MixTailor section 5, scaled to digits): n = 12, f = 2, iid, the tailored -eps * honest-mean
+# attack with eps = 0.1 (breaks Krum) and eps = 10 (breaks the median); MixTailor against its pool's rules
+MIXTAILOR_RULES = ["mixtailor", "krum", "cw-median", "geomed", "bulyan"]
+MIXTAILOR_ATTACKS = ["none", "ipm:eps=0.1", "ipm:eps=10"]
+
+
 GRIDS: dict[str, dict[str, Any]] = {
     "resam": {
         "base": dict(n=15, f=5, lr=0.5, batch=25, clip=2.0, weight_decay=1e-4, steps=800, eval_every=100),
@@ -83,6 +115,36 @@ GRIDS: dict[str, dict[str, Any]] = {
         "metric": "max_accuracy",
         "benchmark": True,
     },
+    "brvr": {
+        "base": dict(
+            n=30,
+            f=6,
+            lr=0.5,
+            batch=32,
+            weight_decay=0.0,
+            steps=500,
+            eval_every=50,
+            shards="sorted",
+            byzantine="random",
+        ),
+        "betas": [0.0],
+        "rules": list(BRVR_METHODS),
+        "methods": BRVR_METHODS,
+        "attacks": BRVR_ATTACKS,
+        "attack_params": BRVR_ATTACK_PARAMS,
+        "attack_config": BRVR_ATTACK_CONFIG,
+        "metric": "final_accuracy",
+        "benchmark": True,
+    },
+    "mixtailor": {
+        "base": dict(n=12, f=2, lr=0.5, batch=25, weight_decay=1e-4, steps=500, eval_every=50),
+        "betas": [0.0],
+        "rules": MIXTAILOR_RULES,
+        "attacks": MIXTAILOR_ATTACKS,
+        "attack_params": {},
+        "metric": "final_accuracy",
+        "benchmark": True,  # the mean of 12 honest workers: the omniscient average (paper: of the 10 honest)
+    },
 }
 
 
@@ -98,17 +160,31 @@ def cells(grid: str, seeds: int, only: list[str] | None) -> list[dict[str, Any]]
             continue
         for beta in g["betas"]:
             for seed in range(1, seeds + 1):  # RESAM's seeds 1-5
-                name, _, given = rule.partition(":")  # "cc:tau=1": a rule with parameters
-                params = {k: float(v) for k, v in (p.split("=") for p in given.split(",") if p)}
+                name, params = _parse(rule)  # "cc:tau=1": a rule with parameters
                 cfg = {**g["base"], "rule": name, "rule_params": params, "momentum": beta, "seed": seed}
+                cfg.update(g.get("methods", {}).get(rule, {}))  # a method: estimator, pre-step, rule
                 if attack == "benchmark":
-                    cfg.update(f=0, attack="none")
+                    cfg.update(f=0, attack="none", rule="mean", rule_params={}, estimator="sgd", pre=None)
                 else:
-                    cfg.update(attack=attack, attack_params=dict(g["attack_params"].get(attack, {})))
+                    a_name, a_params = _parse(attack)  # "ipm:eps=10": an attack with parameters
+                    a_params = {**g["attack_params"].get(a_name, {}), **a_params}
+                    cfg.update(
+                        attack=a_name, attack_params=a_params, **g.get("attack_config", {}).get(a_name, {})
+                    )
                 out.append(
-                    {"grid": grid, "name": f"{_label(rule)}__{attack}__b{beta}__s{seed}", "config": cfg}
+                    {
+                        "grid": grid,
+                        "name": f"{_label(rule)}__{_label(attack)}__b{beta}__s{seed}",
+                        "config": cfg,
+                    }
                 )
     return out
+
+
+def _parse(entry: str) -> tuple[str, dict[str, float]]:
+    """``"cc:tau=0.5"`` -> ``("cc", {"tau": 0.5})``."""
+    name, _, given = entry.partition(":")
+    return name, {k: float(v) for k, v in (p.split("=") for p in given.split(",") if p)}
 
 
 def _label(rule: str) -> str:
@@ -210,10 +286,10 @@ def table(out: Path, grid: str) -> str:
     lines = []
     for beta in g["betas"]:
         lines.append(f"\n**{grid}, beta = {beta}: {g['metric']} (%), mean ± std over seeds (runs)**\n")
-        lines.append("| rule | " + " | ".join(g["attacks"]) + " |")
+        lines.append("| rule | " + " | ".join(map(_label, g["attacks"])) + " |")
         lines.append("|---|" + "---|" * len(g["attacks"]))
         rows = [("mean (no Byzantine)", "mean", ["benchmark"] * len(g["attacks"]))] if g["benchmark"] else []
-        rows += [(_label(r), _label(r), g["attacks"]) for r in g["rules"]]
+        rows += [(_label(r), _label(r), [_label(a) for a in g["attacks"]]) for r in g["rules"]]
         for label, rule, attacks in rows:
             cells_ = []
             for a in attacks:
@@ -240,7 +316,7 @@ def selection(out: Path, grid: str) -> str:
         rule, attack, _, _ = path.parent.parent.name.split("__")
         rates.setdefault((rule, attack), []).append(pd.read_parquet(path))
     g = GRIDS[grid]
-    attacks = [a for a in g["attacks"] if a != "none"]
+    attacks = [_label(a) for a in g["attacks"] if a != "none"]
     lines = [f"\n**{grid}: Byzantine accepted / honest accepted (all steps and seeds)**\n",
              "| rule | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]  # fmt: skip
     for rule in map(_label, g["rules"]):
@@ -270,7 +346,7 @@ def plot(out: Path, grid: str, folder: Path) -> list[Path]:
         for label in rows:
             rule = "mean" if label.startswith("mean (") else label
             values.append([
-                100 * statistics.mean(v) if (v := results.get((rule, "benchmark" if label != rule else a, beta)))
+                100 * statistics.mean(v) if (v := results.get((rule, "benchmark" if label != rule else _label(a), beta)))
                 else float("nan") for a in g["attacks"]
             ])  # fmt: skip
         n, f = g["base"]["n"], g["base"]["f"]
@@ -283,7 +359,7 @@ def plot(out: Path, grid: str, folder: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--grid", choices=["resam", "signguard", "all"], default="all")
+    p.add_argument("--grid", choices=[*GRIDS, "all"], default="all")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=None, help="override every cell's steps")
@@ -293,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", action="store_true", help="print the Markdown tables of finished cells")
     p.add_argument("--plot", type=Path, help="write heatmap PNGs of finished cells into this folder")
     a = p.parse_args(argv)
-    grids = ["resam", "signguard"] if a.grid == "all" else [a.grid]
+    grids = list(GRIDS) if a.grid == "all" else [a.grid]
     if a.table or a.plot:
         for g in grids:
             print(table(a.out, g))

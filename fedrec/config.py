@@ -97,6 +97,8 @@ class DefenseConfig:
     # --set defense.params.c=3
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # the server's generator for rules that draw random numbers (SignGuard's sample)
+    # a pre-aggregation step over the preset's (resample | bucket, paper 003); its s in params
+    pre: str | None = None
 
 
 @dataclass
@@ -496,7 +498,7 @@ def _check_params(cfg: Config) -> None:
     elif a.params:
         raise ConfigError(f"attack.params={a.params!r}: attack.name is 'none', which takes no parameters")
     try:
-        make_defense(d.name, d.params).try_params()
+        make_defense(d.name, d.params, d.pre).try_params()
     except (TypeError, ValueError, RuntimeError) as err:
         raise ConfigError(f"defense.params ({d.name}): {err}") from None
 
@@ -536,7 +538,7 @@ def check_round_size(cfg: Config, n: int, f: int) -> None:
     from fedrec.defenses import DEFENSES, make_defense
 
     try:  # the rule once at this n and f: what no tiny test problem shows (MDA's C(n, f) subsets)
-        make_defense(d.name, d.params).try_params(n=n, f=min(f, max(0, (n - 1) // 2)))
+        make_defense(d.name, d.params, d.pre).try_params(n=n, f=min(f, max(0, (n - 1) // 2)))
     except ValueError as err:
         raise ConfigError(f"defense.name={d.name!r}: {err}") from None
     rule = _f_rule(d.name)

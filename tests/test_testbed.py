@@ -351,3 +351,116 @@ def test_grid_cells_and_table(tmp_path):
     md = grid.table(tmp_path, "resam")
     (row,) = [ln for ln in md.splitlines() if ln.startswith("| cw-median |") and "85.0" in ln]
     assert "85.0 ± 7.1 (2)" in row
+
+
+# ----------------------------------------------------------------------------- SAGA (paper 003)
+
+
+def test_saga_table_update_equals_a_literal_per_sample_loop():
+    from fedrec.testbed.saga import SagaTables, literal_saga_step
+
+    gen = torch.Generator().manual_seed(0)
+    n, J, P, b = 4, 9, 5, 3
+    table0 = torch.randn(n, J, P, generator=gen, dtype=torch.float64)
+    fast = SagaTables(table0)
+    lit_table = [[table0[w, j].clone() for j in range(J)] for w in range(n)]
+    lit_gbar = [sum(row) / J for row in lit_table]
+    for _ in range(12):
+        idx = torch.rand(n, J, generator=gen).argsort(1)[:, :b]
+        grads = torch.randn(n, b, P, generator=gen, dtype=torch.float64)
+        v = fast.step(idx, grads)
+        want = literal_saga_step(
+            lit_table, lit_gbar, idx.tolist(), [[grads[w, k] for k in range(b)] for w in range(n)]
+        )
+        torch.testing.assert_close(v, torch.stack(want), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            fast.table, torch.stack([torch.stack(r) for r in lit_table]), rtol=0, atol=0
+        )
+        # the incremental mean equals the recomputed table mean
+        torch.testing.assert_close(fast.gbar, fast.table.mean(1), rtol=1e-12, atol=1e-12)
+
+
+def test_saga_is_unbiased_and_exact_once_refreshed():
+    """E_i[v] = f'_w(x) by enumerating the samples (batch 1), and after every sample has been refreshed
+    at the same x, v = f'_w(x) with zero variance (ALGORITHMS.md 6.3)."""
+    from fedrec.testbed.saga import SagaTables
+
+    gen = torch.Generator().manual_seed(1)
+    J, P = 6, 3
+    g_now = torch.randn(J, P, generator=gen, dtype=torch.float64)  # per-sample gradients at x
+    stale = torch.randn(1, J, P, generator=gen, dtype=torch.float64)
+    full = g_now.mean(0)
+    vs = []
+    for i in range(J):
+        t = SagaTables(stale)
+        vs.append(t.step(torch.tensor([[i]]), g_now[i][None, None])[0])
+    torch.testing.assert_close(torch.stack(vs).mean(0), full)
+    t = SagaTables(stale)
+    t.step(torch.arange(J)[None], g_now[None])  # every sample refreshed at x
+    for i in range(J):
+        torch.testing.assert_close(t.step(torch.tensor([[i]]), g_now[i][None, None])[0], full)
+
+
+def test_saga_run_matches_a_literal_worker_loop_for_the_first_steps():
+    """The testbed's SAGA estimator against a per-worker, per-sample literal: full table at x^0, then
+    v = mean_batch(g_i(x) - table_i) + mean(table), refreshed at the batch (no momentum, no decay)."""
+    cfg = TestbedConfig(n=3, rule=RECORD, steps=3, batch=4, estimator="saga", weight_decay=0.0, eval_every=3)
+    RECORDED.clear()
+    simulate(cfg)
+    got = list(RECORDED)
+    gens = generators(cfg.seed)
+    data = load_digits(int(torch.randint(0, 2**31 - 1, (1,), generator=gens["split"])))
+    shards = make_shards(
+        data.y_train, cfg.n, cfg.shards, int(torch.randint(0, 2**31 - 1, (1,), generator=gens["shards"]))
+    )
+    model = Model(cfg.model, cfg.hidden)
+    theta = model.init(gens["init"])
+
+    def grad(th, j):
+        th = th.clone().requires_grad_(True)
+        z = model.logits(th[None], data.x_train[j][None, None])[0]
+        (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(z, data.y_train[j][None]), th)
+        return g
+
+    table = [[grad(theta, int(j)) for j in shards[w]] for w in range(cfg.n)]
+    for step in range(cfg.steps):
+        pick = torch.rand(cfg.n, shards.shape[1], generator=gens["batches"]).argsort(1)[:, : cfg.batch]
+        msgs = []
+        for w in range(cfg.n):
+            gbar = sum(table[w]) / len(table[w])
+            new = {int(i): grad(theta, int(shards[w, i])) for i in pick[w]}
+            msgs.append(sum(new[i] - table[w][i] for i in new) / cfg.batch + gbar)
+            for i, g in new.items():
+                table[w][i] = g
+        torch.testing.assert_close(got[step], torch.stack(msgs), rtol=1e-9, atol=1e-12)
+        theta = theta - cfg.lr * torch.stack(msgs).mean(0)
+
+
+def test_a_pre_step_runs_in_the_testbed_and_bad_names_are_one_line():
+    res = simulate(TestbedConfig(n=10, f=2, rule="geomed", pre="resample", rule_params={"s": 2}, steps=5,
+                                 attack="sign-flip", estimator="saga", eval_every=5))  # fmt: skip
+    assert torch.isfinite(res.theta).all()
+    with pytest.raises(ValueError, match="pre='shuffle'"):
+        TestbedConfig(pre="shuffle")
+    with pytest.raises(ValueError, match="estimator='svrg'"):
+        TestbedConfig(estimator="svrg")
+
+
+def test_paper_003_and_004_grid_cells():
+    grid = _grid_module()
+    cells = grid.cells("brvr", 5, None)
+    g = grid.GRIDS["brvr"]
+    assert len(cells) == (1 + len(g["rules"]) * len(g["attacks"])) * 5
+    (prop,) = [c["config"] for c in cells if c["name"] == "saga-rs-geomed__sample-duplicate__b0.0__s1"]
+    assert prop["estimator"] == "saga" and prop["pre"] == "resample" and prop["rule_params"] == {"s": 2}
+    assert prop["byzantine"] == "first" and prop["shards"] == "sorted" and prop["n"] == 30
+    (flip,) = [c["config"] for c in cells if c["name"] == "sgd-geomed__sign-flip__b0.0__s2"]
+    assert (
+        flip["attack_params"] == {"c": -5.0} and flip["estimator"] == "sgd" and flip["byzantine"] == "random"
+    )
+    mt = {c["name"]: c["config"] for c in grid.cells("mixtailor", 1, None)}
+    assert mt["mixtailor__ipm-eps10__b0.0__s1"]["attack_params"] == {"eps": 10.0}
+    assert mt["mean__benchmark__b0.0__s1"]["f"] == 0
+    for c in [*cells[:1], *grid.cells("mixtailor", 1, None)]:
+        assert grid.missing(c["config"]) is None
+        TestbedConfig(**c["config"])  # every cell is a valid config

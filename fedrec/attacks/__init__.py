@@ -36,6 +36,8 @@ from fedrec.attacks.population import (
     inject_fake_users,
     typical_size,
 )
+from fedrec.attacks.random_eps import RandomEps
+from fedrec.attacks.sample_duplicate import SampleDuplicate
 from fedrec.attacks.sign_flip import SignFlip
 
 __all__ = [
@@ -55,6 +57,8 @@ __all__ = [
     "MinMax",
     "MinSum",
     "Poison",
+    "RandomEps",
+    "SampleDuplicate",
     "SignFlip",
     "alie_vector",
     "baruch_z",

@@ -80,15 +80,28 @@ DEFENSES: dict[str, Defense] = {
                 description="SignGuard-Sim: SignGuard plus a cosine-similarity feature"),
         Defense("signguard-dist", "signguard-dist", "gradient",
                 description="SignGuard-Dist: SignGuard plus a Euclidean-distance feature"),
+        # MixTailor (paper 004) and its pool's Bulyan, on reconstructed gradients, then a server-side step
+        Defense("grad-mixtailor", "mixtailor", "gradient",
+                description="MixTailor: per round a rule drawn from comed / l_p-Krum / GM / l_p-Bulyan (64)"),
+        # paper 003 (BRVR): resampling with s-replacement / bucketing, then the geometric median
+        Defense("grad-rs-geomed", "geomed", "gradient", params={"s": 2}, pre="resample",
+                description="BRVR: resampling (s = 2, every gradient used s times), then the geometric median"),
+        Defense("grad-bucket-geomed", "geomed", "gradient", params={"s": 2}, pre="bucket",
+                description="bucketing (ceil(n / s) means of s), then the geometric median"),
+        Defense("grad-bulyan", "bulyan", "gradient",
+                description="Bulyan: n - 2f rounds of Krum, then MeaMed over them (needs n >= 4f + 3)"),
     ]
 }  # fmt: skip
 
 
-def make_defense(name: str, params: dict[str, Any] | None = None) -> Defense:
-    """The preset called ``name`` with ``params`` over its own (``defense.params``)."""
+def make_defense(name: str, params: dict[str, Any] | None = None, pre: str | None = None) -> Defense:
+    """The preset called ``name`` with ``params`` over its own (``defense.params``) and, when given, the
+    pre-aggregation step ``pre`` over the preset's (``defense.pre``: resample, bucket)."""
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
     d = DEFENSES[name]
-    if not params:
+    if not params and pre is None:
         return d
-    return dataclasses.replace(d, params={**d.params, **params})
+    return dataclasses.replace(
+        d, params={**d.params, **(params or {})}, pre=pre if pre is not None else d.pre
+    )

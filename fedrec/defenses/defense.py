@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from fedrec.defenses.base import RULES, RuleResult, RuleSpec
+from fedrec.defenses.preagg import compose
 from fedrec.defenses.spaces import SPACES, delta_vectors, rows_of, space_vectors
 from fedrec.defenses.vectors import ClientVectors
 from fedrec.protocol import REASONS, Decision, ServerState, UploadBatch
@@ -52,13 +53,17 @@ class Defense:
     verify: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    pre: str | None = None  # a pre-aggregation step (``PRE_STEPS``: resample, bucket); its s in params
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise ValueError(f"defense {self.name}: space {self.space!r} not in {SPACES}")
         if self.scope not in SCOPES:
             raise ValueError(f"defense {self.name}: scope {self.scope!r} not in {SCOPES}")
-        spec = RULES.lookup(self.rule)
+        RULES.lookup(self.rule)
+        if self.pre is not None and self.scope == "item":
+            raise ValueError(f"defense {self.name}: a pre-aggregation step mixes whole uploads (scope flat)")
+        spec = self.spec
         spec.check(self.params)
         if self.scope == "item" and spec.item is None:
             raise ValueError(f"defense {self.name}: scope 'item' needs a rule with a per-row form")
@@ -69,7 +74,10 @@ class Defense:
 
     @property
     def spec(self) -> RuleSpec:
-        return RULES[self.rule]
+        """The registered rule, or the rule after the pre-aggregation step (``preagg.compose``)."""
+        if self.pre is None:
+            return RULES[self.rule]
+        return compose(self.pre, self.rule, self.params.get("s", 2))
 
     def try_params(self, n: int | None = None, f: int = 1) -> None:
         """Run the rule once on a small random problem of ``n`` clients (default: a tiny one) with

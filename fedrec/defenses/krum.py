@@ -17,7 +17,7 @@ import math
 import torch
 
 from fedrec.defenses.base import RuleResult, RuleSpec, register_rule
-from fedrec.defenses.vectors import DISTANCES, ClientVectors, Selection, select_lowest, sq_distances
+from fedrec.defenses.vectors import ClientVectors, Selection, distance_fn, lp_of, select_lowest, sq_distances
 
 Tensor = torch.Tensor
 
@@ -119,10 +119,10 @@ def multi_krum_outliers(
 ) -> Selection:
     """Multi-Krum on Krum scores (``n - f - 2`` neighbours) keeping ``outlier_keep(scores, f, c)``.
 
-    ``distance``: ``"l2"`` (squared Euclidean, Blanchard et al.) or ``"linf"`` (squared Chebyshev: the
+    ``distance``: ``"l2"`` (squared Euclidean, Blanchard et al.), ``"linf"`` (squared Chebyshev: the
     ``p = inf`` generalised Krum of MixTailor, ALGORITHMS.md section 4.4), which scores a client by its
-    most extreme coordinate instead of its norm."""
-    scores = krum_scores(DISTANCES[distance](v, block_rows), f)
+    most extreme coordinate instead of its norm, or any ``"l<p>"`` (MixTailor eq. 3, ``p >= 1``)."""
+    scores = krum_scores(distance_fn(distance)(v, block_rows), f)
     return Selection(
         accepted=outlier_keep(scores, f, c),
         scores=scores,
@@ -168,8 +168,14 @@ def _literal_scores(x: Tensor, f: int, neighbours: int, distance: str = "l2") ->
     X = x.reshape(x.shape[0], -1).to(torch.float64)
     n = X.shape[0]
 
-    def dist(a: Tensor) -> float:
-        return float((a**2).sum()) if distance == "l2" else float(a.abs().max()) ** 2
+    p = lp_of(distance)
+
+    def dist(a: Tensor) -> float:  # the squared l_p norm of a difference, written out
+        if p == 2:
+            return float((a**2).sum())
+        if p == float("inf"):
+            return float(a.abs().max()) ** 2
+        return float((a.abs() ** p).sum()) ** (2.0 / p)
 
     out = []
     for i in range(n):
@@ -190,7 +196,7 @@ def _m(m: int | None, n: int, f: int) -> int:
 
 
 def _fast_multi_krum(v: ClientVectors, f: int, *, m: int | None = None, distance: str = "l2") -> RuleResult:
-    scores = krum_scores(DISTANCES[distance](v), f)
+    scores = krum_scores(distance_fn(distance)(v), f)
     keep = _m(m, v.n, f)
     return RuleResult(scores=scores, accepted=select_lowest(scores, keep), info={"m": keep})
 

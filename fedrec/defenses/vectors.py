@@ -221,8 +221,45 @@ def sq_linf_distances(v: ClientVectors, block_rows: int | None = None) -> Tensor
     return d.pow(2)
 
 
+def sq_lp_distances(v: ClientVectors, p: float, block_rows: int | None = None) -> Tensor:
+    """``[n, n]`` float64 squared l_p distances ``|x_i - x_j|_p^2 = (sum_k |x_i[k] - x_j[k]|^p)^(2/p)``
+    for ``p >= 1``: MixTailor's generalised Krum distances (eq. 3; ALGORITHMS.md section 4.4). The
+    p-th powers are summed block by block over the union of listed rows (rows nobody lists add 0), so
+    the result does not depend on ``block_rows`` beyond float64 summation order."""
+    if not p >= 1:
+        raise ValueError(f"an l_p distance needs p >= 1, got {p}")
+    acc = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
+    for _, blk in dense_blocks(v, block_rows, torch.float64):
+        flat = blk.reshape(v.n, -1)
+        acc += torch.cdist(flat, flat, p=p).pow(p)
+    acc.fill_diagonal_(0.0)
+    return acc.pow(2.0 / p)
+
+
 DISTANCES = {"l2": sq_distances, "linf": sq_linf_distances}
-"""Squared pairwise distances by name, for the distance-based rules (Krum, Multi-Krum)."""
+"""Squared pairwise distances by name, for the distance-based rules (Krum, Multi-Krum); any other
+``"l<p>"`` (``"l1"``, ``"l3"``, ``"l1.5"``) is the l_p distance of ``sq_lp_distances`` (``distance_fn``)."""
+
+
+def lp_of(name: str) -> float:
+    """The p of a distance name: ``"l2"`` -> 2, ``"linf"`` -> inf, ``"l3"`` -> 3 (p >= 1), else ValueError."""
+    if name == "linf":
+        return float("inf")
+    try:
+        p = float(name[1:]) if name.startswith("l") else float("nan")
+    except ValueError:
+        p = float("nan")
+    if not p >= 1 or p == float("inf"):
+        raise ValueError(f"distance {name!r}: expected 'l2', 'linf' or 'l<p>' with a finite p >= 1")
+    return p
+
+
+def distance_fn(name: str):
+    """``(v, block_rows=None) -> [n, n]`` squared distances for a distance name (see ``DISTANCES``)."""
+    if name in DISTANCES:
+        return DISTANCES[name]
+    p = lp_of(name)
+    return lambda v, block_rows=None: sq_lp_distances(v, p, block_rows)
 
 
 def weighted_sum(v: ClientVectors, w: Tensor) -> tuple[Tensor, Tensor]:

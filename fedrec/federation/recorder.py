@@ -1,4 +1,5 @@
-"""The round record (DESIGN.md section 10): one row per sampled client per round, kept in buffers
+"""The round record (DESIGN.md section 10): one row per sampled client per round (plus ``drawn``, the
+pool member of a randomised rule such as MixTailor, on runs that draw one), kept in buffers
 preallocated for the whole run ([T, clients per round]) so a round allocates nothing long-lived (small
 per-round allocations fragment the heap: RSS grew ~5 MB a round on Last.fm) and reads nothing back to
 the host."""
@@ -52,6 +53,8 @@ class RoundRecorder:
             "weight": torch.zeros(T, n, dtype=torch.float64, device=dev),  # the aggregation weight
             # [T, len(REASONS)]: uploads that filled no slot (an unsampled or repeated id), by reason
             "refused": torch.zeros(T, len(REASONS), dtype=torch.int64, device=dev),
+            # [T]: the pool member a randomised rule drew this round (MixTailor), -1 for none
+            "drawn": torch.full((T,), -1, dtype=torch.int64, device=dev),
         }
 
     def record(self, t: int, clients, byzantine, outcome, grad_norm, forged, loss) -> None:
@@ -68,6 +71,9 @@ class RoundRecorder:
         row["weight"][t - 1] = decision.weights
         row["grad_norm"][t - 1] = grad_norm
         row["forged"][t - 1] = forged
+        drawn = decision.info.get("drawn")
+        if drawn is not None:
+            row["drawn"][t - 1] = drawn
 
     def state(self, t: int) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The first ``t`` rounds' records and losses, on the CPU (for a checkpoint)."""
@@ -80,7 +86,7 @@ class RoundRecorder:
             return
         self.allocate()
         self.losses[:t] = losses.to(self.device)
-        for k, v in records.items():
+        for k, v in records.items():  # a checkpoint from before a record existed leaves it at its default
             self.records[k][:t] = v.to(self.device)
 
     def refused_counts(self, t: int) -> dict[str, int]:
@@ -97,4 +103,9 @@ class RoundRecorder:
         cols = {k: self.records[k][:t].reshape(-1).cpu().numpy() for k in ROUND_COLUMNS[1:]}
         df = pd.DataFrame({"t": (torch.arange(t * self.per_round) // self.per_round + 1).numpy(), **cols})
         df["reason"] = pd.Categorical.from_codes(df["reason"], categories=list(REASONS))
-        return df[list(ROUND_COLUMNS)]
+        columns = list(ROUND_COLUMNS)
+        drawn = self.records["drawn"][:t]
+        if bool((drawn >= 0).any()):  # a randomised rule (MixTailor): the member drawn, on every row
+            df["drawn"] = drawn.repeat_interleave(self.per_round).cpu().numpy()
+            columns.append("drawn")
+        return df[columns]

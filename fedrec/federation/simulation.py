@@ -139,7 +139,7 @@ class FederatedRun(RunCheckpointing):
             sample_gen=torch.Generator().manual_seed(cfg.train.seed + 1),
             neg_gen=torch.Generator(device=device).manual_seed(cfg.train.seed + 2),
             attack_gen=torch.Generator(device=device).manual_seed(cfg.attack.seed + 3),
-            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name, cfg.defense.params),
+            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name, cfg.defense.params, cfg.defense.pre),
         )  # fmt: skip
 
     @functools.cached_property

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from fedrec.defenses.preagg import PRE_STEPS
 from fedrec.testbed.data import SHARDS
 from fedrec.testbed.model import MODELS
 
@@ -17,6 +18,7 @@ NO_ATTACK = "none"
 """The attack name under which the Byzantine workers send their honest messages."""
 
 PLACEMENTS = ("first", "random")
+ESTIMATORS = ("sgd", "saga")
 
 
 @dataclass
@@ -36,6 +38,10 @@ class TestbedConfig:
         shards: iid | sorted. byzantine: which workers are Byzantine: the ``first`` f or a seeded
             ``random`` f. seed: every random draw derives from it. eval_every: test accuracy every k steps
             (and after the last step). rule_f: the f the rule assumes (None: f).
+        estimator: what a worker's gradient is: ``sgd`` (its mini-batch gradient) or ``saga`` (SAGA
+            with a per-sample table, paper 003 / Byrd-SAGA; ``fedrec.testbed.saga``).
+        pre: a pre-aggregation step before the rule (``resample`` | ``bucket``, paper 003; its ``s`` in
+            ``rule_params``), None for none.
     """
 
     __test__ = False  # not a pytest class
@@ -59,6 +65,8 @@ class TestbedConfig:
     seed: int = 0
     eval_every: int = 50
     rule_f: int | None = None
+    estimator: str = "sgd"
+    pre: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,7 +102,11 @@ class TestbedConfig:
         number("weight_decay", 0.0, math.inf, hi_open=True)
         if self.clip is not None:
             number("clip", 0.0, math.inf, lo_open=True, hi_open=True)
-        for name, options in (("model", MODELS), ("shards", SHARDS), ("byzantine", PLACEMENTS)):
+        if self.pre is not None and self.pre not in PRE_STEPS:
+            raise ValueError(f"pre={self.pre!r}: expected one of {', '.join(PRE_STEPS)} or null")
+        for name, options in (
+            ("model", MODELS), ("shards", SHARDS), ("byzantine", PLACEMENTS), ("estimator", ESTIMATORS)
+        ):  # fmt: skip
             if getattr(self, name) not in options:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(options)}")
         for name in ("rule", "attack"):

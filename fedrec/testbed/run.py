@@ -1,8 +1,8 @@
 """The testbed loop (RESAM Algorithm 1 with every worker at every step) and its run directory.
 
 Step t = 1..T: each worker draws a mini-batch from its shard (without replacement, one seeded
-generator for all workers), computes its gradient at theta (plus weight decay, then optional norm
-clipping) and updates its own momentum ``m_i = beta m_i + (1 - beta) g_i`` (m_0 = 0). Honest workers
+generator for all workers), computes its gradient at theta (``estimator = saga``: the SAGA estimate
+from its per-sample table, ``fedrec.testbed.saga``; plus weight decay, then optional norm clipping) and updates its own momentum ``m_i = beta m_i + (1 - beta) g_i`` (m_0 = 0). Honest workers
 send m_i; Byzantine workers keep their data and momentum but send the attack's vector, crafted from
 their own momenta (and, for omniscient attacks, the honest ones). The server runs the rule on the n
 messages and steps ``theta <- theta - lr F``. Test accuracy and loss at t = 0, every ``eval_every``
@@ -30,6 +30,7 @@ from fedrec.testbed.adversary import Adversary
 from fedrec.testbed.config import TestbedConfig
 from fedrec.testbed.data import N_CLASSES, load_digits, make_shards
 from fedrec.testbed.model import Model
+from fedrec.testbed.saga import SagaTables
 from fedrec.testbed.server import lookup_rule, robust_aggregate
 
 Tensor = torch.Tensor
@@ -59,7 +60,7 @@ class Result:
 
 def prepare(cfg: TestbedConfig):
     """Everything checked before any work (rule, parameters, attack): ValueError otherwise."""
-    spec = lookup_rule(cfg.rule, cfg.rule_params, cfg.n, cfg.assumed_f)
+    spec = lookup_rule(cfg.rule, cfg.rule_params, cfg.n, cfg.assumed_f, cfg.pre)
     adversary = Adversary(cfg.attack, cfg.attack_params, cfg.lr)
     return spec, adversary
 
@@ -102,11 +103,26 @@ def simulate(cfg: TestbedConfig, progress: Callable[[int], None] | None = None) 
         acc, loss = model.evaluate(theta, data.x_test, data.y_test)
         metrics.append({"step": t, "accuracy": acc, "loss": loss})
 
-    def gradients(x: Tensor, y: Tensor) -> Tensor:
-        g, _ = model.worker_grads(theta, x, y)
-        if cfg.weight_decay:
+    def finish(g: Tensor) -> Tensor:
+        if cfg.weight_decay:  # exact at the current theta: not part of SAGA's table
             g = g + cfg.weight_decay * theta
         return clip_rows(g, cfg.clip)
+
+    def gradients(x: Tensor, y: Tensor) -> Tensor:
+        return finish(model.worker_grads(theta, x, y)[0])
+
+    def per_sample(x: Tensor, y: Tensor) -> Tensor:
+        """``[n, b, P]``: every sample's own gradient at theta (a batch of one per sample)."""
+        k, b = y.shape
+        g, _ = model.worker_grads(theta, x.reshape(k * b, 1, -1), y.reshape(k * b, 1))
+        return g.reshape(k, b, -1)
+
+    # SAGA (paper 003 Algorithm 2): the full per-sample table at x^0, then one refresh per batch
+    saga = (
+        SagaTables(per_sample(data.x_train[shards], data.y_train[shards]))
+        if cfg.estimator == "saga"
+        else None
+    )
 
     start = time.perf_counter()
     evaluate(0)
@@ -114,7 +130,8 @@ def simulate(cfg: TestbedConfig, progress: Callable[[int], None] | None = None) 
         pick = torch.rand(n, s, generator=gens["batches"]).argsort(1)[:, : cfg.batch]
         idx = shards.gather(1, pick)
         x, y = data.x_train[idx], data.y_train[idx]
-        m.mul_(beta).add_(gradients(x, y), alpha=1 - beta)
+        g = gradients(x, y) if saga is None else finish(saga.step(pick, per_sample(x, y)))
+        m.mul_(beta).add_(g, alpha=1 - beta)
         msgs = m
         if attacked:
             flipped = None
@@ -154,6 +171,8 @@ def summarize(res: Result) -> dict[str, Any]:
         "shards": cfg.shards,
         "seed": cfg.seed,
         "steps": cfg.steps,
+        "estimator": cfg.estimator,
+        "pre": cfg.pre,
         "final_accuracy": acc[-1],
         "max_accuracy": max((a for a in acc if not math.isnan(a)), default=float("nan")),
         "final_loss": res.metrics[-1]["loss"],

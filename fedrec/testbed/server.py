@@ -18,6 +18,7 @@ import torch
 
 import fedrec.defenses  # noqa: F401  (registers the rules)
 from fedrec.defenses.base import RULES, RuleResult, RuleSpec
+from fedrec.defenses.preagg import compose
 from fedrec.defenses.vectors import ClientVectors
 
 Tensor = torch.Tensor
@@ -30,10 +31,11 @@ def table(x: Tensor) -> Tensor:
     return x.reshape(*x.shape[:-1], ROWS, x.shape[-1] // ROWS)
 
 
-def lookup_rule(name: str, params: dict, n: int, f: int) -> RuleSpec:
-    """The registered rule, after checking its parameters and that it runs on n messages with this f
-    (ValueError, one line, otherwise)."""
-    spec = RULES.lookup(name)
+def lookup_rule(name: str, params: dict, n: int, f: int, pre: str | None = None) -> RuleSpec:
+    """The registered rule (after the pre-aggregation step ``pre``, when given: ``preagg.compose``),
+    after checking its parameters and that it runs on n messages with this f (ValueError, one line,
+    otherwise)."""
+    spec = RULES.lookup(name) if pre is None else compose(pre, name, params.get("s", 2))
     spec.check(params)
     need = spec.min_n(f)
     if n < need:
