@@ -129,6 +129,7 @@ class RunConfig:
     out_dir: str = "runs"
     name: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: str | None = None  # torch threads: unset -> $OMP_NUM_THREADS or 1; N; auto (fedrec/threads.py)
 
 
 @dataclass
@@ -444,6 +445,9 @@ def _check_run(cfg: Config) -> None:
         raise ConfigError(f"run.out_dir={cfg.run.out_dir!r}: {existing} is not writable")
     if cfg.run.name is not None and (why := run_name_problem(cfg.run.name)):
         raise ConfigError(f"run.name={cfg.run.name!r}: {why}")
+    th = cfg.run.threads
+    if th is not None and th != "auto" and not (th.isdigit() and int(th) > 0):
+        raise ConfigError(f"run.threads={th!r}: expected a positive integer or auto (unset: one thread)")
     dev = cfg.run.device
     if dev != "auto":
         import torch

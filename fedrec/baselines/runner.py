@@ -19,6 +19,7 @@ from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
 from fedrec.eval import full_ranking
 from fedrec.runs import new_run_dir, write_config, write_metrics, write_summary
+from fedrec.threads import ThreadPolicy
 
 CENTRALIZED_MODELS = ("fism", "mf", "implicit-bpr", "recbole-bpr", "pop")
 
@@ -36,6 +37,7 @@ def run_centralized(
     if model not in CENTRALIZED_MODELS:
         raise ConfigError(f"model.name={model!r}: centralized models are {', '.join(CENTRALIZED_MODELS)}")
     device = resolve_device(cfg.run.device)
+    threads = ThreadPolicy(cfg.run.threads, device)  # set once: epochs are few and long
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
     if run_dir is None:
@@ -116,6 +118,7 @@ def run_centralized(
         "seconds": time.perf_counter() - start,
         "train_seconds": train_seconds,
         "device": str(device),
+        "threads": threads.summary(),
         "torch": torch.__version__,
         "host": platform.node(),
         "info": {k: v for k, v in info.items() if isinstance(v, int | float | str | None)},

@@ -124,6 +124,7 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "seconds": run.seconds,
         "rounds_per_second": run.server.t / run.seconds if run.seconds else None,
         "device": str(run.device),
+        "threads": run.threads.summary() if getattr(run, "threads", None) else None,
         "torch": torch.__version__,
         "host": platform.node(),
         "run_dir": str(run_dir),

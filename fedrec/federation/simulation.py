@@ -42,6 +42,7 @@ from fedrec.federation.validate import STRUCTURAL
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer
 from fedrec.optim import make_rule
 from fedrec.protocol import ServerState, UploadBatch
+from fedrec.threads import ThreadPolicy
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -303,8 +304,10 @@ class FederatedRun(RunCheckpointing):
         f = self.cfg.federated
         T = self.total_rounds
         last = None
+        self.threads = ThreadPolicy(self.cfg.run.threads, self.device)  # never oversubscribe the cores
         start = time.perf_counter()
         while self.server.t < T:
+            self.threads.tick()
             self.step()
             t = self.server.t
             event: dict[str, Any] | None = None
