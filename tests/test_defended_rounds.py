@@ -73,10 +73,12 @@ def test_defended_round_equals_dense_reference(attack, defense):
 
 
 def _rule_defenses(rule: str) -> list[Defense]:
-    """The rule on reconstructed gradients, on parameters (aggregators: per quantity) and item-wise."""
+    """The rule on reconstructed gradients, on parameters (aggregators: per quantity) and item-wise (in
+    both spaces: theta space runs the per-row rule on every uploaded quantity)."""
     out = [Defense(f"contract-{rule}", rule, "gradient"), Defense(f"contract-{rule}-theta", rule, "theta")]
     if RULES[rule].item is not None:
         out.append(Defense(f"contract-{rule}-item", rule, "gradient", "item"))
+        out.append(Defense(f"contract-{rule}-theta-item", rule, "theta", "item"))
     return out
 
 
