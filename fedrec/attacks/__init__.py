@@ -39,6 +39,7 @@ from fedrec.attacks.population import (
 from fedrec.attacks.random_eps import RandomEps
 from fedrec.attacks.sample_duplicate import SampleDuplicate
 from fedrec.attacks.sign_flip import SignFlip
+from fedrec.attacks.spattack import SpattackL, SpattackO, popular_rows
 
 __all__ = [
     "ALIE",
@@ -60,6 +61,8 @@ __all__ = [
     "RandomEps",
     "SampleDuplicate",
     "SignFlip",
+    "SpattackL",
+    "SpattackO",
     "alie_vector",
     "baruch_z",
     "byzantine_count",
@@ -74,6 +77,7 @@ __all__ = [
     "make_attack",
     "other_root",
     "perturbation",
+    "popular_rows",
     "register",
     "typical_size",
     "untouched_root",
