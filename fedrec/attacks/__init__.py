@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from fedrec.attacks.adaptive import MixTailorAdaptive
 from fedrec.attacks.alie import ALIE, alie_vector, baruch_z
 from fedrec.attacks.base import (
     ATTACKS,
@@ -57,6 +58,7 @@ __all__ = [
     "LabelFlip",
     "MinMax",
     "MinSum",
+    "MixTailorAdaptive",
     "Poison",
     "RandomEps",
     "SampleDuplicate",
