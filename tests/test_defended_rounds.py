@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from fedrec.attacks import ATTACKS
+from fedrec.attacks import ATTACKS, make_attack
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
 from fedrec.defenses import DEFENSES, RULES, Defense
@@ -73,10 +73,12 @@ def test_defended_round_equals_dense_reference(attack, defense):
 
 
 def _rule_defenses(rule: str) -> list[Defense]:
-    """The rule on reconstructed gradients, on parameters (aggregators: per quantity) and item-wise."""
+    """The rule on reconstructed gradients, on parameters (aggregators: per quantity) and item-wise (in
+    both spaces: theta space runs the per-row rule on every uploaded quantity)."""
     out = [Defense(f"contract-{rule}", rule, "gradient"), Defense(f"contract-{rule}-theta", rule, "theta")]
     if RULES[rule].item is not None:
         out.append(Defense(f"contract-{rule}-item", rule, "gradient", "item"))
+        out.append(Defense(f"contract-{rule}-theta-item", rule, "theta", "item"))
     return out
 
 
@@ -90,6 +92,21 @@ def test_every_rule_under_every_attack_equals_dense_reference(rule, attack):
         run = _run(attack, "none", seed=5 + i)
         object.__setattr__(run, "defense", defense)
         _check_against_reference(run)
+
+
+# Spattack's popularity-sampled rows (the simulation fills ctx.row_popularity) under item-wise and flat rules
+SAMPLED_CASES = [
+    (a, d)
+    for a in ("spattack-o", "spattack-l")
+    for d in ("grad-item-krum", "grad-item-multi-krum", "grad-item-mean", "item-median", "a-rfrs")
+]
+
+
+@pytest.mark.parametrize(("attack", "defense"), SAMPLED_CASES)
+def test_popularity_sampled_spattack_equals_dense_reference(attack, defense):
+    run = _run(attack, defense, seed=17)
+    run.attack = make_attack(attack, items="popular", n_items=8)
+    _check_against_reference(run)
 
 
 # The same filters on the other optimizers' reconstructions (paper 000 Appendices C-E: S-RFRS with

@@ -121,7 +121,7 @@ def test_registry_scopes():
     # only rules with a per-row form run item-wise
     assert all(d.scope == "flat" for d in DEFENSES.values() if d.spec.item is None)
     with pytest.raises(ValueError, match="scope"):
-        Defense("bad", rule="multi-krum", scope="item")
+        Defense("bad", rule="geomed", scope="item")
     with pytest.raises(ValueError, match="scope"):
         Defense("bad", rule="cw-median", scope="rows")
 

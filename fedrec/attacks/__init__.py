@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from fedrec.attacks.adaptive import MixTailorAdaptive
 from fedrec.attacks.alie import ALIE, alie_vector, baruch_z
 from fedrec.attacks.base import (
     ATTACKS,
@@ -39,6 +40,7 @@ from fedrec.attacks.population import (
 from fedrec.attacks.random_eps import RandomEps
 from fedrec.attacks.sample_duplicate import SampleDuplicate
 from fedrec.attacks.sign_flip import SignFlip
+from fedrec.attacks.spattack import SpattackL, SpattackO, popular_rows
 
 __all__ = [
     "ALIE",
@@ -56,10 +58,13 @@ __all__ = [
     "LabelFlip",
     "MinMax",
     "MinSum",
+    "MixTailorAdaptive",
     "Poison",
     "RandomEps",
     "SampleDuplicate",
     "SignFlip",
+    "SpattackL",
+    "SpattackO",
     "alie_vector",
     "baruch_z",
     "byzantine_count",
@@ -74,6 +79,7 @@ __all__ = [
     "make_attack",
     "other_root",
     "perturbation",
+    "popular_rows",
     "register",
     "typical_size",
     "untouched_root",

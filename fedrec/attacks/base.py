@@ -59,6 +59,9 @@ class AttackContext:
     # each Byzantine client's gradient of its loss with every BPR pair inverted (label-flip), same
     # layout as ``g``; filled only for attacks with ``needs_flipped = True``
     flipped_g: Tensor | None = None  # [K, d]
+    # every row's public popularity (its item's number of training interactions), float [n_rows];
+    # filled only for attacks with ``needs_popularity`` (Spattack's popularity-sampled rows)
+    row_popularity: Tensor | None = None
 
     def __post_init__(self) -> None:
         b = self.client_ids.shape[0]
@@ -71,6 +74,11 @@ class AttackContext:
             raise ValueError(
                 f"AttackContext: g has shape {tuple(self.g.shape)}, expected "
                 f"({self.rows.shape[0]}, {self.server.theta.shape[1]}) (one row per listed row)"
+            )
+        if self.row_popularity is not None and self.row_popularity.shape != (self.n_rows,):
+            raise ValueError(
+                f"AttackContext: row_popularity has shape {tuple(self.row_popularity.shape)}, expected "
+                f"({self.n_rows},)"
             )
         if self.flipped_g is not None and self.flipped_g.shape != self.g.shape:
             raise ValueError(
@@ -119,12 +127,14 @@ class AttackBase:
     """Shared plumbing: the class-level flags and the check that an attack got the data it needs.
 
     ``needs_flipped``: needs each Byzantine client's gradient on inverted BPR pairs (``ctx.flipped_g``,
-    label-flip); the simulation computes it only for such attacks."""
+    label-flip); the simulation computes it only for such attacks. ``needs_popularity``: needs
+    ``ctx.row_popularity`` (Spattack's popularity-sampled rows)."""
 
     name: ClassVar[str] = ""
     omniscient: ClassVar[bool] = False
     rule_consistent: ClassVar[bool] = True
     needs_flipped: ClassVar[bool] = False
+    needs_popularity: ClassVar[bool] = False
 
     def check(self, ctx: AttackContext) -> None:
         if self.omniscient and ctx.honest_g is None:

@@ -70,7 +70,8 @@ class RuleSpec:
         lam: RESAM Table 1's ``lambda(n, f, D)`` (D the vector dimension) for (f, lambda)-resilient
             averaging rules; None for rules that are not (CGE, CC, SignGuard, ...).
         item: optional per-row rule over the clients that listed each row, ``(v, f, **params) ->
-            (rows, values)``: what ``scope: item`` runs.
+            (rows, values)``: what ``scope: item`` runs (for a selector: per row the plain mean of the
+            listers it keeps, with the per-row f of ``fedrec.defenses.itemwise``).
         needs_rng: the rule draws random numbers (from ``rng``).
         uses_weights: the rule takes the uploads' aggregation weights (``weights``: RFA's alpha_i = n_i).
         description: one line for ``fedrec defenses``.

@@ -1,7 +1,7 @@
 """Every defense by config name: one preset a line (``Defense(name, rule, space, scope, verify,
 params)``). A new rule is one module registering a ``RuleSpec`` plus a line here.
 
-The item-wise coordinate-wise presets come first: on sparse uploads they are the coordinate-wise rules
+The item-wise presets come first (coordinate-wise rules, then selectors per row): on sparse uploads they are the coordinate-wise rules
 to use (issue 16); the flat ones keep their names and warn (DESIGN.md section 6).
 """
 
@@ -31,6 +31,12 @@ DEFENSES: dict[str, Defense] = {
                 description="item-wise coordinate median of reconstructed gradients, then a server-side step"),
         Defense("grad-item-trmean", "cw-trmean", "gradient", "item",
                 description="item-wise coordinate trimmed mean of reconstructed gradients, then a server-side step"),
+        Defense("grad-item-mean", "mean", "gradient", "item",
+                description="item-wise mean of reconstructed gradients (Spattack's Mean: 1 / c_r over each row's listers)"),
+        Defense("grad-item-krum", "krum", "gradient", "item",
+                description="item-wise Krum: per row the lister of lowest Krum score (f_r capped; c_r <= 2: the mean)"),
+        Defense("grad-item-multi-krum", "multi-krum", "gradient", "item",
+                description="item-wise Multi-Krum: per row the mean of the c_r - f_r listers of lowest Krum score"),
         Defense("a-rfrs", "multi-krum", "gradient",
                 description="A-RFRS: Multi-Krum on reconstructed gradients, keeps n - f (paper 000)"),
         Defense("a-rfrs-outliers", "multi-krum-outliers", "gradient", params={"c": 2.0},

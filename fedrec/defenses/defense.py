@@ -9,7 +9,8 @@ uploads (DESIGN.md section 6). ``decide`` dispatches on what the rule returns, n
   per uploaded quantity in parameter space, or as a robust gradient the server steps the optimizer
   rule with from the global state (gradient space).
 
-Scope ``item`` runs a rule's per-row form over the clients that listed each row (issue 16): honest
+Scope ``item`` runs a rule's per-row form over the clients that listed each row (issue 16; selectors
+such as Krum keep per row a set of the row's listers and average it, ``fedrec.defenses.itemwise``): honest
 uploads list a few hundred of ~35k rows, so no row is listed by half of a round's clients and a flat
 coordinate-wise median is exactly the default. Flat coordinate-wise runs record how sparse the rounds
 were (``Decision.info["rows_below_half"]``).
@@ -100,8 +101,11 @@ class Defense:
 
     @property
     def coordinatewise(self) -> bool:
-        """A rule with a per-row form (coordinate-wise median, trimmed mean)."""
-        return self.spec.item is not None
+        """An aggregating rule with a per-row form (coordinate-wise median, trimmed mean): the flat
+        form counts unlisted rows as zeros. Selectors with a per-row form (Krum) are not: flat, they
+        compare whole uploads."""
+        spec = self.spec
+        return spec.item is not None and spec.kind == "aggregate"
 
     def decide(
         self,

@@ -17,6 +17,7 @@ import math
 import torch
 
 from fedrec.defenses.base import RuleResult, RuleSpec, register_rule
+from fedrec.defenses.itemwise import item_krum
 from fedrec.defenses.vectors import ClientVectors, Selection, distance_fn, lp_of, select_lowest, sq_distances
 
 Tensor = torch.Tensor
@@ -255,6 +256,25 @@ def _literal_krum_star(x: Tensor, f: int) -> RuleResult:
     return _literal_multi_krum_star(x, f, q=1)
 
 
+# item scope (``fedrec.defenses.itemwise``): the same rule per row over the row's listers
+
+
+def _item_multi_krum(v: ClientVectors, f: int, *, m: int | None = None, distance: str = "l2"):
+    return item_krum(v, f, offset=3, m=m, distance=distance)
+
+
+def _item_krum(v: ClientVectors, f: int, *, distance: str = "l2"):
+    return item_krum(v, f, offset=3, m=1, distance=distance)
+
+
+def _item_multi_krum_star(v: ClientVectors, f: int, *, q: int | None = None):
+    return item_krum(v, f, offset=2, m=q)
+
+
+def _item_krum_star(v: ClientVectors, f: int):
+    return item_krum(v, f, offset=2, m=1)
+
+
 def _star_lambda(n: int, f: int, q: int) -> float:
     """RESAM Proposition 6: ``(1 + sqrt((n - f) / (n - 2f))) * min(1, (n - q) / (n - f))``."""
     return (1 + math.sqrt((n - f) / (n - 2 * f))) * min(1.0, (n - q) / (n - f))
@@ -266,6 +286,7 @@ for _spec in (
         "select",
         _fast_multi_krum,
         _literal_multi_krum,
+        item=_item_multi_krum,
         min_n=lambda f: f + 3,
         description="Multi-Krum: keep the m (default n - f) lowest Krum scores (n - f - 2 neighbours)",
     ),
@@ -274,6 +295,7 @@ for _spec in (
         "select",
         _fast_krum,
         _literal_krum,
+        item=_item_krum,
         min_n=lambda f: f + 3,
         description="Krum: Multi-Krum of one",
     ),
@@ -290,6 +312,7 @@ for _spec in (
         "select",
         _fast_multi_krum_star,
         _literal_multi_krum_star,
+        item=_item_multi_krum_star,
         min_n=lambda f: f + 2,
         lam=lambda n, f, D: _star_lambda(n, f, n - f),
         description="RESAM's Multi-Krum*_q (q = n - f; n - f - 1 neighbours)",
@@ -299,6 +322,7 @@ for _spec in (
         "select",
         _fast_krum_star,
         _literal_krum_star,
+        item=_item_krum_star,
         min_n=lambda f: f + 2,
         lam=lambda n, f, D: _star_lambda(n, f, 1),
         description="RESAM's Krum*: Multi-Krum*_1",

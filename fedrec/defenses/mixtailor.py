@@ -54,16 +54,15 @@ from typing import Any
 
 import torch
 
+from fedrec import mixpool
 from fedrec.defenses.base import RULES, RuleResult, RuleSpec, dense_rows, register_rule
 from fedrec.defenses.vectors import ClientVectors, weighted_sum
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = ("cw-median", "krum", "geomed", "bulyan")
-"""The paper's four classes: comed, Krum, geometric median, Bulyan."""
-PS: tuple[float, ...] = tuple(float(p) for p in range(1, 17))
-"""The l_p norms, p = 1..16 (paper 004 section 5)."""
+# the pool's description lives below the defenses and the attacks (the adaptive attack knows it)
+CLASSES, PS = mixpool.CLASSES, mixpool.PS
 
 
 def pool(classes: Sequence[str], ps: Sequence[float]) -> list[tuple[str, float]]:

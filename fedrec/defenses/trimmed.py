@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from fedrec.defenses.base import RuleResult, RuleSpec, dense_rows, nan_scores, register_rule
+from fedrec.defenses.itemwise import item_mean
 from fedrec.defenses.vectors import ClientVectors, Selection, dense_blocks, sq_norms
 
 Tensor = torch.Tensor
@@ -300,6 +301,10 @@ def _item_median(v: ClientVectors, f: int) -> tuple[Tensor, Tensor]:
     return item_median(v)
 
 
+def _item_mean(v: ClientVectors, f: int) -> tuple[Tensor, Tensor]:
+    return item_mean(v)
+
+
 def _delta(n: int, f: int, D: int) -> float:
     """RESAM's ``min(2 sqrt(n - f), sqrt(D))`` (Table 1)."""
     return min(2 * math.sqrt(n - f), math.sqrt(D))
@@ -311,6 +316,7 @@ for _spec in (
         "select",
         _fast_mean,
         _literal_mean,
+        item=_item_mean,
         description="no filtering: the n_i-weighted mean of every valid upload (Algorithm 1, Option I)",
     ),
     RuleSpec(

@@ -108,21 +108,39 @@ def _literal(defense, x: torch.Tensor, f: int, weights: list[float], rng):
     return spec.run_literal(x, f, rng=rng, **extra, **defense.params)
 
 
+def literal_row(spec, values: list[torch.Tensor], f: int, params: dict) -> torch.Tensor:
+    """One row of item scope, written out: the rule's literal form on the row's ``c`` listers
+    ``values`` (each ``[d]``), one vote each, with the largest ``f_r <= min(f, (c - 1) // 2)`` the rule
+    can take on ``c`` vectors (``min_n(f_r) <= c``); an aggregate is the row's value, a selection gives
+    the plain mean of the kept listers, convex weights their combination. A row too small for the rule
+    even at ``f_r = 0`` is the plain mean of its listers (``fedrec.defenses.itemwise``)."""
+    c = len(values)
+    x = torch.stack(values).to(torch.float64)[:, None, :]
+    fits = [g for g in range(min(f, (c - 1) // 2) + 1) if spec.min_n(g) <= c]
+    if not fits:
+        return sum(values[i].to(torch.float64) for i in range(c)) / c
+    extra = {"weights": torch.ones(c, dtype=torch.float64)} if spec.uses_weights else {}
+    res = spec.run_literal(x, max(fits), **extra, **params)
+    if res.aggregate is not None:
+        return res.aggregate[1][0]
+    if res.weights is not None:
+        return sum(float(res.weights[i]) * x[i, 0] for i in range(c))
+    kept = [i for i in range(c) if bool(res.accepted[i])]
+    return sum(x[i, 0] for i in kept) / len(kept)
+
+
 def _item_wise(server: ServerState, rule, uploads: UploadBatch, idx, messages, defense, t: int, f: int):
-    """Item scope literally: a Python loop over the rows; each listed row is aggregated by the rule's
-    literal form over the valid uploads that list it, with ``f`` capped at ``(c - 1) // 2`` for a row
-    of ``c`` listers (theta space: their deltas from the default; gradient space: their reconstructed
-    gradients, then one step of the rule from the global state). Unlisted rows keep the default
-    (gradient space: the step with g = 0, which is the default)."""
+    """Item scope literally: a Python loop over the rows; each listed row is aggregated by
+    ``literal_row`` over the valid uploads that list it (theta space: their deltas from the default;
+    gradient space: their reconstructed gradients, then one step of the rule from the global state).
+    Unlisted rows keep the default (gradient space: the step with g = 0, which is the default)."""
     prev = {"theta": server.theta, **server.state}
     default = rule.default_rows(prev, t)
     listed = [set(uploads.rows[int(uploads.ptr[i]) : int(uploads.ptr[i + 1])].tolist()) for i in idx]
     keys = ("theta", *rule.state_names)
 
     def robust(values: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.stack(values).to(torch.float64)[:, None, :]
-        res = _literal(defense, x, min(f, (x.shape[0] - 1) // 2), [1.0] * x.shape[0], None)
-        return res.aggregate[1][0]
+        return literal_row(defense.spec, values, f, defense.params)
 
     if defense.space == "gradient":
         grads = [rule.reconstruct(prev, msg, t) for msg in messages]

@@ -144,6 +144,16 @@ class FederatedRun(RunCheckpointing):
         )  # fmt: skip
 
     @functools.cached_property
+    def row_popularity(self) -> torch.Tensor:
+        """``[n_rows]`` float64: every row's item's number of training interactions (every table of
+        the layout), the public popularity that Spattack samples rows by."""
+        counts = torch.bincount(self.train.indices, minlength=self.layout.n_items).to(torch.float64)
+        pop = torch.zeros(self.layout.n_rows, dtype=torch.float64, device=self.device)
+        for lo, hi in self.layout.ranges.values():
+            pop[lo:hi] = counts
+        return pop
+
+    @functools.cached_property
     def recorder(self) -> RoundRecorder:
         """The round records (rounds.parquet), preallocated for the whole run."""
         return RoundRecorder(self.total_rounds, self.per_round, self.device)
@@ -257,6 +267,8 @@ class FederatedRun(RunCheckpointing):
         extra = {}
         if self.attack.omniscient:
             extra = {f"honest_{k}": v for k, v in part(~byz).items()}
+        if getattr(self.attack, "needs_popularity", False):
+            extra["row_popularity"] = self.row_popularity
         if getattr(self.attack, "needs_flipped", False):
             keep = byz[batch.owner]  # the Byzantine clients' entries: their items, their negatives
             flipped = client_gradients(
