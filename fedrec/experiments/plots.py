@@ -54,6 +54,10 @@ RESULT_CONFIG = (
     "defense.name",
 )
 
+SHORT = dict(
+    zip(RESULT_CONFIG, ("dataset", "model", "optimizer", "attack", "fraction", "defense"), strict=True)
+)
+
 
 class PlotInputError(ValueError):
     """Input a figure cannot be made from; ``str`` is one line naming the file and what is wrong."""
@@ -414,11 +418,13 @@ class GridFigure:
     caption: str = ""
 
 
+# Figures 3 and 6: A-FRS is Algorithm 1 Option I, no attack and no filter
+CLEAN = {"attack.name": ("none",), "defense.name": ("none",), "train.optimizer": ("adam",)}
 ATTACKED = {"attack.name": ("gradient-ascent",), "model.name": ("fism",)}
 GRID_FIGURES = {
-    3: GridFigure(3, "precision", "model.name", {"attack.name": ("none",), "train.optimizer": ("adam",)},
+    3: GridFigure(3, "precision", "model.name", CLEAN,
                   caption="Precision@K of FRSs (A-FRS vs FMF)"),
-    6: GridFigure(6, "recall", "model.name", {"attack.name": ("none",), "train.optimizer": ("adam",)},
+    6: GridFigure(6, "recall", "model.name", CLEAN,
                   caption="Recall@K of FRSs (A-FRS vs FMF)"),
     4: GridFigure(4, "precision", "defense.name", {**ATTACKED, "train.optimizer": ("adam",)}, rows="attack.fraction",
                   caption="Precision@K of the defenses (Adam)"),
@@ -438,6 +444,13 @@ def _text(v: Any) -> str:
     if isinstance(v, float | np.floating):
         return f"{float(v):g}"
     return str(v)
+
+
+def _is_number(v: str) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except ValueError:
+        return False
 
 
 def _line_label(column: str, value: str, optimizer: str | None) -> str:
@@ -528,7 +541,7 @@ def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) ->
     for key, g in done.groupby([*panel, spec.lines, *varies], sort=True):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip([*panel, spec.lines, *varies], key, strict=True))
-        row["_extra"] = ", ".join(f"{c.split('.')[-1]} {row[c]}" for c in varies)
+        row["_extra"] = ", ".join(f"{SHORT[c]} {row[c]}" for c in varies)
         for k in KS if at_k is None else (at_k,):
             v = g[f"{spec.metric}@{k}"].astype(float)
             out.append({**row, "k": k, "mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else 0.0,
@@ -552,6 +565,11 @@ def grid_figure(
             f"--at-k {at_k}: needs K in 1..5 and a figure with panel rows (4, 7, 9, 10 or --rows)"
         )
     stats = grid_stats(done, spec, at_k)
+    xs: dict[str, float] = {}  # at_k: the x of each rows value (its number, or its place for names)
+    if at_k is not None:
+        names = sorted(stats[spec.rows].unique())
+        numeric = all(_is_number(v) for v in names)
+        xs = {v: float(v) if numeric else float(i) for i, v in enumerate(names)}
     col_vals = sorted(stats[spec.cols].unique())
     row_vals = sorted(stats[spec.rows].unique()) if spec.rows and at_k is None else [None]
     line_vals = sorted(stats[spec.lines].unique(), key=lambda v: (_is_ours(spec.lines, v), v))
@@ -574,16 +592,22 @@ def grid_figure(
         sel = stats[stats[spec.cols] == cv]
         if rv is not None:
             sel = sel[sel[spec.rows] == rv]
-        for (lv, extra), s in sel.groupby([spec.lines, "_extra"], sort=False):
-            s = s.sort_values(spec.rows if at_k is not None else "k")
-            x = s[spec.rows].astype(float) if at_k is not None else s.k
-            label = _line_label(spec.lines, lv, optimizer[0] if len(optimizer) == 1 else None)
-            ax.errorbar(x, s["mean"], yerr=s["std"], color=colors[lv], ls=styles[extra], marker="o", ms=3,
-                        capsize=2, label=label + (f" ({extra})" if extra else ""))  # fmt: skip
+        for lv in line_vals:  # the paper's own method last: drawn on top
+            for extra in extras:
+                s = sel[(sel[spec.lines] == lv) & (sel["_extra"] == extra)]
+                if s.empty:
+                    continue
+                s = s.assign(x=s[spec.rows].map(xs) if at_k is not None else s.k).sort_values("x")
+                x, y, e = (s[c].to_numpy(dtype=float) for c in ("x", "mean", "std"))
+                label = _line_label(spec.lines, lv, optimizer[0] if len(optimizer) == 1 else None)
+                ax.errorbar(x, y, yerr=e, color=colors[lv], ls=styles[extra], marker="o", ms=3,
+                            capsize=2, label=label + (f" ({extra})" if extra else ""))  # fmt: skip
         title = _panel_title(spec.cols, cv) + ("" if rv is None else f", {_panel_title(spec.rows, rv)}")
         ax.set_title(title, fontsize=9)
         if at_k is not None:
-            ax.set(xlabel=spec.rows.split(".")[-1], ylabel=f"{short}@{at_k}")
+            ax.set(xlabel=SHORT.get(spec.rows, spec.rows), ylabel=f"{short}@{at_k}")
+            if not numeric:
+                ax.set_xticks(list(xs.values()), list(xs), rotation=30, ha="right")
         else:
             ax.set(xlabel="K", ylabel=f"{short}@K", xticks=list(KS))
         ax.grid(alpha=0.3)
@@ -600,7 +624,7 @@ def _selection(done: pd.DataFrame, spec: GridFigure) -> str:
     """What the panels share (the settings with one value), and the seeds averaged."""
     panel = {spec.cols, spec.lines, *([spec.rows] if spec.rows else [])}
     fixed = [
-        f"{c.split('.')[-1]} {done[c].map(_text).iloc[0]}"
+        f"{SHORT[c]} {done[c].map(_text).iloc[0]}"
         for c in RESULT_CONFIG
         if c in done and c not in panel and done[c].map(_text).nunique() == 1
     ]
