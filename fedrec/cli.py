@@ -594,6 +594,7 @@ def plot_fig1(
         f"round {d.round}: max |theta_byzantine - theta_honest| = {d.max_param_gap:.3g}; "
         f"mean ||g~ - g|| / ||g|| = {d.grad_gap:.3g}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -626,6 +627,7 @@ def plot_grid(
         int | None, typer.Option(help="One panel per dataset: metric@K over the rows column.")
     ] = None,
     partial: Annotated[bool, typer.Option(help="Draw even where cells are missing or failed.")] = False,
+    title: Annotated[str | None, typer.Option(help="Title instead of the paper's caption.")] = None,
     out_dir: PlotOut = Path("docs/figures"),
     svg: PlotSvg = False,
     name: PlotName = None,
@@ -641,7 +643,9 @@ def plot_grid(
             if not sep or not col.strip() or not values.strip():
                 raise ValueError(f"--where {w!r}: expected COLUMN=VALUE[,VALUE...]")
             chosen[col.strip()] = tuple(v.strip() for v in values.split(","))
-        fig = grid_figure(load_results(results), figure, where=chosen, rows=rows, at_k=at_k, partial=partial)
+        fig = grid_figure(
+            load_results(results), figure, where=chosen, rows=rows, at_k=at_k, partial=partial, title=title
+        )
         _plot_save(fig, out_dir, name or f"fig{figure}", svg)
 
 

@@ -251,6 +251,10 @@ def test_grid_figure4_mean_and_std_over_seeds(tmp_path) -> None:
     assert [ax.get_title() for ax in panels] == [
         "Last.fm, 20% Byzantine", "ML100K, 20% Byzantine", "Last.fm, 40% Byzantine", "ML100K, 40% Byzantine",
     ]  # fmt: skip
+    assert fig.get_suptitle().splitlines() == [
+        "Figure 4: Precision@K of the defenses (Adam)",
+        "model fism, optimizer adam, attack gradient-ascent; mean ± std over 3 seed(s) a cell (0, 1, 2)",
+    ]
     ax = panels[3]  # ml100k, 40 %
     labels = [c.get_label() for c in ax.containers]
     assert labels == ["Krum", "No defense", "A-RFRS"]  # A-RFRS last, drawn on top, in red
@@ -369,6 +373,11 @@ def test_results_from_committed_summaries() -> None:
     fig = plots.grid_figure(table, 4, rows="attack.name", at_k=5, where={"attack.name": attacks})
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == list(attacks)
+    assert fig.get_suptitle().startswith("Figure 4: Precision@5 of the defenses")
+    titled = plots.grid_figure(
+        table, 4, rows="attack.name", at_k=5, where={"attack.name": attacks}, title="T"
+    )
+    assert titled.get_suptitle().splitlines()[0] == "T"
     (line,) = [c.lines[0] for c in ax.containers if c.get_label() == "A-RFRS"]
     arfrs = table[table["defense.name"] == "a-rfrs"]
     want = [arfrs[arfrs["attack.name"] == a]["precision@5"].mean() for a in attacks]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,8 +491,11 @@ def select_results(
     """The finished rows a figure draws, and its spec with the overrides applied. Raises
     :class:`PlotInputError` naming a missing column, or (unless ``partial``) a missing or failed cell:
     a (panel, line) combination of the selected values with no finished run."""
-    spec = GridFigure(spec.number, spec.metric, spec.lines, {**spec.where, **(where or {})},
-                      rows if rows is not None else spec.rows, spec.cols, spec.caption)  # fmt: skip
+    chosen = {**spec.where, **(where or {})}
+    if rows is not None and rows not in (where or {}):
+        chosen.pop(rows, None)  # panels by a column: all of its values, unless --where picks some
+    spec = GridFigure(spec.number, spec.metric, spec.lines, chosen, rows if rows is not None else spec.rows,
+                      spec.cols, spec.caption)  # fmt: skip
     keys = [spec.cols, spec.lines, *([spec.rows] if spec.rows else []), *spec.where]
     need = list(dict.fromkeys(keys)) + [f"{spec.metric}@{k}" for k in KS]
     if missing := [c for c in need if c not in table.columns]:
@@ -551,12 +555,13 @@ def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) ->
 
 def grid_figure(
     table: pd.DataFrame, figure: int, *, where: dict[str, tuple[str, ...]] | None = None,
-    rows: str | None = None, at_k: int | None = None, partial: bool = False,
+    rows: str | None = None, at_k: int | None = None, partial: bool = False, title: str | None = None,
 ) -> Figure:  # fmt: skip
     """Paper 000 Figure ``figure`` from a results table: one panel per dataset (and per value of
     ``rows``, e.g. the Byzantine fraction), metric@K over K = 1..5 with one line per method, mean and
     std over seeds. ``at_k``: instead one panel per dataset with metric@``at_k`` over the ``rows``
-    values (e.g. P@5 against the Byzantine fraction)."""
+    values (e.g. P@5 against the Byzantine fraction). ``title``: the first title line instead of the
+    paper's caption (say so when the selection is not the paper's)."""
     if figure not in GRID_FIGURES:
         raise PlotInputError(f"--figure {figure}: expected one of {', '.join(map(str, GRID_FIGURES))}")
     done, spec = select_results(table, GRID_FIGURES[figure], where=where, rows=rows, partial=partial)
@@ -582,7 +587,8 @@ def grid_figure(
     # one column of panels (one dataset) wraps into rows of three, so a long list of panels stays readable
     ncols = min(3, len(panels)) if len(col_vals) == 1 else len(col_vals)
     nrows = math.ceil(len(panels) / ncols)
-    fig = _new_figure(3.3 * ncols + 1.8, 2.8 * nrows + 0.8)
+    panel_w = max(3.3, 0.55 * len(xs))  # named x values (attacks) need room for their labels
+    fig = _new_figure(panel_w * ncols + 1.8, 2.8 * nrows + 0.8)
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
@@ -602,8 +608,8 @@ def grid_figure(
                 label = _line_label(spec.lines, lv, optimizer[0] if len(optimizer) == 1 else None)
                 ax.errorbar(x, y, yerr=e, color=colors[lv], ls=styles[extra], marker="o", ms=3,
                             capsize=2, label=label + (f" ({extra})" if extra else ""))  # fmt: skip
-        title = _panel_title(spec.cols, cv) + ("" if rv is None else f", {_panel_title(spec.rows, rv)}")
-        ax.set_title(title, fontsize=9)
+        where = _panel_title(spec.cols, cv) + ("" if rv is None else f", {_panel_title(spec.rows, rv)}")
+        ax.set_title(where, fontsize=9)
         if at_k is not None:
             ax.set(xlabel=SHORT.get(spec.rows, spec.rows), ylabel=f"{short}@{at_k}")
             if not numeric:
@@ -616,11 +622,16 @@ def grid_figure(
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen.keys()), loc="outside right center", fontsize=8)
-    fig.suptitle(f"Figure {spec.number}: {spec.caption}\n{_selection(done, spec)}", fontsize=9)
+    caption = title or f"Figure {spec.number}: {spec.caption}"
+    if at_k is not None and not title:
+        caption = caption.replace("@K", f"@{at_k}")
+    width = int(fig.get_figwidth() * 13)  # characters of 9-point text across the figure
+    lines = [textwrap.fill(line, width) for line in (caption, _selection(done, spec, stats))]
+    fig.suptitle("\n".join(lines), fontsize=9)
     return fig
 
 
-def _selection(done: pd.DataFrame, spec: GridFigure) -> str:
+def _selection(done: pd.DataFrame, spec: GridFigure, stats: pd.DataFrame) -> str:
     """What the panels share (the settings with one value), and the seeds averaged."""
     panel = {spec.cols, spec.lines, *([spec.rows] if spec.rows else [])}
     fixed = [
@@ -629,7 +640,13 @@ def _selection(done: pd.DataFrame, spec: GridFigure) -> str:
         if c in done and c not in panel and done[c].map(_text).nunique() == 1
     ]
     seeds = sorted(done["train.seed"].map(_text).unique(), key=str) if "train.seed" in done else []
-    return ", ".join(fixed) + (f"; mean ± std over seeds {', '.join(seeds)}" if seeds else "")
+    lo, hi = int(stats.n.min()), int(stats.n.max())
+    per_cell = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return (
+        ", ".join(fixed)
+        + f"; mean ± std over {per_cell} seed(s) a cell"
+        + (f" ({', '.join(seeds)})" if seeds else "")
+    )
 
 
 # ------------------------------------------------------------------------------------------ output
