@@ -617,7 +617,12 @@ def plot_fig2(
 
 @plot_app.command("grid")
 def plot_grid(
-    results: Annotated[Path, typer.Argument(help="results.parquet, or a folder of run summaries (*.json).")],
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="results.parquet files, folders of run summaries (*.json) or of run directories."
+        ),
+    ],
     figure: Annotated[int, typer.Option(help="Paper 000 figure: 3, 4, 6, 7, 8, 9 or 10.")],
     where: Annotated[
         list[str] | None, typer.Option(help="Select rows: COLUMN=V1,V2 (replaces the figure's own choice).")

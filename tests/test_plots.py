@@ -253,7 +253,7 @@ def test_grid_figure4_mean_and_std_over_seeds(tmp_path) -> None:
     ]  # fmt: skip
     assert fig.get_suptitle().splitlines() == [
         "Figure 4: Precision@K of the defenses (Adam)",
-        "model fism, optimizer adam, attack gradient-ascent; mean ± std over 3 seed(s) a cell (0, 1, 2)",
+        "model fism, optimizer adam, attack gradient-ascent, 100 rounds; mean ± std over 3 seed(s) a cell (0, 1, 2)",
     ]
     ax = panels[3]  # ml100k, 40 %
     labels = [c.get_label() for c in ax.containers]
@@ -417,3 +417,18 @@ def test_out_that_is_a_file_is_one_line(runs, tmp_path) -> None:
     assert_one_line_error(invoke("plot", "curves", runs["clean"], "--out", tmp_path / "f"), "--out")
     res = invoke("plot", "curves", runs["clean"], runs["camo"], "--label", "only one", "--out", tmp_path)
     assert_one_line_error(res, "--label")
+
+
+def test_results_from_run_directories(runs, tmp_path) -> None:
+    """A folder of run directories is a results table: one row per finished federated run."""
+    folder = runs["clean"].parent
+    table = plots.load_results([folder, REPO / "experiments" / "results" / "papers_recsys" / "ml100k"])
+    mine = table[table["data.dataset"] == "tiny"].set_index("run_dir")
+    assert len(mine) == 3 and set(mine["defense.name"]) == {"none", "a-rfrs"}
+    clean = json.loads((runs["clean"] / "summary.json").read_text())
+    row = mine.loc[clean["run_dir"]]
+    assert row["attack.name"] == "none" and row["precision@2"] == clean["metrics"]["precision"]["2"]
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(
+        invoke("plot", "grid", tmp_path / "empty", "--figure", 3), "no federated run summary"
+    )

@@ -9,9 +9,11 @@ figure is registered in pyplot's global state (nothing leaks between calls, no G
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import textwrap
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,16 +287,17 @@ def fig2_figure(clean: RunData, attacked: Sequence[RunData], *, k: int = 5) -> F
     ax = fig.subplots()
     c = metric_curve(clean, "precision", k)
     ax.plot(c.t, c.value, color="tab:blue", marker="o", ms=3, label="A-FRS, no attack")
-    others = iter(COLORS[1:])
+    others = itertools.cycle(COLORS[1:])
     for r in attacked:
         c = metric_curve(r, "precision", k)
-        color = OURS if r.defense == "none" else next(others)
+        color = OURS if r.defense == "none" and not (r.get("attack.params") or {}) else next(others)
         defense = "no defense" if r.defense == "none" else DEFENSE_NAMES.get(r.defense, r.defense)
         if r.defense == "a-rfrs":
             defense = RFRS_NAMES.get(str(r.get("train.optimizer")), "a-rfrs")
-        ax.plot(
-            c.t, c.value, color=color, marker="o", ms=3, label=f"camouflage {r.attack.split()[-1]}, {defense}"
-        )
+        params = r.get("attack.params") or {}  # e.g. all_rows: two camouflage runs must not look alike
+        how = "".join(f", {k}={v}" for k, v in sorted(params.items()))
+        ax.plot(c.t, c.value, color=color, marker="o", ms=3,
+                label=f"camouflage {r.attack.split()[-1]}{how}, {defense}")  # fmt: skip
     ax.set(xlabel="round", ylabel=f"Precision@{k}", title="Camouflage attack vs clean training")
     ax.legend(fontsize=8)
     return fig
@@ -383,26 +386,44 @@ def results_from_summaries(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """A grid results table: a results.parquet, or a folder of run summaries (*.json)."""
-    p = Path(path)
+def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """One grid results table from results.parquet files and folders of run summaries: ``*.json``
+    summaries (experiments/results/...) or run directories (``*/summary.json``; federated runs only,
+    unfinished ones have none and are left out)."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not paths:
+        raise PlotInputError("no results table given")
+    frames = [_load_table(Path(p)) for p in paths]
+    if len(frames) == 1:
+        return frames[0]
+    with warnings.catch_warnings():
+        # a column that is all-NA in one table (no detection rates in an attack-free folder) must not
+        # decide the dtype: the behaviour pandas deprecates is the one wanted here
+        warnings.simplefilter("ignore", FutureWarning)
+        return pd.concat(frames, ignore_index=True)
+
+
+def _load_table(p: Path) -> pd.DataFrame:
     if not p.exists():
         raise PlotInputError(f"{p}: no such results table")
-    if p.is_dir():
-        files = sorted(p.glob("*.json"))
-        if not files:
-            raise PlotInputError(f"{p}: a folder without summaries (*.json); expected results.parquet or one")
-        summaries = []
-        for f in files:
-            try:
-                s = json.loads(f.read_text())
-            except (ValueError, UnicodeDecodeError):
-                raise PlotInputError(f"{f}: not a JSON run summary") from None
-            if not isinstance(s, dict) or not isinstance(s.get("metrics"), dict):
-                raise PlotInputError(f"{f}: not a run summary (no metrics)")
+    if not p.is_dir():
+        return _read_parquet(p)
+    files = sorted(p.glob("*.json")) + sorted(p.glob("*/summary.json"))
+    summaries = []
+    for f in files:
+        try:
+            s = json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise PlotInputError(f"{f}: not a JSON run summary") from None
+        if not isinstance(s, dict) or not isinstance(s.get("metrics"), dict):
+            raise PlotInputError(f"{f}: not a run summary (no metrics)")
+        if s.get("mode", "federated") == "federated":
             summaries.append(s)
-        return results_from_summaries(summaries)
-    return _read_parquet(p)
+    if not summaries:
+        raise PlotInputError(
+            f"{p}: no federated run summary in it (*.json, or run directories with summary.json)"
+        )
+    return results_from_summaries(summaries)
 
 
 @dataclass(frozen=True)
@@ -640,6 +661,8 @@ def _selection(done: pd.DataFrame, spec: GridFigure, stats: pd.DataFrame) -> str
         if c in done and c not in panel and done[c].map(_text).nunique() == 1
     ]
     seeds = sorted(done["train.seed"].map(_text).unique(), key=str) if "train.seed" in done else []
+    if "rounds" in done and done["rounds"].nunique() == 1 and pd.notna(done["rounds"].iloc[0]):
+        fixed.append(f"{int(done['rounds'].iloc[0])} rounds")
     lo, hi = int(stats.n.min()), int(stats.n.max())
     per_cell = f"{lo}" if lo == hi else f"{lo}-{hi}"
     return (
