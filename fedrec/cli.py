@@ -620,6 +620,167 @@ def demo_camouflage(
         out.print(f"  {mark}  {c['claim']}\n         {c['figures']}", highlight=False)
 
 
+# ---- fedrec plot: figures from run directories and grid results (issue 13 item 4) -----------------
+plot_app = typer.Typer(
+    help="Figures (PNG; SVG too with --svg) from run directories and grid results, and paper 000's.",
+    no_args_is_help=True,
+)
+app.add_typer(plot_app, name="plot")
+PlotOut = Annotated[Path, typer.Option("--out", help="Folder the figures go to.")]
+PlotSvg = Annotated[bool, typer.Option("--svg", help="Also write an SVG.")]
+PlotName = Annotated[str | None, typer.Option("--name", help="File name, without extension.")]
+PlotRuns = Annotated[list[Path], typer.Argument(help="Finished federated run directories.")]
+PlotLabels = Annotated[list[str] | None, typer.Option("--label", help="Legend label, one per run, in order.")]
+
+
+def _plot_save(fig, out_dir: Path, stem: str, svg: bool) -> None:
+    from fedrec.experiments.plots import save
+
+    for path in save(fig, out_dir, stem, svg=svg):
+        out.print(str(path), highlight=False, soft_wrap=True)
+
+
+def _plot_labels(labels: list[str] | None, runs: list[Path]) -> list[str] | None:
+    if labels and len(labels) != len(runs):
+        raise ValueError(f"--label given {len(labels)} times for {len(runs)} run directories")
+    return labels or None
+
+
+@plot_app.command("curves")
+def plot_curves(
+    run_dirs: PlotRuns,
+    metric: Annotated[str, typer.Option(help="precision | recall | ndcg | hit")] = "precision",
+    k: Annotated[int, typer.Option("--k", help="The K of metric@K.")] = 5,
+    window: Annotated[int, typer.Option(help="Rounds in the loss's rolling mean.")] = 50,
+    label: PlotLabels = None,
+    out_dir: PlotOut = Path("docs/figures"),
+    svg: PlotSvg = False,
+    name: PlotName = None,
+) -> None:
+    """metric@K over rounds (and the training loss, where checkpoint.pt recorded it), one line per run."""
+    from fedrec.experiments.plots import curves_figure, load_run
+
+    with _clean_errors():
+        labels = _plot_labels(label, run_dirs)
+        runs = [load_run(d, losses=True) for d in run_dirs]
+        fig = curves_figure(runs, metric=metric, k=k, labels=labels, loss_window=window)
+        _plot_save(fig, out_dir, name or "curves", svg)
+
+
+@plot_app.command("detection")
+def plot_detection(
+    run_dirs: PlotRuns,
+    window: Annotated[int, typer.Option(help="Rounds pooled in each point (rolling window).")] = 100,
+    label: PlotLabels = None,
+    out_dir: PlotOut = Path("docs/figures"),
+    svg: PlotSvg = False,
+    name: PlotName = None,
+) -> None:
+    """Share of the Byzantine and of the honest uploads rejected over rounds, one line per run."""
+    from fedrec.experiments.plots import detection_figure, load_run
+
+    with _clean_errors():
+        labels = _plot_labels(label, run_dirs)
+        runs = [load_run(d, rounds=True) for d in run_dirs]
+        _plot_save(detection_figure(runs, window=window, labels=labels), out_dir, name or "detection", svg)
+
+
+@plot_app.command("fig1")
+def plot_fig1(
+    dataset: Annotated[
+        str, typer.Option(help="Dataset (default: the embedded ML-100K) or a .inter file.")
+    ] = "ml100k",
+    model: Annotated[str, typer.Option(help="mf (the paper's) | fism")] = "mf",
+    attack: Annotated[str, typer.Option(help="The Byzantine clients' attack.")] = "camouflage",
+    round_: Annotated[int, typer.Option("--round", help="The round whose uploads are projected.")] = 24,
+    honest: Annotated[int, typer.Option(help="Benign clients in that round.")] = 58,
+    byzantine: Annotated[int, typer.Option(help="Byzantine clients in that round.")] = 32,
+    seed: Annotated[int, typer.Option()] = 0,
+    lr: Annotated[float, typer.Option(help="Adam's eta (paper 000: 1e-3).")] = 1e-3,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset root (else $FEDREC_DATA_DIR).")] = None,
+    out_dir: PlotOut = Path("docs/figures"),
+    svg: PlotSvg = False,
+    name: PlotName = None,
+) -> None:
+    """Paper 000 Figure 1: PCA of the uploaded parameters and of the reconstructed gradients of one
+    round's clients (a short run: every round samples honest + byzantine clients, no defense)."""
+    from fedrec.experiments.figure1 import figure1_config, figure1_data
+    from fedrec.experiments.plots import fig1_figure
+
+    with _clean_errors():
+        if model not in ("mf", "fism"):
+            raise ValueError(f"--model {model!r}: expected mf or fism")
+        cfg = figure1_config(dataset, model=model, attack=attack, honest=honest, byzantine=byzantine,
+                             round=round_, seed=seed, lr=lr, data_dir=None if data_dir is None else str(data_dir))  # fmt: skip
+        d = figure1_data(cfg, honest, byzantine)
+        title = (f"{d.dataset}, {d.model.upper()} + Adam, round {d.round}: {honest} benign and {byzantine} "
+                 f"Byzantine clients ({d.attack})")  # fmt: skip
+        fig = fig1_figure(d.params, d.grads, d.byzantine, title=title)
+        _plot_save(fig, out_dir, name or f"fig1-pca-{d.dataset}", svg)
+    err.print(
+        f"round {d.round}: max |theta_byzantine - theta_honest| = {d.max_param_gap:.3g}; "
+        f"mean ||g~ - g|| / ||g|| = {d.grad_gap:.3g}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@plot_app.command("fig2")
+def plot_fig2(
+    clean_run: Annotated[Path, typer.Argument(help="The attack-free run directory.")],
+    camo_runs: Annotated[list[Path], typer.Argument(help="Camouflage run directories (any defense).")],
+    k: Annotated[int, typer.Option("--k", help="The K of Precision@K.")] = 5,
+    out_dir: PlotOut = Path("docs/figures"),
+    svg: PlotSvg = False,
+    name: PlotName = None,
+) -> None:
+    """Paper 000 Figure 2 (right): Precision@K over rounds, clean training vs the camouflage attack."""
+    from fedrec.experiments.plots import fig2_figure, load_run
+
+    with _clean_errors():
+        fig = fig2_figure(load_run(clean_run), [load_run(d) for d in camo_runs], k=k)
+        _plot_save(fig, out_dir, name or "fig2-camouflage", svg)
+
+
+@plot_app.command("grid")
+def plot_grid(
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="results.parquet files, folders of run summaries (*.json) or of run directories."
+        ),
+    ],
+    figure: Annotated[int, typer.Option(help="Paper 000 figure: 3, 4, 6, 7, 8, 9 or 10.")],
+    where: Annotated[
+        list[str] | None, typer.Option(help="Select rows: COLUMN=V1,V2 (replaces the figure's own choice).")
+    ] = None,
+    rows: Annotated[str | None, typer.Option(help="Column of the panel rows (e.g. attack.name).")] = None,
+    at_k: Annotated[
+        int | None, typer.Option(help="One panel per dataset: metric@K over the rows column.")
+    ] = None,
+    partial: Annotated[bool, typer.Option(help="Draw even where cells are missing or failed.")] = False,
+    title: Annotated[str | None, typer.Option(help="Title instead of the paper's caption.")] = None,
+    out_dir: PlotOut = Path("docs/figures"),
+    svg: PlotSvg = False,
+    name: PlotName = None,
+) -> None:
+    """Paper 000 Figures 3/6 (A-FRS vs FMF), 4/7 (defenses x fractions x datasets), 8 (Adam vs SGD),
+    9-10 (defenses under SGD with momentum / AdaGrad) from a grid's results: mean ± std over seeds."""
+    from fedrec.experiments.plots import grid_figure, load_results
+
+    with _clean_errors():
+        chosen: dict[str, tuple[str, ...]] = {}
+        for w in where or []:
+            col, sep, values = w.partition("=")
+            if not sep or not col.strip() or not values.strip():
+                raise ValueError(f"--where {w!r}: expected COLUMN=VALUE[,VALUE...]")
+            chosen[col.strip()] = tuple(v.strip() for v in values.split(","))
+        fig = grid_figure(
+            load_results(results), figure, where=chosen, rows=rows, at_k=at_k, partial=partial, title=title
+        )
+        _plot_save(fig, out_dir, name or f"fig{figure}", svg)
+
+
 @data_app.command("list")
 def data_list(
     data_dir: Annotated[Path | None, typer.Option(help="Dataset root (else $FEDREC_DATA_DIR).")] = None,
