@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_attacks_papers import make_ctx
 
 import fedrec.attacks
 from fedrec import mixpool
@@ -17,7 +18,6 @@ from fedrec.attacks.adaptive import pool_objective
 from fedrec.defenses import RULES, ClientVectors
 from fedrec.defenses.mixtailor import CLASSES, PS, member_params
 from fedrec.optim import make_rule
-from tests.test_attacks_papers import make_ctx
 
 f64 = torch.float64
 

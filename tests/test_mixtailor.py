@@ -9,6 +9,7 @@ import math
 import pytest
 import scipy.stats
 import torch
+from test_attacks_papers import make_ctx
 
 from fedrec.attacks import make_attack
 from fedrec.config import Config
@@ -21,7 +22,6 @@ from fedrec.defenses.vectors import distance_fn, sq_distances, sq_lp_distances
 from fedrec.federation.pipeline import rule_generator
 from fedrec.federation.simulation import FederatedRun
 from fedrec.optim import make_rule
-from tests.test_attacks_papers import make_ctx
 
 f64 = torch.float64
 

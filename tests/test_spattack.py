@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attacks_papers import make_ctx
 
 from fedrec.attacks import SpattackL, SpattackO, make_attack, popular_rows
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
 from fedrec.federation.simulation import FederatedRun
 from fedrec.optim import make_rule
-from tests.test_attacks_papers import make_ctx
 
 f64 = torch.float64
 # honest c0 lists rows {0, 2}, c1 {2, 5}, c2 {0}: benign sums S_0 = 1 + 4, S_2 = 3 + 5, S_5 = 2

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_attacks_papers import make_ctx
 
 from fedrec.attacks import make_attack
 from fedrec.config import load_config
@@ -16,7 +17,6 @@ from fedrec.defenses import RULES, ClientVectors, Defense, make_defense
 from fedrec.defenses.preagg import PRE_STEPS, compose, mix, mixing
 from fedrec.federation.simulation import FederatedRun
 from fedrec.optim import make_rule
-from tests.test_attacks_papers import make_ctx
 
 f64 = torch.float64
 
