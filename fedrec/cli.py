@@ -781,6 +781,31 @@ def plot_grid(
         _plot_save(fig, out_dir, name or f"fig{figure}", svg)
 
 
+@plot_app.command("worstcase")
+def plot_worstcase(
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="results.parquet files, folders of run summaries (*.json) or of run directories."
+        ),
+    ],
+    metric: Annotated[str, typer.Option(help="Column to compare, e.g. precision@5.")] = "precision@5",
+    title: Annotated[str | None, typer.Option(help="Title of the heatmap.")] = None,
+    out_dir: PlotOut = Path("docs/figures"),
+    svg: PlotSvg = False,
+    name: PlotName = None,
+) -> None:
+    """Every defense against every attack: the metric as a fraction of the attack-free undefended run,
+    each defense's worst case and the attack that achieves it (Markdown on stdout, a heatmap PNG)."""
+    from fedrec.experiments.plots import load_results
+    from fedrec.experiments.worstcase import heatmap_figure, markdown, worst_case
+
+    with _clean_errors():
+        wc = worst_case(load_results(results), metric)
+        out.print(markdown(wc), markup=False, highlight=False, soft_wrap=True)
+        _plot_save(heatmap_figure(wc, title), out_dir, name or "worstcase", svg)
+
+
 @data_app.command("list")
 def data_list(
     data_dir: Annotated[Path | None, typer.Option(help="Dataset root (else $FEDREC_DATA_DIR).")] = None,

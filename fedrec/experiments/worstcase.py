@@ -1,0 +1,110 @@
+"""The worst-case table (issue 11, item 4): every defense against every attack, P@K as a fraction of
+the attack-free, undefended run on the same dataset, and each defense's worst case with the attack
+(and dataset, fraction) that achieves it.
+
+Input: a results table in the schema of ``fedrec experiment``'s results.parquet (``data.dataset``,
+``attack.name``, ``attack.fraction``, ``defense.name``, ``train.seed``, ``status``, ``precision@K``...),
+e.g. from ``fedrec.experiments.plots.load_results``. Seeds are averaged per cell; the baseline is the
+mean over seeds of the ``attack.name == "none"``, ``defense.name == "none"`` rows of each dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from fedrec.experiments.plots import _new_figure
+
+KEYS = ["data.dataset", "attack.name", "attack.fraction", "defense.name"]
+
+
+@dataclass
+class WorstCase:
+    relative: pd.DataFrame  # index: defense; columns: "dataset · attack fraction"; values: metric / baseline
+    worst: pd.DataFrame  # per defense: worst, where, mean, cells (sorted best worst case first)
+    baselines: dict[str, float]
+    metric: str
+    seeds: int  # the most seeds any cell has
+
+
+def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
+    """The relative table and each defense's worst case (ValueError naming what is missing)."""
+    missing = [c for c in [*KEYS, metric] if c not in results.columns]
+    if missing:
+        raise ValueError(f"the results table has no column {', '.join(missing)}")
+    done = results if "status" not in results.columns else results[results["status"] == "done"]
+    clean = done[(done["attack.name"] == "none") & (done["defense.name"] == "none")]
+    baselines = clean.groupby("data.dataset")[metric].mean().to_dict()
+    attacked = done[done["attack.name"] != "none"]
+    if attacked.empty:
+        raise ValueError("the results table has no attacked run")
+    lacking = sorted(set(attacked["data.dataset"]) - set(baselines))
+    if lacking:
+        raise ValueError(
+            f"no attack-free undefended run (attack none, defense none) for {', '.join(lacking)}"
+        )
+    cells = attacked.groupby(KEYS)[metric].agg(["mean", "count"]).reset_index()
+    cells["relative"] = cells["mean"] / cells["data.dataset"].map(baselines)
+    cells["column"] = [
+        f"{ds} · {a} {fr:.0%}"
+        for ds, a, fr in zip(
+            cells["data.dataset"], cells["attack.name"], cells["attack.fraction"], strict=True
+        )
+    ]
+    relative = cells.pivot(index="defense.name", columns="column", values="relative")
+    relative = relative[sorted(relative.columns)]
+    rows = []
+    for defense, group in cells.groupby("defense.name"):
+        w = group.loc[group["relative"].idxmin()]
+        rows.append(
+            {
+                "defense": defense,
+                "worst": float(w["relative"]),
+                "where": w["column"],
+                "mean": float(group["relative"].mean()),
+                "cells": len(group),
+            }
+        )
+    worst = pd.DataFrame(rows).sort_values("worst", ascending=False, ignore_index=True)
+    relative = relative.loc[list(worst["defense"])]
+    return WorstCase(relative, worst, baselines, metric, int(cells["count"].max()))
+
+
+def markdown(wc: WorstCase) -> str:
+    """Each defense's worst case, best first, as a Markdown table."""
+    base = ", ".join(f"{ds} {v:.4f}" for ds, v in sorted(wc.baselines.items()))
+    lines = [
+        f"{wc.metric} as a fraction of the attack-free undefended run ({base}); up to {wc.seeds} seed(s) a cell",
+        "",
+        "| defense | worst case | attack (dataset · attack fraction) | mean over cells | cells |",
+        "|---|---|---|---|---|",
+    ]
+    for r in wc.worst.itertuples():
+        lines.append(f"| {r.defense} | {r.worst:.3f} | {r.where} | {r.mean:.3f} | {r.cells} |")
+    return "\n".join(lines)
+
+
+def heatmap_figure(wc: WorstCase, title: str | None = None) -> Figure:
+    """Defenses (rows, best worst case first) x attack cells, plus the worst-case column."""
+    table = wc.relative.copy()
+    table.insert(0, "worst case", wc.worst.set_index("defense")["worst"])
+    a = table.to_numpy(dtype=float)
+    fig = _new_figure(0.62 * a.shape[1] + 3.2, 0.36 * a.shape[0] + 2.4)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(a), cmap="RdYlGn", vmin=0.0, vmax=1.2, aspect="auto")
+    ax.set_xticks(range(a.shape[1]), list(table.columns), rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(a.shape[0]), list(table.index), fontsize=8)
+    for r in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            v = a[r, c]
+            ax.text(c, r, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6)
+    ax.axvline(0.5, color="black", linewidth=1.2)
+    fig.colorbar(im, ax=ax, label=f"{wc.metric} / attack-free", shrink=0.8)
+    ax.set_title(
+        title or f"Worst case: {wc.metric} relative to attack-free training (≤ {wc.seeds} seeds a cell)",
+        fontsize=9,
+    )
+    return fig

@@ -1,0 +1,66 @@
+"""The worst-case table (fedrec/experiments/worstcase.py): hand-computed ratios, the worst cell per
+defense with its attack, seeds averaged, and one clear line for what is missing."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+from fedrec.experiments.worstcase import heatmap_figure, markdown, worst_case
+
+
+def _row(ds, attack, fraction, defense, seed, p5, status="done"):
+    return {"data.dataset": ds, "attack.name": attack, "attack.fraction": fraction, "defense.name": defense,
+            "train.seed": seed, "status": status, "precision@5": p5}  # fmt: skip
+
+
+def _table() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            _row("a", "none", 0.0, "none", 0, 0.4), _row("a", "none", 0.0, "none", 1, 0.2),  # baseline 0.3
+            _row("b", "none", 0.0, "none", 0, 0.1),
+            _row("a", "alie", 0.4, "krum", 0, 0.15), _row("a", "alie", 0.4, "krum", 1, 0.09),  # 0.12 / 0.3
+            _row("a", "ipm", 0.4, "krum", 0, 0.27),
+            _row("b", "alie", 0.2, "krum", 0, 0.05),
+            _row("a", "alie", 0.4, "cge", 0, 0.24), _row("a", "ipm", 0.4, "cge", 0, 0.3),
+            _row("b", "alie", 0.2, "cge", 0, 0.09),
+            _row("b", "alie", 0.2, "cge", 1, 0.0, status="failed"),  # a failed cell is left out
+        ]
+    )  # fmt: skip
+
+
+def test_ratios_worst_cells_and_order_are_the_hand_computed_ones():
+    wc = worst_case(_table())
+    assert wc.baselines == pytest.approx({"a": 0.3, "b": 0.1})
+    assert wc.relative.loc["krum", "a · alie 40%"] == pytest.approx(0.4)
+    assert wc.relative.loc["krum", "b · alie 20%"] == pytest.approx(0.5)
+    worst = wc.worst.set_index("defense")
+    assert worst.loc["krum", "worst"] == pytest.approx(0.4) and worst.loc["krum", "where"] == "a · alie 40%"
+    assert worst.loc["cge", "worst"] == pytest.approx(0.8) and worst.loc["cge", "where"] == "a · alie 40%"
+    assert worst.loc["krum", "mean"] == pytest.approx((0.4 + 0.9 + 0.5) / 3)
+    assert list(wc.worst["defense"]) == ["cge", "krum"]  # best worst case first
+    assert wc.seeds == 2
+    md = markdown(wc)
+    assert "| cge | 0.800 | a · alie 40% |" in md and md.index("| cge") < md.index("| krum")
+    fig = heatmap_figure(wc)
+    shown = fig.axes[0].images[0].get_array()
+    assert shown[0, 0] == pytest.approx(0.8) and shown[1, 0] == pytest.approx(0.4)  # worst-case column
+
+
+def test_a_missing_baseline_or_column_is_one_clear_error(tmp_path):
+    t = _table()
+    with pytest.raises(ValueError, match=r"attack-free undefended run .* for b"):
+        worst_case(t[~((t["data.dataset"] == "b") & (t["attack.name"] == "none"))])
+    with pytest.raises(ValueError, match="no column precision@7"):
+        worst_case(t, "precision@7")
+    path = tmp_path / "results.parquet"
+    t.to_parquet(path)
+    res = CliRunner().invoke(app, ["plot", "worstcase", str(path), "--out", str(tmp_path), "--name", "w"])
+    assert res.exit_code == 0, res.output
+    assert "| cge | 0.800 |" in res.stdout and (tmp_path / "w.png").stat().st_size > 0
+    res = CliRunner().invoke(
+        app, ["plot", "worstcase", str(path), "--metric", "recall@9", "--out", str(tmp_path)]
+    )
+    assert res.exit_code != 0 and "recall@9" in res.output and "Traceback" not in res.output
