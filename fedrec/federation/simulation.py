@@ -108,6 +108,16 @@ class Collected:
     g_user: torch.Tensor | None = None
     forged: torch.Tensor | None = None
     absent: tuple[torch.Tensor, torch.Tensor] | None = None
+    client_loss: torch.Tensor | None = None  # [n] each client's loss at the global parameters
+
+
+def keyed_streams(cfg: Config, t: int, device: torch.device | str = "cpu") -> tuple[int, torch.Generator]:
+    """``federated.client_rng = per-client``: round ``t``'s key for the negatives (each client's keyed
+    by its id, ``sample_negatives_keyed``) and the attacker's generator, seeded by ``(attack.seed, t)``.
+    Functions of the config and the round only: any process holding any of the clients draws the same."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(round_key(cfg.attack.seed + 3, t) % 2**63)
+    return round_key(cfg.train.seed + 2, t), gen
 
 
 def row_popularity(train: CSRTensors, layout: TableLayout) -> torch.Tensor:
@@ -179,7 +189,8 @@ def client_uploads(
             server, rule, layout, train, cfg, t, cr, byz, attack, attack_gen, user_vectors, popularity
         )
         messages.append(attack(ctx))  # after the honest uploads: their ids are authenticated
-    return Collected(messages, grad_norm, (grads.loss * ~byz).sum(), ctx, grads.g_user)
+    loss = (grads.loss * ~byz).sum()
+    return Collected(messages, grad_norm, loss, ctx, grads.g_user, client_loss=grads.loss)
 
 
 @dataclass
@@ -284,12 +295,9 @@ class FederatedRun(RunCheckpointing):
     def round_streams(self, t: int) -> tuple[torch.Generator | int, torch.Generator]:
         """Round ``t``'s randomness on the client side: the negatives' source and the attacker's
         generator. ``federated.client_rng = shared``: the run's two generators, drawn in round order;
-        ``per-client``: a key of ``(train.seed, t)`` (each client's negatives keyed by its id) and a
-        generator seeded by ``(attack.seed, t)``, so any split of the clients draws the same numbers."""
+        ``per-client``: ``keyed_streams`` (what a Flower SuperNode draws for the same clients)."""
         if self.cfg.federated.client_rng == "per-client":
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(round_key(self.cfg.attack.seed + 3, t) % 2**63)
-            return round_key(self.cfg.train.seed + 2, t), gen
+            return keyed_streams(self.cfg, t, self.device)
         return self.neg_gen, self.attack_gen
 
     def step(self) -> None:
