@@ -337,26 +337,6 @@ def test_reasons_are_appended_not_moved():
 # -- Flower's simulation engine ---------------------------------------------------------------------
 
 
-def simulate(run_config: dict, num_supernodes: int) -> dict:
-    """A fedrec run on Flower's simulation engine (Ray, one CPU per ClientApp); returns what the
-    ServerApp reported. Flower's Python API takes no run config, so the ServerApp is built with it."""
-    from flwr.simulation import run_simulation
-
-    from fedrec.flower.client_app import app as client_app
-    from fedrec.flower.server_app import make_server_app
-
-    result: dict = {}
-
-    def done(summary, run_dir, clients):
-        result.update(summary=summary, run_dir=run_dir, traffic=clients.traffic)
-
-    run_simulation(
-        server_app=make_server_app(run_config, done), client_app=client_app, num_supernodes=num_supernodes,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
-    )  # fmt: skip
-    return result
-
-
 def flower_run_config(out_dir, rounds: int, attack: str = "alie") -> dict:
     return {
         "data.dataset": "ml100k", "model.dim": 8, "train.lr": 0.01, "federated.fraction": 0.01,
@@ -374,6 +354,7 @@ def test_flower_simulation_equals_in_process(tmp_path, monkeypatch):
 
     from fedrec.federation.checkpoint import load_checkpoint
     from fedrec.federation.runner import prepare_run
+    from fedrec.flower.simulate import simulate
 
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     rc = flower_run_config(tmp_path / "flower", rounds=5)
