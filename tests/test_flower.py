@@ -380,3 +380,46 @@ def test_flower_simulation_equals_in_process(tmp_path, monkeypatch):
     for m, by_k in ref_metrics.items():
         assert got["summary"]["metrics"][m] == pytest.approx({str(k): v for k, v in by_k.items()}, rel=1e-4)
     assert len(got["traffic"]) == 5 and all(tr.up > 0 and tr.down > 0 for tr in got["traffic"])
+
+
+def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path):
+    """The ServerApp's path (``run_federated`` / ``resume_federated`` with a node collector, what
+    ``flower.resume`` runs): a run whose server dies in round 7 resumes from its round-6 checkpoint
+    (a node that timed out in round 3 is in the records) and ends where an unbroken run ends."""
+    from fedrec.federation.runner import prepare_run, resume_federated, run_federated
+
+    cfg, _ = from_run_config(
+        {"data.dataset": "ml100k", "model.dim": 8, "federated.fraction": 0.01, "federated.rounds": 9,
+         "federated.eval_every": 3, "federated.checkpoint_every": 3, "attack.name": "sign-flip",
+         "attack.fraction": 0.2, "defense.name": "a-rfrs", "eval.ks": "1,5", "run.device": "cpu",
+         "run.out_dir": str(tmp_path)}
+    )  # fmt: skip
+    base = prepare_run(cfg)
+    nodes = [Node(base, node_users(base.byzantine, p, 3)) for p in range(3)]
+
+    class ServerDied(Exception):
+        pass
+
+    def faults(t, replies, die_at=None):
+        if t == die_at:
+            raise ServerDied
+        return [Reply(r.node, r.asked) if (t == 3 and r.node == 0) else r for r in replies]
+
+    _, whole_dir = run_federated(cfg, collector=local_collector(nodes, faults))
+    with pytest.raises(ServerDied):
+        run_federated(cfg, collector=local_collector(nodes, lambda t, rs: faults(t, rs, die_at=7)))
+    (broken,) = [p for p in tmp_path.iterdir() if p != whole_dir]
+    assert not (broken / "summary.json").exists()
+    summary, _ = resume_federated(broken, collector=local_collector(nodes, faults))
+    assert summary["rounds"] == 9
+    from fedrec.federation.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(broken / "checkpoint.pt"), load_checkpoint(whole_dir / "checkpoint.pt")
+    assert torch.equal(a["theta"], b["theta"]) and all(
+        torch.equal(a["state"][k], b["state"][k]) for k in b["state"]
+    )
+    import pandas as pd
+
+    ra, rb = pd.read_parquet(broken / "rounds.parquet"), pd.read_parquet(whole_dir / "rounds.parquet")
+    assert ra.equals(rb)
+    assert (ra[ra.t == 3].reason.astype(str) == "no-reply").any()
