@@ -184,12 +184,14 @@ class FlowerClients:
             for nd in new
         ]
         replies = self.grid.send_and_receive(msgs, timeout=self.opts.round_timeout)
+        # asked once, whatever the outcome: a node that did not answer must not cost every later round
+        # a wait (its clients are no-reply until a node that answers holds them)
+        self.queried.update(new)
         n_users = int(run.byzantine.shape[0])
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             if node not in new or reply.has_error():
                 continue
-            self.queried.add(node)
             try:
                 users = from_array(reply.content.array_records[USERS][USERS], ("int64",), 1)
             except Exception:
