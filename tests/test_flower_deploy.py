@@ -76,11 +76,11 @@ def test_unregistered_node_key_is_refused(federation, tmp_path):
 
 def test_tls_auth_run_completes_and_survives_a_killed_supernode(federation, tmp_path):
     """Rounds 1-2 with both SuperNodes; then node1 (the partition 1 SuperNode and its ClientApps) is
-    killed: the run goes on to round 4 with node0's replies, node1's clients recorded as not replying,
+    killed: the run goes on to round 3 with node0's replies, node1's clients recorded as not replying,
     and ends ``finished:completed`` (its status, not ``flwr run``'s exit code, which is 0 regardless)."""
     out = tmp_path / "runs"
     run_id = federation.run_app(
-        {**RUN, "federated.rounds": 4, "run.out_dir": str(out), "flower.round-timeout": 30.0}
+        {**RUN, "federated.rounds": 3, "run.out_dir": str(out), "flower.round-timeout": 30.0}
     )
     deadline = time.monotonic() + 400
     killed = False
@@ -97,10 +97,10 @@ def test_tls_auth_run_completes_and_survives_a_killed_supernode(federation, tmp_
     assert status == "finished:completed", federation.log("superlink")
     run_dir = _run_dir(out)
     frame = pd.read_parquet(run_dir / "rounds.parquet")
-    assert sorted(frame.t.unique()) == [1, 2, 3, 4]
+    assert sorted(frame.t.unique()) == [1, 2, 3]
     first = frame[frame.t <= 2]
     assert first.accepted.all() and (first.reason.astype(str) == "").all()
-    late = frame[frame.t == 4]
+    late = frame[frame.t == 3]  # node1 died within 0.2 s of round 2's records: a ClientApp takes seconds
     reasons = set(late.reason.astype(str))
     assert reasons <= {"", "no-reply", "node-error"} and reasons & {"no-reply", "node-error"}, late
     assert late.accepted.any()  # node0's clients carried the round
