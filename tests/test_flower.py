@@ -202,7 +202,9 @@ def _run(cfg: Config, collector=None) -> FederatedRun:
     return run
 
 
-@pytest.mark.parametrize("attack", ["alie", "camouflage", "label-flip", "noise", "none"])
+@pytest.mark.parametrize(
+    "attack", ["alie", "camouflage", "label-flip", "noise", "spattack-o", "mixtailor-adaptive", "none"]
+)
 def test_client_app_step_through_the_codec_equals_in_process(attack):
     """Any attack (omniscient, rule-breaking, label-flip, none): the ClientApp's step on 3 nodes
     through the codec ends where the in-process loop ends, with the same records."""
@@ -353,7 +355,7 @@ def test_flower_simulation_equals_in_process(tmp_path, monkeypatch):
     import pandas as pd
 
     from fedrec.federation.checkpoint import load_checkpoint
-    from fedrec.federation.runner import prepare_run
+    from fedrec.federation.runner import prepare_federated
     from fedrec.flower.simulate import simulate
 
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
@@ -364,7 +366,7 @@ def test_flower_simulation_equals_in_process(tmp_path, monkeypatch):
         "config.yaml", "rounds.parquet", "metrics.parquet", "checkpoint.pt", "summary.json", "detection.parquet"
     }  # fmt: skip
     cfg, _ = from_run_config(rc)
-    ref = prepare_run(cfg)
+    ref = prepare_federated(cfg)
     ref.run()
     sd = load_checkpoint(run_dir / "checkpoint.pt")
     assert sd["t"] == 5
@@ -386,7 +388,7 @@ def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path):
     """The ServerApp's path (``run_federated`` / ``resume_federated`` with a node collector, what
     ``flower.resume`` runs): a run whose server dies in round 7 resumes from its round-6 checkpoint
     (a node that timed out in round 3 is in the records) and ends where an unbroken run ends."""
-    from fedrec.federation.runner import prepare_run, resume_federated, run_federated
+    from fedrec.federation.runner import prepare_federated, resume_federated, run_federated
 
     cfg, _ = from_run_config(
         {"data.dataset": "ml100k", "model.dim": 8, "federated.fraction": 0.01, "federated.rounds": 9,
@@ -394,7 +396,7 @@ def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path):
          "attack.fraction": 0.2, "defense.name": "a-rfrs", "eval.ks": "1,5", "run.device": "cpu",
          "run.out_dir": str(tmp_path)}
     )  # fmt: skip
-    base = prepare_run(cfg)
+    base = prepare_federated(cfg)
     nodes = [Node(base, node_users(base.byzantine, p, 3)) for p in range(3)]
 
     class ServerDied(Exception):
