@@ -66,6 +66,10 @@ class FederatedConfig:
     checkpoint_every: int = 500  # rounds
     momentum: float = 0.9  # beta3 of SGD with momentum (Appendix C; not given by the paper)
     rho: float = 0.9  # beta4 of RMSProp (Appendix E; not given by the paper)
+    # shared: one generator draws every client's negatives and the attacker's numbers, in round order
+    # (the in-process engine's own stream); per-client: draws keyed by (seed, round, client), so any
+    # split of the clients over processes draws the same numbers (what the Flower deployment uses)
+    client_rng: str = "shared"
 
 
 @dataclass
@@ -347,6 +351,7 @@ DOMAINS: dict[str, Domain] = {
 }
 
 MODES = ("centralized", "federated")
+CLIENT_RNGS = ("shared", "per-client")  # fedrec.federation.simulation.FederatedRun
 ATTACK_MODES = ("own", "inject")  # fedrec.federation.simulation.with_byzantine
 EVAL_PROTOCOLS = ("full", "loo")  # fedrec.eval.full_ranking, fedrec.eval.leave_one_out
 # Sections only one mode reads: the other mode ignores them (the CLI's --epochs writes both lengths).
@@ -370,6 +375,7 @@ def _names(mode: str) -> dict[str, tuple[str, ...]]:
         "train.optimizer": tuple(RULES),
         "attack.name": ("none", *ATTACKS),
         "attack.mode": ATTACK_MODES,
+        "federated.client_rng": CLIENT_RNGS,
         "defense.name": tuple(DEFENSES),
         "defense.weighting": WEIGHTINGS,
         "eval.protocol": EVAL_PROTOCOLS,

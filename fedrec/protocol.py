@@ -162,6 +162,10 @@ REASONS: tuple[str, ...] = (
     "missing",  # a sampled client sent no upload
     "state-domain",  # a state no honest client can hold (Adam's v, AdaGrad / RMSProp's r below 0)
     "magnitude",  # a reconstructed gradient beyond the server's bound (defense.max_grad)
+    # a transport's reasons (the Flower deployment): why a sampled client's upload never came
+    "no-reply",  # its node did not reply before the round's deadline, or no node holds the client
+    "node-error",  # its node replied with an error (the ClientApp raised, or the node went away)
+    "undecodable",  # its node's reply does not decode as an upload batch
 )
 """Why an upload was rejected; ``Decision.reasons`` holds indices into this tuple."""
 

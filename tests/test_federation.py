@@ -15,7 +15,14 @@ from fedrec.federation.clients import PrivateState, client_gradients, honest_upl
 from fedrec.federation.reference import densify, reference_round
 from fedrec.federation.server import aggregate, aggregation_weights
 from fedrec.federation.simulation import FederatedRun
-from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives
+from fedrec.models import (
+    CSRTensors,
+    TableLayout,
+    gather_users,
+    round_key,
+    sample_negatives,
+    sample_negatives_keyed,
+)
 from fedrec.optim import make_rule
 from fedrec.protocol import ServerState
 
@@ -147,3 +154,36 @@ def test_resume_reaches_the_same_final_model(tmp_path, model):
         assert torch.equal(resumed.private.u, straight.private.u)
     assert resumed.metric_rows == straight.metric_rows
     assert resumed.rounds_frame().equals(straight.rounds_frame())
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), n_neg=st.integers(1, 3))
+def test_keyed_negatives_do_not_depend_on_the_rest_of_the_batch(seed, n_neg):
+    """federated.client_rng = per-client: a user's negatives are a function of (key, user) only, so a
+    process holding some of the round's users (a Flower SuperNode) draws what the whole batch would;
+    and they are uniform non-positives like the shared stream's."""
+    inter = synthetic(20, 15, d=3, mean_items=6, seed=seed)
+    csr = CSRTensors.from_interactions(inter)
+    users = torch.arange(inter.n_users)
+    key = round_key(seed, 3)
+    whole = sample_negatives_keyed(gather_users(csr, users), inter.n_items, n_neg, key)
+    part_users = users[seed % 2 :: 3]
+    part = sample_negatives_keyed(gather_users(csr, part_users), inter.n_items, n_neg, key)
+    owner = gather_users(csr, users).owner
+    assert torch.equal(part, whole[torch.isin(users[owner], part_users)])
+    pos = set(zip(users[owner].tolist(), gather_users(csr, users).items.tolist(), strict=True))
+    assert not any((int(u), int(j)) in pos for u, row in zip(users[owner], whole, strict=True) for j in row)
+    assert int(whole.min()) >= 0 and int(whole.max()) < inter.n_items
+    other = sample_negatives_keyed(gather_users(csr, users), inter.n_items, n_neg, round_key(seed, 4))
+    assert not torch.equal(other, whole)  # a new round, new draws
+
+
+def test_keyed_negatives_are_uniform_over_non_positives():
+    inter = synthetic(1, 10, d=2, mean_items=3, seed=0)
+    csr = CSRTensors.from_interactions(inter)
+    batch = gather_users(csr, torch.zeros(1, dtype=torch.int64))
+    draws = torch.cat([sample_negatives_keyed(batch, 10, 500, round_key(0, t)).flatten() for t in range(40)])
+    counts = torch.bincount(draws, minlength=10).double()
+    free = counts[counts > 0]
+    assert free.shape[0] == 10 - batch.items.shape[0]
+    assert float((free / free.mean() - 1).abs().max()) < 0.1  # 20,000 draws over <= 9 items

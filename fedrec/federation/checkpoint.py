@@ -31,6 +31,9 @@ MAGIC = b"fedrec-checkpoint 1\n"
 CHECKPOINT = "checkpoint.pt"
 # keys that say where a run lives or runs, not what it computes: editing them must not block a resume
 NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "data.data_dir")
+# keys added after checkpoint format 1, with the value every earlier run had: they join the identity
+# only when set to something else, so a checkpoint written before they existed still resumes
+LATER_KEYS = {"federated.client_rng": "shared"}
 # test hook (the kill campaign only): seconds to pause halfway through writing checkpoint.pt.tmp, so a
 # SIGKILL can be aimed at a checkpoint write
 DELAY_ENV = "FEDREC_CHECKPOINT_WRITE_DELAY"
@@ -44,7 +47,11 @@ class CheckpointError(ConfigError):
 def resolved_config(cfg: Config) -> dict[str, Any]:
     """The config as a flat ``{"section.key": value}``, without the :data:`NOT_IDENTITY` keys."""
     flat = {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
-    return {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
+    return {
+        k: v
+        for k, v in flat.items()
+        if k not in NOT_IDENTITY and not (k in LATER_KEYS and v == LATER_KEYS[k])
+    }
 
 
 def run_identity(cfg: Config) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from fedrec.models import (
     bpr_objective,
     gather_users,
     sample_negatives,
+    sample_negatives_keyed,
     touched_rows,
 )
 from fedrec.protocol import ServerState, UploadBatch
@@ -137,7 +138,7 @@ def client_round(
     train: CSRTensors,
     clients: torch.Tensor,
     t: int,
-    neg_gen: torch.Generator,
+    neg_gen: torch.Generator | int,
     *,
     negatives: int,
     gamma: float,
@@ -146,9 +147,14 @@ def client_round(
 ) -> ClientRound:
     """The client side of round ``t`` (paper 000 Algorithm 2, batched): gather each client's items, draw
     its negatives, differentiate its BPR loss at the global parameters and take one optimizer step from
-    the global state. The simulation, the demos and the tests call this; nothing else assembles it."""
+    the global state. The simulation, the demos, the Flower ClientApp and the tests call this; nothing
+    else assembles it. ``neg_gen``: a generator shared by the batch, or an int key for keyed draws
+    (``sample_negatives_keyed``: each client's negatives independent of the rest of the batch)."""
     batch = gather_users(train, clients)
-    neg = sample_negatives(batch, layout.n_items, negatives, neg_gen)
+    if isinstance(neg_gen, torch.Generator):
+        neg = sample_negatives(batch, layout.n_items, negatives, neg_gen)
+    else:
+        neg = sample_negatives_keyed(batch, layout.n_items, negatives, neg_gen)
     grads = client_gradients(
         server.theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors
     )

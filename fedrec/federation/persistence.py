@@ -23,8 +23,19 @@ from fedrec.federation.checkpoint import (
 )
 from fedrec.federation.clients import PrivateState
 from fedrec.federation.recorder import RoundRecorder
-from fedrec.protocol import ServerState
+from fedrec.protocol import REASONS, ServerState
 from fedrec.runs import _atomic
+
+
+def _widen_refused(sd: Any) -> Any:
+    """A checkpoint written before reasons were appended to ``REASONS`` has fewer ``refused`` columns:
+    the new reasons never occurred in it, so they are zero columns (codes themselves never move)."""
+    records = sd.get("records") if isinstance(sd, dict) else None
+    refused = records.get("refused") if isinstance(records, dict) else None
+    if isinstance(refused, torch.Tensor) and refused.dim() == 2 and refused.shape[1] < len(REASONS):
+        pad = refused.new_zeros(refused.shape[0], len(REASONS) - refused.shape[1])
+        sd = {**sd, "records": {**records, "refused": torch.cat([refused, pad], 1)}}
+    return sd
 
 
 class RunCheckpointing:
@@ -53,6 +64,7 @@ class RunCheckpointing:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        sd = _widen_refused(sd)
         self._check_state_dict(sd)
         state = {k: v.to(self.device) for k, v in sd["state"].items()}
         self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])

@@ -32,6 +32,7 @@ from fedrec.federation.validate import (
     receive,
     validate,
     weight_share,
+    why_missing,
 )
 from fedrec.protocol import Decision, ServerState, Upload, UploadBatch
 
@@ -94,13 +95,18 @@ def server_round(
     f: int,
     limits: ServerLimits,
     seed: int = 0,
+    absent: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> RoundOutcome:
     """Round ``t`` on the server: from whatever the sampled clients (``sampled``: sorted unique ids on
     the server's device) sent, to the new global state and the per-client verdict. ``seed``
-    (``defense.seed``) seeds the rules that draw random numbers, anew every round (``rule_generator``)."""
+    (``defense.seed``) seeds the rules that draw random numbers, anew every round (``rule_generator``).
+    ``absent``: ``(client ids, reason codes)`` saying why a sampled client's upload did not come (a
+    transport's view: no reply, an error reply); it replaces ``missing`` for those slots only."""
     device, dtype = server.theta.device, server.theta.dtype
     batch, codes = receive(messages, limits.d, rule.state_names, device, dtype)
     admitted, codes, refused = admit(batch, codes, sampled)
+    if absent is not None:
+        codes = why_missing(codes, sampled, *absent)
     codes = validate(
         admitted, n_rows=limits.n_rows, max_examples=limits.max_examples, max_weight_share=None, codes=codes
     )

@@ -18,6 +18,8 @@ from fedrec.federation.detection import detection_summary, per_round
 from fedrec.federation.simulation import FederatedRun, Progress
 from fedrec.runs import _atomic, new_run_dir, read_summary, write_config, write_summary
 
+Collector = Any  # (run, t, clients, byzantine) -> Collected: see FederatedRun.collector
+
 FEDERATED_MODELS = ("fism", "mf")
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,13 @@ def prepare_federated(cfg: Config) -> FederatedRun:
     return run
 
 
-def run_federated(cfg: Config, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
-    """A fresh federated run of ``cfg``; returns the summary and the run directory."""
+def run_federated(
+    cfg: Config, progress: Progress | None = None, collector: Collector | None = None
+) -> tuple[dict[str, Any], Path]:
+    """A fresh federated run of ``cfg``; returns the summary and the run directory. ``collector``: the
+    clients' side of every round when it runs elsewhere (``FederatedRun.collector``: Flower)."""
     run = prepare_federated(cfg)
+    run.collector = collector
     threat = ""
     if cfg.attack.name != "none":
         threat += f"-{cfg.attack.name}{round(100 * cfg.attack.fraction)}"
@@ -62,7 +68,9 @@ class RunFinished(Exception):
         self.summary = summary
 
 
-def resume_federated(run_dir: str | Path, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
+def resume_federated(
+    run_dir: str | Path, progress: Progress | None = None, collector: Collector | None = None
+) -> tuple[dict[str, Any], Path]:
     """Continue a killed run from its last checkpoint to the length its config asks for.
 
     The checkpoint is verified (checksum, then that config.yaml still describes the run that wrote it)
@@ -78,6 +86,7 @@ def resume_federated(run_dir: str | Path, progress: Progress | None = None) -> t
         raise CheckpointError(f"{ckpt}: missing, but summary.json says the run finished; nothing resumed")
     sd = load_checkpoint(ckpt, run_identity(cfg)) if ckpt.is_file() else None
     run = prepare_federated(cfg)
+    run.collector = collector
     if sd is not None:
         run.load_state_dict(sd)
         if run.server.t >= run.total_rounds and (run_dir / "summary.json").is_file():

@@ -39,7 +39,7 @@ from fedrec.federation.pipeline import ServerLimits, server_round
 from fedrec.federation.recorder import RoundRecorder
 from fedrec.federation.sparsity import SparseRowsMonitor
 from fedrec.federation.validate import STRUCTURAL
-from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer
+from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, round_key
 from fedrec.optim import make_rule
 from fedrec.protocol import ServerState, UploadBatch
 from fedrec.threads import ThreadPolicy
@@ -91,6 +91,109 @@ def clients_per_round(n_clients: int, fraction: float) -> int:
 
 
 @dataclass
+class Collected:
+    """What the sampled clients of a round sent, and what the driver knows about them.
+
+    ``messages``: the uploads, authenticated ones first (the honest clients' batch), then the attack's.
+    ``grad_norm [n]``: each sampled client's own gradient norm (NaN where unknown), ``loss``: the honest
+    clients' summed loss (0-d). ``ctx``: the attack context, when this process ran the attack (the
+    forged distances are then measured from it); else ``forged [n]`` as the driver measured it.
+    ``absent``: ``(client ids, reason codes)`` of sampled clients whose upload never came (Flower: no
+    reply, an error reply, an undecodable reply)."""
+
+    messages: list[UploadBatch]
+    grad_norm: torch.Tensor
+    loss: torch.Tensor
+    ctx: AttackContext | None = None
+    g_user: torch.Tensor | None = None
+    forged: torch.Tensor | None = None
+    absent: tuple[torch.Tensor, torch.Tensor] | None = None
+    client_loss: torch.Tensor | None = None  # [n] each client's loss at the global parameters
+
+
+def keyed_streams(cfg: Config, t: int, device: torch.device | str = "cpu") -> tuple[int, torch.Generator]:
+    """``federated.client_rng = per-client``: round ``t``'s key for the negatives (each client's keyed
+    by its id, ``sample_negatives_keyed``) and the attacker's generator, seeded by ``(attack.seed, t)``.
+    Functions of the config and the round only: any process holding any of the clients draws the same."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(round_key(cfg.attack.seed + 3, t) % 2**63)
+    return round_key(cfg.train.seed + 2, t), gen
+
+
+def row_popularity(train: CSRTensors, layout: TableLayout) -> torch.Tensor:
+    """``[n_rows]`` float64: every row's item's number of training interactions (every table of the
+    layout), the public popularity that Spattack samples rows by."""
+    counts = torch.bincount(train.indices, minlength=layout.n_items).to(torch.float64)
+    pop = torch.zeros(layout.n_rows, dtype=torch.float64, device=train.indices.device)
+    for lo, hi in layout.ranges.values():
+        pop[lo:hi] = counts
+    return pop
+
+
+def attack_context(
+    server: ServerState, rule, layout: TableLayout, train: CSRTensors, cfg: Config, t: int,
+    cr: ClientRound, byz: torch.Tensor, attack, generator: torch.Generator, u: torch.Tensor | None = None,
+    popularity: torch.Tensor | None = None,
+) -> AttackContext:  # fmt: skip
+    """The Byzantine clients' view: their own honest gradients (they keep their data), for an
+    omniscient attack the honest clients' gradients of the round and, for an attack that
+    ``needs_flipped`` (label-flip), their gradients on inverted BPR pairs (same rows and negatives); for
+    one that ``needs_popularity`` (Spattack) the rows' popularity (``popularity``, else computed)."""
+    clients, batch, grads, neg = cr.clients, cr.batch, cr.grads, cr.neg
+    device = clients.device
+
+    def part(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        counts = batch.counts()[mask]
+        entry_counts = (grads.ptr[1:] - grads.ptr[:-1])[mask]
+        ptr = torch.zeros(entry_counts.shape[0] + 1, dtype=torch.int64, device=device)
+        torch.cumsum(entry_counts, 0, out=ptr[1:])
+        keep = mask[grads.owner]
+        return {"client_ids": clients[mask], "n_examples": counts, "ptr": ptr,
+                "rows": grads.rows[keep], "g": grads.g[keep]}  # fmt: skip
+
+    extra = {}
+    if attack.omniscient:
+        extra = {f"honest_{k}": v for k, v in part(~byz).items()}
+    if getattr(attack, "needs_popularity", False):
+        extra["row_popularity"] = popularity if popularity is not None else row_popularity(train, layout)
+    if getattr(attack, "needs_flipped", False):
+        keep = byz[batch.owner]  # the Byzantine clients' entries: their items, their negatives
+        flipped = client_gradients(
+            server.theta, layout, gather_users(train, clients[byz]), neg[keep],
+            gamma=cfg.model.gamma, lam=cfg.train.weight_decay,
+            user_vectors=None if u is None else u[byz], flip=True,
+        )  # fmt: skip
+        extra["flipped_g"] = flipped.g
+    return AttackContext(server=server, t=t, rule=rule, generator=generator, **part(byz), **extra)
+
+
+def client_uploads(
+    server: ServerState, rule, layout: TableLayout, train: CSRTensors, cfg: Config, clients: torch.Tensor,
+    byz: torch.Tensor, t: int, *, neg: torch.Generator | int, attack, attack_gen: torch.Generator,
+    user_vectors: torch.Tensor | None = None, popularity: torch.Tensor | None = None,
+) -> Collected:  # fmt: skip
+    """What the clients ``clients`` (sorted; ``byz`` marks the Byzantine ones) send in round ``t``: every
+    client's honest step (``client_round``), then the attack on the Byzantine ones' context. The
+    in-process loop calls it for all sampled clients, a Flower ClientApp for the clients it holds."""
+    cr = client_round(
+        server, rule, layout, train, clients, t, neg, negatives=cfg.train.negatives,
+        gamma=cfg.model.gamma, lam=cfg.train.weight_decay, user_vectors=user_vectors,
+    )  # fmt: skip
+    grads = cr.grads
+    grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
+    messages: list[UploadBatch] = [cr.uploads.select(~byz)]
+    ctx = None
+    # a round that samples no Byzantine client gives the attack nothing to do
+    if attack is not None and bool(byz.any()):
+        ctx = attack_context(
+            server, rule, layout, train, cfg, t, cr, byz, attack, attack_gen, user_vectors, popularity
+        )
+        messages.append(attack(ctx))  # after the honest uploads: their ids are authenticated
+    loss = (grads.loss * ~byz).sum()
+    return Collected(messages, grad_norm, loss, ctx, grads.g_user, client_loss=grads.loss)
+
+
+@dataclass
 class FederatedRun(RunCheckpointing):
     """Everything a federated run holds between rounds: the loop (``step``, ``run``, ``evaluate``); the
     round records live in ``recorder`` (fedrec.federation.recorder), checkpoint I/O in the
@@ -117,6 +220,8 @@ class FederatedRun(RunCheckpointing):
     on_round: Callable[[Any, Any], None] | None = None
     # flat coordinate-wise rules: how many listed rows fewer than half the clients list (issue 16)
     sparsity: SparseRowsMonitor = field(default_factory=SparseRowsMonitor)
+    # the clients' side of a round when it runs elsewhere: (run, t, clients, byzantine) -> Collected
+    collector: Callable[[Any, int, torch.Tensor, torch.Tensor], Collected] | None = None
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
@@ -145,13 +250,11 @@ class FederatedRun(RunCheckpointing):
 
     @functools.cached_property
     def row_popularity(self) -> torch.Tensor:
-        """``[n_rows]`` float64: every row's item's number of training interactions (every table of
-        the layout), the public popularity that Spattack samples rows by."""
-        counts = torch.bincount(self.train.indices, minlength=self.layout.n_items).to(torch.float64)
-        pop = torch.zeros(self.layout.n_rows, dtype=torch.float64, device=self.device)
-        for lo, hi in self.layout.ranges.values():
-            pop[lo:hi] = counts
-        return pop
+        """``[n_rows]``: the rows' popularity (``row_popularity``), computed once per run."""
+        return row_popularity(self.train, self.layout)
+
+    def _popularity(self) -> torch.Tensor | None:
+        return self.row_popularity if getattr(self.attack, "needs_popularity", False) else None
 
     @functools.cached_property
     def recorder(self) -> RoundRecorder:
@@ -189,36 +292,52 @@ class FederatedRun(RunCheckpointing):
         fraction = d.assumed_fraction if d.assumed_fraction is not None else self.cfg.attack.fraction
         return assumed_f(self.per_round, fraction, d.f)
 
+    def round_streams(self, t: int) -> tuple[torch.Generator | int, torch.Generator]:
+        """Round ``t``'s randomness on the client side: the negatives' source and the attacker's
+        generator. ``federated.client_rng = shared``: the run's two generators, drawn in round order;
+        ``per-client``: ``keyed_streams`` (what a Flower SuperNode draws for the same clients)."""
+        if self.cfg.federated.client_rng == "per-client":
+            return keyed_streams(self.cfg, t, self.device)
+        return self.neg_gen, self.attack_gen
+
     def step(self) -> None:
         """One round of Algorithm 1: honest clients step (batched), Byzantine clients attack, the server
-        validates, the defense decides (Option II; ``none`` is Option I) and the state is aggregated."""
+        validates, the defense decides (Option II; ``none`` is Option I) and the state is aggregated.
+        The clients' side comes from ``collector`` when one is set (the Flower ServerApp's), else from
+        this process (``collect``)."""
         t = self.server.t + 1
         clients = sample_clients(self.active, self.per_round, self.sample_gen, self.device)
-        u = None if self.private is None else self.private.u[clients]
-        cr = self.client_round(clients, t, u)
-        grads, honest = cr.grads, cr.uploads
         byz = self.byzantine[clients]
-        grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
-        messages: list[UploadBatch] = [honest.select(~byz)]
-        ctx = None
-        # a round that samples no Byzantine client gives the attack nothing to do
-        if self.attack is not None and bool(byz.any()):
-            ctx = self._attack_context(t, cr, byz, u)
-            messages.append(self.attack(ctx))  # after the honest uploads: their ids are authenticated
-        if self.private is not None:
-            private_step(self.private, self.rule, clients[~byz], grads.g_user[~byz])
+        got = (
+            self.collector(self, t, clients, byz)
+            if self.collector is not None
+            else self.collect(t, clients, byz)
+        )
         out = server_round(
-            self.server, messages, sampled=clients, rule=self.rule, defense=self.defense, t=t, f=self.f,
-            limits=self.limits, seed=self.cfg.defense.seed,
+            self.server, got.messages, sampled=clients, rule=self.rule, defense=self.defense, t=t, f=self.f,
+            limits=self.limits, seed=self.cfg.defense.seed, absent=got.absent,
         )  # fmt: skip
-        forged = torch.zeros_like(grad_norm)
-        if ctx is not None:
-            forged[byz] = self._forged(t, out, byz, ctx)
+        forged = got.forged if got.forged is not None else torch.zeros_like(got.grad_norm)
+        if got.ctx is not None:
+            forged[byz] = self._forged(t, out, byz, got.ctx)
         self.server = out.state
-        self.recorder.record(t, clients, byz, out, grad_norm, forged, (grads.loss * ~byz).sum())
+        self.recorder.record(t, clients, byz, out, got.grad_norm, forged, got.loss)
         self.sparsity.observe(out, self.defense.name)
         if self.on_round is not None:
             self.on_round(self, out)
+
+    def collect(self, t: int, clients: torch.Tensor, byz: torch.Tensor) -> Collected:
+        """The sampled clients' uploads computed in this process (``client_uploads``); MF's honest
+        clients then update their private user vectors."""
+        u = None if self.private is None else self.private.u[clients]
+        neg, attack_gen = self.round_streams(t)
+        got = client_uploads(
+            self.server, self.rule, self.layout, self.train, self.cfg, clients, byz, t,
+            neg=neg, attack=self.attack, attack_gen=attack_gen, user_vectors=u, popularity=self._popularity(),
+        )  # fmt: skip
+        if self.private is not None:
+            private_step(self.private, self.rule, clients[~byz], got.g_user[~byz])
+        return got
 
     def _forged(self, t: int, out, byz: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         """``|g~ - g|`` of each Byzantine slot's admitted upload from its client's own gradient; NaN
@@ -243,43 +362,16 @@ class FederatedRun(RunCheckpointing):
     def client_round(self, clients: torch.Tensor, t: int, u: torch.Tensor | None = None) -> ClientRound:
         """The sampled clients' side of round ``t`` with this run's model and data (``client_round``)."""
         return client_round(
-            self.server, self.rule, self.layout, self.train, clients, t, self.neg_gen,
+            self.server, self.rule, self.layout, self.train, clients, t, self.round_streams(t)[0],
             negatives=self.cfg.train.negatives, gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
             user_vectors=u,
         )  # fmt: skip
 
     def _attack_context(self, t: int, cr: ClientRound, byz: torch.Tensor, u=None) -> AttackContext:
-        """The Byzantine clients' view: their own honest gradients (they keep their data), for an
-        omniscient attack the honest clients' gradients of the round and, for an attack that
-        ``needs_flipped`` (label-flip), their gradients on inverted BPR pairs (same rows and negatives)."""
-
-        clients, batch, grads, neg = cr.clients, cr.batch, cr.grads, cr.neg
-
-        def part(mask: torch.Tensor) -> dict[str, torch.Tensor]:
-            counts = batch.counts()[mask]
-            entry_counts = (grads.ptr[1:] - grads.ptr[:-1])[mask]
-            ptr = torch.zeros(entry_counts.shape[0] + 1, dtype=torch.int64, device=self.device)
-            torch.cumsum(entry_counts, 0, out=ptr[1:])
-            keep = mask[grads.owner]
-            return {"client_ids": clients[mask], "n_examples": counts, "ptr": ptr,
-                    "rows": grads.rows[keep], "g": grads.g[keep]}  # fmt: skip
-
-        extra = {}
-        if self.attack.omniscient:
-            extra = {f"honest_{k}": v for k, v in part(~byz).items()}
-        if getattr(self.attack, "needs_popularity", False):
-            extra["row_popularity"] = self.row_popularity
-        if getattr(self.attack, "needs_flipped", False):
-            keep = byz[batch.owner]  # the Byzantine clients' entries: their items, their negatives
-            flipped = client_gradients(
-                self.server.theta, self.layout, gather_users(self.train, clients[byz]), neg[keep],
-                gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
-                user_vectors=None if u is None else u[byz], flip=True,
-            )  # fmt: skip
-            extra["flipped_g"] = flipped.g
-        return AttackContext(
-            server=self.server, t=t, rule=self.rule, generator=self.attack_gen, **part(byz), **extra
-        )
+        return attack_context(
+            self.server, self.rule, self.layout, self.train, self.cfg, t, cr, byz, self.attack,
+            self.round_streams(t)[1], u, popularity=self._popularity(),
+        )  # fmt: skip
 
     def scorer(self):
         if self.layout.model == "fism":

@@ -33,8 +33,12 @@ INT64 = (-(2**63), 2**63 - 1)
 WEIGHTINGS = ("claimed", "clipped", "uniform")
 # reasons after which an upload's rows cannot be trusted to index the table
 STRUCTURAL = tuple(
-    CODE[r] for r in ("shape", "row-out-of-range", "rows-unsorted-or-duplicated", "client-id", "missing")
-)
+    CODE[r]
+    for r in (
+        "shape", "row-out-of-range", "rows-unsorted-or-duplicated", "client-id", "missing",
+        "no-reply", "node-error", "undecodable",
+    )
+)  # fmt: skip
 
 
 def as_int64(x: object) -> int | None:
@@ -237,6 +241,23 @@ def admit(
     admitted.client_ids = sampled.clone()
     slot_codes = torch.where(present, torch.cat([codes, codes.new_zeros(1)])[first], CODE["missing"])
     return admitted, slot_codes, refused
+
+
+def why_missing(
+    codes: torch.Tensor, sampled: torch.Tensor, ids: torch.Tensor, reasons: torch.Tensor
+) -> torch.Tensor:
+    """``codes`` with each ``missing`` slot whose client is in ``ids`` given that client's reason (a
+    transport knows why nothing came: no reply before the round's deadline, an error reply). A slot
+    an upload did fill keeps its code: the reason only explains an absence."""
+    ids = ids.to(device=sampled.device, dtype=torch.int64)
+    if ids.numel() == 0 or sampled.numel() == 0:
+        return codes
+    reasons = reasons.to(device=sampled.device, dtype=torch.int64)
+    order = torch.argsort(ids)
+    ids, reasons = ids[order], reasons[order]
+    pos = torch.searchsorted(ids, sampled).clamp(max=ids.shape[0] - 1)
+    hit = (ids[pos] == sampled) & (codes == CODE["missing"])
+    return torch.where(hit, reasons[pos], codes)
 
 
 def _per_upload_any(flags: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:

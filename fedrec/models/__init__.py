@@ -1,6 +1,13 @@
 """Recommendation models (FISM, MF) and the BPR loss (DESIGN.md section 8)."""
 
-from fedrec.models.batch import CSRTensors, UserBatch, gather_users, sample_negatives
+from fedrec.models.batch import (
+    CSRTensors,
+    UserBatch,
+    gather_users,
+    round_key,
+    sample_negatives,
+    sample_negatives_keyed,
+)
 from fedrec.models.bpr import bpr_loss_per_user, l2_per_user, touched_rows
 from fedrec.models.fism import fism_pair_scores, fism_scorer, fism_user_vectors
 from fedrec.models.layout import TableLayout
@@ -21,6 +28,8 @@ __all__ = [
     "l2_per_user",
     "mf_pair_scores",
     "mf_scorer",
+    "round_key",
     "sample_negatives",
+    "sample_negatives_keyed",
     "touched_rows",
 ]

@@ -89,6 +89,71 @@ def sample_negatives(
     raise RuntimeError("negative sampling did not finish: users with almost every item positive")
 
 
+# -- keyed draws: a client's random numbers as a function of (key, client, position) -------------------
+# A stream shared by all clients of a round (``sample_negatives``) makes a client's draws depend on who
+# else was sampled, so a process that holds only some clients (a Flower SuperNode) cannot reproduce
+# them. Keyed draws depend only on the round's key, the client's id and the entry's position: any split
+# of the clients over processes draws the same numbers, still without a loop over clients.
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN, _M1, _M2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (``>>`` is arithmetic on signed integers)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (multiplication wraps modulo 2^64 in torch)."""
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _M1
+    x = (x ^ _shr(x, 27)) * _M2
+    return x ^ _shr(x, 31)
+
+
+def round_key(seed: int, t: int) -> int:
+    """The key of round ``t`` under ``seed``: an int64 that keyed draws of that round start from."""
+    return int(mix64(torch.tensor([seed * 1_000_003 + t], dtype=torch.int64))[0])
+
+
+def keyed_below(h: torch.Tensor, n: int) -> torch.Tensor:
+    """Integers in ``[0, n)`` from 64-bit hashes (53 high bits modulo n: bias below n / 2^53)."""
+    return _shr(h, 11) % n
+
+
+def sample_negatives_keyed(
+    batch: UserBatch, n_items: int, n_neg: int, key: int, max_rounds: int = 1000
+) -> torch.Tensor:
+    """``sample_negatives`` with keyed draws: the ``a``-th draw of negative ``r`` of the ``j``-th positive
+    of user ``u`` is a hash of ``(key, u, j, r, a)``, so a user's negatives do not depend on the other
+    users in the batch. Same distribution: uniform over the user's non-positives."""
+    device = batch.items.device
+    if bool((batch.counts() >= n_items).any()):
+        raise ValueError("a user has interacted with every item: no negative can be sampled")
+    keys = batch.owner * n_items + batch.items
+    H = batch.items.shape[0]
+    j = torch.arange(H, device=device) - batch.ptr[:-1][batch.owner]
+    per_user = mix64(batch.users[batch.owner] + key)
+    r = torch.arange(n_neg, device=device)
+    base = mix64(per_user[:, None] ^ (j[:, None] * n_neg + r[None, :]))  # [H, n_neg]
+    out = keyed_below(mix64(base), n_items)
+    owner = batch.owner[:, None].expand_as(out)
+    bad = _is_positive(keys, owner * n_items + out)
+    for attempt in range(1, max_rounds + 1):
+        if not bool(bad.any()):
+            return out
+        bad_idx = bad.nonzero(as_tuple=True)
+        redraw = keyed_below(mix64(base[bad_idx] + _signed(attempt * _GOLDEN % (1 << 64))), n_items)
+        out[bad_idx] = redraw
+        bad[bad_idx] = _is_positive(keys, owner[bad_idx] * n_items + redraw)
+    raise RuntimeError("negative sampling did not finish: users with almost every item positive")
+
+
 def _is_positive(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     pos = torch.searchsorted(sorted_keys, query).clamp(max=sorted_keys.shape[0] - 1)
     return sorted_keys[pos] == query

@@ -1,0 +1,427 @@
+"""The Flower deployment (issue 12): the upload codec, the ServerApp's handling of replies, and a
+Flower simulation that ends where the in-process engine ends.
+
+The first tests run the ClientApp's and the ServerApp's own functions in one process (no Flower
+runtime: records are plain objects); ``test_flower_simulation_equals_in_process`` runs Flower's
+simulation engine (Ray). The deployment over a SuperLink and SuperNodes is tests/test_flower_deploy.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("flwr")
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedrec.config import Config
+from fedrec.data import split_per_user, synthetic
+from fedrec.federation.simulation import FederatedRun
+from fedrec.flower.client_app import Node, node_round, node_users
+from fedrec.flower.codec import (
+    STYPE,
+    UPLOAD,
+    Undecodable,
+    decode_batch,
+    decode_reply,
+    encode_batch,
+    encode_state,
+    encode_upload,
+    to_array,
+)
+from fedrec.flower.server_app import Reply, round_from_replies
+from fedrec.flower.settings import config_from_yaml, from_run_config
+from fedrec.protocol import REASONS, Upload, UploadBatch
+
+STATE_NAMES = ("m", "v")
+
+
+def _batch(seed: int, n: int = 3, d: int = 4, dtype=torch.float32) -> UploadBatch:
+    g = torch.Generator().manual_seed(seed)
+    ups = []
+    for i in range(n):
+        k = int(torch.randint(0, 6, (1,), generator=g))
+        rows = torch.randperm(20, generator=g)[:k].sort().values
+        ups.append(
+            Upload(
+                client_id=10 * i + 1, rows=rows, theta=torch.randn(k, d, generator=g, dtype=dtype),
+                state={s: torch.randn(k, d, generator=g, dtype=dtype) for s in STATE_NAMES}, n_examples=k + 1,
+            )
+        )  # fmt: skip
+    return UploadBatch.from_uploads(ups, d, STATE_NAMES)
+
+
+def _same(a: UploadBatch, b: UploadBatch) -> None:
+    for k in ("client_ids", "ptr", "rows", "n_examples", "theta"):
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.dtype == y.dtype and torch.equal(x, y), k
+    for k in STATE_NAMES:
+        assert a.state[k].dtype == b.state[k].dtype and torch.equal(a.state[k], b.state[k]), k
+
+
+# -- codec ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(4))
+def test_codec_round_trip_is_exact(seed, dtype):
+    batch = _batch(seed, dtype=dtype)
+    back = decode_reply(RecordDict({UPLOAD: encode_batch(batch)}), STATE_NAMES)
+    assert isinstance(back, UploadBatch)
+    _same(batch, back)
+    one = batch.upload(1)
+    back1 = decode_batch(encode_upload(one), STATE_NAMES)
+    _same(UploadBatch.from_uploads([one], 4, STATE_NAMES), back1)
+
+
+def test_codec_decodes_without_copying():
+    """The decoded tensors are views of the record's bytes: the only copy is the serialization."""
+    rec = encode_batch(_batch(0, n=2, d=8))
+    back = decode_batch(rec, STATE_NAMES)
+    for key in ("theta", "m", "rows"):
+        buf = np.frombuffer(rec[key].data, dtype=np.uint8)
+        x = back.theta if key == "theta" else back.state[key] if key in STATE_NAMES else back.rows
+        assert x.data_ptr() == buf.ctypes.data, key
+    assert rec["theta"].stype == STYPE and rec["theta"].dtype == "float32"
+
+
+def _raw(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
+    return Array(dtype=dtype, shape=shape, stype=STYPE, data=data)
+
+
+def _malformed() -> dict[str, object]:
+    good = encode_batch(_batch(1))
+    cases: dict[str, object] = {}
+
+    def edit(name: str, key: str, arr: Array | None) -> None:
+        d = dict(good.items())
+        if arr is None:
+            del d[key]
+        else:
+            d[key] = arr
+        cases[name] = ArrayRecord(d)
+
+    edit("missing theta", "theta", None)
+    edit("rows as int32", "rows", _raw("int32", (3,), b"\0" * 12))
+    edit("theta as float16", "theta", _raw("float16", (1, 4), b"\0" * 8))
+    edit("theta 1-D", "theta", _raw("float32", (4,), b"\0" * 16))
+    edit("one byte short", "m", _raw("float32", (2, 4), b"\0" * 31))
+    edit("huge claimed shape", "v", _raw("float32", (2**40, 2**20), b"\0" * 16))
+    edit("numpy stype", "rows", Array(np.arange(3, dtype=np.int64)))
+    edit("object dtype", "ptr", _raw("object", (1,), b"\0" * 8))
+    extra = dict(good.items())
+    extra["payload"] = _raw("float32", (1,), b"\0" * 4)
+    cases["extra key"] = ArrayRecord(extra)
+    cases["not a record"] = {"theta": 1}
+    cases["config record"] = ConfigRecord({"theta": 1})
+    cases["None"] = None
+    return cases
+
+
+@pytest.mark.parametrize("name", list(_malformed()))
+def test_malformed_records_are_undecodable_with_a_reason(name):
+    got = decode_batch(_malformed()[name], STATE_NAMES)
+    assert isinstance(got, Undecodable) and got.why, name
+    assert isinstance(decode_reply(RecordDict(), STATE_NAMES), Undecodable)
+    assert isinstance(decode_reply("junk", STATE_NAMES), Undecodable)
+
+
+KEYS = ["client_ids", "ptr", "rows", "n_examples", "theta", "m", "v", "x"]
+DTYPES = ["int64", "float32", "float64", "int32", "float16", "uint8", "bool", "complex64", "<f4", ">f8", ""]
+
+
+@st.composite
+def arrays(draw) -> Array:
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=3)))
+    size = math.prod(shape) * (np.dtype(dtype).itemsize if dtype in DTYPES[:-1] else 1)
+    n = draw(st.sampled_from([size, size, max(0, size - 1), size + 3]))
+    return _raw(dtype, shape, draw(st.binary(min_size=n, max_size=n)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(KEYS), arrays(), max_size=8))
+def test_fuzzed_records_never_raise(record):
+    got = decode_batch(ArrayRecord(record), STATE_NAMES)
+    assert isinstance(got, Undecodable | UploadBatch)
+
+
+# -- the ServerApp's reply handling with the ClientApp's step, in one process -----------------------
+
+
+def _cfg(attack: str, fraction: float = 0.25) -> Config:
+    cfg = Config()
+    cfg.train.mode, cfg.train.lr, cfg.model.dim = "federated", 0.01, 8
+    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.client_rng = 0.2, 8, "per-client"
+    cfg.federated.eval_every = cfg.federated.checkpoint_every = 4
+    cfg.attack.name, cfg.attack.fraction = attack, fraction if attack != "none" else 0.0
+    cfg.defense.name, cfg.run.device, cfg.eval.ks = "a-rfrs", "cpu", [1, 5]
+    return cfg
+
+
+SPLIT = split_per_user(synthetic(60, 40, seed=3), seed=0)
+
+
+def _nodes(cfg: Config, parts: int) -> list[Node]:
+    out = []
+    for pid in range(parts):
+        run = FederatedRun.create(cfg, SPLIT, torch.device("cpu"))
+        out.append(Node(run, node_users(run.byzantine, pid, parts)))
+    return out
+
+
+def local_collector(nodes: list[Node], tamper=None):
+    """The ServerApp's collector with the transport replaced by direct calls of the ClientApp's step:
+    the same encode -> node_round -> decode -> round_from_replies path, without Flower's runtime."""
+
+    def collect(run, t, clients, byz):
+        state = encode_state(run.server)
+        replies = []
+        for i, node in enumerate(nodes):
+            asked = clients[torch.isin(clients, node.users)]
+            if asked.numel():
+                rnd = ConfigRecord({"t": t, "clients": asked.tolist(), "round-clients": clients.tolist()})
+                replies.append(Reply(i, asked, node_round(node, t, asked, state, rnd)))
+        if tamper is not None:
+            replies = tamper(t, replies)
+        return round_from_replies(run, clients, byz, replies)
+
+    return collect
+
+
+def _run(cfg: Config, collector=None) -> FederatedRun:
+    run = FederatedRun.create(cfg, SPLIT, torch.device("cpu"))
+    run.collector = collector
+    run.run()
+    return run
+
+
+@pytest.mark.parametrize(
+    "attack", ["alie", "camouflage", "label-flip", "noise", "spattack-o", "mixtailor-adaptive", "none"]
+)
+def test_client_app_step_through_the_codec_equals_in_process(attack):
+    """Any attack (omniscient, rule-breaking, label-flip, none): the ClientApp's step on 3 nodes
+    through the codec ends where the in-process loop ends, with the same records."""
+    cfg = _cfg(attack)
+    ref = _run(cfg)
+    got = _run(cfg, local_collector(_nodes(cfg, 3)))
+    assert torch.allclose(got.server.theta, ref.server.theta, rtol=1e-5, atol=1e-6)
+    for k in ref.server.state:
+        assert torch.allclose(got.server.state[k], ref.server.state[k], rtol=1e-5, atol=1e-7), k
+    a, b = got.rounds_frame(), ref.rounds_frame()
+    for col in ("client_id", "byzantine", "accepted", "reason"):
+        assert a[col].equals(b[col]), col
+    for col in ("grad_norm", "forged", "weight"):
+        assert np.allclose(a[col], b[col], rtol=1e-5, atol=1e-6, equal_nan=True), col
+    assert torch.allclose(got.losses, ref.losses, rtol=1e-5)
+    if attack != "none":
+        assert a.byzantine.any() and (a.reason == "filtered").any()  # the test has something to show
+
+
+def _reasons(run: FederatedRun) -> list[str]:
+    return run.rounds_frame().reason.astype(str).tolist()
+
+
+def test_bad_replies_are_rejected_with_their_reason_and_the_round_goes_on():
+    """Per round one node's reply is replaced: garbage (undecodable), an error, nothing (no reply), or
+    an upload speaking for another node's client. Its clients get that reason, no other client is
+    touched, and the state is what the remaining replies give (the same whatever the fault)."""
+    cfg = _cfg("none")
+    cfg.federated.rounds = 4
+    faults = {
+        "undecodable": lambda r: Reply(
+            r.node, r.asked, RecordDict({UPLOAD: ArrayRecord({"x": to_array(torch.ones(2))})})
+        ),
+        "node-error": lambda r: Reply(r.node, r.asked, error="ClientApp raised"),
+        "no-reply": lambda r: Reply(r.node, r.asked),
+    }
+    states = {}
+    for reason, fault in faults.items():
+
+        def tamper(t, replies, fault=fault):
+            return [fault(r) if r.node == 0 else r for r in replies]
+
+        run = _run(cfg, local_collector(_nodes(cfg, 3), tamper))
+        frame = run.rounds_frame()
+        node0 = set(node_users(run.byzantine, 0, 3).tolist())
+        on0 = frame.client_id.isin(node0)
+        assert (frame.reason[on0].astype(str) == reason).all() and on0.any()
+        assert (frame.reason[~on0].astype(str) == "").all() and frame.accepted[~on0].all()
+        assert torch.isfinite(run.server.theta).all()
+        states[reason] = run.server.theta
+    assert torch.equal(states["undecodable"], states["node-error"])
+    assert torch.equal(states["undecodable"], states["no-reply"])
+
+    # node 1 also answers for node 0's clients with copies of its own uploads: refused, never admitted
+    def impersonate(t, replies):
+        r0 = next((r for r in replies if r.node == 0), None)
+        r1 = next((r for r in replies if r.node == 1), None)
+        if r0 is None or r1 is None:
+            return [Reply(0, r.asked) if r.node == 0 else r for r in replies]
+        batch = decode_reply(r1.content, STATE_NAMES)
+        fake = batch.take(torch.zeros(r0.asked.shape[0], dtype=torch.int64))
+        fake.client_ids = r0.asked.clone()
+        both = RecordDict({UPLOAD: encode_batch(batch.cat(fake))})
+        swap = {0: Reply(0, r0.asked), 1: Reply(1, r1.asked, both)}
+        return [swap.get(r.node, r) for r in replies]
+
+    run = _run(cfg, local_collector(_nodes(cfg, 3), impersonate))
+    assert run.refused_counts().get("client-id", 0) > 0
+    assert set(_reasons(run)) <= {"", "no-reply"}
+    assert torch.equal(run.server.theta, states["no-reply"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(KEYS), arrays(), max_size=8), st.integers(0, 2))
+def test_fuzzed_replies_never_crash_the_server_or_touch_other_clients(record, node):
+    cfg = _cfg("none")
+    cfg.federated.rounds = 1
+    nodes = _nodes(cfg, 3)
+    ref = _run(
+        cfg,
+        local_collector(nodes, lambda t, rs: [Reply(r.node, r.asked) if r.node == node else r for r in rs]),
+    )
+
+    def tamper(t, replies):
+        return [
+            Reply(r.node, r.asked, RecordDict({UPLOAD: ArrayRecord(record)})) if r.node == node else r
+            for r in replies
+        ]
+
+    run = _run(cfg, local_collector(nodes, tamper))
+    assert torch.isfinite(run.server.theta).all()
+    frame = run.rounds_frame()
+    mine = frame.client_id.isin(node_users(run.byzantine, node, 3).tolist())
+    assert frame.accepted[~mine].all()
+    assert not frame.accepted[mine].any()
+    assert torch.equal(run.server.theta, ref.server.theta)
+
+
+def test_partitions_cover_every_user_once_with_the_coalition_last():
+    byz = torch.zeros(50, dtype=torch.bool)
+    byz[torch.tensor([3, 7, 20, 41])] = True
+    for parts in (1, 2, 3, 5):
+        held = torch.cat([node_users(byz, p, parts) for p in range(parts)])
+        assert torch.equal(held.sort().values, torch.arange(50))
+        if parts > 1:
+            assert torch.equal(node_users(byz, parts - 1, parts), torch.tensor([3, 7, 20, 41]))
+    with pytest.raises(ValueError):
+        node_users(byz, 3, 3)
+
+
+def test_run_config_maps_to_fedrec_keys():
+    cfg, opts = from_run_config(
+        {"federated.rounds": 7, "attack.name": "noise", "attack.fraction": 0.2, "attack.params.sigma": 2.0,
+         "defense.name": "a-rfrs", "eval.ks": "1,5", "flower.round-timeout": 3.5, "flower.min-nodes": 2}
+    )  # fmt: skip
+    assert cfg.federated.rounds == 7 and cfg.attack.params == {"sigma": 2.0} and cfg.eval.ks == [1, 5]
+    assert cfg.train.mode == "federated" and cfg.federated.client_rng == "per-client"
+    assert opts.round_timeout == 3.5 and opts.min_nodes == 2
+    back = config_from_yaml(cfg.to_yaml(), {"data.data_dir": "/nowhere"})
+    assert back.to_dict() | {"data": {}, "run": {}} == cfg.to_dict() | {"data": {}, "run": {}}
+    for bad in ({"federated.nope": 1}, {"flower.nope": 1}, {"other": 1}, {"flower.round-timeout": -1}):
+        with pytest.raises(ValueError):
+            from_run_config(bad)
+    with pytest.raises(ValueError, match="may set only"):
+        config_from_yaml(cfg.to_yaml(), {"train.lr": 1.0})
+
+
+def test_reasons_are_appended_not_moved():
+    assert REASONS.index("missing") == 13 and REASONS[-3:] == ("no-reply", "node-error", "undecodable")
+
+
+# -- Flower's simulation engine ---------------------------------------------------------------------
+
+
+def flower_run_config(out_dir, rounds: int, attack: str = "alie") -> dict:
+    return {
+        "data.dataset": "ml100k", "model.dim": 8, "train.lr": 0.01, "federated.fraction": 0.01,
+        "federated.rounds": rounds, "federated.eval_every": 5, "federated.checkpoint_every": 5,
+        "attack.name": attack, "attack.fraction": 0.2, "defense.name": "a-rfrs", "eval.ks": "1,5",
+        "run.out_dir": str(out_dir), "run.device": "cpu", "flower.min-nodes": 3, "flower.round-timeout": 120,
+    }  # fmt: skip
+
+
+def test_flower_simulation_equals_in_process(tmp_path, monkeypatch):
+    """A Flower simulation (3 SuperNodes: two honest, one the Byzantine coalition running ALIE, an
+    omniscient attack; A-RFRS on the server) ends with the in-process run's theta, m, v, accepted sets
+    and reasons, and writes the same run directory as ``fedrec train``."""
+    import pandas as pd
+
+    from fedrec.federation.checkpoint import load_checkpoint
+    from fedrec.federation.runner import prepare_federated
+    from fedrec.flower.simulate import simulate
+
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    rc = flower_run_config(tmp_path / "flower", rounds=5)
+    got = simulate(rc, num_supernodes=3)
+    run_dir = got["run_dir"]
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.yaml", "rounds.parquet", "metrics.parquet", "checkpoint.pt", "summary.json", "detection.parquet"
+    }  # fmt: skip
+    cfg, _ = from_run_config(rc)
+    ref = prepare_federated(cfg)
+    ref.run()
+    sd = load_checkpoint(run_dir / "checkpoint.pt")
+    assert sd["t"] == 5
+    assert torch.allclose(sd["theta"], ref.server.theta, rtol=1e-5, atol=1e-6)
+    for k, v in ref.server.state.items():
+        assert torch.allclose(sd["state"][k], v, rtol=1e-5, atol=1e-7), k
+    flower, inproc = pd.read_parquet(run_dir / "rounds.parquet"), ref.rounds_frame()
+    for col in ("client_id", "byzantine", "accepted"):
+        assert flower[col].equals(inproc[col]), col
+    assert flower.reason.astype(str).equals(inproc.reason.astype(str))
+    assert flower.byzantine.any() and (flower.reason == "filtered").any()
+    ref_metrics = ref.evaluate().metrics
+    for m, by_k in ref_metrics.items():
+        assert got["summary"]["metrics"][m] == pytest.approx({str(k): v for k, v in by_k.items()}, rel=1e-4)
+    assert len(got["traffic"]) == 5 and all(tr.up > 0 and tr.down > 0 for tr in got["traffic"])
+
+
+def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path):
+    """The ServerApp's path (``run_federated`` / ``resume_federated`` with a node collector, what
+    ``flower.resume`` runs): a run whose server dies in round 7 resumes from its round-6 checkpoint
+    (a node that timed out in round 3 is in the records) and ends where an unbroken run ends."""
+    from fedrec.federation.runner import prepare_federated, resume_federated, run_federated
+
+    cfg, _ = from_run_config(
+        {"data.dataset": "ml100k", "model.dim": 8, "federated.fraction": 0.01, "federated.rounds": 9,
+         "federated.eval_every": 3, "federated.checkpoint_every": 3, "attack.name": "sign-flip",
+         "attack.fraction": 0.2, "defense.name": "a-rfrs", "eval.ks": "1,5", "run.device": "cpu",
+         "run.out_dir": str(tmp_path)}
+    )  # fmt: skip
+    base = prepare_federated(cfg)
+    nodes = [Node(base, node_users(base.byzantine, p, 3)) for p in range(3)]
+
+    class ServerDied(Exception):
+        pass
+
+    def faults(t, replies, die_at=None):
+        if t == die_at:
+            raise ServerDied
+        return [Reply(r.node, r.asked) if (t == 3 and r.node == 0) else r for r in replies]
+
+    _, whole_dir = run_federated(cfg, collector=local_collector(nodes, faults))
+    with pytest.raises(ServerDied):
+        run_federated(cfg, collector=local_collector(nodes, lambda t, rs: faults(t, rs, die_at=7)))
+    (broken,) = [p for p in tmp_path.iterdir() if p != whole_dir]
+    assert not (broken / "summary.json").exists()
+    summary, _ = resume_federated(broken, collector=local_collector(nodes, faults))
+    assert summary["rounds"] == 9
+    from fedrec.federation.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(broken / "checkpoint.pt"), load_checkpoint(whole_dir / "checkpoint.pt")
+    assert torch.equal(a["theta"], b["theta"]) and all(
+        torch.equal(a["state"][k], b["state"][k]) for k in b["state"]
+    )
+    import pandas as pd
+
+    ra, rb = pd.read_parquet(broken / "rounds.parquet"), pd.read_parquet(whole_dir / "rounds.parquet")
+    assert ra.equals(rb)
+    assert (ra[ra.t == 3].reason.astype(str) == "no-reply").any()
