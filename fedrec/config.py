@@ -157,7 +157,8 @@ class Config:
     def set(self, dotted: str, value: Any) -> None:
         """Set ``section.key`` to ``value`` (coerced to the field's type)."""
         section, _, key = dotted.partition(".")
-        target = getattr(self, section, None) if key else None
+        sections = {f.name for f in dataclasses.fields(self)}  # not getattr: '__class__' is no section
+        target = getattr(self, section) if key and section in sections else None
         if target is None or not dataclasses.is_dataclass(target):
             raise ConfigError(f"unknown config key {dotted!r}: expected one of {', '.join(_all_keys(self))}")
         fields = {f.name: f for f in dataclasses.fields(target)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,11 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
-def _atomic(path: Path, write) -> None:
-    # write then rename, so a killed process never leaves a half-written file in place of a good one
-    tmp = path.with_name(path.name + ".tmp")
+def _atomic(path: Path, write, unique: bool = False) -> None:
+    """Write then rename, so a killed process never leaves a half-written file in place of a good one.
+    ``unique``: a temporary name of this process's own, for files that several processes may rewrite
+    at once (two grids on one out folder); otherwise ``NAME.tmp``, which the kill campaign watches."""
+    suffix = f".{os.getpid()}.tmp" if unique else ".tmp"
+    tmp = path.with_name(path.name + suffix)
     write(tmp)
     tmp.replace(path)

@@ -272,3 +272,10 @@ def test_cli_non_utf8_data_file_gave_no_line_number(tmp_path: Path) -> None:
     bad.write_bytes(b"user_id:token\titem_id:token\n1\t2\nJos\xe9\t3\n")
     args = ["train", "--dataset", str(bad), "--mode", "federated", "--rounds", "2"]
     _one_line_exit_2(args, tmp_path / "out", f"{bad}:3: not UTF-8")
+
+
+@pytest.mark.parametrize("key", ["__class__.data", "__dict__.x", "to_dict.x", "set.x"])
+def test_a_key_naming_an_attribute_that_is_no_section_is_one_clear_error(key):
+    """``__class__`` passed the dataclass check (it is the Config class) and then raised a KeyError."""
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, [f"{key}=1"])

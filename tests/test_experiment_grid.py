@@ -21,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedrec.cli import app
+from fedrec.config import load_config
 from fedrec.data import synthetic
 from fedrec.experiments.grid import STANDARD_KEYS, GridError, load_grid
 
@@ -297,3 +298,18 @@ def test_the_shipped_grids_are_valid(name: str, cells: int) -> None:
     seed, the attack-free run and 3 fractions x 5 defenses)."""
     grid = load_grid(Path(__file__).parents[1] / "configs" / "grids" / f"{name}.yaml")
     assert len(grid.cells) == cells
+
+
+def test_cell_digest_is_the_runs_identity_not_where_or_how_it_runs():
+    """A cell's name must survive fedrec gaining a config key (defaulted to the old behaviour) and a
+    change of threads or device; it must change with anything the run computes."""
+    from fedrec.experiments.grid import config_digest
+
+    base = load_config(None, ["train.mode=federated"])
+    same = load_config(
+        None, ["train.mode=federated", "run.threads=2", "run.device=cpu", "federated.client_rng=shared"]
+    )
+    assert config_digest(base) == config_digest(same)
+    assert config_digest(base) != config_digest(load_config(None, ["train.mode=federated", "train.lr=0.5"]))
+    per_client = load_config(None, ["train.mode=federated", "federated.client_rng=per-client"])
+    assert config_digest(base) != config_digest(per_client)

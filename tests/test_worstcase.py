@@ -64,3 +64,11 @@ def test_a_missing_baseline_or_column_is_one_clear_error(tmp_path):
         app, ["plot", "worstcase", str(path), "--metric", "recall@9", "--out", str(tmp_path)]
     )
     assert res.exit_code != 0 and "recall@9" in res.output and "Traceback" not in res.output
+
+
+def test_a_table_mixing_models_or_optimizers_is_refused():
+    t = _table()
+    t["model.name"] = "fism"
+    t.loc[0, "model.name"] = "mf"
+    with pytest.raises(ValueError, match=r"mix model\.name \(fism, mf\)"):
+        worst_case(t)

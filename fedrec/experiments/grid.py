@@ -67,6 +67,7 @@ import yaml
 
 from fedrec.config import MODE_SECTIONS, Config, ConfigError, load_config, parse_override
 from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
+from fedrec.federation.checkpoint import resolved_config
 from fedrec.runs import _atomic, dumps
 
 GRID_FIELDS = ("base", "set", "grid", "out")
@@ -82,8 +83,6 @@ STANDARD_KEYS = (
 )
 # the grid names and places its run directories itself
 RESERVED_KEYS = ("run.out_dir", "run.name")
-# keys that say where a run lives or runs, not what it computes (= fedrec.federation.checkpoint's)
-NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "data.data_dir")
 RESULTS = "results.parquet"
 MANIFEST = "manifest.json"
 CELL_INFO = "cell.json"  # the grid's record of a cell: wall seconds over its attempts, last status
@@ -101,7 +100,7 @@ class Cell:
     name: str
     values: dict[str, Any]  # ``set`` and this cell's grid values, as the grid file gives them
     config: Config = field(repr=False)
-    digest: str  # sha256 of the resolved config without where it runs (NOT_IDENTITY)
+    digest: str  # sha256 of the run's identity (config_digest)
 
 
 @dataclass
@@ -263,9 +262,10 @@ def _cell_config(path: Path, base: Path | None, values: dict[str, Any], out: Pat
 
 
 def config_digest(cfg: Config) -> str:
-    """sha256 of the resolved config without NOT_IDENTITY: what the run computes, not where."""
-    flat = {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
-    flat = {k: v for k, v in flat.items() if k not in NOT_IDENTITY}
+    """sha256 of the run's identity (``checkpoint.resolved_config``: what it computes, not where or on
+    how many threads; keys added later count only when set away from their old value), so a cell
+    keeps its name when fedrec gains a config key."""
+    flat = resolved_config(cfg)
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -368,7 +368,7 @@ def _prepare_dir(grid: Grid, cell: Cell) -> Path:
     config = run_dir / "config.yaml"
     text = cell.config.to_yaml()
     if not config.is_file() or config.read_text() != text:
-        _atomic(config, lambda p: p.write_text(text))
+        _atomic(config, lambda p: p.write_text(text), unique=True)
     return run_dir
 
 
@@ -461,7 +461,7 @@ def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
             values = [None if v is None else (v if isinstance(v, str) else dumps(v)) for v in values]
         columns[name] = pa.array(values)
     table = pa.table(columns)
-    _atomic(path, lambda p: pq.write_table(table, p))
+    _atomic(path, lambda p: pq.write_table(table, p), unique=True)
 
 
 def _kind(v: Any) -> str:
@@ -481,8 +481,8 @@ def run_grid(
         raise GridError(f"--jobs {jobs}: must be at least 1")
     out = grid.out
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "grid.yaml", lambda p: p.write_text(grid.text))
-    _atomic(out / MANIFEST, lambda p: p.write_text(dumps(manifest(grid), indent=1)))
+    _atomic(out / "grid.yaml", lambda p: p.write_text(grid.text), unique=True)
+    _atomic(out / MANIFEST, lambda p: p.write_text(dumps(manifest(grid), indent=1)), unique=True)
 
     status: dict[str, tuple[str, str | None]] = {}
     todo = []
@@ -533,7 +533,7 @@ def run_grid(
             state = "failed"
         info = {"cell": r.cell.name, "wall_s": float(info.get("wall_s", 0.0)) + wall,
                 "attempts": int(info.get("attempts", 0)) + 1, "status": state, "error": error}  # fmt: skip
-        _atomic(run_dir / CELL_INFO, lambda p: p.write_text(dumps(info, indent=1)))
+        _atomic(run_dir / CELL_INFO, lambda p: p.write_text(dumps(info, indent=1)), unique=True)
         status[r.cell.name] = (state, error)
         finished += 1
         summary = finished_summary(run_dir) or {}

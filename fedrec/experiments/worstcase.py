@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from fedrec.experiments.plots import _new_figure
 
 KEYS = ["data.dataset", "attack.name", "attack.fraction", "defense.name"]
+ONE_SETTING = ["model.name", "train.optimizer"]  # a table mixing these would average unlike runs
 
 
 @dataclass
@@ -36,6 +37,10 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
     if missing:
         raise ValueError(f"the results table has no column {', '.join(missing)}")
     done = results if "status" not in results.columns else results[results["status"] == "done"]
+    for col in ONE_SETTING:
+        if col in done.columns and done[col].nunique() > 1:
+            values = ", ".join(sorted(map(str, done[col].dropna().unique())))
+            raise ValueError(f"the results mix {col} ({values}): select one (a table per setting)")
     clean = done[(done["attack.name"] == "none") & (done["defense.name"] == "none")]
     baselines = clean.groupby("data.dataset")[metric].mean().to_dict()
     attacked = done[done["attack.name"] != "none"]

@@ -27,15 +27,20 @@ from fedrec.protocol import REASONS, ServerState
 from fedrec.runs import _atomic
 
 
-def _widen_refused(sd: Any) -> Any:
-    """A checkpoint written before reasons were appended to ``REASONS`` has fewer ``refused`` columns:
-    the new reasons never occurred in it, so they are zero columns (codes themselves never move)."""
+def _upgrade_records(sd: Any) -> Any:
+    """Round records of a checkpoint written before they grew: ``refused`` had fewer columns before
+    reasons were appended to ``REASONS`` (the new reasons never occurred: zero columns; codes never
+    move), and ``drawn`` (the member a randomised rule drew) did not exist (no rule drew: -1)."""
     records = sd.get("records") if isinstance(sd, dict) else None
-    refused = records.get("refused") if isinstance(records, dict) else None
+    if not isinstance(records, dict):
+        return sd
+    refused = records.get("refused")
     if isinstance(refused, torch.Tensor) and refused.dim() == 2 and refused.shape[1] < len(REASONS):
         pad = refused.new_zeros(refused.shape[0], len(REASONS) - refused.shape[1])
-        sd = {**sd, "records": {**records, "refused": torch.cat([refused, pad], 1)}}
-    return sd
+        records = {**records, "refused": torch.cat([refused, pad], 1)}
+    if "drawn" not in records and isinstance(refused, torch.Tensor) and refused.dim() == 2:
+        records = {**records, "drawn": torch.full((refused.shape[0],), -1, dtype=torch.int64)}
+    return {**sd, "records": records}
 
 
 class RunCheckpointing:
@@ -64,7 +69,7 @@ class RunCheckpointing:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        sd = _widen_refused(sd)
+        sd = _upgrade_records(sd)
         self._check_state_dict(sd)
         state = {k: v.to(self.device) for k, v in sd["state"].items()}
         self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])
