@@ -617,7 +617,7 @@ def demo_camouflage(
     out.print("[bold]Verdict[/]")
     for c in res["verdict"]:
         mark = "[green]yes[/]" if c["holds"] else "[red]no[/]"
-        out.print(f"  {mark}  {c['claim']}\n         {c['figures']}", highlight=False)
+        out.print(f"  {mark}  {c['claim']}\n         {c['figures']}", highlight=False, soft_wrap=True)
 
 
 # ---- fedrec plot: figures from run directories and grid results (issue 13 item 4) -----------------
