@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv  ## ~2 min: most-popular, then federated FISM learning on ML-100K, then the camouflage demo's verdict
+demo: venv  ## ~75 s: most-popular, then federated FISM learning on ML-100K, then the camouflage demo's verdict
 	$(BIN)/fedrec train --dataset ml100k --mode centralized --model pop --out runs/demo
 	$(BIN)/fedrec train --config configs/demo.yaml --out runs/demo
 	$(BIN)/fedrec demo camouflage
