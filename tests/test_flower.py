@@ -9,6 +9,7 @@ simulation engine (Ray). The deployment over a SuperLink and SuperNodes is tests
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -425,3 +426,32 @@ def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path):
     ra, rb = pd.read_parquet(broken / "rounds.parquet"), pd.read_parquet(whole_dir / "rounds.parquet")
     assert ra.equals(rb)
     assert (ra[ra.t == 3].reason.astype(str) == "no-reply").any()
+
+
+class _UntouchedGrid:
+    """A Grid that must not be used: a refused run fails before it waits for any node."""
+
+    def get_node_ids(self):
+        raise AssertionError("serve waited for nodes before refusing the run")
+
+    send_and_receive = get_node_ids
+
+
+@pytest.mark.parametrize(("key", "value"), [("model.name", "mf"), ("federated.client_rng", "shared")])
+def test_resume_refuses_a_run_a_flower_run_could_not_have_been(tmp_path, key, value):
+    """``flower.resume`` checks the resumed run's config.yaml (not the run config, which is FISM and
+    per-client here): an MF run, or one begun in-process with shared draws, is refused naming the key."""
+    from fedrec.config import ConfigError
+    from fedrec.flower.server_app import serve
+    from fedrec.flower.settings import FlowerOptions
+    from fedrec.runs import write_config
+
+    cfg, _ = from_run_config({"run.out_dir": str(tmp_path)})
+    resumed, _ = from_run_config({"run.out_dir": str(tmp_path)})
+    resumed.set(key, value)
+    write_config(tmp_path, resumed.to_yaml())
+    assert cfg.model.name == "fism" and cfg.federated.client_rng == "per-client"
+    with pytest.raises(ConfigError, match=re.escape(f"config.yaml has {key}={value!r}")):
+        serve(_UntouchedGrid(), cfg, FlowerOptions(resume=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match=r"flower\.resume"):
+        serve(_UntouchedGrid(), cfg, FlowerOptions(resume=str(tmp_path / "nowhere")))

@@ -27,13 +27,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.config import Config, ConfigError
+from fedrec.config import Config, ConfigError, load_config
 from fedrec.federation.runner import resume_federated, run_federated
 from fedrec.federation.simulation import Collected, FederatedRun
 from fedrec.federation.validate import CODE
@@ -257,16 +258,38 @@ def _payload(content: Any) -> int:
         return 0
 
 
+def resumed_config(run_dir: str | Path) -> Config:
+    """The config of the run ``flower.resume`` names (its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"flower.resume={str(run_dir)!r}: no config.yaml (not a run directory)")
+    return load_config(path)
+
+
+def check_flower_config(cfg: Config, resume: str = "") -> None:
+    """What a Flower run needs of its config, new or resumed (``ConfigError``, one line, naming the key):
+    FISM (MF's private user vectors stay on the devices, where the server's central evaluation cannot
+    score them) and per-client randomness (a node sees only its own clients, so a draw shared by the
+    round's sample is one it cannot make: a run begun in-process with ``shared`` would continue as
+    neither engine's run)."""
+    where = f"flower.resume={resume!r}: the run's config.yaml has " if resume else ""
+    if cfg.model.name != "fism":
+        raise ConfigError(f"{where}model.name={cfg.model.name!r}: the Flower adapter runs FISM only")
+    if cfg.federated.client_rng != "per-client":
+        raise ConfigError(
+            f"{where}federated.client_rng={cfg.federated.client_rng!r}: a Flower run draws per client "
+            "('per-client'); a run begun with another setting cannot continue on Flower"
+        )
+
+
 def serve(
     grid: Grid, cfg: Config, opts: FlowerOptions, progress: Callable[[dict[str, Any]], None] | None = None
 ) -> tuple[dict[str, Any], Any, FlowerClients]:
     """A fedrec run whose clients are Flower SuperNodes; returns the summary, the run directory and the
     collector (its ``traffic`` says what went over the wire)."""
-    if cfg.model.name != "fism":
-        raise ConfigError(
-            f"model.name={cfg.model.name!r}: the Flower adapter runs FISM only (MF's private user vectors "
-            "stay on the devices, where the server's central evaluation cannot score them)"
-        )
+    # a resumed run is the run its config.yaml describes (the run config's fedrec keys do not apply), so
+    # that is the config to check, before any node is waited for
+    check_flower_config(resumed_config(opts.resume) if opts.resume else cfg, opts.resume)
     clients = FlowerClients(grid, opts)
     nodes = clients.wait_for_nodes()
     log.info("%d SuperNodes connected", len(nodes))
