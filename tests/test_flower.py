@@ -455,3 +455,45 @@ def test_resume_refuses_a_run_a_flower_run_could_not_have_been(tmp_path, key, va
         serve(_UntouchedGrid(), cfg, FlowerOptions(resume=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match=r"flower\.resume"):
         serve(_UntouchedGrid(), cfg, FlowerOptions(resume=str(tmp_path / "nowhere")))
+
+
+def test_local_deployment_never_deletes_a_folder_it_did_not_make(tmp_path):
+    """``python -m fedrec.flower.local --dir D``: a D that holds anything but lacks the tool's marker is
+    refused (one line, non-zero exit, nothing touched, nothing started); in a marked D only what the
+    tool made is cleared, never ``runs/`` (what ``flower.resume`` continues from)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fedrec
+    from fedrec.flower.local import MARKER, prepare_dir
+
+    theirs = tmp_path / "checkout"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    env = {**os.environ, "PYTHONPATH": str(Path(fedrec.__file__).parents[1])}  # this checkout's fedrec
+    res = subprocess.run(
+        # --insecure, --timeout: should the refusal ever break, what starts is quick and torn down
+        [sys.executable, "-m", "fedrec.flower.local", "--dir", str(theirs), "--insecure", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and MARKER in res.stderr, res.stderr
+    assert sorted(p.name for p in theirs.iterdir()) == ["thesis.tex"]
+    with pytest.raises(ValueError, match="not a directory"):
+        prepare_dir(theirs / "thesis.tex")
+
+    ours = tmp_path / "fresh" / "deep"
+    prepare_dir(ours)  # a new folder is made and marked
+    assert [p.name for p in ours.iterdir()] == [MARKER]
+    for d in ("flwr-home", "certs", "runs/fism-20250101-000000"):
+        (ours / d).mkdir(parents=True)
+        (ours / d / "f").write_text("x")
+    for f in ("state.db", "state.db-wal", "superlink.log", "node0.log", "node0", "node0.pub", "notes.txt"):
+        (ours / f).write_text("x")
+    prepare_dir(ours)
+    assert sorted(p.name for p in ours.iterdir()) == [MARKER, "notes.txt", "runs"]
+    assert (ours / "runs" / "fism-20250101-000000" / "f").read_text() == "x"
