@@ -9,6 +9,7 @@ simulation engine (Ray). The deployment over a SuperLink and SuperNodes is tests
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -320,12 +321,20 @@ def test_run_config_maps_to_fedrec_keys():
         {"federated.rounds": 7, "attack.name": "noise", "attack.fraction": 0.2, "attack.params.sigma": 2.0,
          "defense.name": "a-rfrs", "eval.ks": "1,5", "flower.round-timeout": 3.5, "flower.min-nodes": 2}
     )  # fmt: skip
+    assert opts.partitions == 2  # num-partitions defaults to min-nodes
+    assert from_run_config({"flower.min-nodes": 2, "flower.num-partitions": 5})[1].partitions == 5
     assert cfg.federated.rounds == 7 and cfg.attack.params == {"sigma": 2.0} and cfg.eval.ks == [1, 5]
     assert cfg.train.mode == "federated" and cfg.federated.client_rng == "per-client"
     assert opts.round_timeout == 3.5 and opts.min_nodes == 2
     back = config_from_yaml(cfg.to_yaml(), {"data.data_dir": "/nowhere"})
     assert back.to_dict() | {"data": {}, "run": {}} == cfg.to_dict() | {"data": {}, "run": {}}
-    for bad in ({"federated.nope": 1}, {"flower.nope": 1}, {"other": 1}, {"flower.round-timeout": -1}):
+    for bad in (
+        {"federated.nope": 1},
+        {"flower.nope": 1},
+        {"other": 1},
+        {"flower.round-timeout": -1},
+        {"flower.num-partitions": -1},
+    ):
         with pytest.raises(ValueError):
             from_run_config(bad)
     with pytest.raises(ValueError, match="may set only"):
@@ -425,3 +434,167 @@ def test_a_run_stopped_mid_way_resumes_from_its_checkpoint(tmp_path):
     ra, rb = pd.read_parquet(broken / "rounds.parquet"), pd.read_parquet(whole_dir / "rounds.parquet")
     assert ra.equals(rb)
     assert (ra[ra.t == 3].reason.astype(str) == "no-reply").any()
+
+
+class _UntouchedGrid:
+    """A Grid that must not be used: a refused run fails before it waits for any node."""
+
+    def get_node_ids(self):
+        raise AssertionError("serve waited for nodes before refusing the run")
+
+    send_and_receive = get_node_ids
+
+
+@pytest.mark.parametrize(("key", "value"), [("model.name", "mf"), ("federated.client_rng", "shared")])
+def test_resume_refuses_a_run_a_flower_run_could_not_have_been(tmp_path, key, value):
+    """``flower.resume`` checks the resumed run's config.yaml (not the run config, which is FISM and
+    per-client here): an MF run, or one begun in-process with shared draws, is refused naming the key."""
+    from fedrec.config import ConfigError
+    from fedrec.flower.server_app import serve
+    from fedrec.flower.settings import FlowerOptions
+    from fedrec.runs import write_config
+
+    cfg, _ = from_run_config({"run.out_dir": str(tmp_path)})
+    resumed, _ = from_run_config({"run.out_dir": str(tmp_path)})
+    resumed.set(key, value)
+    write_config(tmp_path, resumed.to_yaml())
+    assert cfg.model.name == "fism" and cfg.federated.client_rng == "per-client"
+    with pytest.raises(ConfigError, match=re.escape(f"config.yaml has {key}={value!r}")):
+        serve(_UntouchedGrid(), cfg, FlowerOptions(resume=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match=r"flower\.resume"):
+        serve(_UntouchedGrid(), cfg, FlowerOptions(resume=str(tmp_path / "nowhere")))
+
+
+def test_local_deployment_never_deletes_a_folder_it_did_not_make(tmp_path):
+    """``python -m fedrec.flower.local --dir D``: a D that holds anything but lacks the tool's marker is
+    refused (one line, non-zero exit, nothing touched, nothing started); in a marked D only what the
+    tool made is cleared, never ``runs/`` (what ``flower.resume`` continues from)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fedrec
+    from fedrec.flower.local import MARKER, prepare_dir
+
+    theirs = tmp_path / "checkout"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    env = {**os.environ, "PYTHONPATH": str(Path(fedrec.__file__).parents[1])}  # this checkout's fedrec
+    res = subprocess.run(
+        # --insecure, --timeout: should the refusal ever break, what starts is quick and torn down
+        [sys.executable, "-m", "fedrec.flower.local", "--dir", str(theirs), "--insecure", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and MARKER in res.stderr, res.stderr
+    assert sorted(p.name for p in theirs.iterdir()) == ["thesis.tex"]
+    with pytest.raises(ValueError, match="not a directory"):
+        prepare_dir(theirs / "thesis.tex")
+
+    ours = tmp_path / "fresh" / "deep"
+    prepare_dir(ours)  # a new folder is made and marked
+    assert [p.name for p in ours.iterdir()] == [MARKER]
+    for d in ("flwr-home", "certs", "runs/fism-20250101-000000"):
+        (ours / d).mkdir(parents=True)
+        (ours / d / "f").write_text("x")
+    for f in ("state.db", "state.db-wal", "superlink.log", "node0.log", "node0", "node0.pub", "notes.txt"):
+        (ours / f).write_text("x")
+    prepare_dir(ours)
+    assert sorted(p.name for p in ours.iterdir()) == [MARKER, "notes.txt", "runs"]
+    assert (ours / "runs" / "fism-20250101-000000" / "f").read_text() == "x"
+
+
+class _ClaimGrid:
+    """The transport of the handshake without Flower's runtime: ``live`` node ids, each answering a
+    query with its ``claims`` entry (records, as the ClientApp's ``query`` builds them, or anything)."""
+
+    def __init__(self, claims: dict[int, object]) -> None:
+        self.claims = claims
+        self.live: set[int] = set()
+        self.asked: list[int] = []
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.live)
+
+    @staticmethod
+    def message(content, node: int, kind: str, t: int):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(content=content, metadata=SimpleNamespace(dst_node_id=node, message_type=kind))
+
+    def send_and_receive(self, msgs, timeout=None):
+        from types import SimpleNamespace
+
+        out = []
+        for m in msgs:
+            node = m.metadata.dst_node_id
+            self.asked.append(node)
+            meta = SimpleNamespace(src_node_id=node)
+            out.append(SimpleNamespace(metadata=meta, content=self.claims[node], has_error=lambda: False))
+        return out
+
+
+def test_nodes_hold_only_the_partition_the_server_grants():
+    """A node gets clients only for a partition of the run's ``num-partitions`` whose users it lists
+    exactly, and no live node holds: claiming everyone (as a partition, or as the only partition),
+    other partitions' users, a partition that is not there, or a held one gets nothing; honest nodes
+    keep their users; a restarted node (a new id, or its own id back) gets its partition's users."""
+    from fedrec.flower.client_app import claim
+    from fedrec.flower.server_app import FlowerClients
+    from fedrec.flower.settings import FlowerOptions
+
+    run = FederatedRun.create(_cfg("alie"), SPLIT, torch.device("cpu"))
+    byz, n = run.byzantine, int(run.byzantine.shape[0])
+    part = [node_users(byz, p, 3) for p in range(3)]
+    everyone = torch.arange(n)
+    honest = {11: 0, 12: 1, 13: 2}
+    claims: dict[int, object] = {nd: claim(part[p], p, 3) for nd, p in honest.items()}
+    claims |= {  # ids below the honest ones: asked, and answering, first
+        1: claim(everyone, 0, 3),  # partition 0, listing everyone
+        2: claim(everyone, 0, 1),  # the only partition of 1
+        3: claim(torch.cat([part[0], part[1]]).sort().values, 0, 3),  # 0's users and 1's
+        4: claim(part[2], 7, 3),  # no such partition
+        5: RecordDict({"users": ArrayRecord({"users": to_array(everyone)})}),  # no partition at all
+        6: claim(part[1], 1, 3),  # a valid claim on a partition node 12 holds
+        21: claim(part[1], 1, 3),  # node 12 restarted under a new id
+        31: claim(part[0], 0, 3),  # node 11 restarted, its new id seen before the old one is dropped
+    }
+    grid = _ClaimGrid(claims)
+    clients = FlowerClients(grid, FlowerOptions(min_nodes=3))
+    clients._message = _ClaimGrid.message  # a flwr Message needs a run's identity: a stand-in
+
+    def holds() -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for u, nd in sorted(clients.node_of.items()):
+            out.setdefault(nd, []).append(u)
+        return out
+
+    def expect(owner: dict[int, int]) -> None:
+        assert holds() == {nd: part[p].tolist() for nd, p in owner.items()}
+
+    grid.live = {1, 2, 3, 4, 5, 11, 12, 13}
+    clients.discover(run, 1)
+    expect(honest)
+    grid.live.add(6)
+    clients.discover(run, 2)
+    expect(honest)
+    assert sorted(grid.asked) == sorted(grid.live)  # each node asked once
+    grid.live -= {12, 6}
+    grid.live.add(21)
+    clients.discover(run, 3)
+    expect({11: 0, 21: 1, 13: 2})
+    grid.live -= {21}
+    grid.live.add(12)  # node 12 back under its own id (a registered key): asked again
+    clients.discover(run, 4)
+    expect(honest)
+    assert grid.asked.count(12) == 2
+    grid.live.add(31)
+    clients.discover(run, 5)
+    expect(honest)
+    grid.live.remove(11)
+    clients.discover(run, 6)
+    expect({31: 0, 12: 1, 13: 2})
+    assert grid.asked.count(31) == 1  # granted once its partition was free, without asking again

@@ -40,6 +40,7 @@ from fedrec.flower.settings import config_from_yaml
 ROUND = "round"  # the ConfigRecord of a train / query message
 DIAG = "diag"  # the reply's diagnostics ArrayRecord
 USERS = "users"  # the query reply's ArrayRecord
+PARTITION = "partition"  # the query reply's ConfigRecord: the partition the node declares
 
 
 def node_users(byzantine: torch.Tensor, partition_id: int, num_partitions: int) -> torch.Tensor:
@@ -76,9 +77,13 @@ def _local(node_config: dict[str, Any]) -> dict[str, Any]:
     return local
 
 
+def partition(node_config: dict[str, Any]) -> tuple[int, int]:
+    """The node's ``(partition-id, num-partitions)`` (a lone node without them holds everyone)."""
+    return int(node_config.get("partition-id", 0)), int(node_config.get("num-partitions", 1))
+
+
 def node_for(config_text: str, node_config: dict[str, Any]) -> Node:
-    pid = int(node_config.get("partition-id", 0))
-    parts = int(node_config.get("num-partitions", 1))
+    pid, parts = partition(node_config)
     local = _local(node_config)
     key = (hashlib.sha256(config_text.encode()).hexdigest(), pid, parts, repr(sorted(local.items())))
     if key not in _NODES:
@@ -158,9 +163,20 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def claim(users: torch.Tensor, partition_id: int, num_partitions: int) -> RecordDict:
+    """The query reply: the partition this node declares and the users it holds (the server accepts
+    the claim only if they are that partition's users)."""
+    return RecordDict(
+        {
+            USERS: ArrayRecord({USERS: to_array(users)}),
+            PARTITION: ConfigRecord({"partition-id": partition_id, "num-partitions": num_partitions}),
+        }
+    )
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """The handshake: which users this node holds."""
+    """The handshake: which partition this node holds, and its users."""
     rnd = msg.content.config_records[ROUND]
     node = node_for(str(rnd["config"]), dict(context.node_config))
-    return Message(content=RecordDict({USERS: ArrayRecord({USERS: to_array(node.users)})}), reply_to=msg)
+    return Message(content=claim(node.users, *partition(dict(context.node_config))), reply_to=msg)

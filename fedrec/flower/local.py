@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -205,18 +206,60 @@ class LocalFederation:
         self.close()
 
 
+MARKER = ".fedrec-flower-local"  # marks a --dir as this tool's: only then does it delete anything there
+
+
+def _made_here(path: Path) -> bool:
+    """What a previous ``main`` left in its ``--dir`` and the next one replaces: Flower's home and
+    state database (with SQLite's side files), the certificates, node keys and process logs. Not
+    ``runs/``: the run directories are results, and what ``flower.resume`` continues from."""
+    name = path.name
+    return (
+        name in ("flwr-home", "certs", "state.db")
+        or name.startswith("state.db-")
+        or name.endswith(".log")
+        or re.fullmatch(r"node\d+(\.pub)?", name) is not None
+    )
+
+
+def prepare_dir(root: Path) -> None:
+    """Make ``root`` this tool's working folder: create and mark it, or clear what an earlier run of the
+    tool left there. A folder that is not empty and not marked is refused (``ValueError``) and left as
+    it is: ``--dir`` may name a checkout or a user's data."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--dir {root}: not a directory")
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
+        raise ValueError(f"--dir {root}: not empty and not made by this tool (no {MARKER}); name another one")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by python -m fedrec.flower.local, which clears it on its next run\n")
+    for child in root.iterdir():
+        if not _made_here(child):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description="A fedrec run on a local Flower deployment (SuperLink + N SuperNodes)."
     )
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--insecure", action="store_true", help="no TLS, no node authentication")
-    p.add_argument("--dir", default="flower-local", help="certificates, keys, logs, Flower's state")
+    p.add_argument(
+        "--dir", default="flower-local",
+        help="certificates, keys, logs, Flower's state (replaced on each run) and runs/ (kept); "
+        f"an existing folder must be empty or hold {MARKER}",
+    )  # fmt: skip
     p.add_argument("--run-config", nargs="*", default=[], help="key=value overrides (fedrec keys, flower.*)")
     p.add_argument("--timeout", type=float, default=3600.0)
     args = p.parse_args()
     root = Path(args.dir).resolve()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        prepare_dir(root)
+    except ValueError as err:
+        sys.exit(f"fedrec.flower.local: {err}")
     overrides: dict[str, Any] = {"flower.min-nodes": args.nodes, "run.out_dir": str(root / "runs")}
     for kv in args.run_config:
         k, _, v = kv.partition("=")

@@ -11,6 +11,8 @@ engine (validate -> reconstruct -> verify -> decide -> aggregate). Nothing a nod
 * a reply that does not decode -> ``undecodable``; no reply before the deadline -> ``no-reply``;
 * an upload declaring a client the node was not asked for -> refused as ``client-id`` (ids are
   attributed by the transport: a node speaks only for the clients it was asked about);
+* a node's claim to hold users is checked against the partition it declares (``FlowerClients``): a
+  node gets one partition's users, exactly, and only while no other live node holds that partition;
 * anything else malformed is ``fedrec.federation.validate``'s, as for any upload.
 
 The round then goes on with the replies that came; the checkpoint is written on schedule, so a run
@@ -27,17 +29,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.config import Config, ConfigError
+from fedrec.config import Config, ConfigError, load_config
 from fedrec.federation.runner import resume_federated, run_federated
 from fedrec.federation.simulation import Collected, FederatedRun
 from fedrec.federation.validate import CODE
-from fedrec.flower.client_app import DIAG, ROUND, USERS
+from fedrec.flower.client_app import DIAG, PARTITION, ROUND, USERS, node_users
 from fedrec.flower.codec import STATE, Undecodable, decode_reply, encode_state, from_array
 from fedrec.flower.settings import FlowerOptions, from_run_config
 from fedrec.protocol import UploadBatch
@@ -150,11 +153,21 @@ def round_from_replies(
 
 @dataclass
 class FlowerClients:
-    """The clients' side of every round over a Flower ``Grid`` (``FederatedRun.collector``)."""
+    """The clients' side of every round over a Flower ``Grid`` (``FederatedRun.collector``).
+
+    Who speaks for whom is the server's call, not the nodes': a node declares its partition
+    (``partition-id`` of ``num-partitions``) and the users it holds, and the server, which builds the
+    same Byzantine set from the same config, accepts the claim only if ``num-partitions`` is the run's
+    (``flower.num-partitions``), the users are exactly that partition's (``node_users``, as the
+    ClientApp computes them), and no other live node holds the partition. A refused node is asked
+    nothing. Partitions are not bound to node keys: a registered node can still take a free partition,
+    or one whose holder went away, but never more than one, nor a live node's."""
 
     grid: Grid
     opts: FlowerOptions
-    node_of: dict[int, int] = field(default_factory=dict)  # user id -> node id (first claim wins)
+    node_of: dict[int, int] = field(default_factory=dict)  # user id -> the node holding its partition
+    holder: dict[int, int] = field(default_factory=dict)  # partition -> the live node holding it
+    waiting: dict[int, int] = field(default_factory=dict)  # node -> its valid claim on a held partition
     queried: set[int] = field(default_factory=set)
     traffic: list[Traffic] = field(default_factory=list)
 
@@ -170,41 +183,87 @@ class FlowerClients:
     def _message(self, content: RecordDict, node: int, kind: str, t: int) -> Message:
         return Message(content=content, dst_node_id=node, message_type=kind, group_id=str(t))
 
-    def discover(self, run: FederatedRun, t: int) -> None:
-        """Ask nodes not seen before which users they hold; a user goes to the first node claiming it
-        (a second claim is logged and ignored: one node speaks for a client)."""
-        new = [nd for nd in self.grid.get_node_ids() if nd not in self.queried]
-        if not new:
-            return
-        cfg_text = run.cfg.to_yaml()
-        msgs = [
-            self._message(
-                RecordDict({ROUND: ConfigRecord({"config": cfg_text, "t": t})}), nd, MessageType.QUERY, t
+    def check_claim(self, run: FederatedRun, node: int, content: Any) -> int | None:
+        """The partition a node's query reply validly claims (None, logged, when it does not)."""
+        parts = self.opts.partitions
+        try:
+            rec = content.config_records[PARTITION]
+            pid, declared = rec["partition-id"], rec["num-partitions"]
+            users = from_array(content.array_records[USERS][USERS], ("int64",), 1)
+        except Exception:
+            log.warning("node %d: no readable partition and user list: refused", node)
+            return None
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (pid, declared)):
+            log.warning("node %d: partition %r of %r is not a pair of integers: refused", node, pid, declared)
+            return None
+        if declared != parts or not 0 <= pid < parts:
+            log.warning(
+                "node %d declares partition %d of %d; this run has %d (flower.num-partitions, default "
+                "flower.min-nodes): refused", node, pid, declared, parts,
+            )  # fmt: skip
+            return None
+        if isinstance(users, str) or not torch.equal(users, node_users(run.byzantine, pid, parts)):
+            log.warning(
+                "node %d: its users are not partition %d's (another dataset or split?): refused", node, pid
             )
-            for nd in new
-        ]
-        replies = self.grid.send_and_receive(msgs, timeout=self.opts.round_timeout)
-        # asked once, whatever the outcome: a node that did not answer must not cost every later round
-        # a wait (its clients are no-reply until a node that answers holds them)
-        self.queried.update(new)
-        n_users = int(run.byzantine.shape[0])
-        for reply in replies:
-            node = int(reply.metadata.src_node_id)
-            if node not in new or reply.has_error():
-                continue
-            try:
-                users = from_array(reply.content.array_records[USERS][USERS], ("int64",), 1)
-            except Exception:
-                users = "unreadable"
-            if isinstance(users, str):
-                log.warning("node %d: unreadable user list (%s)", node, users)
-                continue
-            for u in users.tolist():
-                if not 0 <= u < n_users:
+            return None
+        return pid
+
+    def discover(self, run: FederatedRun, t: int) -> None:
+        """Follow the live nodes: a node that went away frees its partition (and is asked again should
+        its id come back: a SuperNode with a registered key restarts under the same id); a new node is
+        asked once which partition it holds; a valid claim on a free partition is granted, one on a
+        held partition waits until its holder goes away (a restarted node whose new id showed up before
+        the old one was dropped)."""
+        live = set(self.grid.get_node_ids())
+        gone = self.queried - live
+        if gone:
+            log.info("nodes %s went away", sorted(gone))
+            self.queried -= gone
+            self.holder = {pid: nd for pid, nd in self.holder.items() if nd in live}
+            self.waiting = {nd: pid for nd, pid in self.waiting.items() if nd in live}
+        new = sorted(live - self.queried)
+        if new:
+            cfg_text = run.cfg.to_yaml()
+            msgs = [
+                self._message(
+                    RecordDict({ROUND: ConfigRecord({"config": cfg_text, "t": t})}), nd, MessageType.QUERY, t
+                )
+                for nd in new
+            ]
+            replies = self.grid.send_and_receive(msgs, timeout=self.opts.round_timeout)
+            # asked once, whatever the outcome: a node that did not answer must not cost every later
+            # round a wait (its clients are no-reply until a node that answers holds them)
+            self.queried.update(new)
+            for reply in replies:
+                node = int(reply.metadata.src_node_id)
+                if node not in new or reply.has_error():
                     continue
-                if self.node_of.setdefault(u, node) != node:
-                    log.warning("node %d claims user %d, held by node %d: ignored", node, u, self.node_of[u])
-        log.info("%d nodes hold %d of %d users", len(self.queried), len(self.node_of), n_users)
+                pid = self.check_claim(run, node, reply.content)
+                if pid is not None:
+                    self.waiting[node] = pid
+        granted = False
+        for node, pid in list(self.waiting.items()):
+            if pid not in self.holder:
+                self.holder[pid] = node
+                del self.waiting[node]
+                granted = True
+            elif node in new:
+                log.warning(
+                    "node %d claims partition %d, held by node %d: nothing", node, pid, self.holder[pid]
+                )
+        parts = self.opts.partitions
+        if gone or granted:
+            self.node_of = {
+                u: nd
+                for pid, nd in self.holder.items()
+                for u in node_users(run.byzantine, pid, parts).tolist()
+            }
+        if gone or new:
+            log.info(
+                "%d of %d partitions held: %d of %d users",
+                len(self.holder), parts, len(self.node_of), int(run.byzantine.shape[0]),
+            )  # fmt: skip
 
     def __call__(self, run: FederatedRun, t: int, clients: torch.Tensor, byz: torch.Tensor) -> Collected:
         start = time.perf_counter()
@@ -257,16 +316,38 @@ def _payload(content: Any) -> int:
         return 0
 
 
+def resumed_config(run_dir: str | Path) -> Config:
+    """The config of the run ``flower.resume`` names (its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"flower.resume={str(run_dir)!r}: no config.yaml (not a run directory)")
+    return load_config(path)
+
+
+def check_flower_config(cfg: Config, resume: str = "") -> None:
+    """What a Flower run needs of its config, new or resumed (``ConfigError``, one line, naming the key):
+    FISM (MF's private user vectors stay on the devices, where the server's central evaluation cannot
+    score them) and per-client randomness (a node sees only its own clients, so a draw shared by the
+    round's sample is one it cannot make: a run begun in-process with ``shared`` would continue as
+    neither engine's run)."""
+    where = f"flower.resume={resume!r}: the run's config.yaml has " if resume else ""
+    if cfg.model.name != "fism":
+        raise ConfigError(f"{where}model.name={cfg.model.name!r}: the Flower adapter runs FISM only")
+    if cfg.federated.client_rng != "per-client":
+        raise ConfigError(
+            f"{where}federated.client_rng={cfg.federated.client_rng!r}: a Flower run draws per client "
+            "('per-client'); a run begun with another setting cannot continue on Flower"
+        )
+
+
 def serve(
     grid: Grid, cfg: Config, opts: FlowerOptions, progress: Callable[[dict[str, Any]], None] | None = None
 ) -> tuple[dict[str, Any], Any, FlowerClients]:
     """A fedrec run whose clients are Flower SuperNodes; returns the summary, the run directory and the
     collector (its ``traffic`` says what went over the wire)."""
-    if cfg.model.name != "fism":
-        raise ConfigError(
-            f"model.name={cfg.model.name!r}: the Flower adapter runs FISM only (MF's private user vectors "
-            "stay on the devices, where the server's central evaluation cannot score them)"
-        )
+    # a resumed run is the run its config.yaml describes (the run config's fedrec keys do not apply), so
+    # that is the config to check, before any node is waited for
+    check_flower_config(resumed_config(opts.resume) if opts.resume else cfg, opts.resume)
     clients = FlowerClients(grid, opts)
     nodes = clients.wait_for_nodes()
     log.info("%d SuperNodes connected", len(nodes))

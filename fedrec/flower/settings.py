@@ -24,12 +24,19 @@ class FlowerOptions:
     """``round_timeout``: seconds the server waits for a round's replies; the clients of the nodes that
     did not reply are recorded ``no-reply`` and the round goes on with the replies that came.
     ``min_nodes``: SuperNodes to wait for before round 1 (at most ``node_wait`` seconds).
-    ``resume``: a run directory to continue from its checkpoint ("" starts a new run)."""
+    ``resume``: a run directory to continue from its checkpoint ("" starts a new run).
+    ``num_partitions``: the SuperNodes' ``num-partitions`` (0: ``min_nodes``); the server accepts a
+    node's claim only for a partition of this many, so no node can declare itself everyone's."""
 
     round_timeout: float = 120.0
     min_nodes: int = 1
     node_wait: float = 120.0
     resume: str = ""
+    num_partitions: int = 0
+
+    @property
+    def partitions(self) -> int:
+        return self.num_partitions or self.min_nodes
 
     def __post_init__(self) -> None:
         for name in ("round_timeout", "node_wait"):
@@ -38,6 +45,9 @@ class FlowerOptions:
                 raise ConfigError(f"flower.{name.replace('_', '-')}={v!r}: must be a finite number > 0")
         if isinstance(self.min_nodes, bool) or not isinstance(self.min_nodes, int) or self.min_nodes < 1:
             raise ConfigError(f"flower.min-nodes={self.min_nodes!r}: must be a positive integer")
+        n = self.num_partitions
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"flower.num-partitions={n!r}: must be an integer >= 0 (0: flower.min-nodes)")
 
 
 def from_run_config(run_config: dict[str, Any]) -> tuple[Config, FlowerOptions]:
