@@ -25,6 +25,8 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fedrec.experiments.grid import STANDARD_KEYS
+
 KS = (1, 2, 3, 4, 5)  # paper 000 plots every metric at K = 1..5
 PAPER_NAMES = {
     "lastfm": "Last.fm",
@@ -48,14 +50,8 @@ OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD", "momentum": "SGD with momentum"
 OURS = "tab:red"  # paper 000 draws its own method in red
 COLORS = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
           "tab:olive", "tab:cyan", "black"]  # fmt: skip
-RESULT_CONFIG = (
-    "data.dataset",
-    "model.name",
-    "train.optimizer",
-    "attack.name",
-    "attack.fraction",
-    "defense.name",
-)
+# what a results row says of its run's setting: fedrec experiment's standard columns but the seed
+RESULT_CONFIG = tuple(k for k in STANDARD_KEYS if k != "train.seed")
 
 SHORT = dict(
     zip(RESULT_CONFIG, ("dataset", "model", "optimizer", "attack", "fraction", "defense"), strict=True)
