@@ -3,6 +3,7 @@ shape bookkeeping, so every layer above can speak them."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -75,7 +76,12 @@ class UploadBatch:
         )
 
     def select(self, keep: torch.Tensor) -> UploadBatch:
-        """The uploads with ``keep[i]`` true, as a new batch (a segment gather, no loop over clients)."""
+        """The uploads with ``keep[i]`` true, as a new batch (a segment gather, no loop over clients).
+        On the CPU a mask that keeps every upload gives a new batch over the same tensors (no copy; the
+        batch's tensors are never written in place); on an accelerator the check would be a host sync,
+        so the gather runs."""
+        if keep.device.type == "cpu" and keep.shape[0] == self.n and bool(keep.all()):
+            return dataclasses.replace(self)
         row_keep = keep[self.owner()]
         counts = self.counts()[keep]
         ptr = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=counts.device)
@@ -91,7 +97,13 @@ class UploadBatch:
 
     def take(self, index: torch.Tensor) -> UploadBatch:
         """The uploads ``index[j]`` in that order (repeats allowed), as a new batch: a segment gather,
-        no loop over clients."""
+        no loop over clients. On the CPU ``index = 0, 1, ..., n - 1`` shares the tensors (``select``)."""
+        if (
+            index.device.type == "cpu"
+            and index.shape[0] == self.n
+            and bool(torch.equal(index, torch.arange(self.n, device=index.device)))
+        ):
+            return dataclasses.replace(self)
         counts = self.counts()[index]
         ptr = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=counts.device)
         torch.cumsum(counts, 0, out=ptr[1:])

@@ -74,6 +74,8 @@ class RuleSpec:
             listers it keeps, with the per-row f of ``fedrec.defenses.itemwise``).
         needs_rng: the rule draws random numbers (from ``rng``).
         uses_weights: the rule takes the uploads' aggregation weights (``weights``: RFA's alpha_i = n_i).
+        reads_values: False for a rule that looks only at how many vectors there are and where (the
+            mean): the defense hands it zero-width values instead of computing them.
         description: one line for ``fedrec defenses``.
     """
 
@@ -86,6 +88,7 @@ class RuleSpec:
     item: Callable[..., tuple[Tensor, Tensor]] | None = None
     needs_rng: bool = False
     uses_weights: bool = False
+    reads_values: bool = True
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from fedrec.defenses.base import RULES, RuleResult, RuleSpec
 from fedrec.defenses.preagg import compose
-from fedrec.defenses.spaces import SPACES, delta_vectors, rows_of, space_vectors
+from fedrec.defenses.spaces import SPACES, delta_vectors, listed_only, rows_of, space_vectors
 from fedrec.defenses.vectors import ClientVectors
 from fedrec.protocol import REASONS, Decision, ServerState, UploadBatch
 
@@ -162,7 +162,11 @@ class Defense:
             robust = lambda v: spec.item(v, f, **self.params)  # noqa: E731
             return None, self._aggregate(robust, server, sub, opt_rule, t)
         if spec.kind != "aggregate":
-            v = space_vectors(self.space, server, sub, opt_rule, t)
+            v = (
+                space_vectors(self.space, server, sub, opt_rule, t)
+                if spec.reads_values
+                else listed_only(sub, server.theta.shape[0])
+            )
             return self._call(spec, v, f, weights, rng), None
         first: list[RuleResult] = []
         start = None if rng is None else rng.get_state()

@@ -25,7 +25,10 @@ SPACES = ("gradient", "theta", "momentum", "upload")
 
 def rows_of(server: ServerState, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """The global values at ``rows`` (the ``prev`` of the optimizer rule)."""
-    return {"theta": server.theta[rows], **{k: v[rows] for k, v in server.state.items()}}
+    return {
+        "theta": server.theta.index_select(0, rows),
+        **{k: v.index_select(0, rows) for k, v in server.state.items()},
+    }
 
 
 def uploaded(uploads: UploadBatch) -> dict[str, torch.Tensor]:
@@ -50,6 +53,12 @@ def space_vectors(space: str, server: ServerState, uploads: UploadBatch, rule, t
             )
         values = torch.cat([up[k].to(default[k].dtype) - default[k] for k in keys], dim=1)
     return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=values, n_rows=n_rows)
+
+
+def listed_only(uploads: UploadBatch, n_rows: int) -> ClientVectors:
+    """The uploads' rows with zero-width values: what a rule that does not read values
+    (``RuleSpec.reads_values``) is given, at no cost."""
+    return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=uploads.theta[:, :0], n_rows=n_rows)
 
 
 def delta_vectors(key: str, server: ServerState, uploads: UploadBatch, rule, t: int) -> ClientVectors:

@@ -317,6 +317,7 @@ for _spec in (
         _fast_mean,
         _literal_mean,
         item=_item_mean,
+        reads_values=False,
         description="no filtering: the n_i-weighted mean of every valid upload (Algorithm 1, Option I)",
     ),
     RuleSpec(

@@ -30,7 +30,7 @@ from fedrec.runs import _atomic
 MAGIC = b"fedrec-checkpoint 1\n"
 CHECKPOINT = "checkpoint.pt"
 # keys that say where a run lives or runs, not what it computes: editing them must not block a resume
-NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "run.threads", "data.data_dir")
+NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "run.threads", "run.compile", "data.data_dir")
 # keys added after checkpoint format 1, with the value every earlier run had: they join the identity
 # only when set to something else, so a checkpoint written before they existed still resumes
 LATER_KEYS: dict[str, Any] = {"federated.client_rng": "shared", "defense.pre": None}

@@ -63,10 +63,10 @@ def client_gradients(
     ``flip``: the loss with every BPR pair inverted (``bpr_objective(..., flip=True)``: label-flip)."""
     owner, rows = touched_rows(batch, neg, layout)
     keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
-    W = theta[rows].detach().clone().requires_grad_(True)
+    W = theta.detach().index_select(0, rows).requires_grad_(True)  # index_select: 5x a fancy index
 
     def lookup(o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return W[torch.searchsorted(keys, o * layout.n_rows + r)]
+        return W.index_select(0, torch.searchsorted(keys, o * layout.n_rows + r))
 
     u = None
     if user_vectors is not None:
@@ -89,7 +89,11 @@ def honest_uploads(
     server: ServerState, rule, grads: ClientGradients, batch: UserBatch, t: int
 ) -> UploadBatch:
     """One optimizer step per client from the global state at its rows (Eq. 2-6 for Adam)."""
-    prev = {"theta": server.theta[grads.rows], **{k: s[grads.rows] for k, s in server.state.items()}}
+    rows = grads.rows
+    prev = {
+        "theta": server.theta.index_select(0, rows),
+        **{k: s.index_select(0, rows) for k, s in server.state.items()},
+    }
     new = rule.client_step(prev, grads.g, t)
     return UploadBatch(
         client_ids=batch.users,

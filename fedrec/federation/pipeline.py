@@ -53,17 +53,21 @@ class ServerLimits:
     verify: bool = True
     weighting: str = "clipped"
     weight_clip: float = 20.0
+    fused: bool = False  # the rule check as one compiled kernel (run.compile; fedrec.optim.fused)
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"defense.weighting={self.weighting!r}: expected one of {', '.join(WEIGHTINGS)}")
 
     @classmethod
-    def from_config(cls, defense_cfg, n_rows: int, d: int, max_examples: int) -> ServerLimits:
+    def from_config(
+        cls, defense_cfg, n_rows: int, d: int, max_examples: int, fused: bool = False
+    ) -> ServerLimits:
         c = defense_cfg
         return cls(
             n_rows=n_rows, d=d, max_examples=max_examples, max_weight_share=c.max_weight_share,
             max_grad=c.max_grad, verify=c.verify, weighting=c.weighting, weight_clip=c.weight_clip,
+            fused=fused,
         )  # fmt: skip
 
 
@@ -111,7 +115,14 @@ def server_round(
         admitted, n_rows=limits.n_rows, max_examples=limits.max_examples, max_weight_share=None, codes=codes
     )
     codes = check_rule(
-        server, admitted, rule, t, codes, max_grad=limits.max_grad, verify=limits.verify or defense.verify
+        server,
+        admitted,
+        rule,
+        t,
+        codes,
+        max_grad=limits.max_grad,
+        verify=limits.verify or defense.verify,
+        fused=limits.fused,
     )
     claimed = admitted.n_examples
     admitted = dataclasses.replace(

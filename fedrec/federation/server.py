@@ -39,7 +39,7 @@ def aggregate(server: ServerState, uploads: UploadBatch, weights: torch.Tensor, 
                 D.clone()
             )  # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
         X = uploads.theta if key == "theta" else uploads.state[key]
-        delta = (X.to(D.dtype) - D[uploads.rows]) * w
+        delta = (X.to(D.dtype) - D.index_select(0, uploads.rows)) * w
         new[key] = D.index_add_(0, uploads.rows, delta)
     theta = new.pop("theta")
     return ServerState(theta=theta, state=new, t=t)

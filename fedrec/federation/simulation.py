@@ -41,6 +41,7 @@ from fedrec.federation.sparsity import SparseRowsMonitor
 from fedrec.federation.validate import STRUCTURAL
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, round_key
 from fedrec.optim import make_rule
+from fedrec.optim.fused import compiler_available
 from fedrec.protocol import ServerState, UploadBatch
 from fedrec.threads import ThreadPolicy
 
@@ -81,6 +82,19 @@ def with_byzantine(cfg: Config, split: Split) -> tuple[Split, torch.Tensor]:
         test = extend_users(split.test, train.n_users)
         return Split(train, test, split.seed, split.test_fraction), mask
     raise ValueError(f"attack.mode={a.mode!r}: expected 'own' or 'inject'")
+
+
+COMPILE_ROUNDS = 2000
+"""``run.compile`` unset: runs this long compile the rule check (3-20 s once, then ~10 ms a round
+saved on ML-100K; benchmarks/bench_round.py)."""
+
+
+def fuse_verification(setting: bool | None, rounds: int) -> bool:
+    """Whether the server's rule check is to be compiled (``run.compile``; fedrec.optim.fused). Asked
+    for where no compiler is found, the check runs eager and summary.json's ``rule_check`` says why."""
+    if setting is not None:
+        return bool(setting)
+    return rounds >= COMPILE_ROUNDS and compiler_available()
 
 
 def clients_per_round(n_clients: int, fraction: float) -> int:
@@ -273,8 +287,9 @@ class FederatedRun(RunCheckpointing):
     def limits(self) -> ServerLimits:
         """What the server accepts, from ``cfg.defense`` (built once, not every round)."""
         return ServerLimits.from_config(
-            self.cfg.defense, self.layout.n_rows, self.cfg.model.dim, max_examples=self.layout.n_items
-        )
+            self.cfg.defense, self.layout.n_rows, self.cfg.model.dim, max_examples=self.layout.n_items,
+            fused=fuse_verification(self.cfg.run.compile, self.total_rounds),
+        )  # fmt: skip
 
     @property
     def total_rounds(self) -> int:

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fedrec.optim.base import finite_rows
+from fedrec.optim.fused import rule_check
 from fedrec.protocol import REASONS, ServerState, Upload, UploadBatch
 
 CODE = {name: i for i, name in enumerate(REASONS)}
@@ -234,10 +236,15 @@ def admit(
     refused[CODE["client-id"]] += (~hit).sum()
     refused[CODE["duplicate-client"]] += (hit & ~is_first).sum()
     present = first < N
-    placeholder = empty_batch(
-        sampled[:1], batch.theta.shape[1], tuple(batch.state), batch.theta.dtype, device
-    )
-    admitted = batch.cat(placeholder).take(first)
+    if device.type == "cpu" and bool(
+        present.all()
+    ):  # every slot filled: no placeholder (no host sync on CUDA)
+        admitted = batch.take(first)
+    else:
+        placeholder = empty_batch(
+            sampled[:1], batch.theta.shape[1], tuple(batch.state), batch.theta.dtype, device
+        )
+        admitted = batch.cat(placeholder).take(first)
     admitted.client_ids = sampled.clone()
     slot_codes = torch.where(present, torch.cat([codes, codes.new_zeros(1)])[first], CODE["missing"])
     return admitted, slot_codes, refused
@@ -289,9 +296,9 @@ def validate(
     device = uploads.rows.device
     owner = uploads.owner()
     code = torch.zeros(n, dtype=torch.int64, device=device) if codes is None else codes.clone()
-    finite = torch.isfinite(uploads.theta).all(1)
+    finite = finite_rows(uploads.theta)
     for x in uploads.state.values():
-        finite &= torch.isfinite(x).all(1)
+        finite &= finite_rows(x)
     _mark(code, _per_upload_any(~finite, owner, n), "non-finite")
     _mark(code, _per_upload_any((uploads.rows < 0) | (uploads.rows >= n_rows), owner, n), "row-out-of-range")
     same = owner[1:] == owner[:-1]
@@ -330,6 +337,7 @@ def check_rule(
     *,
     max_grad: float,
     verify: bool,
+    fused: bool = False,
 ) -> torch.Tensor:
     """What the optimizer rule allows, on the uploads still valid: non-negative states
     (``rule.nonnegative``: Adam's v, AdaGrad's and RMSProp's r are sums of squares), the rule's
@@ -339,7 +347,9 @@ def check_rule(
     Why both: a rule-consistent upload is determined by its gradient, so bounding the gradient bounds
     everything it can do to the state (Adam moves theta by at most ``eta_t * |m| / sqrt(v + eps)``,
     which stays bounded for convex combinations of consistent uploads), while an upload that breaks
-    the rule (theta = 1e30 next to honest moments) has no gradient that would explain it."""
+    the rule (theta = 1e30 next to honest moments) has no gradient that would explain it.
+
+    ``fused``: the rule's check as one compiled kernel (fedrec.optim.fused; the same bounds)."""
     code = codes.clone()
     valid = code == 0
     if not bool(valid.any()):
@@ -347,16 +357,11 @@ def check_rule(
     sub = uploads.select(valid)
     owner = sub.owner()
     sub_code = torch.zeros(sub.n, dtype=torch.int64, device=code.device)
-    for name in rule.nonnegative:
-        _mark(sub_code, _per_upload_any((sub.state[name] < 0).any(1), owner, sub.n), "state-domain")
-    prev = {"theta": server.theta[sub.rows], **{k: v[sub.rows] for k, v in server.state.items()}}
+    tables = {"theta": server.theta, **server.state}
     up = {"theta": sub.theta, **sub.state}
-    if verify:
-        g, viol = rule.reconstruct_and_verify(prev, up, t)
-        _mark(sub_code, _per_upload_any(~(viol <= 1), owner, sub.n), "rule-verify")
-    else:
-        g = rule.reconstruct(prev, up, t)
-    too_big = ~(g.abs() <= max_grad).all(1)  # NaN and inf count as too big
+    domain, broken, too_big = rule_check(rule, fused)(tables, sub.rows, up, t, max_grad, verify)
+    _mark(sub_code, _per_upload_any(domain, owner, sub.n), "state-domain")
+    _mark(sub_code, _per_upload_any(broken, owner, sub.n), "rule-verify")
     _mark(sub_code, _per_upload_any(too_big, owner, sub.n), "magnitude")
     code[valid] = sub_code
     return code

@@ -154,13 +154,19 @@ def f64(x: Tensor) -> Tensor:
     return x.to(torch.float64)
 
 
+def finite_rows(x: Tensor) -> Tensor:
+    """``isfinite(x).all(-1)``: the largest magnitude of a row is below inf (NaN compares false).
+    On the CPU ~10x faster than the boolean reduction."""
+    return x.abs().amax(dim=-1) < torch.inf
+
+
 def violation(checks: list[tuple[Tensor, Tensor]], uploaded: list[Tensor]) -> Tensor:
     """``max |err| / (SLACK * tol)`` over the checks and the last dimension; ``inf`` for rows where an
     uploaded tensor is not finite. ``checks`` are ``(err, tol)`` pairs of float64 tensors, ``tol > 0``.
     With no checks the violation is 0 for finite rows."""
     finite = torch.ones(uploaded[0].shape[:-1], dtype=torch.bool, device=uploaded[0].device)
     for x in uploaded:
-        finite = finite & torch.isfinite(x).all(dim=-1)
+        finite = finite & finite_rows(x)
     worst = torch.zeros(finite.shape, dtype=torch.float64, device=finite.device)
     for err, tol in checks:
         worst = torch.maximum(worst, (err.abs() / (SLACK * tol)).amax(dim=-1))

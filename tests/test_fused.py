@@ -1,0 +1,110 @@
+"""The server's rule check as one compiled kernel (fedrec.optim.fused; issue 14 item 2): the same
+verdicts as the eager check for every registered optimizer rule, on honest and forged rows; an eager
+fallback with one warning where compilation fails; and when a run compiles (``run.compile``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fedrec.optim.fused as fused_mod
+from fedrec.federation.simulation import COMPILE_ROUNDS, fuse_verification
+from fedrec.optim import RULES, make_rule
+from fedrec.optim.fused import RuleCheck, compiler_available, row_checks
+
+needs_compiler = pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for torch.compile")
+
+
+def problem(rule, seed: int, K: int = 40, d: int = 8, n_rows: int = 30):
+    """Global tables after a few steps, ``K`` listed rows (repeats across clients, as in a round), the
+    honest uploads at round ``t``, then forged rows: scaled theta, a negative state, a NaN, a huge
+    gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(n_rows, d, generator=gen)
+    tables = {"theta": theta, **rule.init_state(theta)}
+    for t in range(1, 4):  # a few steps so the states are not zero
+        prev = dict(tables)
+        tables = rule.client_step(prev, torch.randn(n_rows, d, generator=gen), t)
+    t = 4
+    rows = torch.randint(0, n_rows, (K,), generator=gen)
+    prev = {k: x[rows] for k, x in tables.items()}
+    up = rule.client_step(prev, 0.5 * torch.randn(K, d, generator=gen), t)
+    up = {k: x.clone() for k, x in up.items()}
+    up["theta"][0] *= 1.01  # breaks the rule's last equation
+    up["theta"][1, 3] = float("nan")
+    up["theta"][2] = prev["theta"][2] - 1e30  # a step no bounded gradient explains
+    for name in rule.nonnegative:
+        up[name][3, 0] = -1.0
+    if rule.state_names:  # an implied gradient of ~1e6 in one coordinate
+        up[rule.state_names[0]][4, 1] += 1e6
+    return tables, rows, up, t
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", list(RULES))
+def test_compiled_check_gives_the_eager_verdicts(name):
+    rule = make_rule(name)
+    check = RuleCheck(rule, fused=True)
+    for seed in range(3):
+        tables, rows, up, t = problem(rule, seed, K=40 + 7 * seed)
+        for verify in (True, False):
+            got = check(tables, rows, up, t, 1e4, verify)
+            want = row_checks(rule, tables, rows, up, t, 1e4, verify)
+            assert check.mode == "compiled"
+            for g, w in zip(got, want, strict=True):
+                assert torch.equal(g, w)
+            domain, broken, too_big = want
+            if verify:  # the forged rows are caught at all (a NaN theta: by validate's finite check too)
+                assert bool(broken[1] | too_big[1]) and bool(broken[2] | too_big[2])
+                assert bool(broken[0]) == bool(rule.state_names)  # plain SGD: any theta is some gradient
+            if rule.nonnegative:
+                assert bool(domain[3])
+            assert not bool((domain | broken | too_big)[5:].any())  # honest rows pass
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_check_with_one_warning(monkeypatch):
+    rule = make_rule("adam")
+    monkeypatch.setattr(fused_mod, "compiler_available", lambda: True)
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("inductor: no working compiler\nmore text")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    check = RuleCheck(rule, fused=True)
+    tables, rows, up, t = problem(rule, 0)
+    with pytest.warns(RuntimeWarning, match="fused rule check unavailable"):
+        got = check(tables, rows, up, t, 1e4, True)
+    assert check.mode == "eager (RuntimeError)"
+    want = row_checks(rule, tables, rows, up, t, 1e4, True)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    again = check(tables, rows, up, t, 1e4, True)  # no second warning, no second try
+    assert all(torch.equal(g, w) for g, w in zip(again, want, strict=True))
+
+
+def test_unfused_or_tiny_batches_never_compile(monkeypatch):
+    def no_compile(fn, **kw):
+        raise AssertionError("torch.compile called")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    rule = make_rule("adam")
+    tables, rows, up, t = problem(rule, 0)
+    assert RuleCheck(rule, fused=False)(tables, rows, up, t, 1e4, True)[0].shape == rows.shape
+    one = {k: x[:1] for k, x in up.items()}  # one row: sizes 0 and 1 would recompile a dynamic kernel
+    monkeypatch.setattr(fused_mod, "compiler_available", lambda: True)
+    assert RuleCheck(rule, fused=True)(tables, rows[:1], one, t, 1e4, True)[0].shape == (1,)
+
+
+def test_when_a_run_compiles(monkeypatch):
+    monkeypatch.setattr("fedrec.federation.simulation.compiler_available", lambda: True)
+    assert not fuse_verification(None, COMPILE_ROUNDS - 1)
+    assert fuse_verification(None, COMPILE_ROUNDS)
+    assert fuse_verification(True, 1)
+    assert not fuse_verification(False, 10**6)
+    monkeypatch.setattr("fedrec.federation.simulation.compiler_available", lambda: False)
+    monkeypatch.setattr(fused_mod, "compiler_available", lambda: False)
+    assert not fuse_verification(None, 10**6)
+    assert fuse_verification(True, 1)  # asked for: RuleCheck finds no compiler and says so
+    assert RuleCheck(make_rule("adam"), fused=True).mode == "eager (no C++ compiler or dynamo)"
