@@ -59,11 +59,11 @@ def timed(fn, device, min_seconds: float, min_reps: int = 3) -> float:
     return (time.perf_counter() - start) / reps
 
 
-def bench(name: str, device: torch.device, seconds: float) -> dict:
+def bench(name: str, device: torch.device, seconds: float, compile_: bool | None = None) -> dict:
     inter, source = load(name)
     split = split_per_user(inter, seed=0)
     cfg = Config()
-    cfg.federated.fraction, cfg.run.device = 0.01, str(device)
+    cfg.federated.fraction, cfg.run.device, cfg.run.compile = 0.01, str(device), compile_
     run = FederatedRun.create(cfg, split, device)
     run.step()  # past round 1, so the state is not all zeros
 
@@ -114,10 +114,16 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(SHAPES))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seconds", type=float, default=3.0, help="minimum timing window per measurement")
+    ap.add_argument(
+        "--compile",
+        choices=["on", "off"],
+        default="on",
+        help="the server's rule check compiled (run.compile)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
-    rows = [bench(name, device, args.seconds) for name in args.datasets]
+    rows = [bench(name, device, args.seconds, args.compile == "on") for name in args.datasets]
     if args.json:
         print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "rows": rows}))
         return

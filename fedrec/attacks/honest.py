@@ -74,7 +74,10 @@ def mean_std(X: Tensor, ddof: int = 0) -> tuple[Tensor, Tensor]:
     mu = X.mean(0)
     if X.shape[0] <= ddof:
         return mu, torch.zeros_like(mu)
-    return mu, X.var(0, correction=ddof).sqrt()
+    # two passes, element-wise over contiguous client slices: torch.var's strided reduction over dim 0
+    # was 12 ms of a 19-client Last.fm round
+    dev = X - mu
+    return mu, (dev.mul_(dev).sum(0) / (X.shape[0] - ddof)).sqrt_()
 
 
 def same_for_all(ctx: AttackContext, union: Tensor, vec: Tensor) -> tuple[Tensor, Tensor, Tensor]:

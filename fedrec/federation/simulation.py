@@ -39,6 +39,7 @@ from fedrec.federation.pipeline import ServerLimits, server_round
 from fedrec.federation.recorder import RoundRecorder
 from fedrec.federation.sparsity import SparseRowsMonitor
 from fedrec.federation.validate import STRUCTURAL
+from fedrec.memory import keep_freed_memory
 from fedrec.models import CSRTensors, TableLayout, fism_scorer, gather_users, mf_scorer, round_key
 from fedrec.optim import make_rule
 from fedrec.optim.fused import compiler_available
@@ -239,6 +240,7 @@ class FederatedRun(RunCheckpointing):
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
+        keep_freed_memory()  # table-sized temporaries reuse the heap instead of page-faulting each round
         split, byzantine = with_byzantine(cfg, split)
         layout = TableLayout.for_model(cfg.model.name, split.train.n_items)
         rule = make_optimizer_rule(cfg)
