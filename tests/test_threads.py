@@ -4,6 +4,7 @@ caller's OMP_NUM_THREADS respected, ``auto`` follows the cores other processes l
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -89,3 +90,15 @@ def test_run_threads_is_checked_and_recorded_in_the_summary(tmp_path, monkeypatc
         "threads": 2,
         "rounds_at": {"2": 3},
     }
+
+
+def test_grid_cells_get_one_thread_unless_the_caller_says(monkeypatch):
+    from fedrec.experiments.grid import threads_per_job
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [threads_per_job(j) for j in (1, 2, 4)] == [1, 1, 1]  # never oversubscribes a loaded machine
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert [threads_per_job(j) for j in (1, 2, 4)] == [3, 2, 1]  # asked for, within cores // jobs
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert threads_per_job(1) == 1

@@ -43,8 +43,10 @@ Output folder OUT:
 A cell whose directory holds a finished summary.json is skipped; an unfinished federated cell resumes
 from its last checkpoint (or starts over when the checkpoint is unusable); a centralized cell starts
 over. Each cell runs in its own process (``fedrec.experiments.cell``, forked from a server that has
-imported fedrec and torch once), ``jobs`` at a time, each with ``max(1, cores // jobs)`` threads (at
-most ``$OMP_NUM_THREADS`` when that is set), so the cores are never oversubscribed.
+imported fedrec and torch once), ``jobs`` at a time, each with one torch thread (or
+``$OMP_NUM_THREADS``, at most ``cores // jobs``, when the caller set it): like ``fedrec train``, a cell
+never oversubscribes the cores, whatever else runs on the machine (docs/RESULTS.md section 15: two
+threads next to one busy process ran at 6 % of one thread); parallelism comes from ``jobs``.
 """
 
 from __future__ import annotations
@@ -332,14 +334,13 @@ def plan(grid: Grid) -> list[dict[str, Any]]:
 
 
 def threads_per_job(jobs: int) -> int:
-    """``max(1, cores // jobs)``, and at most ``$OMP_NUM_THREADS`` when the caller capped it."""
+    """One thread per cell; ``$OMP_NUM_THREADS`` when the caller set it, at most ``cores // jobs``."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n = max(1, cores // jobs)
     try:
-        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+        asked = int(os.environ.get("OMP_NUM_THREADS", ""))
     except ValueError:
-        return n
-    return max(1, min(n, cap))
+        return 1
+    return max(1, min(max(1, cores // jobs), asked))
 
 
 def manifest(grid: Grid) -> dict[str, Any]:
