@@ -342,7 +342,9 @@ def experiment(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder (else the grid's out:, else runs/<name>).")
     ] = None,
-    jobs: Annotated[int, typer.Option(help="Cells run in parallel, one torch thread each (or $OMP_NUM_THREADS).")] = 1,
+    jobs: Annotated[
+        int, typer.Option(help="Cells run in parallel, one torch thread each (or $OMP_NUM_THREADS).")
+    ] = 1,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="key=value: narrows a grid key's list to one value, else adds to set:."),
