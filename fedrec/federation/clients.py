@@ -16,12 +16,12 @@ from fedrec.models import (
     CSRTensors,
     TableLayout,
     UserBatch,
-    bpr_objective,
     gather_users,
     sample_negatives,
     sample_negatives_keyed,
     touched_rows,
 )
+from fedrec.models.gradients import bpr_row_gradients
 from fedrec.protocol import ServerState, UploadBatch
 
 
@@ -63,25 +63,21 @@ def client_gradients(
     ``flip``: the loss with every BPR pair inverted (``bpr_objective(..., flip=True)``: label-flip)."""
     owner, rows = touched_rows(batch, neg, layout)
     keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
-    W = theta.detach().index_select(0, rows).requires_grad_(True)  # index_select: 5x a fancy index
-
-    def lookup(o: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return W.index_select(0, torch.searchsorted(keys, o * layout.n_rows + r))
-
-    u = None
-    if user_vectors is not None:
-        u = user_vectors.detach().clone().requires_grad_(True)
-    loss = bpr_objective(lookup, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u, flip=flip)
-    grads = torch.autograd.grad(loss.sum(), [W] if u is None else [W, u])
+    W = theta.detach().index_select(0, rows)
+    u = None if user_vectors is None else user_vectors.detach()
+    # the closed form of autograd on bpr_objective (tests/test_gradients.py), ~2x faster on a round
+    g, g_user, loss = bpr_row_gradients(
+        W, keys, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u, flip=flip
+    )
     ptr = torch.zeros(batch.size + 1, dtype=torch.int64, device=rows.device)
     torch.cumsum(torch.bincount(owner, minlength=batch.size), 0, out=ptr[1:])
     return ClientGradients(
         owner=owner,
         rows=rows,
         ptr=ptr,
-        g=grads[0],
-        g_user=None if u is None else grads[1],
-        loss=loss.detach(),
+        g=g,
+        g_user=g_user,
+        loss=loss,
     )
 
 
