@@ -185,6 +185,10 @@ def _all_keys(cfg: Config) -> list[str]:
     ]
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -207,10 +211,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if not isinstance(value, list):
                 value = [value]
             return [inner(v) for v in value]
-        if hint is bool:
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
+        if hint is bool:  # a typo must not read as False
+            if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+                return value.strip().lower() in TRUE_WORDS
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return hint(value)

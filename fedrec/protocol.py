@@ -80,8 +80,13 @@ class UploadBatch:
         On the CPU a mask that keeps every upload gives a new batch over the same tensors (no copy; the
         batch's tensors are never written in place); on an accelerator the check would be a host sync,
         so the gather runs."""
-        if keep.device.type == "cpu" and keep.shape[0] == self.n and bool(keep.all()):
-            return dataclasses.replace(self)
+        if (
+            keep.device.type == "cpu"
+            and keep.dtype == torch.bool
+            and keep.shape == (self.n,)
+            and bool(keep.all())
+        ):
+            return dataclasses.replace(self, state=dict(self.state))
         row_keep = keep[self.owner()]
         counts = self.counts()[keep]
         ptr = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=counts.device)
@@ -100,10 +105,11 @@ class UploadBatch:
         no loop over clients. On the CPU ``index = 0, 1, ..., n - 1`` shares the tensors (``select``)."""
         if (
             index.device.type == "cpu"
-            and index.shape[0] == self.n
-            and bool(torch.equal(index, torch.arange(self.n, device=index.device)))
+            and index.dtype == torch.int64
+            and index.shape == (self.n,)
+            and torch.equal(index, torch.arange(self.n, device=index.device))
         ):
-            return dataclasses.replace(self)
+            return dataclasses.replace(self, state=dict(self.state))
         counts = self.counts()[index]
         ptr = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=counts.device)
         torch.cumsum(counts, 0, out=ptr[1:])

@@ -279,3 +279,17 @@ def test_a_key_naming_an_attribute_that_is_no_section_is_one_clear_error(key):
     """``__class__`` passed the dataclass check (it is the Config class) and then raised a KeyError."""
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(None, [f"{key}=1"])
+
+
+@pytest.mark.parametrize("raw", ["maybe", "auto", "2", "ture"])
+def test_a_yes_no_key_refuses_a_word_it_does_not_know(raw: str) -> None:
+    for key in ("defense.verify", "run.compile"):  # a typo used to read as False
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_config(None, [f"{key}={raw}"])
+
+
+def test_a_yes_no_key_reads_the_usual_words() -> None:
+    words = {"true": True, "yes": True, "On": True, "1": True, "false": False, "no": False, "OFF": False}
+    for raw, want in words.items():
+        assert load_config(None, [f"defense.verify={raw}"]).defense.verify is want
+    assert load_config(None, ["run.compile=null"]).run.compile is None  # unset: decided per run

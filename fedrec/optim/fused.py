@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import types
 import warnings
 from typing import Any
 
@@ -84,14 +85,21 @@ class RuleCheck:
         if not self.fused or rows.shape[0] < MIN_ROWS:
             return row_checks(*args)
         if self._compiled is None:
-            self._compiled = torch.compile(row_checks, dynamic=True)
+            # a code object of its own: dynamo caches compiled variants per code object (8 at most),
+            # so RuleChecks sharing row_checks' would push each other out to silent eager runs
+            own = types.FunctionType(row_checks.__code__.replace(), row_checks.__globals__, "row_checks")
+            self._compiled = torch.compile(own, dynamic=True)
         try:
-            out = self._compiled(*args)
+            # contiguous (a no-op for what receive builds): other strides would compile new variants
+            up_c = {k: x.contiguous() for k, x in up.items()}
+            # past dynamo's recompile limit a kernel would silently run eager: make that an error here
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                out = self._compiled(self.rule, tables, rows.contiguous(), up_c, *args[4:])
         except Exception as err:  # a compiler or inductor failure: the eager function is the same math
             self.fused, self.mode = False, f"eager ({type(err).__name__})"
+            first = (str(err).splitlines() or [""])[0][:200]  # a bare assert has no message
             warnings.warn(
-                f"fused rule check unavailable ({type(err).__name__}: {str(err).splitlines()[0][:200]});"
-                " using the eager path",
+                f"fused rule check unavailable ({type(err).__name__}: {first}); using the eager path",
                 RuntimeWarning,
                 stacklevel=2,
             )
