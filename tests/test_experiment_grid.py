@@ -313,3 +313,29 @@ def test_cell_digest_is_the_runs_identity_not_where_or_how_it_runs():
     assert config_digest(base) != config_digest(load_config(None, ["train.mode=federated", "train.lr=0.5"]))
     per_client = load_config(None, ["train.mode=federated", "federated.client_rng=per-client"])
     assert config_digest(base) != config_digest(per_client)
+
+
+def test_narrowing_keeps_only_cells_the_grid_has(tmp_path: Path) -> None:
+    """--set on a grid key drops the sub-grids that do not list the value (it used to rewrite them,
+    running cells the grid does not have), keeps the sub-grids without the key, and refuses a value
+    the grid never lists."""
+    doc = {
+        "set": {"train.mode": "federated", "federated": {"rounds": 5}},
+        "grid": [
+            {"train.seed": [0, 1]},  # attack-free: no optimizer key
+            {"train.optimizer": ["momentum"], "train.lr": [0.01], "train.seed": [0, 1]},
+            {"train.optimizer": ["adagrad"], "train.lr": [0.3], "train.seed": [0, 1]},
+        ],
+        "out": str(tmp_path / "out"),
+    }
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    whole = {c.name for c in load_grid(path).cells}
+    part = load_grid(path, overrides=["train.optimizer=adagrad", "train.seed=1"]).cells
+    assert {c.name for c in part} <= whole
+    assert sorted((c.config.train.optimizer, c.config.train.lr) for c in part) == [
+        ("adagrad", 0.3),
+        ("adam", 1e-3),
+    ]
+    with pytest.raises(GridError, match=r"train.seed=7.*lists train.seed as 0, 1 only"):
+        load_grid(path, overrides=["train.seed=7"])

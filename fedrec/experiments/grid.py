@@ -133,8 +133,8 @@ def load_grid(
 ) -> Grid:
     """Read and check ``path``; every cell's config is built and validated. Raises :class:`GridError`.
 
-    ``overrides`` (``key=value``, the CLI's ``--set``): a key the grid lists narrows that list to the
-    one value, and the cells keep their names (a narrowed run is part of the whole grid's, and the
+    ``overrides`` (``key=value``, the CLI's ``--set``): a key the grid lists narrows the grid to the
+    cells with that value (``narrow``), and the cells keep their names (a narrowed run is part of the whole grid's, and the
     whole grid later skips what it ran); any other key is added to ``set`` (every cell's config, and
     so its name, changes)."""
     path = Path(path)
@@ -171,7 +171,7 @@ def load_grid(
         except ConfigError as err:
             raise GridError(f"--set: {err}") from None
         if key in keys:
-            subgrids = [{k: [value] if k == key else vs for k, vs in g.items()} for g in subgrids]
+            subgrids = narrow(path, subgrids, key, value)
         else:
             fixed[key] = value
     for key, value in [*fixed.items(), *((k, v) for g in subgrids for k, vs in g.items() for v in vs)]:
@@ -195,6 +195,21 @@ def load_grid(
     configs = [_cell_config(path, base, values, out, keys) for values in assignments]
     cells = _name_cells(path, keys, assignments, configs)
     return Grid(path, text, base, fixed, subgrids, out, keys, cells)
+
+
+def narrow(path: Path, subgrids: list[dict[str, list]], key: str, value: Any) -> list[dict[str, list]]:
+    """``--set key=value`` on a key the grid lists: each sub-grid that lists ``key`` keeps only that
+    value, or drops out when it does not list it (narrowing never makes a cell the grid does not have);
+    a sub-grid without ``key`` keeps its cells. A value no sub-grid lists is an error."""
+    listed = [vs for g in subgrids if key in g for vs in [g[key]]]
+    if not any(value in vs for vs in listed):
+        values = ", ".join(dict.fromkeys(repr(v) for vs in listed for v in vs))
+        raise GridError(f"{path}: --set {key}={value!r}: the grid lists {key} as {values} only")
+    return [
+        {k: [value] if k == key else vs for k, vs in g.items()}
+        for g in subgrids
+        if key not in g or value in g[key]
+    ]
 
 
 def _base(path: Path, base: Any) -> Path | None:
