@@ -116,13 +116,18 @@ class Defense:
         codes: torch.Tensor,
         f: int,
         rng: torch.Generator | None = None,
+        grads: torch.Tensor | None = None,
     ) -> Decision:
         """The verdict on ``uploads`` (reason ``codes`` from validation; ``f`` the assumed number of
-        Byzantine uploads this round; ``rng`` the server's generator for rules that draw numbers)."""
+        Byzantine uploads this round; ``rng`` the server's generator for rules that draw numbers;
+        ``grads`` the gradients the rule check reconstructed, aligned with ``uploads.rows`` and exact
+        at every valid upload; without them a rule that needs gradients reconstructs them)."""
         n, device = uploads.n, uploads.rows.device
         codes = codes.clone()
         keep = codes == 0
         sub = uploads.select(keep)
+        if grads is not None and grads.shape[0] != sub.rows.shape[0]:
+            grads = grads[keep[uploads.owner()]]  # the valid uploads' rows, in sub's order
         spec = self.spec
         scores = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
         weights_sub = sub.n_examples.to(torch.float64)
@@ -132,7 +137,7 @@ class Defense:
             accepted_sub = torch.zeros_like(accepted_sub)
             codes[keep] = CODE["too-few-uploads"]
         elif sub.n > 0:
-            res, aggregate = self._run(spec, server, sub, opt_rule, t, f, rng)
+            res, aggregate = self._run(spec, server, sub, opt_rule, t, f, rng, grads)
             if res is not None:
                 scores[keep] = res.scores.to(device=device, dtype=torch.float64)
                 accepted_sub = accepted_sub if res.accepted is None else res.accepted.to(device)
@@ -154,16 +159,16 @@ class Defense:
         extra = {"weights": weights} if spec.uses_weights else {}
         return spec(v, f, rng=rng, **extra, **self.params)
 
-    def _run(self, spec: RuleSpec, server, sub: UploadBatch, opt_rule, t: int, f: int, rng):
+    def _run(self, spec: RuleSpec, server, sub: UploadBatch, opt_rule, t: int, f: int, rng, grads=None):
         """The rule's result on the valid uploads and, for aggregating rules, the new values of every
         uploaded quantity as ``{key: (rows, delta from the default)}``."""
         weights = sub.n_examples.to(torch.float64)
         if self.scope == "item":
             robust = lambda v: spec.item(v, f, **self.params)  # noqa: E731
-            return None, self._aggregate(robust, server, sub, opt_rule, t)
+            return None, self._aggregate(robust, server, sub, opt_rule, t, grads)
         if spec.kind != "aggregate":
             v = (
-                space_vectors(self.space, server, sub, opt_rule, t)
+                space_vectors(self.space, server, sub, opt_rule, t, grads)
                 if spec.reads_values
                 else listed_only(sub, server.theta.shape[0])
             )
@@ -178,13 +183,13 @@ class Defense:
             first.append(res)
             return res.aggregate
 
-        aggregate = self._aggregate(robust, server, sub, opt_rule, t)
+        aggregate = self._aggregate(robust, server, sub, opt_rule, t, grads)
         return first[0], aggregate
 
-    def _aggregate(self, robust, server, sub: UploadBatch, opt_rule, t: int):
+    def _aggregate(self, robust, server, sub: UploadBatch, opt_rule, t: int, grads=None):
         if self.space == "gradient":
             # a robust gradient, then one server-side step of the optimizer rule from the global state
-            rows, g = robust(space_vectors("gradient", server, sub, opt_rule, t))
+            rows, g = robust(space_vectors("gradient", server, sub, opt_rule, t, grads))
             prev = rows_of(server, rows)
             new, default = opt_rule.client_step(prev, g, t), opt_rule.default_rows(prev, t)
             return {k: (rows, new[k] - default[k]) for k in opt_rule.keys}

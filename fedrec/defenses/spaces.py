@@ -35,9 +35,14 @@ def uploaded(uploads: UploadBatch) -> dict[str, torch.Tensor]:
     return {"theta": uploads.theta, **uploads.state}
 
 
-def space_vectors(space: str, server: ServerState, uploads: UploadBatch, rule, t: int) -> ClientVectors:
-    """The uploads seen in ``space``, one sparse vector per upload (same order)."""
+def space_vectors(
+    space: str, server: ServerState, uploads: UploadBatch, rule, t: int, grads: torch.Tensor | None = None
+) -> ClientVectors:
+    """The uploads seen in ``space``, one sparse vector per upload (same order). ``grads``: the
+    gradients already reconstructed at ``uploads.rows`` (the server's rule check), else computed."""
     n_rows = server.theta.shape[0]
+    if space == "gradient" and grads is not None:
+        return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=grads, n_rows=n_rows)
     prev = rows_of(server, uploads.rows)
     up = uploaded(uploads)
     if space == "gradient":

@@ -24,15 +24,19 @@ def segment_sq_norms(owner: Tensor, values: Tensor, n: int) -> Tensor:
 
 
 def forged_distance(
-    server: ServerState, rule, t: int, uploads: UploadBatch, ptr: Tensor, rows: Tensor, g: Tensor
-) -> Tensor:
+    server: ServerState, rule, t: int, uploads: UploadBatch, ptr: Tensor, rows: Tensor, g: Tensor,
+    rec: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """``[b]`` float64 ``|g~_i - g_i|``: ``g~_i`` the gradient the server reconstructs from upload ``i``
     (paper 000 Eq. 2 for Adam; zero at unlisted rows), ``g_i`` client ``i``'s own honest gradient
     (``rows[ptr[i]:ptr[i+1]]``, zero elsewhere). Both row lists are sorted within each client.
 
-    Summed without cancellation: ``|g~|^2`` off the client's own rows plus ``|g~ - g|^2`` on them."""
+    Summed without cancellation: ``|g~|^2`` off the client's own rows plus ``|g~ - g|^2`` on them.
+    ``rec``: ``g~`` at ``uploads.rows`` when the server already reconstructed it (its rule check)."""
     b, n_rows = uploads.n, server.theta.shape[0]
-    rec = rule.reconstruct(rows_of(server, uploads.rows), uploaded(uploads), t).to(torch.float64)
+    if rec is None:
+        rec = rule.reconstruct(rows_of(server, uploads.rows), uploaded(uploads), t)
+    rec = rec.to(torch.float64)
     up_owner = uploads.owner()
     own_owner = torch.repeat_interleave(torch.arange(b, device=rows.device), ptr.diff())
     g = g.to(torch.float64)

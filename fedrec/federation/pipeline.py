@@ -6,7 +6,7 @@ camouflage demo and the tests call it (and the Flower adapter will)::
     batch, codes = receive(messages)           # types, layouts, shapes: malformed -> placeholder
     admitted, codes, refused = admit(...)      # one upload per sampled client
     codes = validate(...)                      # values: finite, rows, n_examples
-    codes = check_rule(...)                    # state domain, rule verifier, gradient bound
+    codes, grads = check_rule_with_grads(...)  # state domain, rule verifier, gradient bound
     n_eff = effective_examples(...)            # what a claimed n_i can weigh; weight share
     decision = defense.decide(...)             # the robust rule over the valid uploads
     state = apply_decision(...)                # exact sparse aggregation (or the old state)
@@ -27,7 +27,7 @@ from fedrec.federation.server import apply_decision
 from fedrec.federation.validate import (
     WEIGHTINGS,
     admit,
-    check_rule,
+    check_rule_with_grads,
     effective_examples,
     receive,
     validate,
@@ -86,6 +86,10 @@ class RoundOutcome:
     uploads: UploadBatch  # the admitted uploads, ``n_examples`` as weighted (placeholders where rejected)
     claimed: torch.Tensor  # int64 [n]: n_examples as the uploads claimed them
     refused: torch.Tensor  # int64 [len(REASONS)]: uploads that filled no slot, by reason
+    # the gradient each upload implies, aligned with ``uploads.rows``; rows of slots ``checked`` false
+    # (rejected before the rule check, or missing) are zero; None when no slot was checked
+    grads: torch.Tensor | None = None
+    checked: torch.Tensor | None = None  # bool [n]
 
 
 def server_round(
@@ -114,22 +118,20 @@ def server_round(
     codes = validate(
         admitted, n_rows=limits.n_rows, max_examples=limits.max_examples, max_weight_share=None, codes=codes
     )
-    codes = check_rule(
-        server,
-        admitted,
-        rule,
-        t,
-        codes,
-        max_grad=limits.max_grad,
-        verify=limits.verify or defense.verify,
+    checked = codes == 0
+    codes, grads = check_rule_with_grads(
+        server, admitted, rule, t, codes, max_grad=limits.max_grad, verify=limits.verify or defense.verify,
         fused=limits.fused,
-    )
+    )  # fmt: skip
     claimed = admitted.n_examples
     admitted = dataclasses.replace(
         admitted, n_examples=effective_examples(claimed, codes == 0, limits.weighting, limits.weight_clip)
     )
     codes = weight_share(codes, admitted.n_examples, limits.max_weight_share)
     rng = rule_generator(seed, t, device) if defense.spec.needs_rng else None
-    decision = defense.decide(server, admitted, rule, t, codes, f, rng)
+    decision = defense.decide(server, admitted, rule, t, codes, f, rng, grads=grads)
     state = apply_decision(server, admitted, decision, rule, t)
-    return RoundOutcome(state=state, decision=decision, uploads=admitted, claimed=claimed, refused=refused)
+    return RoundOutcome(
+        state=state, decision=decision, uploads=admitted, claimed=claimed, refused=refused, grads=grads,
+        checked=checked,
+    )  # fmt: skip

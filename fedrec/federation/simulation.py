@@ -369,9 +369,17 @@ class FederatedRun(RunCheckpointing):
             state={},
             n_examples=ctx.n_examples,
         ).select(usable)
-        made = forged_distance(
-            self.server, self.rule, t, out.uploads.take(idx[usable]), own.ptr, own.rows, own.theta
-        )
+        picked, up = idx[usable], out.uploads
+        if out.grads is not None and bool(out.checked[picked].all()):
+            # the rule check reconstructed them already: carry them through the take as "theta"
+            with_grads = UploadBatch(up.client_ids, up.ptr, up.rows, out.grads, {}, up.n_examples).take(
+                picked
+            )
+            made = forged_distance(
+                self.server, self.rule, t, with_grads, own.ptr, own.rows, own.theta, rec=with_grads.theta
+            )
+        else:
+            made = forged_distance(self.server, self.rule, t, up.take(picked), own.ptr, own.rows, own.theta)
         res = torch.full((idx.shape[0],), float("nan"), dtype=torch.float64, device=idx.device)
         res[usable] = made
         return res

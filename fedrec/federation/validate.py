@@ -339,6 +339,23 @@ def check_rule(
     verify: bool,
     fused: bool = False,
 ) -> torch.Tensor:
+    """``check_rule_with_grads``'s reason codes alone."""
+    return check_rule_with_grads(
+        server, uploads, rule, t, codes, max_grad=max_grad, verify=verify, fused=fused
+    )[0]
+
+
+def check_rule_with_grads(
+    server: ServerState,
+    uploads: UploadBatch,
+    rule,
+    t: int,
+    codes: torch.Tensor,
+    *,
+    max_grad: float,
+    verify: bool,
+    fused: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What the optimizer rule allows, on the uploads still valid: non-negative states
     (``rule.nonnegative``: Adam's v, AdaGrad's and RMSProp's r are sums of squares), the rule's
     remaining equations (``rule.verify`` <= 1, paper 000 footnote 2; when ``verify``) and a finite
@@ -349,22 +366,30 @@ def check_rule(
     which stays bounded for convex combinations of consistent uploads), while an upload that breaks
     the rule (theta = 1e30 next to honest moments) has no gradient that would explain it.
 
-    ``fused``: the rule's check as one compiled kernel (fedrec.optim.fused; the same bounds)."""
+    ``fused``: the rule's check as one compiled kernel (fedrec.optim.fused; the same bounds).
+
+    Returns the codes and the reconstructed gradients ``[K, d]`` aligned with ``uploads.rows`` (zero at
+    the rows of uploads that were not valid on entry; None when none was), so that the defense and the
+    round record need not reconstruct them again."""
     code = codes.clone()
     valid = code == 0
     if not bool(valid.any()):
-        return code
+        return code, None
     sub = uploads.select(valid)
     owner = sub.owner()
     sub_code = torch.zeros(sub.n, dtype=torch.int64, device=code.device)
     tables = {"theta": server.theta, **server.state}
     up = {"theta": sub.theta, **sub.state}
-    domain, broken, too_big = rule_check(rule, fused)(tables, sub.rows, up, t, max_grad, verify)
+    domain, broken, too_big, g = rule_check(rule, fused)(tables, sub.rows, up, t, max_grad, verify)
     _mark(sub_code, _per_upload_any(domain, owner, sub.n), "state-domain")
     _mark(sub_code, _per_upload_any(broken, owner, sub.n), "rule-verify")
     _mark(sub_code, _per_upload_any(too_big, owner, sub.n), "magnitude")
     code[valid] = sub_code
-    return code
+    if sub.rows.shape[0] != uploads.rows.shape[0]:  # some uploads were not checked: zero rows for them
+        full = torch.zeros(uploads.rows.shape[0], g.shape[1], dtype=g.dtype, device=g.device)
+        full[valid[uploads.owner()]] = g
+        g = full
+    return code, g
 
 
 def effective_examples(ne: torch.Tensor, valid: torch.Tensor, weighting: str, clip: float) -> torch.Tensor:

@@ -47,10 +47,12 @@ def compiler_available() -> bool:
 
 def row_checks(
     rule: Any, tables: Rows, rows: Tensor, up: Rows, t: int, max_grad: float, verify: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per listed row (bool ``[K]`` each): a non-negative state below zero (``rule.nonnegative``), a
     violated rule equation (``rule.verify`` > 1; all false unless ``verify``), a reconstructed gradient
-    coordinate that is not finite or exceeds ``max_grad``. ``tables`` are the global tensors (``theta``
+    coordinate that is not finite or exceeds ``max_grad``; and the reconstructed gradient itself
+    (``[K, d]``, ``rule.reconstruct``'s value, in the upload's dtype), which the defense and the round
+    record reuse instead of reconstructing it again. ``tables`` are the global tensors (``theta``
     and the rule's states), gathered at ``rows`` here so a compiled version never writes the gathered
     ``[K, d]`` copies to memory."""
     prev = {k: x.index_select(0, rows) for k, x in tables.items()}
@@ -63,7 +65,7 @@ def row_checks(
     else:
         g, broken = rule.reconstruct(prev, up, t), torch.zeros_like(domain)
     too_big = ~(g.abs().amax(-1) <= max_grad)  # NaN and inf count as too big
-    return domain, broken, too_big
+    return domain, broken, too_big, g
 
 
 class RuleCheck:
@@ -80,7 +82,7 @@ class RuleCheck:
 
     def __call__(
         self, tables: Rows, rows: Tensor, up: Rows, t: int, max_grad: float, verify: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         args = (self.rule, tables, rows, up, t, float(max_grad), bool(verify))
         if not self.fused or rows.shape[0] < MIN_ROWS:
             return row_checks(*args)
