@@ -724,3 +724,27 @@ def test_agrees_with_byzfl(seed: int) -> None:
     beta, _ = geometric_median(v, nu=1e-9, tol=1e-15, max_iter=3000)
     ours = beta.numpy() @ pts
     assert np.linalg.norm(ours - theirs) <= 1e-6 * np.linalg.norm(theirs) + 1e-8
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 9),
+    n_rows=st.integers(1, 40),
+    d=st.integers(1, 5),
+    density=st.sampled_from([0.02, 0.2, 0.7, 1.0]),
+    attacker=st.booleans(),
+)
+def test_gram_by_pairs_and_by_blocks_equal_the_dense_product(seed, n, n_rows, d, density, attacker) -> None:
+    """Both ways of the Gram matrix (pairs of listers per row; dense blocks) equal X X^T, symmetric, on
+    sparse listings with shared rows, clients listing nothing and a client listing every row."""
+    x = sparse_table(seed, n, n_rows, d, density=density, dense=(0,) if attacker else ())
+    v = ClientVectors.from_dense(x)
+    ref = flat(x).to(F64) @ flat(x).to(F64).T
+    scale = 1e-12 * (1.0 + flat(x).to(F64).pow(2).sum(1).max())
+    for method in ("pairs", "blocks", "auto"):
+        g = gram(v, block_rows=3, method=method)
+        assert torch.allclose(g, ref, rtol=1e-12, atol=float(scale)), method
+        assert torch.equal(g, g.T), method
+    with pytest.raises(ValueError, match="method"):
+        gram(v, method="dense")
