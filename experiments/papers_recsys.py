@@ -4,6 +4,7 @@ under the attacks of papers 001-002, at 40 % Byzantine clients.
     OMP_NUM_THREADS=1 FEDREC_DATA_DIR=/work/shared/data python experiments/papers_recsys.py OUT \
         [--datasets ml100k lastfm] [--seeds 0 1 2] [--rounds 1000] [--jobs 2] [--only DEFENSE/ATTACK ...]
     python experiments/papers_recsys.py OUT --table [--plot docs/figures]   # Markdown (and PNG) so far
+    ... --set model.init_std=0.1      # extra overrides for every cell (use a separate OUT)
 
 Every cell is ``fedrec train -c configs/<dataset>.yaml --defense D --attack A --byzantine 0.4 --rounds R
 --seed S --set attack.seed=S --set train.lr=0.01 --set run.compile=true`` (one evaluation, at the end;
@@ -44,7 +45,7 @@ def cells(datasets: list[str], seeds: list[int], only: set[str]) -> list[tuple[s
     return out
 
 
-def run_cell(out_dir: Path, rounds: int, cell: tuple[str, str, str, int]) -> str:
+def run_cell(out_dir: Path, rounds: int, cell: tuple[str, str, str, int], extra: tuple[str, ...] = ()) -> str:
     ds, defense, attack, seed = cell
     path = out_dir / ds / f"{defense}__{attack}__s{seed}.json"
     if path.exists():
@@ -54,6 +55,8 @@ def run_cell(out_dir: Path, rounds: int, cell: tuple[str, str, str, int]) -> str
            "--rounds", str(rounds), "--seed", str(seed), "--set", f"attack.seed={seed}",
            "--set", "train.lr=0.01", "--set", "run.compile=true", "--set", f"federated.eval_every={rounds}",
            "--set", f"federated.checkpoint_every={rounds}", "--out", str(out_dir / "runs"), "--json"]  # fmt: skip
+    for kv in extra:  # --set: every cell's extra overrides (e.g. model.init_std=0.1)
+        cmd += ["--set", kv]
     if attack != "none":
         cmd[6:6] = ["--attack", attack, "--byzantine", str(FRACTION)]
     else:  # attack-free, but the defense still assumes 40 %: what it costs honest training
@@ -126,7 +129,7 @@ def table(out_dir: Path, seeds: list[int]) -> None:
         )
 
 
-def plot(out_dir: Path, folder: Path, seeds: list[int]) -> None:
+def plot(out_dir: Path, folder: Path, seeds: list[int], prefix: str = "papers-recsys") -> None:
     """A heatmap per dataset: P@5 (mean over seeds) of every defense under every attack."""
     from heatmap import heatmap
 
@@ -146,7 +149,7 @@ def plot(out_dir: Path, folder: Path, seeds: list[int]) -> None:
         title = (
             f"{ds_dir.name}, 40 % Byzantine: P@5 (mean over seeds {', '.join(sorted(s[1:] for s in used))})"
         )
-        print(heatmap(values, DEFENSES, ATTACKS, title, folder / f"papers-recsys-{ds_dir.name}.png", fmt="{:.3f}",
+        print(heatmap(values, DEFENSES, ATTACKS, title, folder / f"{prefix}-{ds_dir.name}.png", fmt="{:.3f}",
                       vmin=0, label="P@5"))  # fmt: skip
 
 
@@ -163,17 +166,19 @@ def main() -> None:
     )
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--plot", type=Path, help="write the heatmaps of finished cells into this folder")
+    ap.add_argument("--name", default="papers-recsys", help="the heatmaps' file name before -<dataset>.png")
+    ap.add_argument("--set", action="append", default=[], help="key=value added to every cell's command")
     args = ap.parse_args()
     if args.table or args.plot:
         table(args.out, args.seeds)
         if args.plot:
-            plot(args.out, args.plot, args.seeds)
+            plot(args.out, args.plot, args.seeds, args.name)
         return
     todo = cells(args.datasets, args.seeds, set(args.only))
     todo = todo[::-1] if args.reverse else todo
     print(f"{len(todo)} cells", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        for line in pool.map(lambda c: run_cell(args.out, args.rounds, c), todo):
+        for line in pool.map(lambda c: run_cell(args.out, args.rounds, c, tuple(args.set)), todo):
             if line:
                 print(line, flush=True)
 
