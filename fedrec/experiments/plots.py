@@ -155,7 +155,8 @@ def run_labels(runs: Sequence[RunData]) -> list[str]:
     labels = [
         f"{_line_label('defense.name', r.defense, r.get('train.optimizer'))} · {r.attack}" for r in runs
     ]
-    for key in ("data.dataset", "model.name", "train.optimizer", "train.lr", "train.seed"):
+    for key in ("data.dataset", "model.name", "model.init_std", "train.optimizer", "train.lr",
+                "train.weight_decay", "federated.fraction", "train.seed"):  # fmt: skip
         values = [r.get(key) for r in runs]
         if len({str(v) for v in values}) > 1:
             short = key.split(".")[1]
