@@ -159,7 +159,7 @@ def run_labels(runs: Sequence[RunData]) -> list[str]:
                 "train.weight_decay", "federated.fraction", "train.seed"):  # fmt: skip
         values = [r.get(key) for r in runs]
         if len({str(v) for v in values}) > 1:
-            short = key.split(".")[1]
+            short = "model" if key == "model.name" else key.split(".")[1]
             labels = [f"{lab} · {short} {v}" for lab, v in zip(labels, values, strict=True)]
     if len(set(labels)) < len(labels):  # same settings twice: the directory names tell them apart
         labels = [f"{lab} ({r.path.name})" for lab, r in zip(labels, runs, strict=True)]
