@@ -6,7 +6,7 @@ camouflage demo and the tests call it (and the Flower adapter will)::
     batch, codes = receive(messages)           # types, layouts, shapes: malformed -> placeholder
     admitted, codes, refused = admit(...)      # one upload per sampled client
     codes = validate(...)                      # values: finite, rows, n_examples
-    codes, grads = check_rule_with_grads(...)  # state domain, rule verifier, gradient bound
+    codes, grads = check_rule(...)             # state domain, rule verifier, gradient bound
     n_eff = effective_examples(...)            # what a claimed n_i can weigh; weight share
     decision = defense.decide(...)             # the robust rule over the valid uploads
     state = apply_decision(...)                # exact sparse aggregation (or the old state)
@@ -27,7 +27,7 @@ from fedrec.federation.server import apply_decision
 from fedrec.federation.validate import (
     WEIGHTINGS,
     admit,
-    check_rule_with_grads,
+    check_rule,
     effective_examples,
     receive,
     validate,
@@ -119,7 +119,7 @@ def server_round(
         admitted, n_rows=limits.n_rows, max_examples=limits.max_examples, max_weight_share=None, codes=codes
     )
     checked = codes == 0
-    codes, grads = check_rule_with_grads(
+    codes, grads = check_rule(
         server, admitted, rule, t, codes, max_grad=limits.max_grad, verify=limits.verify or defense.verify,
         fused=limits.fused,
     )  # fmt: skip

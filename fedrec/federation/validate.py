@@ -338,23 +338,6 @@ def check_rule(
     max_grad: float,
     verify: bool,
     fused: bool = False,
-) -> torch.Tensor:
-    """``check_rule_with_grads``'s reason codes alone."""
-    return check_rule_with_grads(
-        server, uploads, rule, t, codes, max_grad=max_grad, verify=verify, fused=fused
-    )[0]
-
-
-def check_rule_with_grads(
-    server: ServerState,
-    uploads: UploadBatch,
-    rule,
-    t: int,
-    codes: torch.Tensor,
-    *,
-    max_grad: float,
-    verify: bool,
-    fused: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What the optimizer rule allows, on the uploads still valid: non-negative states
     (``rule.nonnegative``: Adam's v, AdaGrad's and RMSProp's r are sums of squares), the rule's
