@@ -70,6 +70,11 @@ class FederatedConfig:
     # (the in-process engine's own stream); per-client: draws keyed by (seed, round, client), so any
     # split of the clients over processes draws the same numbers (what the Flower deployment uses)
     client_rng: str = "shared"
+    # each client's samples per round (its positives, drawn without replacement; scaled by J / b):
+    # null = every positive (paper 000); fedrec.federation.saga
+    local_batch: int | None = None
+    # none | saga: SAGA at the clients, per (user, positive) sample, negatives fixed per positive (paper 003)
+    variance_reduction: str = "none"
 
 
 @dataclass
@@ -335,6 +340,7 @@ DOMAINS: dict[str, Domain] = {
     "federated.checkpoint_every": POSITIVE_INT,
     "federated.momentum": PROBABILITY_BELOW_1,
     "federated.rho": PROBABILITY_BELOW_1,
+    "federated.local_batch": POSITIVE_INT,
     "attack.fraction": PROBABILITY_BELOW_1,
     "attack.seed": SEED,
     "defense.assumed_fraction": PROBABILITY_BELOW_1,
@@ -362,6 +368,7 @@ DOMAINS: dict[str, Domain] = {
 
 MODES = ("centralized", "federated")
 CLIENT_RNGS = ("shared", "per-client")  # fedrec.federation.simulation.FederatedRun
+VARIANCE_REDUCTIONS = ("none", "saga")  # fedrec.federation.saga
 ATTACK_MODES = ("own", "inject")  # fedrec.federation.simulation.with_byzantine
 EVAL_PROTOCOLS = ("full", "loo")  # fedrec.eval.full_ranking, fedrec.eval.leave_one_out
 # Sections only one mode reads: the other mode ignores them (the CLI's --epochs writes both lengths).
@@ -386,6 +393,7 @@ def _names(mode: str) -> dict[str, tuple[str, ...]]:
         "attack.name": ("none", *ATTACKS),
         "attack.mode": ATTACK_MODES,
         "federated.client_rng": CLIENT_RNGS,
+        "federated.variance_reduction": VARIANCE_REDUCTIONS,
         "defense.name": tuple(DEFENSES),
         "defense.weighting": WEIGHTINGS,
         "eval.protocol": EVAL_PROTOCOLS,

@@ -33,7 +33,10 @@ CHECKPOINT = "checkpoint.pt"
 NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "run.threads", "run.compile", "data.data_dir")
 # keys added after checkpoint format 1, with the value every earlier run had: they join the identity
 # only when set to something else, so a checkpoint written before they existed still resumes
-LATER_KEYS: dict[str, Any] = {"federated.client_rng": "shared", "defense.pre": None}
+LATER_KEYS: dict[str, Any] = {
+    "federated.client_rng": "shared", "defense.pre": None, "federated.local_batch": None,
+    "federated.variance_reduction": "none",
+}  # fmt: skip
 # test hook (the kill campaign only): seconds to pause halfway through writing checkpoint.pt.tmp, so a
 # SIGKILL can be aimed at a checkpoint write
 DELAY_ENV = "FEDREC_CHECKPOINT_WRITE_DELAY"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedrec.federation.saga import LocalSamples, SagaTable, fixed_negatives_key, local_samples
 from fedrec.models import (
     CSRTensors,
     TableLayout,
@@ -21,7 +22,7 @@ from fedrec.models import (
     sample_negatives_keyed,
     touched_rows,
 )
-from fedrec.models.gradients import bpr_row_gradients
+from fedrec.models.gradients import assemble_row_gradients, bpr_row_gradients, sample_terms, with_l2
 from fedrec.protocol import ServerState, UploadBatch
 
 
@@ -57,18 +58,43 @@ def client_gradients(
     lam: float,
     user_vectors: torch.Tensor | None = None,
     flip: bool = False,
+    local: LocalSamples | None = None,
+    saga: SagaTable | None = None,
 ) -> ClientGradients:
     """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector).
 
-    ``flip``: the loss with every BPR pair inverted (``bpr_objective(..., flip=True)``: label-flip)."""
+    ``flip``: the loss with every BPR pair inverted (``bpr_objective(..., flip=True)``: label-flip).
+    ``local``: a local mini-batch (``fedrec.federation.saga``): the chosen samples' gradient scaled by
+    ``J / b``, on every positive's rows and the chosen samples' negatives; with ``saga``, the SAGA message over every row of the client's
+    fixed samples (the table is refreshed). ``loss`` stays the full loss at the global parameters."""
     owner, rows = touched_rows(batch, neg, layout)
     keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
     W = theta.detach().index_select(0, rows)
     u = None if user_vectors is None else user_vectors.detach()
-    # the closed form of autograd on bpr_objective (tests/test_gradients.py), ~2x faster on a round
-    g, g_user, loss = bpr_row_gradients(
-        W, keys, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u, flip=flip
-    )
+    if local is None:
+        # the closed form of autograd on bpr_objective (tests/test_gradients.py), ~2x faster on a round
+        g, g_user, loss = bpr_row_gradients(
+            W, keys, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=u, flip=flip
+        )
+    else:
+        terms = sample_terms(W, keys, layout, batch, neg, gamma=gamma, user_vectors=u, flip=flip)
+        loss = with_l2(terms.client_loss(batch.size), W, keys, layout, lam, u)
+        if saga is not None:
+            g, g_user = assemble_row_gradients(
+                saga.mix(batch, local, terms), W, batch.size, lam=lam, user_vectors=u
+            )
+        else:
+            w = local.weight.to(W.dtype)
+            g, g_user = assemble_row_gradients(terms, W, batch.size, lam=lam, user_vectors=u, weights=w)
+            # listed: every positive's P row (its own rows say how many examples a client may claim,
+            # validate.py; unchosen ones carry the L2 term only), the chosen samples' negatives and
+            # FISM's whole history (every Q row feeds the chosen samples' scores)
+            used = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
+            used[terms.i_pos] = True
+            used[terms.i_neg.reshape(local.chosen.shape[0], -1)[local.chosen].reshape(-1)] = True
+            if terms.i_q is not None:
+                used[terms.i_q] = True
+            owner, rows, g = owner[used], rows[used], g[used]
     ptr = torch.zeros(batch.size + 1, dtype=torch.int64, device=rows.device)
     torch.cumsum(torch.bincount(owner, minlength=batch.size), 0, out=ptr[1:])
     return ClientGradients(
@@ -129,6 +155,7 @@ class ClientRound:
     neg: torch.Tensor
     grads: ClientGradients
     uploads: UploadBatch  # one honest upload per client, in ``clients`` order
+    local: LocalSamples | None = None  # the round's local mini-batch (fedrec.federation.saga)
 
 
 def client_round(
@@ -144,18 +171,30 @@ def client_round(
     gamma: float,
     lam: float,
     user_vectors: torch.Tensor | None = None,
+    local_batch: int | None = None,
+    batch_key: int = 0,
+    saga: SagaTable | None = None,
+    seed: int = 0,
 ) -> ClientRound:
     """The client side of round ``t`` (paper 000 Algorithm 2, batched): gather each client's items, draw
     its negatives, differentiate its BPR loss at the global parameters and take one optimizer step from
     the global state. The simulation, the demos, the Flower ClientApp and the tests call this; nothing
     else assembles it. ``neg_gen``: a generator shared by the batch, or an int key for keyed draws
-    (``sample_negatives_keyed``: each client's negatives independent of the rest of the batch)."""
+    (``sample_negatives_keyed``: each client's negatives independent of the rest of the batch).
+    ``local_batch``: each client's ``b`` samples of the round (keyed by ``batch_key``); ``saga``: the
+    clients' SAGA table (negatives then fixed per positive, keyed by ``seed``; fedrec.federation.saga)."""
     batch = gather_users(train, clients)
-    if isinstance(neg_gen, torch.Generator):
+    if saga is not None:
+        neg = sample_negatives_keyed(batch, layout.n_items, negatives, fixed_negatives_key(seed))
+    elif isinstance(neg_gen, torch.Generator):
         neg = sample_negatives(batch, layout.n_items, negatives, neg_gen)
     else:
         neg = sample_negatives_keyed(batch, layout.n_items, negatives, neg_gen)
+    local = None
+    if local_batch is not None or saga is not None:
+        local = local_samples(train, batch, local_batch, batch_key)
     grads = client_gradients(
-        server.theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors
-    )
-    return ClientRound(clients, batch, neg, grads, honest_uploads(server, rule, grads, batch, t))
+        server.theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors, local=local,
+        saga=saga,
+    )  # fmt: skip
+    return ClientRound(clients, batch, neg, grads, honest_uploads(server, rule, grads, batch, t), local)

@@ -2,7 +2,7 @@
 values only (read with ``torch.load(weights_only=True)``), checked against the run's own structure
 before use, and the run directory's tables, each written atomically.
 
-``RunCheckpointing`` is a base of ``FederatedRun``; it reads the run's ``server``, ``private``,
+``RunCheckpointing`` is a base of ``FederatedRun``; it reads the run's ``server``, ``private``, ``saga``,
 generators, ``metric_rows``, ``recorder``, ``seconds``, ``cfg``, ``device`` and ``total_rounds``.
 """
 
@@ -55,6 +55,7 @@ class RunCheckpointing:
             "theta": self.server.theta,
             "state": dict(self.server.state),
             "private": None if self.private is None else dict(vars(self.private)),
+            "saga": None if self.saga is None else self.saga.state(),
             "sample_gen": self.sample_gen.get_state(),
             "neg_gen": self.neg_gen.get_state(),
             "attack_gen": self.attack_gen.get_state(),
@@ -70,6 +71,8 @@ class RunCheckpointing:
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         sd = _upgrade_records(sd)
+        if isinstance(sd, dict) and "saga" not in sd:  # written before SAGA: no run of then had a table
+            sd = {**sd, "saga": None}
         self._check_state_dict(sd)
         state = {k: v.to(self.device) for k, v in sd["state"].items()}
         self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])
@@ -79,6 +82,8 @@ class RunCheckpointing:
                 u=p["u"].to(self.device), state={k: v.to(self.device) for k, v in p["state"].items()},
                 steps=p["steps"].to(self.device),
             )  # fmt: skip
+        if sd["saga"] is not None:
+            self.saga.restore(sd["saga"], self.device)
         self.sample_gen.set_state(sd["sample_gen"])
         self.neg_gen.set_state(sd["neg_gen"])
         self.attack_gen.set_state(sd["attack_gen"])
@@ -116,10 +121,12 @@ class RunCheckpointing:
         t = sd["t"]
         if not isinstance(t, int) or not 0 <= t <= self.total_rounds:
             raise CheckpointError(f"checkpoint: round {t!r} outside 0..{self.total_rounds}")
-        for key in ("theta", "state", "private", "sample_gen", "neg_gen", "attack_gen"):
+        for key in ("theta", "state", "private", "saga", "sample_gen", "neg_gen", "attack_gen"):
             like(sd[key], template[key], key)
         if (sd["private"] is None) != (template["private"] is None):
             raise CheckpointError("checkpoint: private client state does not match this run's model")
+        if (sd["saga"] is None) != (template["saga"] is None):
+            raise CheckpointError("checkpoint: the clients' SAGA table does not match this run's config")
         if not isinstance(sd["metric_rows"], list) or not isinstance(sd["records"], dict):
             raise CheckpointError("checkpoint: metric_rows or records malformed")
         if sd["losses"] is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from fedrec.models import CSRTensors, TableLayout, bpr_objective, gather_users
+from fedrec.models.fism import fism_pair_scores
+from fedrec.models.mf import mf_pair_scores
 from fedrec.protocol import ServerState, UploadBatch
 
 
@@ -35,6 +37,95 @@ def reference_client(
     grads = torch.autograd.grad(loss.sum(), [theta] if u is None else [theta, u])
     dense = rule.client_step({"theta": server.theta, **server.state}, grads[0], t)
     return dense, None if u is None else grads[1][0], int(batch.counts()[0])
+
+
+def reference_sample_gradient(
+    theta: torch.Tensor,
+    layout: TableLayout,
+    train: CSRTensors,
+    client: int,
+    neg: torch.Tensor,
+    h: int,
+    *,
+    gamma: float,
+    user_vector: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradient of one sample's BPR loss (client ``client``'s ``h``-th positive with its negatives
+    ``neg[h]``, Eq. 7 without L2) w.r.t. the dense table and MF's user vector, by autograd: FISM's user
+    vector still sums the client's whole history (Eq. 1)."""
+    th = theta.detach().clone().requires_grad_(True)
+    batch = gather_users(train, torch.tensor([client], device=theta.device))
+    p_pos = th[layout.row("P", batch.items)]
+    p_neg = th[layout.row("P", neg.reshape(-1))].reshape(*neg.shape, -1)
+    u = None if user_vector is None else user_vector.detach().clone()[None].requires_grad_(True)
+    if layout.model == "fism":
+        y_pos, y_neg = fism_pair_scores(p_pos, th[layout.row("Q", batch.items)], p_neg, batch.owner, 1, gamma)
+    else:
+        y_pos, y_neg = mf_pair_scores(u, p_pos, p_neg, batch.owner)
+    loss = torch.nn.functional.softplus(-(y_pos[h] - y_neg[h])).sum()
+    grads = torch.autograd.grad(loss, [th] if u is None else [th, u])
+    return grads[0], None if u is None else grads[1][0]
+
+
+def reference_local_client(
+    server: ServerState,
+    rule,
+    layout: TableLayout,
+    train: CSRTensors,
+    client: int,
+    neg: torch.Tensor,
+    t: int,
+    chosen: list[int],
+    table: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None,
+    *,
+    gamma: float,
+    lam: float,
+    user_vector: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Algorithm 2 with a local mini-batch ``chosen`` (positions among the client's ``J`` positives),
+    one sample at a time (fedrec.federation.saga): ``table is None``: ``(J / b) sum_{h in chosen} f'_h``;
+    else SAGA (BRVR eq. 9), ``(J / b) sum_{h in chosen} (f'_h - phi_h) + sum_h phi_h`` with ``table``
+    (sample -> its stored gradients; empty: the client's first round, every sample fresh, ``v = f'``),
+    refreshed in place (eq. 8). Plus the L2 gradient on the listed rows (every positive's P row, the
+    chosen samples' negatives; under SAGA every sample's; FISM's history). Returns the dense message
+    and MF's user-vector gradient."""
+    J = int(train.indptr[client + 1] - train.indptr[client])
+    items = train.indices[int(train.indptr[client]) : int(train.indptr[client + 1])]
+
+    def sample(h: int):
+        return reference_sample_gradient(
+            server.theta, layout, train, client, neg, h, gamma=gamma, user_vector=user_vector
+        )
+
+    zero_u = None if user_vector is None else torch.zeros_like(user_vector)
+    g, g_u = torch.zeros_like(server.theta), zero_u
+    saga = table is not None
+    if saga and not table:  # first round: the table is filled, v is the full gradient
+        for h in range(J):
+            table[h] = sample(h)
+        chosen = list(range(J))
+    for h in chosen:
+        fresh = sample(h)
+        scale = J / len(chosen)
+        g = g + scale * (fresh[0] - (table[h][0] if saga else 0))
+        if g_u is not None:
+            g_u = g_u + scale * (fresh[1] - (table[h][1] if saga else 0))
+    if saga:
+        for h in range(J):
+            g = g + table[h][0]
+            if g_u is not None:
+                g_u = g_u + table[h][1]
+        for h in chosen:
+            table[h] = sample(h)
+    listed = set(layout.row("P", items).tolist())
+    listed |= set(layout.row("P", neg[list(range(J)) if saga else chosen].reshape(-1)).tolist())
+    if layout.model == "fism":
+        listed |= set(layout.row("Q", items).tolist())
+    rows = sorted(listed)
+    g[rows] = g[rows] + 2 * lam * server.theta[rows]
+    if g_u is not None:
+        g_u = g_u + 2 * lam * user_vector
+    return rule.client_step({"theta": server.theta, **server.state}, g, t), g_u
 
 
 def reference_aggregate(

@@ -37,6 +37,7 @@ from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.persistence import RunCheckpointing
 from fedrec.federation.pipeline import ServerLimits, server_round
 from fedrec.federation.recorder import RoundRecorder
+from fedrec.federation.saga import SagaTable
 from fedrec.federation.sparsity import SparseRowsMonitor
 from fedrec.federation.validate import STRUCTURAL
 from fedrec.memory import keep_freed_memory
@@ -135,6 +136,12 @@ def keyed_streams(cfg: Config, t: int, device: torch.device | str = "cpu") -> tu
     return round_key(cfg.train.seed + 2, t), gen
 
 
+def local_batch_key(cfg: Config, t: int) -> int:
+    """Round ``t``'s key for the clients' local mini-batches (``federated.local_batch``): a function of
+    ``train.seed`` and ``t`` only, like the keyed negatives."""
+    return round_key(cfg.train.seed + 4, t)
+
+
 def row_popularity(train: CSRTensors, layout: TableLayout) -> torch.Tensor:
     """``[n_rows]`` float64: every row's item's number of training interactions (every table of the
     layout), the public popularity that Spattack samples rows by."""
@@ -173,10 +180,15 @@ def attack_context(
         extra["row_popularity"] = popularity if popularity is not None else row_popularity(train, layout)
     if getattr(attack, "needs_flipped", False):
         keep = byz[batch.owner]  # the Byzantine clients' entries: their items, their negatives
+        # a local mini-batch: the flipped loss on the same samples, so on the same rows (under SAGA the
+        # rows are every sample's: the full flipped gradient; the table is the honest loss's)
+        local = (
+            None if cr.local is None or cfg.federated.variance_reduction == "saga" else cr.local.subset(keep)
+        )
         flipped = client_gradients(
             server.theta, layout, gather_users(train, clients[byz]), neg[keep],
             gamma=cfg.model.gamma, lam=cfg.train.weight_decay,
-            user_vectors=None if u is None else u[byz], flip=True,
+            user_vectors=None if u is None else u[byz], flip=True, local=local,
         )  # fmt: skip
         extra["flipped_g"] = flipped.g
     return AttackContext(server=server, t=t, rule=rule, generator=generator, **part(byz), **extra)
@@ -186,13 +198,18 @@ def client_uploads(
     server: ServerState, rule, layout: TableLayout, train: CSRTensors, cfg: Config, clients: torch.Tensor,
     byz: torch.Tensor, t: int, *, neg: torch.Generator | int, attack, attack_gen: torch.Generator,
     user_vectors: torch.Tensor | None = None, popularity: torch.Tensor | None = None,
+    saga: SagaTable | None = None,
 ) -> Collected:  # fmt: skip
     """What the clients ``clients`` (sorted; ``byz`` marks the Byzantine ones) send in round ``t``: every
     client's honest step (``client_round``), then the attack on the Byzantine ones' context. The
-    in-process loop calls it for all sampled clients, a Flower ClientApp for the clients it holds."""
+    in-process loop calls it for all sampled clients, a Flower ClientApp for the clients it holds.
+    ``saga``: the clients' SAGA table, required by ``federated.variance_reduction: saga``."""
+    if (cfg.federated.variance_reduction == "saga") != (saga is not None):
+        raise ValueError("federated.variance_reduction=saga needs the clients' SAGA table (and only it)")
     cr = client_round(
         server, rule, layout, train, clients, t, neg, negatives=cfg.train.negatives,
         gamma=cfg.model.gamma, lam=cfg.train.weight_decay, user_vectors=user_vectors,
+        local_batch=cfg.federated.local_batch, batch_key=local_batch_key(cfg, t), saga=saga, seed=cfg.train.seed,
     )  # fmt: skip
     grads = cr.grads
     grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
@@ -237,6 +254,8 @@ class FederatedRun(RunCheckpointing):
     sparsity: SparseRowsMonitor = field(default_factory=SparseRowsMonitor)
     # the clients' side of a round when it runs elsewhere: (run, t, clients, byzantine) -> Collected
     collector: Callable[[Any, int, torch.Tensor, torch.Tensor], Collected] | None = None
+    # the clients' SAGA table (federated.variance_reduction: saga; fedrec.federation.saga)
+    saga: SagaTable | None = None
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
@@ -255,13 +274,16 @@ class FederatedRun(RunCheckpointing):
             steps = torch.zeros(split.train.n_users, dtype=torch.int64, device=device)
             private = PrivateState(u=u, state=rule.init_state(u), steps=steps)
         train = CSRTensors.from_interactions(split.train, device)
+        saga = None
+        if cfg.federated.variance_reduction == "saga":
+            saga = SagaTable.create(train, layout, cfg.model.dim, cfg.train.negatives, theta.dtype, device)
         return cls(
             cfg=cfg, split=split, device=device, layout=layout, rule=rule, server=server, private=private,
             train=train, active=torch.nonzero(train.counts() > 0).flatten().cpu(),
             sample_gen=torch.Generator().manual_seed(cfg.train.seed + 1),
             neg_gen=torch.Generator(device=device).manual_seed(cfg.train.seed + 2),
             attack_gen=torch.Generator(device=device).manual_seed(cfg.attack.seed + 3),
-            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name, cfg.defense.params, cfg.defense.pre),
+            byzantine=byzantine.to(device), attack=make_attack_from(cfg), defense=make_defense(cfg.defense.name, cfg.defense.params, cfg.defense.pre), saga=saga,
         )  # fmt: skip
 
     @functools.cached_property
@@ -351,6 +373,7 @@ class FederatedRun(RunCheckpointing):
         got = client_uploads(
             self.server, self.rule, self.layout, self.train, self.cfg, clients, byz, t,
             neg=neg, attack=self.attack, attack_gen=attack_gen, user_vectors=u, popularity=self._popularity(),
+            saga=self.saga,
         )  # fmt: skip
         if self.private is not None:
             private_step(self.private, self.rule, clients[~byz], got.g_user[~byz])
@@ -389,7 +412,8 @@ class FederatedRun(RunCheckpointing):
         return client_round(
             self.server, self.rule, self.layout, self.train, clients, t, self.round_streams(t)[0],
             negatives=self.cfg.train.negatives, gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
-            user_vectors=u,
+            user_vectors=u, local_batch=self.cfg.federated.local_batch, batch_key=local_batch_key(self.cfg, t),
+            saga=self.saga, seed=self.cfg.train.seed,
         )  # fmt: skip
 
     def _attack_context(self, t: int, cr: ClientRound, byz: torch.Tensor, u=None) -> AttackContext:

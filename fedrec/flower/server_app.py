@@ -333,6 +333,11 @@ def check_flower_config(cfg: Config, resume: str = "") -> None:
     where = f"flower.resume={resume!r}: the run's config.yaml has " if resume else ""
     if cfg.model.name != "fism":
         raise ConfigError(f"{where}model.name={cfg.model.name!r}: the Flower adapter runs FISM only")
+    if cfg.federated.variance_reduction != "none":
+        raise ConfigError(
+            f"{where}federated.variance_reduction={cfg.federated.variance_reduction!r}: the clients' SAGA "
+            "tables would have to outlive a ClientApp's round; SAGA runs in-process only"
+        )
     if cfg.federated.client_rng != "per-client":
         raise ConfigError(
             f"{where}federated.client_rng={cfg.federated.client_rng!r}: a Flower run draws per client "

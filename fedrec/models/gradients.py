@@ -20,6 +20,9 @@ The lambda term adds ``2 lambda w`` to every touched row (and to MF's user vecto
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +47,71 @@ def bpr_row_gradients(
     """``(dL/dW [K, d], dL/du [B, d] or None, L [B])``: the gradient of each client's loss
     (``bpr_objective``) w.r.t. its own copies ``W`` of its touched rows, listed by the sorted keys
     ``owner * n_rows + row`` (``touched_rows``), w.r.t. MF's user vectors, and the loss itself."""
+    terms = sample_terms(W, keys, layout, batch, neg, gamma=gamma, user_vectors=user_vectors, flip=flip)
+    gW, g_user = assemble_row_gradients(terms, W, batch.size, lam=lam, user_vectors=user_vectors)
+    return gW, g_user, with_l2(terms.client_loss(batch.size), W, keys, layout, lam, user_vectors)
+
+
+def with_l2(loss: Tensor, W: Tensor, keys: Tensor, layout: TableLayout, lam: float, user_vectors=None):
+    """``loss [B]`` plus each client's ``lam * ||w||^2`` over its rows of ``W`` (and its MF user vector)."""
+    if lam:
+        loss = loss + lam * torch.zeros_like(loss).index_add(0, keys // layout.n_rows, (W * W).sum(-1))
+        if user_vectors is not None:
+            loss = loss + lam * (user_vectors * user_vectors).sum(-1)
+    return loss
+
+
+@dataclass
+class SampleTerms:
+    """Each positive's own share of its client's BPR gradient (its sample: the positive and its
+    negatives), in factored form: entry ``h`` of a batch contributes
+
+        ``pos[h]`` to the P row of its positive, ``neg[h, s]`` to the P row of its negative ``s``,
+        ``user[h]`` to every Q row of its user's history (FISM) or to the user vector (MF),
+        ``-own[h]`` to the Q row of its own positive (FISM: the positive leaves its own history).
+
+    Linear in the shares, so any weighting or mix of two sets of terms (SAGA's correction,
+    ``fedrec.federation.saga``) assembles to that weighting of the gradients. The index arrays say
+    where each share goes in the flat ``[K, d]`` gradient of ``touched_rows``."""
+
+    pos: Tensor  # [H, d]
+    neg: Tensor  # [H, n_neg, d]
+    user: Tensor  # [H, d]
+    own: Tensor | None  # [H, d] (FISM)
+    loss: Tensor  # [H] each sample's BPR loss (no L2 term)
+    owner: Tensor  # [H] batch position of each entry's client
+    i_pos: Tensor  # [H] flat index of each positive's P row
+    i_neg: Tensor  # [H * n_neg]
+    i_q: Tensor | None  # [H] (FISM) flat index of each positive's Q row
+
+    SHARES = ("pos", "neg", "user", "own")
+
+    def shares(self) -> dict[str, Tensor]:
+        """The per-sample shares by name (``own`` only for FISM): what a SAGA table stores."""
+        return {k: getattr(self, k) for k in self.SHARES if getattr(self, k) is not None}
+
+    def with_shares(self, shares: dict[str, Tensor]) -> SampleTerms:
+        return dataclasses.replace(self, **shares)
+
+    def client_loss(self, n_clients: int) -> Tensor:
+        """``[B]``: each client's BPR loss summed over its samples."""
+        return torch.zeros(n_clients, dtype=self.loss.dtype, device=self.loss.device).index_add(
+            0, self.owner, self.loss
+        )
+
+
+def sample_terms(
+    W: Tensor,
+    keys: Tensor,
+    layout: TableLayout,
+    batch: UserBatch,
+    neg: Tensor,
+    *,
+    gamma: float,
+    user_vectors: Tensor | None = None,
+    flip: bool = False,
+) -> SampleTerms:
+    """Every entry's share of the BPR gradient at ``W`` (the module docstring's formulas, L2 excluded)."""
     B, H, n_neg = batch.size, batch.items.shape[0], neg.shape[1]
     d = W.shape[1]
     owner = batch.owner
@@ -56,11 +124,11 @@ def bpr_row_gradients(
     i_neg = at(owner_neg, layout.row("P", neg.reshape(-1)))
     p_pos = W.index_select(0, i_pos)
     p_neg = W.index_select(0, i_neg).reshape(H, n_neg, d)
-    zeros_b = torch.zeros(B, d, dtype=W.dtype, device=W.device)
+    i_q = None
     if layout.model == "fism":
         i_q = at(owner, layout.row("Q", batch.items))
         q_hist = W.index_select(0, i_q)
-        S = zeros_b.index_add(0, owner, q_hist)
+        S = torch.zeros(B, d, dtype=W.dtype, device=W.device).index_add(0, owner, q_hist)
         n = torch.bincount(owner, minlength=B).to(W.dtype)
         c_pos = torch.where(n > 1, (n - 1).clamp(min=1) ** -gamma, torch.zeros_like(n))[owner, None]
         c_neg = (n.clamp(min=1) ** -gamma)[owner, None]
@@ -75,29 +143,51 @@ def bpr_row_gradients(
     y_neg = torch.einsum("hsd,hd->hs", p_neg, u_neg)
     sign = -1.0 if flip else 1.0
     x = sign * (y_pos[:, None] - y_neg)
-    pair = F.softplus(-x)  # -log sigmoid(x)
-    loss = torch.zeros(B, dtype=W.dtype, device=W.device).index_add(0, owner, pair.sum(1))
     a = torch.sigmoid(-x)
     d_pos = (-sign) * a.sum(1)  # dL/dy_pos [H]
     d_neg = sign * a  # dL/dy_neg [H, n_neg]
-
-    gW = torch.zeros_like(W)
-    gW.index_add_(0, i_pos, d_pos[:, None] * u_pos)
-    gW.index_add_(0, i_neg, (d_neg[:, :, None] * u_neg[:, None, :]).reshape(H * n_neg, d))
     du_pos = d_pos[:, None] * p_pos  # dL/du_pos [H, d]
     du_neg = torch.einsum("hs,hsd->hd", d_neg, p_neg)  # dL/du_neg [H, d]
-    g_user = None
     if layout.model == "fism":
-        G = zeros_b.index_add(0, owner, c_pos * du_pos + c_neg * du_neg)
-        gW.index_add_(0, i_q, G.index_select(0, owner) - c_pos * du_pos)
+        own = c_pos * du_pos
+        user = own + c_neg * du_neg
     else:
-        g_user = zeros_b.index_add(0, owner, du_pos + du_neg)
+        own, user = None, du_pos + du_neg
+    return SampleTerms(
+        pos=d_pos[:, None] * u_pos, neg=d_neg[:, :, None] * u_neg[:, None, :], user=user, own=own,
+        loss=F.softplus(-x).sum(1),  # -log sigmoid(x), summed over the negatives
+        owner=owner, i_pos=i_pos, i_neg=i_neg, i_q=i_q,
+    )  # fmt: skip
+
+
+def assemble_row_gradients(
+    terms: SampleTerms,
+    W: Tensor,
+    n_clients: int,
+    *,
+    lam: float,
+    user_vectors: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """``(dL/dW [K, d], dL/du [B, d] or None)`` from the samples' shares, each weighted by ``weights [H]``
+    (None: 1), plus the L2 term's ``2 lam w`` on every row of ``W`` (and on MF's user vectors)."""
+    pos, neg, user, own = terms.pos, terms.neg, terms.user, terms.own
+    if weights is not None:
+        w = weights[:, None]
+        pos, neg, user = pos * w, neg * w[:, :, None], user * w
+        own = None if own is None else own * w
+    d = pos.shape[1]
+    gW = torch.zeros_like(W)
+    gW.index_add_(0, terms.i_pos, pos)
+    gW.index_add_(0, terms.i_neg, neg.reshape(-1, d))
+    G = torch.zeros(n_clients, d, dtype=W.dtype, device=W.device).index_add(0, terms.owner, user)
+    g_user = None
+    if own is not None:  # FISM: every Q row of the history, less the positive's own share
+        gW.index_add_(0, terms.i_q, G.index_select(0, terms.owner) - own)
+    else:
+        g_user = G
     if lam:
         gW.add_(W, alpha=2 * lam)
-        loss = loss + lam * torch.zeros(B, dtype=W.dtype, device=W.device).index_add(
-            0, keys // layout.n_rows, (W * W).sum(-1)
-        )
         if user_vectors is not None:
             g_user = g_user + 2 * lam * user_vectors
-            loss = loss + lam * (user_vectors * user_vectors).sum(-1)
-    return gW, g_user, loss
+    return gW, g_user
