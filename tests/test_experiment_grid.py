@@ -151,6 +151,40 @@ def test_finished_cells_are_skipped(uninterrupted: Path, grid_file: Path) -> Non
     assert len(pd.read_parquet(uninterrupted / "results.parquet")) == 8
 
 
+def test_a_grid_that_gains_a_key_reuses_its_runs_under_their_new_names(
+    uninterrupted: Path, grid_file: Path, tmp_path: Path
+) -> None:
+    """A key added to the grid (here ``train.seed: [0]``, the default: the same runs) renames every cell;
+    the finished runs are found by their identity and renamed, not run again."""
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    doc = yaml.safe_load(grid_file.read_text())
+    doc["grid"]["train.seed"] = [0]
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = _experiment(wider, "--out", out, "--dry-run", "--json")
+    cells = json.loads(res.stdout)["cells"]
+    assert {c["status"] for c in cells} == {"done"} and all("__s0__" in c["cell"] for c in cells)
+
+    def summaries() -> dict[str, int]:  # by run identity: the hash that ends a cell's name
+        return {p.parent.name[-8:]: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
+
+    before = summaries()
+    res = _experiment(wider, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "8 done, 0 to run" in res.stderr
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(c["cell"] for c in cells)
+    assert len(before) == 8 and summaries() == before  # nothing rewritten: the same summaries, moved
+    new, old = _table(out).drop(columns=["cell"]), _table(uninterrupted).drop(columns=["cell"])
+    pd.testing.assert_frame_equal(new[old.columns], old, check_exact=True)
+    # a run that is not the cell's (another identity behind the same hash) is not adopted
+    doc["grid"]["train.seed"] = [1]
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = _experiment(other, "--out", out, "--dry-run", "--json")
+    assert {c["status"] for c in json.loads(res.stdout)["cells"]} == {"pending"}
+
+
 def test_an_unusable_checkpoint_restarts_its_cell(
     uninterrupted: Path, grid_file: Path, tmp_path: Path
 ) -> None:
@@ -291,7 +325,8 @@ def test_load_grid_names_cells_by_their_grid_keys(grid_file: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "cells"), [("federated", 8), ("centralized", 20), ("figure4", 160), ("camouflage", 6)]
+    ("name", "cells"),
+    [("federated", 8), ("centralized", 20), ("figure4", 160), ("camouflage", 6), ("saga-rec", 72)],
 )
 def test_the_shipped_grids_are_valid(name: str, cells: int) -> None:
     """configs/grids/ replaces the shell grids of experiments/: same cells (figure4.sh: per dataset and

@@ -36,7 +36,9 @@ Output folder OUT:
 - ``OUT/runs/<cell>/``: one run directory per cell (``fedrec report OUT/runs/*``), named by the values
   of the cell's grid keys (every key listed under ``grid``, so that adding a value to a list keeps the
   names of the cells already run) and a short hash of its whole resolved config, e.g.
-  ``ml100k__alie__0.4__a-rfrs__s0__1f3e5a7c``; ``cell.log`` there holds the cell's output;
+  ``ml100k__alie__0.4__a-rfrs__s0__1f3e5a7c``; ``cell.log`` there holds the cell's output. A key added
+  to the grid renames every cell; a run found under its earlier name (same hash, same identity in its
+  config.yaml) is renamed to its new one and reused (``adopt_earlier_dirs``);
 - ``OUT/results.parquet``: one row per finished cell (see :func:`result_row` for the columns), in grid
   order, rewritten atomically after every cell, so a killed grid leaves a valid table.
 
@@ -332,6 +334,34 @@ def _name_cells(path: Path, keys: list[str], assignments: list[dict], configs: l
 # ------------------------------------------------------------------------------------------- running
 
 
+def earlier_dir(grid: Grid, cell: Cell) -> Path | None:
+    """The run directory of the same run under another name: the grid's keys changed since it ran (a key
+    added to the grid renames every cell, its values joining the names), but a name ends with its run
+    identity's hash, and the directory's own config.yaml is checked to be that run. None if there is
+    none, or more than one."""
+    found = []
+    for d in grid.out.glob(f"runs/*__{cell.digest[:8]}"):
+        if d.name == cell.name or not (d / "config.yaml").is_file():
+            continue
+        try:
+            if config_digest(load_config(d / "config.yaml")) == cell.digest:
+                found.append(d)
+        except ConfigError:
+            continue
+    return found[0] if len(found) == 1 else None
+
+
+def adopt_earlier_dirs(grid: Grid, say: Callable[[str], None] = lambda line: None) -> None:
+    """Rename each cell's ``earlier_dir`` to the cell's name, so a grid that gained a key reuses the runs
+    it already has (done ones are skipped, killed ones resume) instead of running them again."""
+    for cell in grid.cells:
+        new = grid.run_dir(cell)
+        old = None if new.exists() else earlier_dir(grid, cell)
+        if old is not None:
+            old.rename(new)
+            say(f"{old.name} -> {new.name} (the same run, named by the grid's new keys)")
+
+
 def cell_status(run_dir: Path) -> str:
     """done (finished summary.json), resumable (a checkpoint, federated), or pending."""
     if finished_summary(run_dir) is not None:
@@ -340,9 +370,15 @@ def cell_status(run_dir: Path) -> str:
 
 
 def plan(grid: Grid) -> list[dict[str, Any]]:
-    """What ``run_grid`` would do, cell by cell; reads the run directories and writes nothing."""
+    """What ``run_grid`` would do, cell by cell; reads the run directories and writes nothing (a run
+    found under an earlier name, ``earlier_dir``, counts with its status; ``run_grid`` renames it)."""
+
+    def where(c: Cell) -> Path:
+        d = grid.run_dir(c)
+        return d if d.exists() else earlier_dir(grid, c) or d
+
     return [
-        {"cell": c.name, "run_dir": str(grid.run_dir(c)), "status": cell_status(grid.run_dir(c)),
+        {"cell": c.name, "run_dir": str(grid.run_dir(c)), "status": cell_status(where(c)),
          "values": {k: config_value(c.config, k) for k in grid.keys}}
         for c in grid.cells
     ]  # fmt: skip
@@ -499,6 +535,7 @@ def run_grid(
     out.mkdir(parents=True, exist_ok=True)
     _atomic(out / "grid.yaml", lambda p: p.write_text(grid.text), unique=True)
     _atomic(out / MANIFEST, lambda p: p.write_text(dumps(manifest(grid), indent=1)), unique=True)
+    adopt_earlier_dirs(grid, say)
 
     status: dict[str, tuple[str, str | None]] = {}
     todo = []
