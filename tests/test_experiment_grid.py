@@ -322,6 +322,8 @@ def test_load_grid_names_cells_by_their_grid_keys(grid_file: Path) -> None:
     assert names[0].startswith("syn1__alie__0.2__none__")
     with pytest.raises(GridError, match="grid file not found"):
         load_grid(grid_file.parent / "nope.yaml")
+    saga = load_grid(Path(__file__).parents[1] / "configs" / "grids" / "saga-rec.yaml")
+    assert any("__-5.0__" in c.name for c in saga.cells)  # sign flip c = -5: the name keeps the sign
 
 
 @pytest.mark.parametrize(

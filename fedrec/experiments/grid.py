@@ -311,7 +311,8 @@ def _part(key: str, value: Any) -> str:
         text = str(value)
     if key == "train.seed":
         text = f"s{text}"
-    return re.sub(r"[^A-Za-z0-9.=,+-]+", "-", text).strip("-.") or "x"
+    part = re.sub(r"[^A-Za-z0-9.=,+-]+", "-", text).strip("-.") or "x"
+    return f"-{part}" if re.match(r"-\d", text) else part  # a negative number keeps its sign
 
 
 def _name_cells(path: Path, keys: list[str], assignments: list[dict], configs: list[Config]) -> list[Cell]:
