@@ -328,7 +328,14 @@ def test_load_grid_names_cells_by_their_grid_keys(grid_file: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "cells"),
-    [("federated", 8), ("centralized", 20), ("figure4", 160), ("camouflage", 6), ("saga-rec", 72)],
+    [
+        ("federated", 8),
+        ("centralized", 20),
+        ("figure4", 160),
+        ("camouflage", 6),
+        ("saga-rec", 72),
+        ("figure4-converged", 320),
+    ],
 )
 def test_the_shipped_grids_are_valid(name: str, cells: int) -> None:
     """configs/grids/ replaces the shell grids of experiments/: same cells (figure4.sh: per dataset and
