@@ -75,6 +75,8 @@ class FederatedConfig:
     local_batch: int | None = None
     # none | saga: SAGA at the clients, per (user, positive) sample, negatives fixed per positive (paper 003)
     variance_reduction: str = "none"
+    # each positive keeps the negatives drawn for it once (implied by saga; alone: its control)
+    fixed_negatives: bool = False
 
 
 @dataclass

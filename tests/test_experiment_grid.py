@@ -185,6 +185,26 @@ def test_a_grid_that_gains_a_key_reuses_its_runs_under_their_new_names(
     assert {c["status"] for c in json.loads(res.stdout)["cells"]} == {"pending"}
 
 
+def test_cells_of_one_identity_never_take_each_others_runs(tmp_path: Path) -> None:
+    """Cells that differ only outside the run identity (``run.threads``) share its hash: a finished one
+    is never renamed into its sibling's name."""
+    from fedrec.experiments.grid import adopt_earlier_dirs, earlier_dir
+
+    doc = {"set": {"train.mode": "federated", "federated.rounds": 2}, "grid": {"run.threads": [1, 2]},
+           "out": str(tmp_path / "out")}  # fmt: skip
+    path = tmp_path / "threads.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    grid = load_grid(path)
+    a, b = grid.cells
+    assert a.digest == b.digest and a.name != b.name
+    first = grid.run_dir(a)
+    first.mkdir(parents=True)
+    (first / "config.yaml").write_text(a.config.to_yaml())
+    assert earlier_dir(grid, b) is None
+    adopt_earlier_dirs(grid)
+    assert first.is_dir() and not grid.run_dir(b).exists()
+
+
 def test_an_unusable_checkpoint_restarts_its_cell(
     uninterrupted: Path, grid_file: Path, tmp_path: Path
 ) -> None:
@@ -333,7 +353,7 @@ def test_load_grid_names_cells_by_their_grid_keys(grid_file: Path) -> None:
         ("centralized", 20),
         ("figure4", 160),
         ("camouflage", 6),
-        ("saga-rec", 72),
+        ("saga-rec", 90),
         ("figure4-converged", 320),
     ],
 )

@@ -16,7 +16,13 @@ from fedrec.config import ConfigError, load_config
 from fedrec.data import split_per_user, synthetic
 from fedrec.federation.clients import client_gradients, client_round
 from fedrec.federation.reference import densify, reference_local_client
-from fedrec.federation.saga import LocalSamples, SagaTable, entry_positions, local_samples
+from fedrec.federation.saga import (
+    LocalSamples,
+    SagaTable,
+    entry_positions,
+    fixed_negatives_key,
+    local_samples,
+)
 from fedrec.federation.server import aggregate, aggregation_weights
 from fedrec.federation.simulation import FederatedRun
 from fedrec.models import CSRTensors, TableLayout, gather_users, round_key, sample_negatives_keyed
@@ -56,6 +62,9 @@ def test_local_rounds_equal_the_literal_per_sample_loop(rule_name, model, saga, 
             local_batch=b, batch_key=round_key(seed, t), saga=table, seed=seed,
         )  # fmt: skip
         ptr = cr.batch.ptr
+        if saga:  # each positive keeps its negatives: the fixed draw, the same every round
+            fixed = sample_negatives_keyed(cr.batch, inter.n_items, n_neg, fixed_negatives_key(seed))
+            assert torch.equal(cr.neg, fixed)
         for i, c in enumerate(clients.tolist()):
             lo, hi = int(ptr[i]), int(ptr[i + 1])
             chosen = torch.nonzero(cr.local.chosen[lo:hi]).flatten().tolist()
@@ -200,6 +209,24 @@ def test_saga_run_resumes_to_the_same_model_and_table(tmp_path, model):
         assert torch.equal(resumed.saga.shares[k], v)
     assert torch.equal(resumed.saga.filled, straight.saga.filled)
     assert resumed.rounds_frame().equals(straight.rounds_frame())
+
+
+def test_fixed_negatives_alone_keep_each_positives_negatives_and_no_table(tmp_path):
+    """``federated.fixed_negatives`` without SAGA (its control): the same negatives every round, as
+    SAGA draws them, and no table; inspecting a SAGA run's client round leaves its table untouched."""
+    split = split_per_user(synthetic(60, 40, seed=1), seed=0)
+    cfg = _cfg(tmp_path, "fism")
+    cfg.federated.variance_reduction, cfg.federated.fixed_negatives = "none", True
+    run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    assert run.saga is None
+    clients = torch.arange(6)
+    first, later = run.client_round(clients, 1), run.client_round(clients, 7)
+    assert torch.equal(first.neg, later.neg)
+    assert not torch.equal(first.local.chosen, later.local.chosen)  # the batches still change
+    cfg.federated.variance_reduction = "saga"
+    saga_run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    assert torch.equal(saga_run.client_round(clients, 1).neg, first.neg)
+    assert not bool(saga_run.saga.filled.any())  # looked at, not changed
 
 
 def test_saga_changes_the_run_and_plain_runs_are_unchanged(tmp_path):

@@ -339,10 +339,15 @@ def earlier_dir(grid: Grid, cell: Cell) -> Path | None:
     """The run directory of the same run under another name: the grid's keys changed since it ran (a key
     added to the grid renames every cell, its values joining the names), but a name ends with its run
     identity's hash, and the directory's own config.yaml is checked to be that run. None if there is
-    none, or more than one."""
+    none, or more than one, or when another cell of the grid has the same identity (cells that differ
+    only in keys outside it, such as ``run.threads``: which of them ran is not known), and never the
+    directory of a cell of the grid."""
+    if sum(c.digest == cell.digest for c in grid.cells) > 1:
+        return None
+    names = {c.name for c in grid.cells}
     found = []
     for d in grid.out.glob(f"runs/*__{cell.digest[:8]}"):
-        if d.name == cell.name or not (d / "config.yaml").is_file():
+        if d.name in names or not (d / "config.yaml").is_file():
             continue
         try:
             if config_digest(load_config(d / "config.yaml")) == cell.digest:
@@ -358,9 +363,14 @@ def adopt_earlier_dirs(grid: Grid, say: Callable[[str], None] = lambda line: Non
     for cell in grid.cells:
         new = grid.run_dir(cell)
         old = None if new.exists() else earlier_dir(grid, cell)
-        if old is not None:
+        if old is None:
+            continue
+        try:  # another process on the same folder may have moved it first: then the cell runs as new
             old.rename(new)
-            say(f"{old.name} -> {new.name} (the same run, named by the grid's new keys)")
+        except OSError as exc:
+            say(f"{old.name}: not renamed to {new.name} ({exc.strerror or exc}); the cell runs as new")
+            continue
+        say(f"{old.name} -> {new.name} (the same run, named by the grid's new keys)")
 
 
 def cell_status(run_dir: Path) -> str:

@@ -35,7 +35,7 @@ NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "run.threads", "run.com
 # only when set to something else, so a checkpoint written before they existed still resumes
 LATER_KEYS: dict[str, Any] = {
     "federated.client_rng": "shared", "defense.pre": None, "federated.local_batch": None,
-    "federated.variance_reduction": "none",
+    "federated.variance_reduction": "none", "federated.fixed_negatives": False,
 }  # fmt: skip
 # test hook (the kill campaign only): seconds to pause halfway through writing checkpoint.pt.tmp, so a
 # SIGKILL can be aimed at a checkpoint write

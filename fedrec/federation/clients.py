@@ -175,6 +175,7 @@ def client_round(
     batch_key: int = 0,
     saga: SagaTable | None = None,
     seed: int = 0,
+    fixed_negatives: bool = False,
 ) -> ClientRound:
     """The client side of round ``t`` (paper 000 Algorithm 2, batched): gather each client's items, draw
     its negatives, differentiate its BPR loss at the global parameters and take one optimizer step from
@@ -182,9 +183,10 @@ def client_round(
     else assembles it. ``neg_gen``: a generator shared by the batch, or an int key for keyed draws
     (``sample_negatives_keyed``: each client's negatives independent of the rest of the batch).
     ``local_batch``: each client's ``b`` samples of the round (keyed by ``batch_key``); ``saga``: the
-    clients' SAGA table (negatives then fixed per positive, keyed by ``seed``; fedrec.federation.saga)."""
+    clients' SAGA table, which implies ``fixed_negatives``: each positive keeps the negatives drawn for
+    it once, keyed by ``seed`` (fedrec.federation.saga)."""
     batch = gather_users(train, clients)
-    if saga is not None:
+    if saga is not None or fixed_negatives:
         neg = sample_negatives_keyed(batch, layout.n_items, negatives, fixed_negatives_key(seed))
     elif isinstance(neg_gen, torch.Generator):
         neg = sample_negatives(batch, layout.n_items, negatives, neg_gen)

@@ -210,6 +210,7 @@ def client_uploads(
         server, rule, layout, train, clients, t, neg, negatives=cfg.train.negatives,
         gamma=cfg.model.gamma, lam=cfg.train.weight_decay, user_vectors=user_vectors,
         local_batch=cfg.federated.local_batch, batch_key=local_batch_key(cfg, t), saga=saga, seed=cfg.train.seed,
+        fixed_negatives=cfg.federated.fixed_negatives,
     )  # fmt: skip
     grads = cr.grads
     grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
@@ -408,12 +409,14 @@ class FederatedRun(RunCheckpointing):
         return res
 
     def client_round(self, clients: torch.Tensor, t: int, u: torch.Tensor | None = None) -> ClientRound:
-        """The sampled clients' side of round ``t`` with this run's model and data (``client_round``)."""
+        """The sampled clients' side of round ``t`` with this run's model and data (``client_round``), for
+        inspection (figures, demos): the SAGA table is a copy, so looking leaves the run as it was."""
         return client_round(
             self.server, self.rule, self.layout, self.train, clients, t, self.round_streams(t)[0],
             negatives=self.cfg.train.negatives, gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
             user_vectors=u, local_batch=self.cfg.federated.local_batch, batch_key=local_batch_key(self.cfg, t),
-            saga=self.saga, seed=self.cfg.train.seed,
+            saga=None if self.saga is None else self.saga.copy(), seed=self.cfg.train.seed,
+            fixed_negatives=self.cfg.federated.fixed_negatives,
         )  # fmt: skip
 
     def _attack_context(self, t: int, cr: ClientRound, byz: torch.Tensor, u=None) -> AttackContext:
