@@ -225,6 +225,23 @@ def test_client_app_step_through_the_codec_equals_in_process(attack):
         assert a.byzantine.any() and (a.reason == "filtered").any()  # the test has something to show
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["fresh-negatives", "fixed-negatives"])
+def test_local_mini_batches_on_nodes_equal_in_process(fixed):
+    """``federated.local_batch`` (and ``fixed_negatives``) on Flower: each client's batch is keyed by
+    (seed, round, client), so 3 nodes holding parts of the clients draw what the in-process loop draws;
+    label-flip's inverted loss follows the same batches."""
+    cfg = _cfg("label-flip")
+    cfg.federated.local_batch, cfg.federated.fixed_negatives = 3, fixed
+    ref = _run(cfg)
+    got = _run(cfg, local_collector(_nodes(cfg, 3)))
+    assert torch.allclose(got.server.theta, ref.server.theta, rtol=1e-5, atol=1e-6)
+    for k in ref.server.state:
+        assert torch.allclose(got.server.state[k], ref.server.state[k], rtol=1e-5, atol=1e-7), k
+    assert got.rounds_frame()["accepted"].equals(ref.rounds_frame()["accepted"])
+    plain = _cfg("label-flip")
+    assert not torch.allclose(_run(plain).server.theta, ref.server.theta)  # the batches mattered
+
+
 def _reasons(run: FederatedRun) -> list[str]:
     return run.rounds_frame().reason.astype(str).tolist()
 
