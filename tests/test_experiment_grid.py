@@ -188,7 +188,7 @@ def test_a_grid_that_gains_a_key_reuses_its_runs_under_their_new_names(
 def test_cells_of_one_identity_never_take_each_others_runs(tmp_path: Path) -> None:
     """Cells that differ only outside the run identity (``run.threads``) share its hash: a finished one
     is never renamed into its sibling's name."""
-    from fedrec.experiments.grid import adopt_earlier_dirs, earlier_dir
+    from fedrec.experiments.grid import adopt_earlier_dirs, earlier_dirs
 
     doc = {"set": {"train.mode": "federated", "federated.rounds": 2}, "grid": {"run.threads": [1, 2]},
            "out": str(tmp_path / "out")}  # fmt: skip
@@ -200,7 +200,7 @@ def test_cells_of_one_identity_never_take_each_others_runs(tmp_path: Path) -> No
     first = grid.run_dir(a)
     first.mkdir(parents=True)
     (first / "config.yaml").write_text(a.config.to_yaml())
-    assert earlier_dir(grid, b) is None
+    assert b.name not in earlier_dirs(grid)
     adopt_earlier_dirs(grid)
     assert first.is_dir() and not grid.run_dir(b).exists()
 

@@ -62,6 +62,7 @@ import multiprocessing.connection
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,36 +336,41 @@ def _name_cells(path: Path, keys: list[str], assignments: list[dict], configs: l
 # ------------------------------------------------------------------------------------------- running
 
 
-def earlier_dir(grid: Grid, cell: Cell) -> Path | None:
-    """The run directory of the same run under another name: the grid's keys changed since it ran (a key
-    added to the grid renames every cell, its values joining the names), but a name ends with its run
-    identity's hash, and the directory's own config.yaml is checked to be that run. None if there is
-    none, or more than one, or when another cell of the grid has the same identity (cells that differ
-    only in keys outside it, such as ``run.threads``: which of them ran is not known), and never the
-    directory of a cell of the grid."""
-    if sum(c.digest == cell.digest for c in grid.cells) > 1:
-        return None
+def earlier_dirs(grid: Grid) -> dict[str, Path]:
+    """Cell name -> the run directory of the same run under another name: the grid's keys changed since
+    it ran (a key added to the grid renames every cell, its values joining the names), but a name ends
+    with its run identity's hash, and the directory's own config.yaml is checked to be that run. Only
+    for cells whose own directory is missing, with exactly one such directory, whose identity no other
+    cell of the grid shares (cells that differ only in keys outside it, such as ``run.threads``: which
+    of them ran is not known); never the directory of a cell of the grid. One listing of ``runs/``."""
     names = {c.name for c in grid.cells}
-    found = []
-    for d in grid.out.glob(f"runs/*__{cell.digest[:8]}"):
-        if d.name in names or not (d / "config.yaml").is_file():
+    shared = Counter(c.digest for c in grid.cells)
+    by_hash: dict[str, list[Path]] = {}
+    runs = grid.out / "runs"
+    for d in runs.iterdir() if runs.is_dir() else ():
+        if d.name not in names and (d / "config.yaml").is_file():
+            by_hash.setdefault(d.name[-8:], []).append(d)
+    found = {}
+    for cell in grid.cells:
+        if shared[cell.digest] > 1 or cell.digest[:8] not in by_hash or grid.run_dir(cell).exists():
             continue
-        try:
-            if config_digest(load_config(d / "config.yaml")) == cell.digest:
-                found.append(d)
-        except ConfigError:
-            continue
-    return found[0] if len(found) == 1 else None
+        same = []
+        for d in by_hash[cell.digest[:8]]:
+            try:
+                if config_digest(load_config(d / "config.yaml")) == cell.digest:
+                    same.append(d)
+            except ConfigError:
+                continue
+        if len(same) == 1:
+            found[cell.name] = same[0]
+    return found
 
 
 def adopt_earlier_dirs(grid: Grid, say: Callable[[str], None] = lambda line: None) -> None:
-    """Rename each cell's ``earlier_dir`` to the cell's name, so a grid that gained a key reuses the runs
-    it already has (done ones are skipped, killed ones resume) instead of running them again."""
-    for cell in grid.cells:
-        new = grid.run_dir(cell)
-        old = None if new.exists() else earlier_dir(grid, cell)
-        if old is None:
-            continue
+    """Rename each cell's earlier directory (``earlier_dirs``) to the cell's name, so a grid that gained
+    a key reuses the runs it already has (done ones are skipped, killed ones resume)."""
+    for name, old in earlier_dirs(grid).items():
+        new = grid.out / "runs" / name
         try:  # another process on the same folder may have moved it first: then the cell runs as new
             old.rename(new)
         except OSError as exc:
@@ -382,11 +388,12 @@ def cell_status(run_dir: Path) -> str:
 
 def plan(grid: Grid) -> list[dict[str, Any]]:
     """What ``run_grid`` would do, cell by cell; reads the run directories and writes nothing (a run
-    found under an earlier name, ``earlier_dir``, counts with its status; ``run_grid`` renames it)."""
+    found under an earlier name, ``earlier_dirs``, counts with its status; ``run_grid`` renames it)."""
+
+    earlier = earlier_dirs(grid)
 
     def where(c: Cell) -> Path:
-        d = grid.run_dir(c)
-        return d if d.exists() else earlier_dir(grid, c) or d
+        return earlier.get(c.name, grid.run_dir(c))
 
     return [
         {"cell": c.name, "run_dir": str(grid.run_dir(c)), "status": cell_status(where(c)),
