@@ -142,6 +142,16 @@ def local_batch_key(cfg: Config, t: int) -> int:
     return round_key(cfg.train.seed + 4, t)
 
 
+def client_settings(cfg: Config, t: int) -> dict[str, Any]:
+    """``client_round``'s settings for round ``t`` from the config (every caller passes the same)."""
+    f = cfg.federated
+    return {
+        "negatives": cfg.train.negatives, "gamma": cfg.model.gamma, "lam": cfg.train.weight_decay,
+        "local_batch": f.local_batch, "batch_key": local_batch_key(cfg, t), "seed": cfg.train.seed,
+        "fixed_negatives": f.fixed_negatives,
+    }  # fmt: skip
+
+
 def row_popularity(train: CSRTensors, layout: TableLayout) -> torch.Tensor:
     """``[n_rows]`` float64: every row's item's number of training interactions (every table of the
     layout), the public popularity that Spattack samples rows by."""
@@ -207,10 +217,8 @@ def client_uploads(
     if (cfg.federated.variance_reduction == "saga") != (saga is not None):
         raise ValueError("federated.variance_reduction=saga needs the clients' SAGA table (and only it)")
     cr = client_round(
-        server, rule, layout, train, clients, t, neg, negatives=cfg.train.negatives,
-        gamma=cfg.model.gamma, lam=cfg.train.weight_decay, user_vectors=user_vectors,
-        local_batch=cfg.federated.local_batch, batch_key=local_batch_key(cfg, t), saga=saga, seed=cfg.train.seed,
-        fixed_negatives=cfg.federated.fixed_negatives,
+        server, rule, layout, train, clients, t, neg, user_vectors=user_vectors, saga=saga,
+        **client_settings(cfg, t),
     )  # fmt: skip
     grads = cr.grads
     grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
@@ -413,10 +421,7 @@ class FederatedRun(RunCheckpointing):
         inspection (figures, demos): the SAGA table is a copy, so looking leaves the run as it was."""
         return client_round(
             self.server, self.rule, self.layout, self.train, clients, t, self.round_streams(t)[0],
-            negatives=self.cfg.train.negatives, gamma=self.cfg.model.gamma, lam=self.cfg.train.weight_decay,
-            user_vectors=u, local_batch=self.cfg.federated.local_batch, batch_key=local_batch_key(self.cfg, t),
-            saga=None if self.saga is None else self.saga.copy(), seed=self.cfg.train.seed,
-            fixed_negatives=self.cfg.federated.fixed_negatives,
+            user_vectors=u, saga=None if self.saga is None else self.saga.copy(), **client_settings(self.cfg, t),
         )  # fmt: skip
 
     def _attack_context(self, t: int, cr: ClientRound, byz: torch.Tensor, u=None) -> AttackContext:
