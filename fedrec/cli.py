@@ -767,8 +767,9 @@ def plot_grid(
     name: PlotName = None,
 ) -> None:
     """Paper 000 Figures 3/6 (A-FRS vs FMF), 4/7 (defenses x fractions x datasets), 8 (Adam vs SGD),
-    9-10 (defenses under SGD with momentum / AdaGrad) from a grid's results: mean ± std over seeds."""
-    from fedrec.experiments.plots import grid_figure, load_results
+    9-10 (defenses under SGD with momentum / AdaGrad) from a grid's results: mean ± std over seeds; the
+    numbers at K = 5 (or --at-k) as a Markdown table on stdout."""
+    from fedrec.experiments.plots import grid_figure, grid_markdown, load_results
 
     with _clean_errors():
         chosen: dict[str, tuple[str, ...]] = {}
@@ -777,9 +778,10 @@ def plot_grid(
             if not sep or not col.strip() or not values.strip():
                 raise ValueError(f"--where {w!r}: expected COLUMN=VALUE[,VALUE...]")
             chosen[col.strip()] = tuple(v.strip() for v in values.split(","))
-        fig = grid_figure(
-            load_results(results), figure, where=chosen, rows=rows, at_k=at_k, partial=partial, title=title
-        )
+        table = load_results(results)
+        fig = grid_figure(table, figure, where=chosen, rows=rows, at_k=at_k, partial=partial, title=title)
+        text = grid_markdown(table, figure, where=chosen, rows=rows, at_k=at_k, partial=partial)
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
         _plot_save(fig, out_dir, name or f"fig{figure}", svg)
 
 

@@ -432,3 +432,28 @@ def test_results_from_run_directories(runs, tmp_path) -> None:
     assert_one_line_error(
         invoke("plot", "grid", tmp_path / "empty", "--figure", 3), "no federated run summary"
     )
+
+
+def test_grid_markdown_has_the_figures_numbers(tmp_path) -> None:
+    table = results_table()
+    text = plots.grid_markdown(table, 4)
+    lines = text.splitlines()
+    assert lines[0].startswith("Figure 4: P@5, model fism")
+    assert lines[2] == "| dataset | fraction | Krum | No defense | A-RFRS |"
+    cell = table[(table["data.dataset"] == "ml100k") & (table["attack.fraction"] == 0.4)
+                 & (table["defense.name"] == "a-rfrs")]  # fmt: skip
+    mean, std = cell["precision@5"].mean(), cell["precision@5"].std()
+    row = next(ln for ln in lines if ln.startswith("| ML100K | 40% Byzantine"))
+    assert row.endswith(f"| **{mean:.4f} ± {std:.4f}** |")  # the best of its row, in bold
+    assert row.count("**") == 2
+    recall = plots.grid_markdown(table, 7, at_k=2).splitlines()
+    assert recall[0].startswith("Figure 7: R@2")
+    # the command prints the same table next to the figure
+    path = tmp_path / "r.parquet"
+    table.to_parquet(path)
+    res = invoke("plot", "grid", path, "--figure", 4, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert text in res.output
+    assert_one_line_error(
+        invoke("plot", "grid", path, "--figure", 4, "--at-k", 9, "--out", tmp_path), "--at-k"
+    )

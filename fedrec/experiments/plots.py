@@ -649,6 +649,51 @@ def grid_figure(
     return fig
 
 
+def grid_markdown(
+    table: pd.DataFrame, figure: int, *, where: dict[str, tuple[str, ...]] | None = None,
+    rows: str | None = None, at_k: int | None = None, partial: bool = False,
+) -> str:  # fmt: skip
+    """The numbers behind :func:`grid_figure` as a Markdown table: metric@``at_k`` (default 5), mean ±
+    std over seeds, one row per panel and one column per line; the best mean of each row in bold."""
+    if figure not in GRID_FIGURES:
+        raise PlotInputError(f"--figure {figure}: expected one of {', '.join(map(str, GRID_FIGURES))}")
+    done, spec = select_results(table, GRID_FIGURES[figure], where=where, rows=rows, partial=partial)
+    k = 5 if at_k is None else at_k
+    if k not in KS:
+        raise PlotInputError(f"--at-k {k}: needs K in 1..5")
+    stats = grid_stats(done, spec, k)
+    panel = [spec.cols, *([spec.rows] if spec.rows else [])]
+    optimizer = spec.where.get("train.optimizer", ("adam",))
+    stats["line"] = [
+        _line_label(spec.lines, lv, optimizer[0] if len(optimizer) == 1 else None) + (f" ({x})" if x else "")
+        for lv, x in zip(stats[spec.lines], stats["_extra"], strict=True)
+    ]
+    order = sorted(stats[spec.lines].unique(), key=lambda v: (_is_ours(spec.lines, v), v))
+    lines = list(dict.fromkeys(stats.sort_values(spec.lines, key=lambda c: c.map(order.index))["line"]))
+    short = {"precision": "P", "recall": "R"}[spec.metric]
+    out = [
+        f"Figure {spec.number}: {short}@{k}, {_selection(done, spec, stats)}",
+        "",
+        "| " + " | ".join([*(SHORT.get(c, c) for c in panel), *lines]) + " |",
+        "|" + "---|" * (len(panel) + len(lines)),
+    ]
+    for key, g in stats.groupby(panel, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        by = g.set_index("line")
+        best = by["mean"].max()
+        cells = []
+        for ln in lines:
+            if ln not in by.index:
+                cells.append("–")
+                continue
+            r = by.loc[ln]
+            text = f"{r['mean']:.4f} ± {r['std']:.4f}"
+            cells.append(f"**{text}**" if r["mean"] == best and len(by) > 1 else text)
+        names = [_panel_title(c, v) for c, v in zip(panel, key, strict=True)]
+        out.append("| " + " | ".join([*names, *cells]) + " |")
+    return "\n".join(out)
+
+
 def _selection(done: pd.DataFrame, spec: GridFigure, stats: pd.DataFrame) -> str:
     """What the panels share (the settings with one value), and the seeds averaged."""
     panel = {spec.cols, spec.lines, *([spec.rows] if spec.rows else [])}
