@@ -238,6 +238,25 @@ def test_dry_run_lists_the_cells_and_writes_nothing(
     assert load_grid(grid_file).out == grid_file.parent / "default-out"
 
 
+def test_a_part_of_the_grid_keeps_the_other_parts_in_the_table(
+    uninterrupted: Path, grid_file: Path, tmp_path: Path
+) -> None:
+    """Running a part (--set on a grid key) writes the whole grid's table and manifest: the cells other
+    parts finished stay in results.parquet (they used to be dropped until the whole grid was rerun)."""
+    out = tmp_path / "parts"
+    shutil.copytree(uninterrupted, out)
+    for d in (out / "runs").iterdir():
+        if "__0.2__" in d.name:
+            shutil.rmtree(d)  # the 20 % part is still to run; the 40 % part is done
+    (out / "results.parquet").unlink()
+    res = _experiment(grid_file, "--out", out, "--set", "attack.fraction=0.2")
+    assert res.exit_code == 0, res.output
+    assert "4 cells (a part of the grid's 8)" in res.stderr and "0 done, 4 to run" in res.stderr
+    whole = _table(uninterrupted).sort_values("cell", ignore_index=True)
+    pd.testing.assert_frame_equal(_table(out).sort_values("cell", ignore_index=True), whole)
+    assert len(json.loads((out / "manifest.json").read_text())["cells"]) == 8
+
+
 def test_set_narrows_a_grid_key_and_overrides_the_rest(grid_file: Path, uninterrupted: Path) -> None:
     """--set on a grid key runs a part of the grid (the same cells, by name: done ones are found);
     on another key it changes every cell, so none of the finished ones is reused."""
@@ -355,6 +374,8 @@ def test_load_grid_names_cells_by_their_grid_keys(grid_file: Path) -> None:
         ("camouflage", 6),
         ("saga-rec", 90),
         ("figure4-converged", 320),
+        ("figure3-8-converged", 100),
+        ("figure9-10-converged", 640),
     ],
 )
 def test_the_shipped_grids_are_valid(name: str, cells: int) -> None:

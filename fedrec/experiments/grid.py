@@ -117,7 +117,12 @@ class Grid:
     subgrids: list[dict[str, list[Any]]]
     out: Path
     keys: list[str]  # the grid keys, in the order the file first lists them
-    cells: list[Cell]
+    cells: list[Cell]  # the cells to run: the whole grid, or the part that --set narrowed it to
+    whole: list[Cell] = field(default_factory=list)  # every cell of the grid (results.parquet, manifest)
+
+    def __post_init__(self) -> None:
+        if not self.whole:
+            self.whole = list(self.cells)
 
     def run_dir(self, cell: Cell) -> Path:
         return self.out / "runs" / cell.name
@@ -168,16 +173,17 @@ def load_grid(
     if not subgrids:
         raise GridError(f"{path}: grid: an empty list has no cell")
     keys = list(dict.fromkeys(k for g in subgrids for k in g))
+    whole_subgrids, narrowed = subgrids, False
     for text in overrides:
         try:
             key, value = parse_override(text)
         except ConfigError as err:
             raise GridError(f"--set: {err}") from None
         if key in keys:
-            subgrids = narrow(path, subgrids, key, value)
+            subgrids, narrowed = narrow(path, subgrids, key, value), True
         else:
             fixed[key] = value
-    for key, value in [*fixed.items(), *((k, v) for g in subgrids for k, vs in g.items() for v in vs)]:
+    for key, value in [*fixed.items(), *((k, v) for g in whole_subgrids for k, vs in g.items() for v in vs)]:
         _check_key(path, key, value)
     if both := [k for k in keys if k in fixed]:
         raise GridError(f"{path}: {both[0]!r} is under both set and grid; keep it in one place")
@@ -190,14 +196,21 @@ def load_grid(
     if out.exists() and not out.is_dir():
         raise GridError(f"{path}: out {str(out)!r} exists and is not a folder")
 
-    assignments = [
-        {**fixed, **dict(zip(g, combo, strict=True))}
-        for g in subgrids
-        for combo in itertools.product(*g.values())
-    ]
+    def expand(grids: list[dict[str, list[Any]]]) -> list[dict[str, Any]]:
+        return [
+            {**fixed, **dict(zip(g, combo, strict=True))}
+            for g in grids
+            for combo in itertools.product(*g.values())
+        ]
+
+    assignments = expand(whole_subgrids)
     configs = [_cell_config(path, base, values, out, keys) for values in assignments]
-    cells = _name_cells(path, keys, assignments, configs)
-    return Grid(path, text, base, fixed, subgrids, out, keys, cells)
+    whole = _name_cells(path, keys, assignments, configs)
+    cells = whole
+    if narrowed:  # a part keeps its cells' names: it is the whole grid's, which later skips what it ran
+        part = {dumps(values, sort_keys=True) for values in expand(subgrids)}
+        cells = [c for c in whole if dumps(c.values, sort_keys=True) in part]
+    return Grid(path, text, base, fixed, whole_subgrids, out, keys, cells, whole)
 
 
 def narrow(path: Path, subgrids: list[dict[str, list]], key: str, value: Any) -> list[dict[str, list]]:
@@ -343,15 +356,15 @@ def earlier_dirs(grid: Grid) -> dict[str, Path]:
     for cells whose own directory is missing, with exactly one such directory, whose identity no other
     cell of the grid shares (cells that differ only in keys outside it, such as ``run.threads``: which
     of them ran is not known); never the directory of a cell of the grid. One listing of ``runs/``."""
-    names = {c.name for c in grid.cells}
-    shared = Counter(c.digest for c in grid.cells)
+    names = {c.name for c in grid.whole}
+    shared = Counter(c.digest for c in grid.whole)
     by_hash: dict[str, list[Path]] = {}
     runs = grid.out / "runs"
     for d in runs.iterdir() if runs.is_dir() else ():
         if d.name not in names and (d / "config.yaml").is_file():
             by_hash.setdefault(d.name[-8:], []).append(d)
     found = {}
-    for cell in grid.cells:
+    for cell in grid.whole:
         if shared[cell.digest] > 1 or cell.digest[:8] not in by_hash or grid.run_dir(cell).exists():
             continue
         same = []
@@ -422,7 +435,7 @@ def manifest(grid: Grid) -> dict[str, Any]:
         "cells": [
             {"cell": c.name, "run_dir": f"runs/{c.name}", "config_sha256": c.digest, "values": c.values,
              "config": c.config.to_dict()}
-            for c in grid.cells
+            for c in grid.whole
         ],
     }  # fmt: skip
 
@@ -555,21 +568,27 @@ def run_grid(
     _atomic(out / MANIFEST, lambda p: p.write_text(dumps(manifest(grid), indent=1)), unique=True)
     adopt_earlier_dirs(grid, say)
 
+    # this run's verdicts (done, failed); the table also has every cell of the whole grid finished on
+    # disk, so running a part (or two parts side by side) never drops what the other parts ran
     status: dict[str, tuple[str, str | None]] = {}
-    todo = []
-    for cell in grid.cells:
-        if finished_summary(grid.run_dir(cell)) is not None:
-            status[cell.name] = ("done", None)
-        else:
-            todo.append(cell)
+    todo = [c for c in grid.cells if finished_summary(grid.run_dir(c)) is None]
     threads = threads_per_job(jobs)
+    part = f" (a part of the grid's {len(grid.whole)})" if len(grid.cells) < len(grid.whole) else ""
     say(
-        f"{len(grid.cells)} cells in {out}: {len(grid.cells) - len(todo)} done, {len(todo)} to run "
+        f"{len(grid.cells)} cells{part} in {out}: {len(grid.cells) - len(todo)} done, {len(todo)} to run "
         f"({min(jobs, max(1, len(todo)))} at a time, {threads} thread{'s' * (threads > 1)} each)"
     )
 
+    done: set[str] = set()  # a finished summary stays finished: read each cell's at most once
+
+    def verdict(c: Cell) -> tuple[str, str | None] | None:
+        if c.name in done or finished_summary(grid.run_dir(c)) is not None:
+            done.add(c.name)
+            return ("done", None)
+        return status.get(c.name)
+
     def table() -> list[dict[str, Any]]:
-        rows = [result_row(grid, c, *status[c.name]) for c in grid.cells if c.name in status]
+        rows = [result_row(grid, c, *v) for c in grid.whole if (v := verdict(c)) is not None]
         columns = list(dict.fromkeys(k for r in rows for k in r))
         rows = [{k: r.get(k, math.nan) for k in columns} for r in rows]  # a failed cell has no P@K: NaN
         if rows:
