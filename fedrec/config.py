@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -21,6 +22,46 @@ import yaml
 
 class ConfigError(ValueError):
     """A bad configuration file or override; ``str(err)`` is one line."""
+
+
+MAX_YAML_VALUES = 100_000  # a config or grid file has hundreds; an alias bomb has billions
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A document with more values than ``MAX_YAML_VALUES`` once its aliases are expanded."""
+
+    def __init__(self) -> None:
+        self.problem = f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded"
+        super().__init__(self.problem)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` (no tags that build objects), refusing documents whose aliases expand past
+    ``MAX_YAML_VALUES`` values: the parser shares an aliased node, but anything that walks the
+    document (validation, its hash, an error message) would expand it, 10^8 values from a 1 KB file."""
+    doc = yaml.safe_load(text)
+    stack, seen = [doc], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise YamlTooLarge()
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return doc
+
+
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 3, 8, 8, 80, 80
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a readable length: error messages stay one short line, whatever a
+    file holds."""
+    return _SHOWN.repr(value)
 
 
 @dataclass
@@ -208,7 +249,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None:
             return {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{key}: expected a mapping of parameter names to values, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of parameter names to values, got {shown(value)}")
         return dict(value)
     try:
         if origin is list:
@@ -228,7 +269,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ValueError(value)
         return hint(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from None
+        raise ConfigError(f"{key}: cannot read {shown(value)} as {getattr(hint, '__name__', hint)}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -256,11 +297,15 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            doc = yaml.safe_load(p.read_text()) or {}
+            doc = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{p}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {err.start})") from None
+        except OSError as err:
+            raise ConfigError(f"{p}: unreadable ({err.strerror or err})") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{p}: expected a mapping of sections")
         for section, entries in doc.items():
@@ -427,10 +472,10 @@ def validate(cfg: Config, mode: str | None = None) -> Config:
             hint = ""
             if key == "attack.fraction" and _is_num(v) and v >= 1:
                 hint = ": no benign clients to evaluate"
-            raise ConfigError(f"{key}={v!r}: must be {dom.text}{hint}")
+            raise ConfigError(f"{key}={shown(v)}: must be {dom.text}{hint}")
     for key, names in _names(mode).items():
         if not _skipped(mode, key) and _value(cfg, key) not in names:
-            raise ConfigError(f"{key}={_value(cfg, key)!r}: expected one of {', '.join(names)}")
+            raise ConfigError(f"{key}={shown(_value(cfg, key))}: expected one of {', '.join(names)}")
     _check_dataset(cfg)
     _check_run(cfg)
     if mode == "federated":
@@ -526,7 +571,9 @@ def _check_params(cfg: Config) -> None:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"attack.params ({a.name}): {err}") from None
     elif a.params:
-        raise ConfigError(f"attack.params={a.params!r}: attack.name is 'none', which takes no parameters")
+        raise ConfigError(
+            f"attack.params={shown(a.params)}: attack.name is 'none', which takes no parameters"
+        )
     try:
         make_defense(d.name, d.params, d.pre).try_params()
     except (TypeError, ValueError, RuntimeError) as err:

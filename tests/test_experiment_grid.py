@@ -424,3 +424,55 @@ def test_narrowing_keeps_only_cells_the_grid_has(tmp_path: Path) -> None:
     ]
     with pytest.raises(GridError, match=r"train.seed=7.*lists train.seed as 0, 1 only"):
         load_grid(path, overrides=["train.seed=7"])
+
+
+def _bomb(levels: int) -> str:
+    """A YAML alias bomb: 10^levels values from a few hundred bytes."""
+    rows = ["a0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    rows += [f"a{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(rows)
+
+
+def test_an_alias_bomb_is_one_short_line(tmp_path: Path) -> None:
+    """Aliases that expand to 10^8 values: refused while reading, in one short line (the error message
+    used to print the expanded value: 800 MB on one line, 5.8 GB of memory)."""
+    body = "\n".join("    " + ln for ln in _bomb(8).splitlines())
+    grid = tmp_path / "bomb.yaml"
+    grid.write_text(f"set:\n  attack.params:\n{body}\ngrid:\n  train.seed: [0]\n")
+    t = time.perf_counter()
+    _bad_grid_cli(grid, ["--dry-run"], "aliases are expanded")
+    config = tmp_path / "bomb-config.yaml"
+    config.write_text(f"attack:\n  params:\n{body}\n")
+    res = CliRunner().invoke(app, ["train", "-c", str(config)])
+    assert res.exit_code == 2 and "aliases are expanded" in res.stderr, res.output
+    assert time.perf_counter() - t < 20 and len(res.stderr) < 300
+    # a large value that is no bomb still fails in one short line
+    config.write_text("train:\n  lr: [" + ", ".join(str(i) for i in range(500)) + "]\n")
+    res = CliRunner().invoke(app, ["train", "-c", str(config)])
+    assert res.exit_code == 2 and len(res.stderr) < 400 and "..." in res.stderr, res.output
+
+
+def test_files_that_are_not_text_name_the_file(tmp_path: Path, grid_file: Path, uninterrupted: Path) -> None:
+    """A base config that is not UTF-8 is one line naming it; a cell directory whose config.yaml is
+    binary garbage is rewritten and run (unfinished) or passed over (a stray earlier directory)."""
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"base: {binary}\ngrid:\n  train.seed: [0]\n")
+    _bad_grid_cli(grid, ["--dry-run"], f"{binary}: not UTF-8 text")
+    res = CliRunner().invoke(app, ["train", "-c", str(binary)])
+    assert res.exit_code == 2 and f"{binary}: not UTF-8 text" in res.stderr, res.output
+
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    cells = sorted((out / "runs").iterdir())
+    stray = cells[0].with_name("older__" + cells[0].name[-8:])
+    shutil.copytree(cells[0], stray)  # a stray directory with the identity of a done cell
+    (stray / "config.yaml").write_bytes(b"\xff\xfe")
+    (cells[1] / "summary.json").unlink()  # an unfinished cell, its config.yaml garbage
+    (cells[1] / "config.yaml").write_bytes(b"\xff\xfe")
+    assert _experiment(grid_file, "--out", out, "--dry-run").exit_code == 0
+    res = _experiment(grid_file, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "7 done, 1 to run" in res.stderr
+    assert len(pd.read_parquet(out / "results.parquet")) == 8

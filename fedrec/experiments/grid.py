@@ -70,7 +70,7 @@ from typing import Any
 
 import yaml
 
-from fedrec.config import MODE_SECTIONS, Config, ConfigError, load_config, parse_override
+from fedrec.config import MODE_SECTIONS, Config, ConfigError, load_config, load_yaml, parse_override
 from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
 from fedrec.federation.checkpoint import resolved_config
 from fedrec.runs import _atomic, dumps
@@ -150,7 +150,7 @@ def load_grid(
         raise GridError(f"{path}: grid file not found")
     try:
         text = path.read_text()
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -450,7 +450,7 @@ def _prepare_dir(grid: Grid, cell: Cell) -> Path:
         summary.unlink()
     config = run_dir / "config.yaml"
     text = cell.config.to_yaml()
-    if not config.is_file() or config.read_text() != text:
+    if not config.is_file() or config.read_bytes() != text.encode():  # a corrupt one is rewritten
         _atomic(config, lambda p: p.write_text(text), unique=True)
     return run_dir
 

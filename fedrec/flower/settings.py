@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import Config, ConfigError, load_config, validate
+from fedrec.config import Config, ConfigError, load_config, load_yaml, validate
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
@@ -83,9 +83,7 @@ def config_from_yaml(text: str, local: dict[str, Any] | None = None) -> Config:
     exactly the server's config, whatever its own run config says. ``local``: the node's own values of
     keys that say where things are, not what is computed (``data.data_dir``, ``run.device``; the
     node writes no run directory, so ``run.out_dir`` is its temporary folder)."""
-    import yaml
-
-    doc = yaml.safe_load(text)
+    doc = load_yaml(text)
     if not isinstance(doc, dict):
         raise ConfigError("the server's config is not a mapping of sections")
     cfg = Config()
