@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedrec.config import ConfigError, load_config
+from fedrec.config import ConfigError, load_config, unread_key
 from fedrec.data import DATASETS, DataError
 from fedrec.runs import dumps
 
@@ -115,6 +115,11 @@ def train(
                 return
         else:
             cfg = load_config(config, _train_overrides(locals(), config) + list(set_ or []))
+            set_keys = [text.partition("=")[0].strip() for text in set_ or []]
+            if (unread := unread_key(cfg, set_keys)) is not None:
+                raise ConfigError(
+                    f"--set {unread}: the most-popular baseline (pop) trains nothing and does not read it"
+                )
             if cfg.train.mode == "federated":
                 from fedrec.federation.runner import run_federated
 
@@ -357,12 +362,13 @@ def experiment(
     """Run a grid of configs (lists expand to every combination) in parallel processes into one Parquet
     table, OUT/results.parquet; finished cells are skipped and killed ones resume. The grid is checked
     whole before anything runs."""
-    from fedrec.experiments.grid import GridError, load_grid, plan, run_grid
+    from fedrec.experiments.grid import GridError, check_inputs, load_grid, plan, run_grid
 
     with _clean_errors():
         if jobs < 1:
             raise GridError(f"--jobs {jobs}: must be at least 1")
         grid = load_grid(grid_file, out=out_dir, overrides=list(set_ or []))
+        check_inputs(grid)
     if dry_run:
         cells = plan(grid)
         if as_json:

@@ -12,7 +12,7 @@ import os
 import reprlib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,32 @@ class YamlTooLarge(yaml.YAMLError):
         super().__init__(self.problem)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so ``train.seed: [0]`` then ``train.seed: [1]`` ran seed 1 alone)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {shown(key)} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` (no tags that build objects), refusing documents whose aliases expand past
-    ``MAX_YAML_VALUES`` values: the parser shares an aliased node, but anything that walks the
-    document (validation, its hash, an error message) would expand it, 10^8 values from a 1 KB file."""
-    doc = yaml.safe_load(text)
+    """``yaml.safe_load`` (no tags that build objects) that refuses a key given twice in a mapping, and
+    documents whose aliases expand past ``MAX_YAML_VALUES`` values: the parser shares an aliased node,
+    but anything that walks the document (validation, its hash, an error message) would expand it,
+    10^8 values from a 1 KB file."""
+    doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds no objects from tags
     stack, seen = [doc], 0
     while stack:
         node = stack.pop()
@@ -258,6 +279,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 value = [v for v in value.replace(",", " ").split()]
             if not isinstance(value, list):
                 value = [value]
+            if inner in (int, float) and any(isinstance(v, bool) for v in value):
+                raise ValueError(value)
             return [inner(v) for v in value]
         if hint is bool:  # a typo must not read as False
             if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
@@ -267,9 +290,23 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ValueError(value)
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
+        if hint in (int, float) and isinstance(value, bool):  # YAML's true is not the number 1
+            raise ValueError(value)
         return hint(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: cannot read {shown(value)} as {getattr(hint, '__name__', hint)}") from None
+
+
+# what a run of the most-popular baseline reads: it counts the training interactions, nothing else
+POP_READS = ("data.", "eval.", "run.", "train.mode", "model.name")
+
+
+def unread_key(cfg: Config, keys: Iterable[str]) -> str | None:
+    """The first of ``keys`` (dotted, as given on the command line or in a grid) that the run ``cfg``
+    describes never reads, or None: a value it ignores would make two different-looking runs the same."""
+    if cfg.train.mode == "centralized" and cfg.model.name == "pop":
+        return next((k for k in keys if not k.startswith(POP_READS)), None)
+    return None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

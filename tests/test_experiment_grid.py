@@ -476,3 +476,69 @@ def test_files_that_are_not_text_name_the_file(tmp_path: Path, grid_file: Path, 
     assert res.exit_code == 0, res.output
     assert "7 done, 1 to run" in res.stderr
     assert len(pd.read_parquet(out / "results.parquet")) == 8
+
+
+def test_what_would_fail_every_cell_is_one_line_before_any_runs(tmp_path: Path, grid_file: Path) -> None:
+    """A dataset no searched folder holds, or a path the grid must write blocked by the wrong kind of
+    file: one line before anything runs (the missing dataset used to fail its cells one by one)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    grid = tmp_path / "nodata.yaml"
+    grid.write_text(f"set:\n  data.data_dir: {empty}\ngrid:\n  data.dataset: [lastfm]\n")
+    _bad_grid_cli(grid, [], "data.dataset='lastfm': ")
+    _bad_grid_cli(grid, ["--dry-run"], "not found")
+    grid.write_text(f"grid:\n  data.dataset: [{tmp_path / 'gone.inter'}]\n")
+    _bad_grid_cli(grid, [], "gone.inter")
+
+    out = tmp_path / "blocked"
+    (out / "results.parquet").mkdir(parents=True)
+    res = _experiment(grid_file, "--out", out)
+    assert res.exit_code == 2 and "a folder where the results table goes" in res.stderr, res.output
+    (out / "results.parquet").rmdir()
+    cell = load_grid(grid_file, out=out).cells[0]
+    (out / "runs").mkdir()
+    (out / "runs" / cell.name).write_text("x")
+    res = _experiment(grid_file, "--out", out)
+    assert res.exit_code == 2 and f"a file where cell {cell.name}'s run directory goes" in res.stderr
+    assert not list((out / "runs").glob("*/"))  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("grid:\n  train.seed: [0]\n  train.seed: [1]\n", ":3: invalid YAML (key 'train.seed' appears twice"),
+        (
+            "set: {train: {lr: 0.5}, train.lr: 0.02}\ngrid: {train.seed: [0]}\n",
+            "set: train.lr is given twice",
+        ),
+        ("grid:\n  model.dim: [true, 64]\n", "model.dim: cannot read True as int"),
+        ("grid:\n  train.seed: [true, false]\n", "train.seed: cannot read True as int"),
+        ("set: 0\ngrid: {train.seed: [0]}\n", "set: expected a mapping"),
+    ],
+)
+def test_yaml_that_would_be_read_silently_otherwise_is_one_line(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    """A key given twice, one key in nested and dotted form, a boolean for a number, a non-mapping
+    set: each was read without a word (the last key won, true became 1, set: 0 was dropped)."""
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    _bad_grid_cli(path, ["--dry-run"], needle)
+
+
+def test_a_grid_of_runs_that_would_be_the_same_is_refused(tmp_path: Path) -> None:
+    """pop reads no training setting, so cells that differ only in one were the same run twice; a grid
+    too large to build is refused by its count before any cell is built (10^6 cells used to hang)."""
+    path = tmp_path / "pop.yaml"
+    path.write_text("grid:\n  - {train.mode: [centralized], model.name: [pop], centralized.epochs: [1, 2]}\n")
+    _bad_grid_cli(path, ["--dry-run"], "model.name='pop' trains nothing: it does not read centralized.epochs")
+    res = CliRunner().invoke(
+        app, ["train", "--mode", "centralized", "--model", "pop", "--set", "train.lr=0.2"]
+    )
+    assert res.exit_code == 2 and "--set train.lr: the most-popular baseline" in res.stderr, res.output
+    lists = "\n".join(f"  {k}: [{', '.join(str(i + 1) for i in range(10))}]"
+                      for k in ("train.seed", "model.dim", "train.negatives", "federated.rounds", "data.split_seed", "eval.batch_size"))  # fmt: skip
+    path.write_text(f"grid:\n{lists}\n")
+    t = time.perf_counter()
+    _bad_grid_cli(path, ["--dry-run"], "1,000,000 cells; a grid has at most 20,000")
+    assert time.perf_counter() - t < 10

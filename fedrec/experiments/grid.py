@@ -70,7 +70,15 @@ from typing import Any
 
 import yaml
 
-from fedrec.config import MODE_SECTIONS, Config, ConfigError, load_config, load_yaml, parse_override
+from fedrec.config import (
+    MODE_SECTIONS,
+    Config,
+    ConfigError,
+    load_config,
+    load_yaml,
+    parse_override,
+    unread_key,
+)
 from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
 from fedrec.federation.checkpoint import resolved_config
 from fedrec.runs import _atomic, dumps
@@ -91,6 +99,7 @@ RESERVED_KEYS = ("run.out_dir", "run.name")
 RESULTS = "results.parquet"
 MANIFEST = "manifest.json"
 CELL_INFO = "cell.json"  # the grid's record of a cell: wall seconds over its attempts, last status
+MAX_CELLS = 20_000  # each is a run of minutes; building a cell's config alone takes ~6 ms
 MAX_NAME = 150  # characters of a cell name before its hash (file names stop at 255 bytes)
 
 
@@ -163,7 +172,7 @@ def load_grid(
         raise GridError(f"{path}: unknown field {unknown[0]!r}; a grid file has {', '.join(GRID_FIELDS)}")
 
     base = _base(path, doc.get("base"))
-    fixed = _flat(path, "set", doc.get("set") or {})
+    fixed = _flat(path, "set", {} if doc.get("set") is None else doc["set"])
     raw = doc.get("grid")
     if raw is None:
         raw = [{}]
@@ -203,6 +212,11 @@ def load_grid(
             for combo in itertools.product(*g.values())
         ]
 
+    n = sum(math.prod(len(vs) for vs in g.values()) for g in whole_subgrids)
+    if n > MAX_CELLS:
+        raise GridError(
+            f"{path}: {n:,} cells; a grid has at most {MAX_CELLS:,} (split it into several files)"
+        )
     assignments = expand(whole_subgrids)
     configs = [_cell_config(path, base, values, out, keys) for values in assignments]
     whole = _name_cells(path, keys, assignments, configs)
@@ -246,10 +260,14 @@ def _flat(path: Path, where: str, doc: Any, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in doc.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted.count(".") < 2 and not dotted.endswith(".params"):
-            flat.update(_flat(path, where, value, dotted + "."))
-        else:
-            flat[dotted] = value
+        inner = (
+            _flat(path, where, value, dotted + ".")
+            if isinstance(value, dict) and dotted.count(".") < 2 and not dotted.endswith(".params")
+            else {dotted: value}
+        )
+        if twice := [k for k in inner if k in flat]:  # train: {lr: ...} beside train.lr: ...
+            raise GridError(f"{path}: {where}: {twice[0]} is given twice")
+        flat.update(inner)
     return flat
 
 
@@ -286,6 +304,11 @@ def _cell_config(path: Path, base: Path | None, values: dict[str, Any], out: Pat
         raise GridError(f"{path}: cell {_describe(values, keys)}: {err}") from None
     mode = cfg.train.mode
     other = {s for m, sections in MODE_SECTIONS.items() if m != mode for s in sections}
+    # a grid key the run never reads makes its cells one run under several names (set: keys are shared)
+    if (unread := unread_key(cfg, [k for k in values if k in keys])) is not None:
+        raise GridError(
+            f"{path}: cell {_describe(values, keys)}: model.name='pop' trains nothing: it does not read {unread}"
+        )
     if ignored := [k for k in values if k.partition(".")[0] in other]:
         raise GridError(
             f"{path}: cell {_describe(values, keys)}: train.mode={mode!r} does not read {ignored[0]}; "
@@ -413,6 +436,27 @@ def plan(grid: Grid) -> list[dict[str, Any]]:
          "values": {k: config_value(c.config, k) for k in grid.keys}}
         for c in grid.cells
     ]  # fmt: skip
+
+
+def check_inputs(grid: Grid) -> None:
+    """What would fail every attempt of a cell, found before any cell runs (raises :class:`GridError`,
+    one line): a dataset no searched folder holds, a cell directory or the results table blocked by a
+    file or folder of the wrong kind."""
+    from fedrec.data.errors import DataError
+    from fedrec.data.registry import dataset_source
+
+    for name, data_dir in dict.fromkeys((c.config.data.dataset, c.config.data.data_dir) for c in grid.cells):
+        try:
+            source = dataset_source(name, data_dir)
+        except DataError as err:
+            raise GridError(f"{grid.path}: data.dataset={name!r}: {err}") from None
+        if not source[0].is_file():
+            raise GridError(f"{grid.path}: data.dataset={name!r}: {source[0]} is not a file")
+    if (grid.out / RESULTS).is_dir():
+        raise GridError(f"{grid.out / RESULTS}: a folder where the results table goes; move it away")
+    for c in grid.cells:
+        if (d := grid.run_dir(c)).exists() and not d.is_dir():
+            raise GridError(f"{d}: a file where cell {c.name}'s run directory goes; move it away")
 
 
 def threads_per_job(jobs: int) -> int:
@@ -654,6 +698,7 @@ __all__ = [
     "Cell",
     "Grid",
     "GridError",
+    "check_inputs",
     "load_grid",
     "plan",
     "result_row",
