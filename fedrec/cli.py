@@ -56,6 +56,13 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     )
 
 
+def metric_ks(metrics: dict[str, dict[str, Any]]) -> list[int]:
+    """The K values a summary's metrics hold (eval.ks need not be 1..5), ascending."""
+    return sorted(
+        {int(k) for by_k in metrics.values() if isinstance(by_k, dict) for k in by_k if str(k).isdigit()}
+    )
+
+
 def metrics_table(metrics: dict[str, dict[str, float]], ks=DEFAULT_KS, title: str | None = None) -> Table:
     table = Table(title=title)
     table.add_column("metric")
@@ -131,7 +138,7 @@ def train(
         _print_json(summary)
         return
     title = f"{summary['dataset']} · {summary['model']} · {summary['mode']} · {summary['seconds']:.1f}s"
-    out.print(metrics_table(summary["metrics"], title=title))
+    out.print(metrics_table(summary["metrics"], ks=metric_ks(summary["metrics"]) or DEFAULT_KS, title=title))
     det = summary.get("detection")
     if det and (summary.get("defense", "none") != "none" or summary.get("byzantine_clients")):
         a = det["all_rounds"]
@@ -272,33 +279,71 @@ def _progress(unit: str):
             progress.stop()
 
 
+def _summary_problem(summary: Any) -> str | None:
+    """Why ``fedrec report`` cannot tabulate a parsed summary.json (None when it can)."""
+    if not isinstance(summary, dict):
+        return f"not a run summary (a JSON {type(summary).__name__}, not an object)"
+    metrics = summary["metrics"]
+    for name in ("precision", "recall"):
+        by_k = metrics.get(name)
+        if not isinstance(by_k, dict) or not by_k:
+            return f"no {name}@K in its metrics"
+        for k, v in by_k.items():  # null: a NaN metric (strict JSON)
+            if not str(k).isdigit() or not (v is None or isinstance(v, int | float)):
+                return f"{name}@{k} = {v!r} is not a metric value"
+    missing = [key for key in ("dataset", "model", "mode") if not isinstance(summary.get(key), str)]
+    if not isinstance(summary.get("seconds"), int | float):
+        missing.append("seconds")
+    return f"malformed run summary (no {', '.join(missing)})" if missing else None
+
+
+def _report_ks(rows: list[dict[str, Any]]) -> list[int]:
+    """The K columns of ``report``: K = 1..5 where the runs have them; a run evaluated at none of those
+    (e.g. eval.ks = [10, 20]) adds its own K, so every run shows its numbers."""
+    have = [set(metric_ks({m: s["metrics"][m] for m in ("precision", "recall")})) for s in rows]
+    ks = {k for h in have for k in h if k in DEFAULT_KS}
+    for h in have:
+        if not h & ks:
+            ks |= h
+    return sorted(ks)
+
+
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (with summary.json).")],
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table (for docs/RESULTS.md).")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Tabulate P@1..5 / R@1..5 of finished runs; unfinished directories are skipped, each with a line
-    on stderr (exit 2 only when none has finished)."""
+    """Tabulate P@1..5 / R@1..5 of finished runs (the K a run has, when its eval.ks lacks 1..5);
+    unfinished or unreadable directories are skipped, each with a line on stderr (exit 2 only when
+    none is left)."""
     from fedrec.runs import read_summary
+
+    def skip(d: Path, why: str) -> None:
+        err.print(f"skipped {d}: {why}", highlight=False, markup=False, soft_wrap=True)
 
     with _clean_errors():
         rows = []
         for d in run_dirs:
             if not (d / "summary.json").is_file():
-                err.print(
-                    f"skipped {d}: no summary.json (unfinished, or not a run directory)",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                skip(d, "no summary.json (unfinished, or not a run directory)")
                 continue
-            summary = read_summary(d)
-            if not isinstance(summary.get("metrics"), dict):  # a testbed run: accuracy, not P@K
-                err.print(
-                    f"skipped {d}: no P@K / R@K in its summary (a testbed run?)",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+            try:
+                summary = read_summary(d)
+            except UnicodeDecodeError:
+                skip(d / "summary.json", "not UTF-8 text")
+                continue
+            except ValueError as e:  # json.JSONDecodeError: truncated or not JSON
+                skip(d / "summary.json", f"not valid JSON ({e})")
+                continue
+            except OSError as e:
+                skip(d / "summary.json", f"cannot be read ({e.strerror or e})")
+                continue
+            if isinstance(summary, dict) and not isinstance(summary.get("metrics"), dict):
+                skip(d, "no P@K / R@K in its summary (a testbed run?)")  # accuracy, not P@K
+                continue
+            if (why := _summary_problem(summary)) is not None:
+                skip(d / "summary.json", why)
                 continue
             rows.append({**summary, "run": d.name})
         if not rows:
@@ -311,28 +356,35 @@ def report(
         a = s.get("attack") or {}
         name = a.get("name", "none") if isinstance(a, dict) else str(a)
         frac = a.get("fraction") if isinstance(a, dict) else None
-        return (f"{name} {frac:g}" if name != "none" and frac else name), str(s.get("defense", "none"))
+        shown = name != "none" and isinstance(frac, int | float) and frac
+        return (f"{name} {frac:g}" if shown else str(name)), str(s.get("defense", "none"))
+
+    def num(v: Any) -> str:
+        return "–" if v is None else f"{v:.4f}"  # None: a K the run lacks, or a NaN metric
 
     def cells(s: dict[str, Any], ks, full: bool = False) -> list[str]:
         m = s["metrics"]
         return (
             [s["run"], *([s["dataset"], s["model"]] if full else []), s["mode"], *threat(s)]
-            + [f"{m[name][str(k)]:.4f}" for name in ("precision", "recall") for k in ks]
+            + [num(m[name].get(str(k))) for name in ("precision", "recall") for k in ks]
             + [f"{s['seconds']:.0f}"]
         )
 
+    ks = _report_ks(rows)
     if markdown:
         head = ["run", "dataset", "model", "mode", "attack", "defense"]
-        head += [f"P@{k}" for k in DEFAULT_KS] + [f"R@{k}" for k in DEFAULT_KS] + ["seconds"]
+        head += [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks] + ["seconds"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for s in rows:
-            print("| " + " | ".join(cells(s, DEFAULT_KS, full=True)) + " |")
+            print("| " + " | ".join(cells(s, ks, full=True)) + " |")
         return
-    # the terminal table: P@5 and R@5 only, so it reads at 100 columns (--markdown has every K)
-    table = Table("run", "mode", "attack", "defense", "P@5", "R@5", "s")
+    # the terminal table: P@5 and R@5 only (else the smallest K), so it reads at 100 columns (--markdown
+    # has every K)
+    k = 5 if 5 in ks else ks[0]
+    table = Table("run", "mode", "attack", "defense", f"P@{k}", f"R@{k}", "s")
     for s in rows:
-        table.add_row(*cells(s, (5,)))
+        table.add_row(*cells(s, (k,)))
     out.print(table)
 
 
