@@ -45,6 +45,12 @@ def _clean_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _notes(lines: list[str]) -> None:
+    """Notes on stderr (e.g. inputs skipped), as plain text."""
+    for line in lines:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(dumps(obj) + "\n")  # strict: null for NaN
 
@@ -830,9 +836,11 @@ def plot_grid(
             if not sep or not col.strip() or not values.strip():
                 raise ValueError(f"--where {w!r}: expected COLUMN=VALUE[,VALUE...]")
             chosen[col.strip()] = tuple(v.strip() for v in values.split(","))
-        table = load_results(results)
+        notes: list[str] = []  # said once the figure is made: an error stays one line
+        table = load_results(results, say=notes.append)
         fig = grid_figure(table, figure, where=chosen, rows=rows, at_k=at_k, partial=partial, title=title)
         text = grid_markdown(table, figure, where=chosen, rows=rows, at_k=at_k, partial=partial)
+        _notes(notes)
         out.print(text, markup=False, highlight=False, soft_wrap=True)
         _plot_save(fig, out_dir, name or f"fig{figure}", svg)
 
@@ -857,7 +865,9 @@ def plot_worstcase(
     from fedrec.experiments.worstcase import heatmap_figure, markdown, worst_case
 
     with _clean_errors():
-        wc = worst_case(load_results(results), metric)
+        notes: list[str] = []
+        wc = worst_case(load_results(results, say=notes.append), metric)
+        _notes(notes)
         out.print(markdown(wc), markup=False, highlight=False, soft_wrap=True)
         _plot_save(heatmap_figure(wc, title), out_dir, name or "worstcase", svg)
 

@@ -434,6 +434,30 @@ def test_results_from_run_directories(runs, tmp_path) -> None:
     )
 
 
+def test_a_testbed_summary_is_skipped_and_an_unreadable_one_is_one_line(runs, tmp_path) -> None:
+    """A testbed run in the folder aborted with "not a run summary (no metrics)" (centralized runs were
+    skipped); a folder named summary.json was an IsADirectoryError traceback."""
+    folder = tmp_path / "runs"
+    for name in ("clean", "camo", "camo-arfrs"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "summary.json").write_text((runs[name] / "summary.json").read_text())
+    (folder / "testbed").mkdir()
+    (folder / "testbed" / "summary.json").write_text('{"command": "testbed", "final_accuracy": 0.9}')
+    res = invoke("plot", "worstcase", folder, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert line == f"skipped {folder / 'testbed' / 'summary.json'}: no P@K / R@K in it (a testbed run?)"
+    assert "| a-rfrs |" in res.stdout and (tmp_path / "o" / "worstcase.png").is_file()
+    only = tmp_path / "only-testbed"
+    (only / "t").mkdir(parents=True)
+    (only / "t" / "summary.json").write_text('{"final_accuracy": 0.9}')
+    res = invoke("plot", "grid", only, "--figure", 4, "--out", tmp_path / "o")
+    assert_one_line_error(res, "no federated run summary in it", "1 without P@K")
+    (folder / "x" / "summary.json").mkdir(parents=True)
+    res = invoke("plot", "grid", folder, "--figure", 4, "--out", tmp_path / "o")
+    assert_one_line_error(res, f"{folder / 'x' / 'summary.json'}: cannot be read (Is a directory)")
+
+
 def test_grid_markdown_has_the_figures_numbers(tmp_path) -> None:
     table = results_table()
     text = plots.grid_markdown(table, 4)
