@@ -700,6 +700,15 @@ def _plot_save(fig, out_dir: Path, stem: str, svg: bool) -> None:
         out.print(str(path), highlight=False, soft_wrap=True)
 
 
+def _check_plot_name(name: str | None) -> None:
+    """--name is a file inside --out: a separator or '..' would write the figure elsewhere (checked
+    before any work)."""
+    from fedrec.runs import run_name_problem
+
+    if name and (why := run_name_problem(name, "the figure's file")) is not None:
+        raise ValueError(f"--name {name!r}: {why}")
+
+
 def _plot_labels(labels: list[str] | None, runs: list[Path]) -> list[str] | None:
     if labels and len(labels) != len(runs):
         raise ValueError(f"--label given {len(labels)} times for {len(runs)} run directories")
@@ -721,6 +730,7 @@ def plot_curves(
     from fedrec.experiments.plots import curves_figure, load_run
 
     with _clean_errors():
+        _check_plot_name(name)
         labels = _plot_labels(label, run_dirs)
         runs = [load_run(d, losses=True) for d in run_dirs]
         fig = curves_figure(runs, metric=metric, k=k, labels=labels, loss_window=window)
@@ -740,6 +750,7 @@ def plot_detection(
     from fedrec.experiments.plots import detection_figure, load_run
 
     with _clean_errors():
+        _check_plot_name(name)
         labels = _plot_labels(label, run_dirs)
         runs = [load_run(d, rounds=True) for d in run_dirs]
         _plot_save(detection_figure(runs, window=window, labels=labels), out_dir, name or "detection", svg)
@@ -768,6 +779,7 @@ def plot_fig1(
     from fedrec.experiments.plots import fig1_figure
 
     with _clean_errors():
+        _check_plot_name(name)
         if model not in ("mf", "fism"):
             raise ValueError(f"--model {model!r}: expected mf or fism")
         cfg = figure1_config(dataset, model=model, attack=attack, honest=honest, byzantine=byzantine,
@@ -798,6 +810,7 @@ def plot_fig2(
     from fedrec.experiments.plots import fig2_figure, load_run
 
     with _clean_errors():
+        _check_plot_name(name)
         fig = fig2_figure(load_run(clean_run), [load_run(d) for d in camo_runs], k=k)
         _plot_save(fig, out_dir, name or "fig2-camouflage", svg)
 
@@ -830,6 +843,7 @@ def plot_grid(
     from fedrec.experiments.plots import grid_figure, grid_markdown, load_results
 
     with _clean_errors():
+        _check_plot_name(name)
         chosen: dict[str, tuple[str, ...]] = {}
         for w in where or []:
             col, sep, values = w.partition("=")
@@ -865,6 +879,7 @@ def plot_worstcase(
     from fedrec.experiments.worstcase import heatmap_figure, markdown, worst_case
 
     with _clean_errors():
+        _check_plot_name(name)
         notes: list[str] = []
         wc = worst_case(load_results(results, say=notes.append), metric)
         _notes(notes)

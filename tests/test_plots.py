@@ -113,6 +113,21 @@ def test_curves_missing_k_is_one_line(runs, tmp_path) -> None:
     assert_one_line_error(
         invoke("plot", "curves", runs["clean"], "--k", "7", "--out", tmp_path), "precision@7"
     )
+    # was pandas' "min_periods 1 must be <= window 0", naming no option
+    assert_one_line_error(
+        invoke("plot", "curves", runs["clean"], "--window", "0", "--out", tmp_path),
+        "--window 0: must be at least 1",
+    )
+
+
+def test_a_name_outside_out_is_refused(runs, tmp_path) -> None:
+    """``--name ../escaped`` wrote the figure outside --out."""
+    out = tmp_path / "out"
+    for name in ("../escaped", "sub/fig", str(tmp_path / "abs")):
+        for cmd in ("curves", "detection"):
+            res = invoke("plot", cmd, runs["clean"], "--name", name, "--out", out)
+            assert_one_line_error(res, f"--name {name!r}")
+    assert not out.exists() and not list(tmp_path.glob("*.png"))
 
 
 # --------------------------------------------------------------------------------------- detection
@@ -214,6 +229,14 @@ def test_fig1_bad_setting_is_one_line(runs, tmp_path) -> None:
     args = ["--dataset", runs["data"], "--honest", 30, "--byzantine", 20, "--round", 3, "--out", tmp_path]
     assert_one_line_error(invoke("plot", "fig1", *args), "50 clients")
     assert_one_line_error(invoke("plot", "fig1", "--attack", "none", "--out", tmp_path), "attack")
+    # the attack's name and the step size are checked before the data loads (a missing file here)
+    missing = ["--dataset", tmp_path / "missing.inter", "--out", tmp_path]
+    assert_one_line_error(
+        invoke("plot", "fig1", *missing, "--attack", "bogus"), "--attack 'bogus': expected one of"
+    )
+    assert_one_line_error(
+        invoke("plot", "fig1", *missing, "--lr", "-1"), "--lr -1: must be a finite number > 0"
+    )
 
 
 # ------------------------------------------------------------------------------------------- grid

@@ -196,6 +196,8 @@ def curves_figure(
     client, rolling mean over ``loss_window`` rounds) when any run recorded it."""
     if not runs:
         raise PlotInputError("no run directory given")
+    if loss_window < 1:
+        raise PlotInputError(f"--window {loss_window}: must be at least 1")
     labels = _labels_for(runs, labels)
     with_loss = any(r.losses is not None and len(r.losses) for r in runs)
     fig = _new_figure(11 if with_loss else 6.5, 4)
