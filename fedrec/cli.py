@@ -45,6 +45,12 @@ def _clean_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _notes(lines: list[str]) -> None:
+    """Notes on stderr (e.g. inputs skipped), as plain text."""
+    for line in lines:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(dumps(obj) + "\n")  # strict: null for NaN
 
@@ -53,6 +59,13 @@ def _print_json(obj: Any) -> None:
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False):
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def metric_ks(metrics: dict[str, dict[str, Any]]) -> list[int]:
+    """The K values a summary's metrics hold (eval.ks need not be 1..5), ascending."""
+    return sorted(
+        {int(k) for by_k in metrics.values() if isinstance(by_k, dict) for k in by_k if str(k).isdigit()}
     )
 
 
@@ -136,7 +149,7 @@ def train(
         _print_json(summary)
         return
     title = f"{summary['dataset']} · {summary['model']} · {summary['mode']} · {summary['seconds']:.1f}s"
-    out.print(metrics_table(summary["metrics"], title=title))
+    out.print(metrics_table(summary["metrics"], ks=metric_ks(summary["metrics"]) or DEFAULT_KS, title=title))
     det = summary.get("detection")
     if det and (summary.get("defense", "none") != "none" or summary.get("byzantine_clients")):
         a = det["all_rounds"]
@@ -277,33 +290,71 @@ def _progress(unit: str):
             progress.stop()
 
 
+def _summary_problem(summary: Any) -> str | None:
+    """Why ``fedrec report`` cannot tabulate a parsed summary.json (None when it can)."""
+    if not isinstance(summary, dict):
+        return f"not a run summary (a JSON {type(summary).__name__}, not an object)"
+    metrics = summary["metrics"]
+    for name in ("precision", "recall"):
+        by_k = metrics.get(name)
+        if not isinstance(by_k, dict) or not by_k:
+            return f"no {name}@K in its metrics"
+        for k, v in by_k.items():  # null: a NaN metric (strict JSON)
+            if not str(k).isdigit() or not (v is None or isinstance(v, int | float)):
+                return f"{name}@{k} = {v!r} is not a metric value"
+    missing = [key for key in ("dataset", "model", "mode") if not isinstance(summary.get(key), str)]
+    if not isinstance(summary.get("seconds"), int | float):
+        missing.append("seconds")
+    return f"malformed run summary (no {', '.join(missing)})" if missing else None
+
+
+def _report_ks(rows: list[dict[str, Any]]) -> list[int]:
+    """The K columns of ``report``: K = 1..5 where the runs have them; a run evaluated at none of those
+    (e.g. eval.ks = [10, 20]) adds its own K, so every run shows its numbers."""
+    have = [set(metric_ks({m: s["metrics"][m] for m in ("precision", "recall")})) for s in rows]
+    ks = {k for h in have for k in h if k in DEFAULT_KS}
+    for h in have:
+        if not h & ks:
+            ks |= h
+    return sorted(ks)
+
+
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (with summary.json).")],
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table (for docs/RESULTS.md).")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Tabulate P@1..5 / R@1..5 of finished runs; unfinished directories are skipped, each with a line
-    on stderr (exit 2 only when none has finished)."""
+    """Tabulate P@1..5 / R@1..5 of finished runs (the K a run has, when its eval.ks lacks 1..5);
+    unfinished or unreadable directories are skipped, each with a line on stderr (exit 2 only when
+    none is left)."""
     from fedrec.runs import read_summary
+
+    def skip(d: Path, why: str) -> None:
+        err.print(f"skipped {d}: {why}", highlight=False, markup=False, soft_wrap=True)
 
     with _clean_errors():
         rows = []
         for d in run_dirs:
             if not (d / "summary.json").is_file():
-                err.print(
-                    f"skipped {d}: no summary.json (unfinished, or not a run directory)",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                skip(d, "no summary.json (unfinished, or not a run directory)")
                 continue
-            summary = read_summary(d)
-            if not isinstance(summary.get("metrics"), dict):  # a testbed run: accuracy, not P@K
-                err.print(
-                    f"skipped {d}: no P@K / R@K in its summary (a testbed run?)",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+            try:
+                summary = read_summary(d)
+            except UnicodeDecodeError:
+                skip(d / "summary.json", "not UTF-8 text")
+                continue
+            except ValueError as e:  # json.JSONDecodeError: truncated or not JSON
+                skip(d / "summary.json", f"not valid JSON ({e})")
+                continue
+            except OSError as e:
+                skip(d / "summary.json", f"cannot be read ({e.strerror or e})")
+                continue
+            if isinstance(summary, dict) and not isinstance(summary.get("metrics"), dict):
+                skip(d, "no P@K / R@K in its summary (a testbed run?)")  # accuracy, not P@K
+                continue
+            if (why := _summary_problem(summary)) is not None:
+                skip(d / "summary.json", why)
                 continue
             rows.append({**summary, "run": d.name})
         if not rows:
@@ -316,28 +367,35 @@ def report(
         a = s.get("attack") or {}
         name = a.get("name", "none") if isinstance(a, dict) else str(a)
         frac = a.get("fraction") if isinstance(a, dict) else None
-        return (f"{name} {frac:g}" if name != "none" and frac else name), str(s.get("defense", "none"))
+        shown = name != "none" and isinstance(frac, int | float) and frac
+        return (f"{name} {frac:g}" if shown else str(name)), str(s.get("defense", "none"))
+
+    def num(v: Any) -> str:
+        return "–" if v is None else f"{v:.4f}"  # None: a K the run lacks, or a NaN metric
 
     def cells(s: dict[str, Any], ks, full: bool = False) -> list[str]:
         m = s["metrics"]
         return (
             [s["run"], *([s["dataset"], s["model"]] if full else []), s["mode"], *threat(s)]
-            + [f"{m[name][str(k)]:.4f}" for name in ("precision", "recall") for k in ks]
+            + [num(m[name].get(str(k))) for name in ("precision", "recall") for k in ks]
             + [f"{s['seconds']:.0f}"]
         )
 
+    ks = _report_ks(rows)
     if markdown:
         head = ["run", "dataset", "model", "mode", "attack", "defense"]
-        head += [f"P@{k}" for k in DEFAULT_KS] + [f"R@{k}" for k in DEFAULT_KS] + ["seconds"]
+        head += [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks] + ["seconds"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for s in rows:
-            print("| " + " | ".join(cells(s, DEFAULT_KS, full=True)) + " |")
+            print("| " + " | ".join(cells(s, ks, full=True)) + " |")
         return
-    # the terminal table: P@5 and R@5 only, so it reads at 100 columns (--markdown has every K)
-    table = Table("run", "mode", "attack", "defense", "P@5", "R@5", "s")
+    # the terminal table: P@5 and R@5 only (else the smallest K), so it reads at 100 columns (--markdown
+    # has every K)
+    k = 5 if 5 in ks else ks[0]
+    table = Table("run", "mode", "attack", "defense", f"P@{k}", f"R@{k}", "s")
     for s in rows:
-        table.add_row(*cells(s, (5,)))
+        table.add_row(*cells(s, (k,)))
     out.print(table)
 
 
@@ -648,6 +706,15 @@ def _plot_save(fig, out_dir: Path, stem: str, svg: bool) -> None:
         out.print(str(path), highlight=False, soft_wrap=True)
 
 
+def _check_plot_name(name: str | None) -> None:
+    """--name is a file inside --out: a separator or '..' would write the figure elsewhere (checked
+    before any work)."""
+    from fedrec.runs import run_name_problem
+
+    if name and (why := run_name_problem(name, "the figure's file")) is not None:
+        raise ValueError(f"--name {name!r}: {why}")
+
+
 def _plot_labels(labels: list[str] | None, runs: list[Path]) -> list[str] | None:
     if labels and len(labels) != len(runs):
         raise ValueError(f"--label given {len(labels)} times for {len(runs)} run directories")
@@ -669,6 +736,7 @@ def plot_curves(
     from fedrec.experiments.plots import curves_figure, load_run
 
     with _clean_errors():
+        _check_plot_name(name)
         labels = _plot_labels(label, run_dirs)
         runs = [load_run(d, losses=True) for d in run_dirs]
         fig = curves_figure(runs, metric=metric, k=k, labels=labels, loss_window=window)
@@ -688,6 +756,7 @@ def plot_detection(
     from fedrec.experiments.plots import detection_figure, load_run
 
     with _clean_errors():
+        _check_plot_name(name)
         labels = _plot_labels(label, run_dirs)
         runs = [load_run(d, rounds=True) for d in run_dirs]
         _plot_save(detection_figure(runs, window=window, labels=labels), out_dir, name or "detection", svg)
@@ -716,6 +785,7 @@ def plot_fig1(
     from fedrec.experiments.plots import fig1_figure
 
     with _clean_errors():
+        _check_plot_name(name)
         if model not in ("mf", "fism"):
             raise ValueError(f"--model {model!r}: expected mf or fism")
         cfg = figure1_config(dataset, model=model, attack=attack, honest=honest, byzantine=byzantine,
@@ -746,6 +816,7 @@ def plot_fig2(
     from fedrec.experiments.plots import fig2_figure, load_run
 
     with _clean_errors():
+        _check_plot_name(name)
         fig = fig2_figure(load_run(clean_run), [load_run(d) for d in camo_runs], k=k)
         _plot_save(fig, out_dir, name or "fig2-camouflage", svg)
 
@@ -778,15 +849,18 @@ def plot_grid(
     from fedrec.experiments.plots import grid_figure, grid_markdown, load_results
 
     with _clean_errors():
+        _check_plot_name(name)
         chosen: dict[str, tuple[str, ...]] = {}
         for w in where or []:
             col, sep, values = w.partition("=")
             if not sep or not col.strip() or not values.strip():
                 raise ValueError(f"--where {w!r}: expected COLUMN=VALUE[,VALUE...]")
             chosen[col.strip()] = tuple(v.strip() for v in values.split(","))
-        table = load_results(results)
+        notes: list[str] = []  # said once the figure is made: an error stays one line
+        table = load_results(results, say=notes.append)
         fig = grid_figure(table, figure, where=chosen, rows=rows, at_k=at_k, partial=partial, title=title)
         text = grid_markdown(table, figure, where=chosen, rows=rows, at_k=at_k, partial=partial)
+        _notes(notes)
         out.print(text, markup=False, highlight=False, soft_wrap=True)
         _plot_save(fig, out_dir, name or f"fig{figure}", svg)
 
@@ -811,7 +885,10 @@ def plot_worstcase(
     from fedrec.experiments.worstcase import heatmap_figure, markdown, worst_case
 
     with _clean_errors():
-        wc = worst_case(load_results(results), metric)
+        _check_plot_name(name)
+        notes: list[str] = []
+        wc = worst_case(load_results(results, say=notes.append), metric)
+        _notes(notes)
         out.print(markdown(wc), markup=False, highlight=False, soft_wrap=True)
         _plot_save(heatmap_figure(wc, title), out_dir, name or "worstcase", svg)
 

@@ -13,15 +13,15 @@ import numpy as np
 import pandas as pd
 
 
-def run_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a run directory inside ``--out`` (None when it can): a separator, a
-    ``..`` or an absolute path would put the run outside the out folder."""
+def run_name_problem(name: str, what: str = "a folder") -> str | None:
+    """Why ``name`` cannot name ``what`` inside ``--out`` (None when it can): a separator, a ``..`` or an
+    absolute path would put it outside the out folder."""
     if not isinstance(name, str) or not name.strip():
         return "must be a non-empty name"
     if any(c in name for c in "/\\\0") or Path(name).is_absolute():
-        return "must be a plain name without path separators (it names a folder inside --out)"
+        return f"must be a plain name without path separators (it names {what} inside --out)"
     if ".." in name:
-        return "must not contain '..' (it names a folder inside --out)"
+        return f"must not contain '..' (it names {what} inside --out)"
     return None
 
 

@@ -93,3 +93,32 @@ def test_a_missing_or_corrupt_checkpoint_is_one_line(data: str, tmp_path: Path) 
     _one_line_exit_2([str(run), "--users", "byzantine"], "--users 'byzantine': expected one of benign, all")
     _one_line_exit_2([str(run), "--ks", "0"], "--ks 0: expected positive integers")
     _one_line_exit_2([str(run), "7"], "unexpected argument '7'")
+
+
+@pytest.mark.parametrize("model", ["fism", "mf"])
+def test_a_crafted_centralized_checkpoint_is_one_line(data: str, tmp_path: Path, model: str) -> None:
+    """An int64 or bool theta was a RuntimeError traceback, ``user_vectors: 5`` an AttributeError: the
+    README promises one line and exit 2 for a crafted or foreign checkpoint."""
+    import torch
+
+    cfg = load_config(None, values={"data.dataset": data, "model.name": model, "model.dim": 8,
+                                    "centralized.epochs": 1, "run.out_dir": str(tmp_path)})  # fmt: skip
+    _, run = run_centralized(cfg)
+    ckpt = run / "checkpoint.pt"
+    good = torch.load(ckpt, weights_only=True)
+    theta, users = good["theta"], good["user_vectors"]
+    bad_users = "a dense torch.float32 tensor (MF)" if model == "mf" else "in a fism checkpoint (MF only)"
+    cases = [
+        ({"theta": torch.zeros(theta.shape, dtype=torch.int64)}, "theta is torch.int64"),
+        ({"theta": torch.zeros(theta.shape, dtype=torch.bool)}, "theta is torch.bool"),
+        ({"theta": theta.double()}, "expected a dense torch.float32 tensor"),
+        ({"theta": theta, "user_vectors": 5}, bad_users),
+        ({"theta": theta[:-1]}, f"theta {tuple(theta[:-1].shape)} does not fit this run"),
+    ]
+    if model == "mf":
+        cases.append(({"theta": theta, "user_vectors": users[:, :4]}, "user_vectors (200, 4) does not fit"))
+    for entries, needle in cases:
+        torch.save({**good, **entries}, ckpt)
+        _one_line_exit_2([str(run)], needle)
+    torch.save(good, ckpt)
+    assert _evaluate(run).exit_code == 0

@@ -4,6 +4,7 @@ the mode follows from the options and a conflict is one line, exit 2, before any
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,76 @@ def test_report_skips_unfinished_runs_and_says_so(tmp_path: Path) -> None:
     (testbed / "summary.json").write_text('{"command": "testbed", "final_accuracy": 0.9}')
     res = CliRunner().invoke(app, ["report", str(testbed), str(run)])
     assert res.exit_code == 0 and f"skipped {testbed}" in res.stderr, res.output
+
+
+def test_report_and_train_show_the_ks_the_run_evaluated(tmp_path: Path) -> None:
+    """A run with ``eval.ks=[10,20]``: ``train`` printed an @1..@5 table of nan, ``report`` a KeyError
+    '5' traceback (``--markdown``: KeyError '1' after the header rows had gone to stdout)."""
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "ml100k",
+            "--model",
+            "pop",
+            "--set",
+            "eval.ks=[10,20]",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "@10" in res.stdout and "@20" in res.stdout and "@5" not in res.stdout and "nan" not in res.stdout
+    (run,) = list(tmp_path.iterdir())
+    p10 = f"{json.loads((run / 'summary.json').read_text())['metrics']['precision']['10']:.4f}"
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0 and "P@10" in res.stdout and p10 in res.stdout, res.output
+    # next to a run evaluated at 1..5: K = 1..5 as before, and this run's own K too
+    other = tmp_path / "k1-5"
+    other.mkdir()
+    summary = json.loads((run / "summary.json").read_text())
+    summary["metrics"] = {m: {str(k): 0.5 for k in range(1, 6)} for m in ("precision", "recall")}
+    (other / "summary.json").write_text(json.dumps(summary))
+    res = CliRunner().invoke(app, ["report", str(run), str(other), "--markdown"])
+    assert res.exit_code == 0, res.output
+    head, _, mine, theirs = res.stdout.splitlines()
+    assert "| P@1 | P@2 | P@3 | P@4 | P@5 | P@10 | P@20 | R@1 |" in head
+    assert f"| – | – | – | – | – | {p10} |" in mine and "| 0.5000 | – | – | 0.5000 |" in theirs
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[1, 2]", "not a run summary (a JSON list, not an object)"),
+        ('{"metrics": {"precision": {"5": 0.1}, "recall": {"5": 0.2}}}', "no dataset, model, mode, seconds"),
+        ('{"metrics": ', "not valid JSON (Expecting value: line 1 column 13"),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        ('{"metrics": {"precision": {"5": "high"}, "recall": {}}}', "precision@5 = 'high' is not a metric"),
+    ],
+)
+def test_report_skips_a_malformed_summary_and_reports_the_rest(
+    tmp_path: Path, text: str | bytes, why: str
+) -> None:
+    """A list summary was an AttributeError, one missing fields a KeyError, a truncated or non-UTF-8 one
+    ended the command naming no file, and the good runs were not reported."""
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "summary.json").write_text(json.dumps({
+        "dataset": "ml100k", "model": "pop", "mode": "centralized", "seconds": 1.0,
+        "metrics": {m: {str(k): 0.25 for k in range(1, 6)} for m in ("precision", "recall")},
+    }))  # fmt: skip
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "summary.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    for extra in ([], ["--markdown"], ["--json"]):
+        res = CliRunner().invoke(app, ["report", str(bad), str(good), *extra])
+        assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+        (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert line.startswith(f"skipped {bad / 'summary.json'}: ") and why in line, line
+        assert "0.2500" in res.stdout or json.loads(res.stdout)["runs"][0]["run"] == "good"
+    res = CliRunner().invoke(app, ["report", str(bad)])
+    assert res.exit_code == 2 and "no finished run directory" in res.stderr
 
 
 def test_attack_listing_shows_the_defaults_a_run_uses() -> None:

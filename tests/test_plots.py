@@ -113,6 +113,21 @@ def test_curves_missing_k_is_one_line(runs, tmp_path) -> None:
     assert_one_line_error(
         invoke("plot", "curves", runs["clean"], "--k", "7", "--out", tmp_path), "precision@7"
     )
+    # was pandas' "min_periods 1 must be <= window 0", naming no option
+    assert_one_line_error(
+        invoke("plot", "curves", runs["clean"], "--window", "0", "--out", tmp_path),
+        "--window 0: must be at least 1",
+    )
+
+
+def test_a_name_outside_out_is_refused(runs, tmp_path) -> None:
+    """``--name ../escaped`` wrote the figure outside --out."""
+    out = tmp_path / "out"
+    for name in ("../escaped", "sub/fig", str(tmp_path / "abs")):
+        for cmd in ("curves", "detection"):
+            res = invoke("plot", cmd, runs["clean"], "--name", name, "--out", out)
+            assert_one_line_error(res, f"--name {name!r}")
+    assert not out.exists() and not list(tmp_path.glob("*.png"))
 
 
 # --------------------------------------------------------------------------------------- detection
@@ -214,6 +229,14 @@ def test_fig1_bad_setting_is_one_line(runs, tmp_path) -> None:
     args = ["--dataset", runs["data"], "--honest", 30, "--byzantine", 20, "--round", 3, "--out", tmp_path]
     assert_one_line_error(invoke("plot", "fig1", *args), "50 clients")
     assert_one_line_error(invoke("plot", "fig1", "--attack", "none", "--out", tmp_path), "attack")
+    # the attack's name and the step size are checked before the data loads (a missing file here)
+    missing = ["--dataset", tmp_path / "missing.inter", "--out", tmp_path]
+    assert_one_line_error(
+        invoke("plot", "fig1", *missing, "--attack", "bogus"), "--attack 'bogus': expected one of"
+    )
+    assert_one_line_error(
+        invoke("plot", "fig1", *missing, "--lr", "-1"), "--lr -1: must be a finite number > 0"
+    )
 
 
 # ------------------------------------------------------------------------------------------- grid
@@ -432,6 +455,30 @@ def test_results_from_run_directories(runs, tmp_path) -> None:
     assert_one_line_error(
         invoke("plot", "grid", tmp_path / "empty", "--figure", 3), "no federated run summary"
     )
+
+
+def test_a_testbed_summary_is_skipped_and_an_unreadable_one_is_one_line(runs, tmp_path) -> None:
+    """A testbed run in the folder aborted with "not a run summary (no metrics)" (centralized runs were
+    skipped); a folder named summary.json was an IsADirectoryError traceback."""
+    folder = tmp_path / "runs"
+    for name in ("clean", "camo", "camo-arfrs"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "summary.json").write_text((runs[name] / "summary.json").read_text())
+    (folder / "testbed").mkdir()
+    (folder / "testbed" / "summary.json").write_text('{"command": "testbed", "final_accuracy": 0.9}')
+    res = invoke("plot", "worstcase", folder, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert line == f"skipped {folder / 'testbed' / 'summary.json'}: no P@K / R@K in it (a testbed run?)"
+    assert "| a-rfrs |" in res.stdout and (tmp_path / "o" / "worstcase.png").is_file()
+    only = tmp_path / "only-testbed"
+    (only / "t").mkdir(parents=True)
+    (only / "t" / "summary.json").write_text('{"final_accuracy": 0.9}')
+    res = invoke("plot", "grid", only, "--figure", 4, "--out", tmp_path / "o")
+    assert_one_line_error(res, "no federated run summary in it", "1 without P@K")
+    (folder / "x" / "summary.json").mkdir(parents=True)
+    res = invoke("plot", "grid", folder, "--figure", 4, "--out", tmp_path / "o")
+    assert_one_line_error(res, f"{folder / 'x' / 'summary.json'}: cannot be read (Is a directory)")
 
 
 def test_grid_markdown_has_the_figures_numbers(tmp_path) -> None:

@@ -72,3 +72,45 @@ def test_a_table_mixing_models_or_optimizers_is_refused():
     t.loc[0, "model.name"] = "mf"
     with pytest.raises(ValueError, match=r"mix model\.name \(fism, mf\)"):
         worst_case(t)
+
+
+def _one_line_exit_2(args: list[str], needle: str) -> None:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize("metric", ["status", "data.dataset", "attack.name"])
+def test_a_text_metric_is_one_line(tmp_path, metric):
+    """``--metric status`` (a text column) was a ``TypeError: agg function failed`` traceback."""
+    path = tmp_path / "results.parquet"
+    _table().to_parquet(path)
+    _one_line_exit_2(
+        ["plot", "worstcase", str(path), "--metric", metric, "--out", str(tmp_path)],
+        f"--metric {metric}: not a numeric metric column (the table has precision@5)",
+    )
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("baseline", [0.0, float("nan")])
+def test_a_zero_or_missing_baseline_is_one_line(tmp_path, baseline):
+    """A baseline of NaN was ``KeyError: nan``; one of 0 printed ``inf`` ratios."""
+    t = _table()
+    t.loc[(t["data.dataset"] == "b") & (t["attack.name"] == "none"), "precision@5"] = baseline
+    path = tmp_path / "results.parquet"
+    t.to_parquet(path)
+    _one_line_exit_2(
+        ["plot", "worstcase", str(path), "--out", str(tmp_path)],
+        f"the attack-free undefended run is 0 or has no value for b (precision@5 = {baseline:g})",
+    )
+
+
+def test_a_defense_with_no_value_in_any_cell_is_listed_last():
+    """A defense whose every attacked run has a NaN metric was ``KeyError: nan``."""
+    t = _table()
+    t.loc[t["defense.name"] == "krum", "precision@5"] = float("nan")
+    wc = worst_case(t)
+    assert list(wc.worst["defense"]) == ["cge", "krum"] and wc.worst["where"].iloc[1] == "no value"
+    assert "| krum | nan | no value |" in markdown(wc)
+    heatmap_figure(wc)

@@ -90,18 +90,40 @@ def _centralized(cfg, ckpt: Path):
     model = cfg.model.name
     if not isinstance(sd, dict) or not isinstance(sd.get("theta"), torch.Tensor):
         raise CheckpointError(f"{ckpt}: not a centralized FISM / MF checkpoint (no theta tensor)")
+    # a crafted or foreign file: the type and dtype of every entry before the data loads, the shapes
+    # once they are known (an int or bool theta, or user vectors that are no tensor, crashed the scorer)
+    theta, users = sd["theta"], sd.get("user_vectors")
+    if not _dense_float32(theta):
+        raise CheckpointError(f"{ckpt}: theta is {_describe(theta)}, expected a dense torch.float32 tensor")
+    if model == "mf" and not _dense_float32(users):
+        raise CheckpointError(
+            f"{ckpt}: user_vectors is {_describe(users)}, expected a dense torch.float32 tensor (MF)"
+        )
+    if model != "mf" and users is not None:
+        raise CheckpointError(f"{ckpt}: user_vectors {_describe(users)} in a {model} checkpoint (MF only)")
     device = resolve_device(cfg.run.device)
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
     layout = TableLayout.for_model(model, split.train.n_items)
-    theta, users = sd["theta"], sd.get("user_vectors")
-    want = (layout.n_rows, cfg.model.dim)
-    if tuple(theta.shape) != want or (model == "mf") != isinstance(users, torch.Tensor):
-        raise CheckpointError(f"{ckpt}: theta {tuple(theta.shape)} does not fit this run ({model}, {want})")
-    if users is not None and tuple(users.shape) != (split.train.n_users, cfg.model.dim):
-        raise CheckpointError(f"{ckpt}: user vectors {tuple(users.shape)} do not fit this run's users")
+    for name, value, want in (
+        ("theta", theta, (layout.n_rows, cfg.model.dim)),
+        ("user_vectors", users, (split.train.n_users, cfg.model.dim)),
+    ):
+        if value is not None and tuple(value.shape) != want:
+            raise CheckpointError(
+                f"{ckpt}: {name} {tuple(value.shape)} does not fit this run ({model}, {want})"
+            )
     state = CentralizedModel(
         layout, theta.to(device), None if users is None else users.to(device), cfg.model.gamma,
         CSRTensors.from_interactions(split.train, device),
     )  # fmt: skip
     return state.scorer(), split, device
+
+
+def _dense_float32(value: Any) -> bool:
+    """What centralized training saves: a dense float32 tensor (the scorer needs no other)."""
+    return isinstance(value, torch.Tensor) and value.layout == torch.strided and value.dtype == torch.float32
+
+
+def _describe(value: Any) -> str:
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

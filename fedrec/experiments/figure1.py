@@ -15,11 +15,13 @@ the full parameter vectors) and the gradients the server reconstructs from the u
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from fedrec.attacks import ATTACKS
 from fedrec.config import Config
 from fedrec.data import Split, load_dataset, split_per_user
 from fedrec.defenses.spaces import space_vectors
@@ -57,6 +59,13 @@ def figure1_config(
         )
     if round < 2:
         raise ValueError(f"--round {round}: the attack needs a round with history (round >= 2)")
+    # what can be checked without the data, before it loads (the run's own checks come after it)
+    if attack not in ATTACKS:
+        raise ValueError(
+            f"--attack {attack!r}: expected one of {', '.join(ATTACKS)} (figure 1 needs an attack)"
+        )
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr {lr:g}: must be a finite number > 0")
     cfg = Config()
     cfg.data.dataset, cfg.data.data_dir = dataset, data_dir
     cfg.model.name = model

@@ -14,7 +14,7 @@ import json
 import math
 import textwrap
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,8 @@ def curves_figure(
     client, rolling mean over ``loss_window`` rounds) when any run recorded it."""
     if not runs:
         raise PlotInputError("no run directory given")
+    if loss_window < 1:
+        raise PlotInputError(f"--window {loss_window}: must be at least 1")
     labels = _labels_for(runs, labels)
     with_loss = any(r.losses is not None and len(r.losses) for r in runs)
     fig = _new_figure(11 if with_loss else 6.5, 4)
@@ -383,14 +385,17 @@ def results_from_summaries(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+def load_results(
+    paths: str | Path | Sequence[str | Path], say: Callable[[str], None] | None = None
+) -> pd.DataFrame:
     """One grid results table from results.parquet files and folders of run summaries: ``*.json``
     summaries (experiments/results/...) or run directories (``*/summary.json``; federated runs only,
-    unfinished ones have none and are left out)."""
+    unfinished ones have none and are left out). A summary without P@K (a testbed run's) is skipped,
+    with a line to ``say``."""
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     if not paths:
         raise PlotInputError("no results table given")
-    frames = [_load_table(Path(p)) for p in paths]
+    frames = [_load_table(Path(p), say) for p in paths]
     if len(frames) == 1:
         return frames[0]
     with warnings.catch_warnings():
@@ -400,26 +405,34 @@ def load_results(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True)
 
 
-def _load_table(p: Path) -> pd.DataFrame:
+def _load_table(p: Path, say: Callable[[str], None] | None = None) -> pd.DataFrame:
     if not p.exists():
         raise PlotInputError(f"{p}: no such results table")
     if not p.is_dir():
         return _read_parquet(p)
     files = sorted(p.glob("*.json")) + sorted(p.glob("*/summary.json"))
-    summaries = []
+    summaries, skipped = [], []
     for f in files:
         try:
             s = json.loads(f.read_text())
         except (ValueError, UnicodeDecodeError):
             raise PlotInputError(f"{f}: not a JSON run summary") from None
-        if not isinstance(s, dict) or not isinstance(s.get("metrics"), dict):
-            raise PlotInputError(f"{f}: not a run summary (no metrics)")
-        if s.get("mode", "federated") == "federated":
+        except OSError as e:  # e.g. a folder named summary.json
+            raise PlotInputError(f"{f}: cannot be read ({e.strerror or type(e).__name__})") from None
+        if not isinstance(s, dict):
+            raise PlotInputError(f"{f}: not a run summary (a JSON {type(s).__name__}, not an object)")
+        if not isinstance(s.get("metrics"), dict):  # a testbed run: accuracy, not P@K
+            skipped.append(f"skipped {f}: no P@K / R@K in it (a testbed run?)")
+        elif s.get("mode", "federated") == "federated":
             summaries.append(s)
     if not summaries:
+        none = f"; {len(skipped)} without P@K (testbed runs?)" if skipped else ""
         raise PlotInputError(
-            f"{p}: no federated run summary in it (*.json, or run directories with summary.json)"
+            f"{p}: no federated run summary in it (*.json, or run directories with summary.json){none}"
         )
+    if say is not None:
+        for line in skipped:
+            say(line)
     return results_from_summaries(summaries)
 
 

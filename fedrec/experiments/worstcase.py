@@ -36,6 +36,11 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
     missing = [c for c in [*KEYS, metric] if c not in results.columns]
     if missing:
         raise ValueError(f"the results table has no column {', '.join(missing)}")
+    if not _is_metric(results[metric]):  # a text column (status, cell, data.dataset) cannot be averaged
+        numeric = [c for c in results.columns if "@" in str(c) and _is_metric(results[c])]
+        raise ValueError(
+            f"--metric {metric}: not a numeric metric column (the table has {', '.join(numeric) or 'none'})"
+        )
     done = results if "status" not in results.columns else results[results["status"] == "done"]
     for col in ONE_SETTING:
         if col in done.columns and done[col].nunique() > 1:
@@ -51,6 +56,13 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
         raise ValueError(
             f"no attack-free undefended run (attack none, defense none) for {', '.join(lacking)}"
         )
+    # every cell is divided by its dataset's baseline: 0 would make it inf, NaN (no value) makes it NaN
+    bad = {ds: baselines[ds] for ds in sorted(set(attacked["data.dataset"])) if not baselines[ds] > 0}
+    if bad:
+        shown = ", ".join(f"{ds} ({metric} = {v:g})" for ds, v in bad.items())
+        raise ValueError(
+            f"the attack-free undefended run is 0 or has no value for {shown}: no baseline to divide by"
+        )
     cells = attacked.groupby(KEYS)[metric].agg(["mean", "count"]).reset_index()
     cells["relative"] = cells["mean"] / cells["data.dataset"].map(baselines)
     cells["column"] = [
@@ -63,12 +75,13 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
     relative = relative[sorted(relative.columns)]
     rows = []
     for defense, group in cells.groupby("defense.name"):
-        w = group.loc[group["relative"].idxmin()]
+        valued = group.dropna(subset=["relative"])  # a cell whose every run has no value is NaN
+        w = valued.loc[valued["relative"].idxmin()] if len(valued) else None
         rows.append(
             {
                 "defense": defense,
-                "worst": float(w["relative"]),
-                "where": w["column"],
+                "worst": np.nan if w is None else float(w["relative"]),
+                "where": "no value" if w is None else w["column"],
                 "mean": float(group["relative"].mean()),
                 "cells": len(group),
             }
@@ -76,6 +89,10 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
     worst = pd.DataFrame(rows).sort_values("worst", ascending=False, ignore_index=True)
     relative = relative.loc[list(worst["defense"])]
     return WorstCase(relative, worst, baselines, metric, int(cells["count"].max()))
+
+
+def _is_metric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
 def markdown(wc: WorstCase) -> str:
