@@ -188,8 +188,10 @@ def _config_mode(config: Path | None) -> str | None:
         return None
     import yaml
 
+    from fedrec.config import load_yaml
+
     try:
-        doc = yaml.safe_load(config.read_text())
+        doc = load_yaml(config.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return None
     train = doc.get("train") if isinstance(doc, dict) else None

@@ -25,6 +25,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fedrec.config import load_yaml
 from fedrec.experiments.grid import STANDARD_KEYS
 
 KS = (1, 2, 3, 4, 5)  # paper 000 plots every metric at K = 1..5
@@ -110,7 +111,7 @@ def load_run(path: str | Path, *, rounds: bool = False, losses: bool = False) ->
     if not (p / "summary.json").is_file():
         raise PlotInputError(f"{p}: unfinished run (no summary.json yet); resume it or wait for it to end")
     try:
-        config = yaml.safe_load((p / "config.yaml").read_text()) or {}
+        config = load_yaml((p / "config.yaml").read_text()) or {}
         summary = json.loads((p / "summary.json").read_text())
     except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
         raise PlotInputError(f"{p}: unreadable config.yaml or summary.json ({type(e).__name__})") from None
