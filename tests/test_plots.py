@@ -504,3 +504,19 @@ def test_grid_markdown_has_the_figures_numbers(tmp_path) -> None:
     assert_one_line_error(
         invoke("plot", "grid", path, "--figure", 4, "--at-k", 9, "--out", tmp_path), "--at-k"
     )
+
+
+def test_grid_lines_split_by_any_setting_that_varies() -> None:
+    """Two tables read together (Figure 8: Adam from one grid, SGD at several steps from another): a
+    config column outside the standard ones (train.lr) that varies within a panel splits the lines."""
+    table = results_table()
+    clean = table[(table["attack.name"] == "none") & (table["model.name"] == "fism")].assign(
+        **{"train.lr": 0.01}
+    )
+    sgd = [
+        clean.assign(**{"train.optimizer": "sgd", "train.lr": lr, "precision@1": p})
+        for lr, p in ((0.01, 0.05), (1.0, 0.25))
+    ]
+    fig = plots.grid_figure(pd.concat([clean, *sgd]), 8, where={"attack.name": ("none",)})
+    lines = {c.get_label(): c.lines[0].get_ydata()[0] for c in fig.axes[1].containers}  # ml100k
+    assert lines == {"SGD (lr 0.01)": 0.05, "SGD (lr 1)": 0.25, "Adam (lr 0.01)": pytest.approx(0.4)}

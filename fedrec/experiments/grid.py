@@ -138,8 +138,9 @@ class Grid:
 
     @property
     def columns(self) -> list[str]:
-        """The config columns of the results table: the standard keys, then the other grid keys."""
-        return [*STANDARD_KEYS, *(k for k in self.keys if k not in STANDARD_KEYS)]
+        """The config columns of the results table: the standard keys, then the other grid keys, then
+        the keys of ``set`` (so tables of two grids say how their runs differ when read together)."""
+        return list(dict.fromkeys([*STANDARD_KEYS, *self.keys, *self.fixed]))
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -565,10 +565,12 @@ def select_results(
 
 def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) -> pd.DataFrame:
     """Mean, std (over seeds; 0 for one) and count of ``metric@K`` per panel and line, K = 1..5 (or only
-    ``at_k``); the line key adds any other setting that still varies within a panel, so no two
+    ``at_k``); the line key adds any other setting (a dotted config column: the standard ones and
+    whatever else a grid varies or sets, such as train.lr) that still varies within a panel, so no two
     settings are ever averaged together."""
     panel = [spec.rows, spec.cols] if spec.rows else [spec.cols]
-    extra = [c for c in RESULT_CONFIG if c in done and c not in (*panel, spec.lines)]
+    config = [c for c in done.columns if "." in c and "@" not in c]
+    extra = [c for c in config if c not in (*panel, spec.lines, "train.seed")]
     done = done.copy()
     for c in extra:
         done[c] = done[c].map(_text)
@@ -577,7 +579,7 @@ def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) ->
     for key, g in done.groupby([*panel, spec.lines, *varies], sort=True):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip([*panel, spec.lines, *varies], key, strict=True))
-        row["_extra"] = ", ".join(f"{SHORT[c]} {row[c]}" for c in varies)
+        row["_extra"] = ", ".join(f"{SHORT.get(c, c.rpartition('.')[2])} {row[c]}" for c in varies)
         for k in KS if at_k is None else (at_k,):
             v = g[f"{spec.metric}@{k}"].astype(float)
             out.append({**row, "k": k, "mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else 0.0,
