@@ -127,11 +127,11 @@ def train(
                     _print_json(done.summary)
                 return
         else:
-            cfg = load_config(config, _train_overrides(locals(), config) + list(set_ or []))
-            set_keys = [text.partition("=")[0].strip() for text in set_ or []]
-            if (unread := unread_key(cfg, set_keys)) is not None:
+            given = _train_overrides(locals(), config) + list(set_ or [])
+            cfg = load_config(config, given)
+            if (unread := unread_key(cfg, [text.partition("=")[0].strip() for text in given])) is not None:
                 raise ConfigError(
-                    f"--set {unread}: the most-popular baseline (pop) trains nothing and does not read it"
+                    f"{unread}: the most-popular baseline (pop) trains nothing and does not read it"
                 )
             if cfg.train.mode == "federated":
                 from fedrec.federation.runner import run_federated
@@ -428,7 +428,8 @@ def experiment(
         if jobs < 1:
             raise GridError(f"--jobs {jobs}: must be at least 1")
         grid = load_grid(grid_file, out=out_dir, overrides=list(set_ or []))
-        check_inputs(grid)
+        if not dry_run:  # a dry run lists the cells on a machine without the data too
+            check_inputs(grid)
     if dry_run:
         cells = plan(grid)
         if as_json:

@@ -485,15 +485,15 @@ def test_what_would_fail_every_cell_is_one_line_before_any_runs(tmp_path: Path, 
     empty.mkdir()
     grid = tmp_path / "nodata.yaml"
     grid.write_text(f"set:\n  data.data_dir: {empty}\ngrid:\n  data.dataset: [lastfm]\n")
-    _bad_grid_cli(grid, [], "data.dataset='lastfm': ")
-    _bad_grid_cli(grid, ["--dry-run"], "not found")
+    _bad_grid_cli(grid, [], "dataset 'lastfm' not found")
+    assert _experiment(grid, "--out", tmp_path / "never", "--dry-run").exit_code == 0  # lists it all the same
     grid.write_text(f"grid:\n  data.dataset: [{tmp_path / 'gone.inter'}]\n")
     _bad_grid_cli(grid, [], "gone.inter")
 
     out = tmp_path / "blocked"
     (out / "results.parquet").mkdir(parents=True)
     res = _experiment(grid_file, "--out", out)
-    assert res.exit_code == 2 and "a folder where the results table goes" in res.stderr, res.output
+    assert res.exit_code == 2 and "results.parquet: a folder where the grid writes a file" in res.stderr
     (out / "results.parquet").rmdir()
     cell = load_grid(grid_file, out=out).cells[0]
     (out / "runs").mkdir()
@@ -535,10 +535,50 @@ def test_a_grid_of_runs_that_would_be_the_same_is_refused(tmp_path: Path) -> Non
     res = CliRunner().invoke(
         app, ["train", "--mode", "centralized", "--model", "pop", "--set", "train.lr=0.2"]
     )
-    assert res.exit_code == 2 and "--set train.lr: the most-popular baseline" in res.stderr, res.output
+    assert res.exit_code == 2 and "train.lr: the most-popular baseline" in res.stderr, res.output
+    res = CliRunner().invoke(app, ["train", "--mode", "centralized", "--model", "pop", "--seed", "3"])
+    assert res.exit_code == 2 and "train.seed: the most-popular baseline" in res.stderr, res.output
     lists = "\n".join(f"  {k}: [{', '.join(str(i + 1) for i in range(10))}]"
                       for k in ("train.seed", "model.dim", "train.negatives", "federated.rounds", "data.split_seed", "eval.batch_size"))  # fmt: skip
     path.write_text(f"grid:\n{lists}\n")
     t = time.perf_counter()
     _bad_grid_cli(path, ["--dry-run"], "1,000,000 cells; a grid has at most 20,000")
     assert time.perf_counter() - t < 10
+
+
+def test_parts_keep_failed_cells_and_narrow_by_the_grids_own_values(tmp_path: Path) -> None:
+    """A cell that failed in one part stays in the table another part writes (as cell.json recorded
+    it), a part's output lists only its own cells, and --set narrows by value (1 finds the grid's 1.0;
+    true is no number)."""
+    bad = tmp_path / "bad.inter"
+    bad.write_text("user_id:token\titem_id:token\nnot a row\n")
+    good = _write_inter(tmp_path / "good.inter", 1)
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({
+        "set": {"train.mode": "federated", "federated": {"rounds": 4, "fraction": 0.1, "eval_every": 4,
+                "checkpoint_every": 4}, "model.dim": 8, "eval.ks": [1, 5]},
+        "grid": {"data.dataset": [str(bad), good], "train.lr": [1.0]},
+    }))  # fmt: skip
+    out = tmp_path / "out"
+    res = _experiment(path, "--out", out, "--set", f"data.dataset={bad}", "--json")
+    assert res.exit_code == 1 and [r["status"] for r in json.loads(res.stdout)["cells"]] == ["failed"]
+    res = _experiment(path, "--out", out, "--set", f"data.dataset={good}", "--set", "train.lr=1", "--json")
+    assert res.exit_code == 0, res.output
+    assert [r["status"] for r in json.loads(res.stdout)["cells"]] == ["done"]  # its own part only
+    table = pd.read_parquet(out / "results.parquet")
+    assert sorted(table["status"]) == ["done", "failed"] and table["train.lr"].tolist() == [1.0, 1.0]
+    _bad_grid_cli(path, ["--set", "train.lr=true"], "train.lr: cannot read True as float")
+
+
+def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
+    """``<<: *anchor`` merges a mapping (a key of its own overrides a merged one); only a key written
+    twice in the same mapping is refused."""
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "set: {train.mode: federated}\ngrid:\n  - &g {data.dataset: [ml100k], train.seed: [0, 1]}\n"
+        "  - <<: *g\n    train.seed: [2]\n    attack.name: [gradient-ascent]\n    attack.fraction: [0.2]\n"
+    )
+    cells = load_grid(path).cells
+    assert [(c.values["train.seed"], c.values.get("attack.name")) for c in cells] == [
+        (0, None), (1, None), (2, "gradient-ascent"),
+    ]  # fmt: skip

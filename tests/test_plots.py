@@ -520,3 +520,22 @@ def test_grid_lines_split_by_any_setting_that_varies() -> None:
     fig = plots.grid_figure(pd.concat([clean, *sgd]), 8, where={"attack.name": ("none",)})
     lines = {c.get_label(): c.lines[0].get_ydata()[0] for c in fig.axes[1].containers}  # ml100k
     assert lines == {"SGD (lr 0.01)": 0.05, "SGD (lr 1)": 0.25, "Adam (lr 0.01)": pytest.approx(0.4)}
+
+
+def test_grid_lines_ignore_columns_a_table_lacks_and_settings_that_change_no_result() -> None:
+    """An old table without the set: columns read beside a new one, and settings that do not change a
+    run's result (run.compile, federated.eval_every), never split a line."""
+    table = results_table()
+    new = table[table["train.seed"] == 2].assign(
+        **{"train.lr": 0.01, "run.compile": True, "federated.eval_every": 9}
+    )
+    old = table[table["train.seed"] < 2].assign(**{"run.compile": False})
+    fig = plots.grid_figure(pd.concat([old, new]), 4)
+    assert [c.get_label() for c in fig.axes[3].containers] == ["Krum", "No defense", "A-RFRS"]
+    arfrs = fig.axes[3].containers[2].lines[0]  # ml100k, 40 %: all three seeds in one mean
+    cell = table[
+        (table["data.dataset"] == "ml100k")
+        & (table["attack.fraction"] == 0.4)
+        & (table["defense.name"] == "a-rfrs")
+    ]
+    np.testing.assert_allclose(arfrs.get_ydata(), [cell[f"precision@{k}"].mean() for k in range(1, 6)])

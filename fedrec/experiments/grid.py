@@ -53,6 +53,7 @@ threads next to one busy process ran at 6 % of one thread); parallelism comes fr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -63,12 +64,17 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 from fedrec.config import (
     MODE_SECTIONS,
@@ -77,6 +83,7 @@ from fedrec.config import (
     load_config,
     load_yaml,
     parse_override,
+    shown,
     unread_key,
 )
 from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
@@ -190,6 +197,7 @@ def load_grid(
         except ConfigError as err:
             raise GridError(f"--set: {err}") from None
         if key in keys:
+            _check_key(path, key, value)  # a value of the key's type (true is no seed)
             subgrids, narrowed = narrow(path, subgrids, key, value), True
         else:
             fixed[key] = value
@@ -201,7 +209,7 @@ def load_grid(
     if out is None:
         out = doc.get("out") or Path("runs") / path.stem
     if not isinstance(out, str | Path) or not str(out).strip():
-        raise GridError(f"{path}: out={out!r}: expected a folder name")
+        raise GridError(f"{path}: out={shown(out)}: expected a folder name")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GridError(f"{path}: out {str(out)!r} exists and is not a folder")
@@ -225,6 +233,8 @@ def load_grid(
     if narrowed:  # a part keeps its cells' names: it is the whole grid's, which later skips what it ran
         part = {dumps(values, sort_keys=True) for values in expand(subgrids)}
         cells = [c for c in whole if dumps(c.values, sort_keys=True) in part]
+        if not cells:  # cannot happen while narrowing keeps the grid's own values; never run nothing
+            raise GridError(f"{path}: --set {', '.join(overrides)}: no cell of the grid has these values")
     return Grid(path, text, base, fixed, whole_subgrids, out, keys, cells, whole)
 
 
@@ -235,9 +245,10 @@ def narrow(path: Path, subgrids: list[dict[str, list]], key: str, value: Any) ->
     listed = [vs for g in subgrids if key in g for vs in [g[key]]]
     if not any(value in vs for vs in listed):
         values = ", ".join(dict.fromkeys(repr(v) for vs in listed for v in vs))
-        raise GridError(f"{path}: --set {key}={value!r}: the grid lists {key} as {values} only")
+        raise GridError(f"{path}: --set {key}={shown(value)}: the grid lists {key} as {values} only")
+    # the grid's own spelling of the value (1.0 for --set ...=1), so a part's cells are the grid's cells
     return [
-        {k: [value] if k == key else vs for k, vs in g.items()}
+        {k: [next(v for v in vs if v == value)] if k == key else vs for k, vs in g.items()}
         for g in subgrids
         if key not in g or value in g[key]
     ]
@@ -247,11 +258,11 @@ def _base(path: Path, base: Any) -> Path | None:
     if base is None:
         return None
     if not isinstance(base, str) or not base.strip():
-        raise GridError(f"{path}: base={base!r}: expected the path of a config file")
+        raise GridError(f"{path}: base={shown(base)}: expected the path of a config file")
     for candidate in (path.parent / base, Path(base)):
         if candidate.is_file():
             return candidate
-    raise GridError(f"{path}: base={base!r}: no such config file (looked in {path.parent} and the cwd)")
+    raise GridError(f"{path}: base={shown(base)}: no such config file (looked in {path.parent} and the cwd)")
 
 
 def _flat(path: Path, where: str, doc: Any, prefix: str = "") -> dict[str, Any]:
@@ -278,7 +289,7 @@ def _subgrid(path: Path, i: int, doc: Any, n: int) -> dict[str, list[Any]]:
     for key, values in flat.items():
         if not isinstance(values, list):
             raise GridError(
-                f"{path}: {where}: {key}: expected a list of values, got {values!r} (fixed values go under set)"
+                f"{path}: {where}: {key}: expected a list of values, got {shown(values)} (fixed values go under set)"
             )
         if not values:
             raise GridError(f"{path}: {where}: {key}: the list is empty, so the grid has no cell")
@@ -295,7 +306,7 @@ def _check_key(path: Path, key: str, value: Any) -> None:
 
 
 def _describe(values: dict[str, Any], keys: list[str]) -> str:
-    return ", ".join(f"{k}={values[k]!r}" for k in keys if k in values) or "the only cell"
+    return ", ".join(f"{k}={shown(values[k])}" for k in keys if k in values) or "the only cell"
 
 
 def _cell_config(path: Path, base: Path | None, values: dict[str, Any], out: Path, keys: list[str]) -> Config:
@@ -408,6 +419,8 @@ def adopt_earlier_dirs(grid: Grid, say: Callable[[str], None] = lambda line: Non
     a key reuses the runs it already has (done ones are skipped, killed ones resume)."""
     for name, old in earlier_dirs(grid).items():
         new = grid.out / "runs" / name
+        if new.exists():  # another process on the same folder adopted it first
+            continue
         try:  # another process on the same folder may have moved it first: then the cell runs as new
             old.rename(new)
         except OSError as exc:
@@ -450,11 +463,12 @@ def check_inputs(grid: Grid) -> None:
         try:
             source = dataset_source(name, data_dir)
         except DataError as err:
-            raise GridError(f"{grid.path}: data.dataset={name!r}: {err}") from None
+            raise GridError(f"{grid.path}: data.dataset={shown(name)}: {err}") from None
         if not source[0].is_file():
-            raise GridError(f"{grid.path}: data.dataset={name!r}: {source[0]} is not a file")
-    if (grid.out / RESULTS).is_dir():
-        raise GridError(f"{grid.out / RESULTS}: a folder where the results table goes; move it away")
+            raise GridError(f"{grid.path}: data.dataset={shown(name)}: {source[0]} is not a file")
+    for name in (RESULTS, MANIFEST, "grid.yaml"):
+        if (grid.out / name).is_dir():
+            raise GridError(f"{grid.out / name}: a folder where the grid writes a file; move it away")
     for c in grid.cells:
         if (d := grid.run_dir(c)).exists() and not d.is_dir():
             raise GridError(f"{d}: a file where cell {c.name}'s run directory goes; move it away")
@@ -526,6 +540,16 @@ class _Running:
     proc: multiprocessing.process.BaseProcess
     start: float
     log_from: int
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing) for the block; none where the
+    platform has no ``fcntl``."""
+    with open(path, "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def _context():
@@ -613,9 +637,7 @@ def run_grid(
     _atomic(out / MANIFEST, lambda p: p.write_text(dumps(manifest(grid), indent=1)), unique=True)
     adopt_earlier_dirs(grid, say)
 
-    # this run's verdicts (done, failed); the table also has every cell of the whole grid finished on
-    # disk, so running a part (or two parts side by side) never drops what the other parts ran
-    status: dict[str, tuple[str, str | None]] = {}
+    status: dict[str, tuple[str, str | None]] = {}  # this run's verdicts: done, failed
     todo = [c for c in grid.cells if finished_summary(grid.run_dir(c)) is None]
     threads = threads_per_job(jobs)
     part = f" (a part of the grid's {len(grid.whole)})" if len(grid.cells) < len(grid.whole) else ""
@@ -624,21 +646,32 @@ def run_grid(
         f"({min(jobs, max(1, len(todo)))} at a time, {threads} thread{'s' * (threads > 1)} each)"
     )
 
-    done: set[str] = set()  # a finished summary stays finished: read each cell's at most once
+    finished_rows: dict[str, dict[str, Any]] = {}  # a finished cell's row never changes: built once
 
-    def verdict(c: Cell) -> tuple[str, str | None] | None:
-        if c.name in done or finished_summary(grid.run_dir(c)) is not None:
-            done.add(c.name)
-            return ("done", None)
-        return status.get(c.name)
+    def row(c: Cell) -> dict[str, Any] | None:
+        """The cell's row if it ran: finished on disk, else failed (in this run, or as its cell.json
+        last recorded: a part run never drops what other parts ran), else None."""
+        if c.name in finished_rows or finished_summary(grid.run_dir(c)) is not None:
+            return finished_rows.setdefault(c.name, result_row(grid, c, "done"))
+        if (verdict := status.get(c.name)) is None:
+            info = _cell_info(grid.run_dir(c))
+            if info.get("status") != "failed":
+                return None
+            verdict = ("failed", info.get("error"))
+        return result_row(grid, c, *verdict)
+
+    part = {c.name for c in grid.cells}
 
     def table() -> list[dict[str, Any]]:
-        rows = [result_row(grid, c, *v) for c in grid.whole if (v := verdict(c)) is not None]
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        rows = [{k: r.get(k, math.nan) for k in columns} for r in rows]  # a failed cell has no P@K: NaN
-        if rows:
-            write_results(out / RESULTS, rows)
-        return rows
+        """The whole grid's table into OUT/results.parquet (under a lock: two parts may run side by
+        side); returns the rows of this run's part."""
+        with _locked(out / ".results.lock"):
+            rows = [r for c in grid.whole if (r := row(c)) is not None]
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            rows = [{k: r.get(k, math.nan) for k in columns} for r in rows]  # a failed cell has no P@K: NaN
+            if rows:
+                write_results(out / RESULTS, rows)
+        return [r for r in rows if r["cell"] in part]
 
     ctx = _context()
     running: list[_Running] = []

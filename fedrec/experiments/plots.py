@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from fedrec.config import load_yaml
 from fedrec.experiments.grid import STANDARD_KEYS
+from fedrec.federation.checkpoint import NOT_IDENTITY
 
 KS = (1, 2, 3, 4, 5)  # paper 000 plots every metric at K = 1..5
 PAPER_NAMES = {
@@ -54,6 +55,8 @@ COLORS = ["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab
 # what a results row says of its run's setting: fedrec experiment's standard columns but the seed
 RESULT_CONFIG = tuple(k for k in STANDARD_KEYS if k != "train.seed")
 
+# config columns that do not change a run's result: never a reason to split a figure's lines
+NOT_RESULT = (*NOT_IDENTITY, "federated.checkpoint_every", "federated.eval_every")
 SHORT = dict(
     zip(RESULT_CONFIG, ("dataset", "model", "optimizer", "attack", "fraction", "defense"), strict=True)
 )
@@ -569,22 +572,34 @@ def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) ->
     whatever else a grid varies or sets, such as train.lr) that still varies within a panel, so no two
     settings are ever averaged together."""
     panel = [spec.rows, spec.cols] if spec.rows else [spec.cols]
-    config = [c for c in done.columns if "." in c and "@" not in c]
+    optimizers = spec.where.get("train.optimizer", ("adam",))  # names the x-RFRS line
+    optimizer = optimizers[0] if len(optimizers) == 1 else None
+    config = [c for c in done.columns if "." in c and "@" not in c and c not in NOT_RESULT]
     extra = [c for c in config if c not in (*panel, spec.lines, "train.seed")]
     done = done.copy()
-    for c in extra:
-        done[c] = done[c].map(_text)
+    for c in extra:  # a column one of two tables lacks is missing (None), not a value of its own
+        done[c] = done[c].map(
+            lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else _text(v)
+        )
     varies = [c for c in extra if (done.groupby(panel)[c].nunique() > 1).any()]
     out = []
-    for key, g in done.groupby([*panel, spec.lines, *varies], sort=True):
+    for key, g in done.groupby([*panel, spec.lines, *varies], sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip([*panel, spec.lines, *varies], key, strict=True))
         row["_extra"] = ", ".join(f"{SHORT.get(c, c.rpartition('.')[2])} {row[c]}" for c in varies)
+        row["label"] = _line_label(spec.lines, row[spec.lines], optimizer) + (
+            f" ({row['_extra']})" if row["_extra"] else ""
+        )
         for k in KS if at_k is None else (at_k,):
             v = g[f"{spec.metric}@{k}"].astype(float)
             out.append({**row, "k": k, "mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else 0.0,
                         "n": len(v)})  # fmt: skip
     return pd.DataFrame(out)
+
+
+def _line_order(stats: pd.DataFrame, spec: GridFigure) -> list[str]:
+    """The lines' values in drawing (and column) order: the paper's own method last, on top."""
+    return sorted(stats[spec.lines].unique(), key=lambda v: (_is_ours(spec.lines, v), v))
 
 
 def grid_figure(
@@ -611,7 +626,7 @@ def grid_figure(
         xs = {v: float(v) if numeric else float(i) for i, v in enumerate(names)}
     col_vals = sorted(stats[spec.cols].unique())
     row_vals = sorted(stats[spec.rows].unique()) if spec.rows and at_k is None else [None]
-    line_vals = sorted(stats[spec.lines].unique(), key=lambda v: (_is_ours(spec.lines, v), v))
+    line_vals = _line_order(stats, spec)
     colors = {
         v: OURS if _is_ours(spec.lines, v) else COLORS[i % len(COLORS)] for i, v in enumerate(line_vals)
     }
@@ -627,7 +642,6 @@ def grid_figure(
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     short = {"precision": "Precision", "recall": "Recall"}[spec.metric]
-    optimizer = spec.where.get("train.optimizer", ("adam",))
     for ax, (rv, cv) in zip(axes, panels, strict=False):
         sel = stats[stats[spec.cols] == cv]
         if rv is not None:
@@ -639,9 +653,8 @@ def grid_figure(
                     continue
                 s = s.assign(x=s[spec.rows].map(xs) if at_k is not None else s.k).sort_values("x")
                 x, y, e = (s[c].to_numpy(dtype=float) for c in ("x", "mean", "std"))
-                label = _line_label(spec.lines, lv, optimizer[0] if len(optimizer) == 1 else None)
                 ax.errorbar(x, y, yerr=e, color=colors[lv], ls=styles[extra], marker="o", ms=3,
-                            capsize=2, label=label + (f" ({extra})" if extra else ""))  # fmt: skip
+                            capsize=2, label=s["label"].iloc[0])  # fmt: skip
         where = _panel_title(spec.cols, cv) + ("" if rv is None else f", {_panel_title(spec.rows, rv)}")
         ax.set_title(where, fontsize=9)
         if at_k is not None:
@@ -679,13 +692,8 @@ def grid_markdown(
         raise PlotInputError(f"--at-k {k}: needs K in 1..5")
     stats = grid_stats(done, spec, k)
     panel = [spec.cols, *([spec.rows] if spec.rows else [])]
-    optimizer = spec.where.get("train.optimizer", ("adam",))
-    stats["line"] = [
-        _line_label(spec.lines, lv, optimizer[0] if len(optimizer) == 1 else None) + (f" ({x})" if x else "")
-        for lv, x in zip(stats[spec.lines], stats["_extra"], strict=True)
-    ]
-    order = sorted(stats[spec.lines].unique(), key=lambda v: (_is_ours(spec.lines, v), v))
-    lines = list(dict.fromkeys(stats.sort_values(spec.lines, key=lambda c: c.map(order.index))["line"]))
+    order = _line_order(stats, spec)
+    lines = list(dict.fromkeys(stats.sort_values(spec.lines, key=lambda c: c.map(order.index))["label"]))
     short = {"precision": "P", "recall": "R"}[spec.metric]
     out = [
         f"Figure {spec.number}: {short}@{k}, {_selection(done, spec, stats)}",
@@ -695,7 +703,7 @@ def grid_markdown(
     ]
     for key, g in stats.groupby(panel, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        by = g.set_index("line")
+        by = g.set_index("label")
         best = by["mean"].max()
         cells = []
         for ln in lines:
