@@ -35,46 +35,42 @@ class YamlTooLarge(yaml.YAMLError):
         super().__init__(self.problem)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one
-    silently, so ``train.seed: [0]`` then ``train.seed: [1]`` ran seed 1 alone)."""
+MERGE = "tag:yaml.org,2002:merge"  # ``<<: *anchor``: merged keys, which a key of its own may override
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *anchor: merged (and overridable) below
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                twice = key in seen
-            except TypeError:  # an unhashable key: the base class says so
-                break
-            if twice:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {shown(key)} appears twice in one mapping", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+
+def _check_nodes(root: yaml.Node | None) -> None:
+    """Walk the composed document (nodes: nothing built yet) with its aliases expanded: at most
+    ``MAX_YAML_VALUES`` nodes, and no key written twice in one mapping (PyYAML keeps the last one
+    silently, so ``train.seed: [0]`` then ``train.seed: [1]`` ran seed 1 alone)."""
+    stack, count = [root] if root is not None else [], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise YamlTooLarge()
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, Any]] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != MERGE:
+                    if (key.tag, key.value) in seen:
+                        raise yaml.MarkedYAMLError(
+                            problem=f"key {shown(key.value)} appears twice in one mapping",
+                            problem_mark=key.start_mark,
+                        )
+                    seen.add((key.tag, key.value))
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` (no tags that build objects) that refuses a key given twice in a mapping, and
-    documents whose aliases expand past ``MAX_YAML_VALUES`` values: the parser shares an aliased node,
-    but anything that walks the document (validation, its hash, an error message) would expand it,
-    10^8 values from a 1 KB file."""
-    doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds no objects from tags
-    stack, seen = [doc], 0
-    while stack:
-        node = stack.pop()
-        seen += 1
-        if seen > MAX_YAML_VALUES:
-            raise YamlTooLarge()
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return doc
+    """``yaml.safe_load`` (no tags that build objects), after checking the composed nodes: a key given
+    twice in a mapping, or aliases that expand past ``MAX_YAML_VALUES`` values, are refused. The
+    parser shares an aliased node, but anything that walks the document (validation, its hash, an
+    error message) would expand it: 10^8 values from a 1 KB file. Files here are small, so parsing
+    twice costs nothing that matters."""
+    _check_nodes(yaml.compose(text, Loader=yaml.SafeLoader))
+    return yaml.safe_load(text)
 
 
 _SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
