@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedrec.config import ConfigError, load_config, unread_key
+from fedrec.config import ConfigError, load_config, load_yaml, unread_key
 from fedrec.data import DATASETS, DataError
 from fedrec.runs import dumps
 
@@ -188,8 +188,6 @@ def _config_mode(config: Path | None) -> str | None:
         return None
     import yaml
 
-    from fedrec.config import load_yaml
-
     try:
         doc = load_yaml(config.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
@@ -333,7 +331,7 @@ def report(
     from fedrec.runs import read_summary
 
     def skip(d: Path, why: str) -> None:
-        err.print(f"skipped {d}: {why}", highlight=False, markup=False, soft_wrap=True)
+        _notes([f"skipped {d}: {why}"])
 
     with _clean_errors():
         rows = []
@@ -422,14 +420,12 @@ def experiment(
     """Run a grid of configs (lists expand to every combination) in parallel processes into one Parquet
     table, OUT/results.parquet; finished cells are skipped and killed ones resume. The grid is checked
     whole before anything runs."""
-    from fedrec.experiments.grid import GridError, check_inputs, load_grid, plan, run_grid
+    from fedrec.experiments.grid import GridError, load_grid, plan, run_grid
 
     with _clean_errors():
         if jobs < 1:
             raise GridError(f"--jobs {jobs}: must be at least 1")
         grid = load_grid(grid_file, out=out_dir, overrides=list(set_ or []))
-        if not dry_run:  # a dry run lists the cells on a machine without the data too
-            check_inputs(grid)
     if dry_run:
         cells = plan(grid)
         if as_json:

@@ -631,6 +631,7 @@ def run_grid(
     OUT/results.parquet). ``say`` gets one line per event (a cell started, finished, failed)."""
     if jobs < 1:
         raise GridError(f"--jobs {jobs}: must be at least 1")
+    check_inputs(grid)  # before anything is written (a dry run, plan(), lists a grid without its data)
     out = grid.out
     out.mkdir(parents=True, exist_ok=True)
     _atomic(out / "grid.yaml", lambda p: p.write_text(grid.text), unique=True)
