@@ -34,5 +34,5 @@ lint: venv
 	$(BIN)/ruff check fedrec tests benchmarks experiments notebooks
 	$(BIN)/ruff format --check fedrec tests benchmarks experiments notebooks
 
-clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+clean:  ## the venv and caches; never runs/ (recorded experiments take hours: delete them by hand)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -77,7 +77,7 @@ def _table(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "results.parquet").drop(columns=VOLATILE)
 
 
-def test_the_table_has_the_promised_columns(uninterrupted: Path) -> None:
+def test_the_table_has_the_promised_columns(uninterrupted: Path, grid_file: Path) -> None:
     df = pd.read_parquet(uninterrupted / "results.parquet")
     need = [*STANDARD_KEYS, "cell", "run_dir", "status", "error", "wall_s", "rounds", "byzantine_rejected",
             "honest_rejected", "precision@1", "precision@5", "recall@1", "recall@5"]  # fmt: skip
@@ -101,7 +101,7 @@ def test_the_table_has_the_promised_columns(uninterrupted: Path) -> None:
         assert row["recall@1"] == summary["metrics"]["recall"]["1"]
     manifest = json.loads((uninterrupted / "manifest.json").read_text())
     assert [c["cell"] for c in manifest["cells"]] == list(df["cell"])
-    assert (uninterrupted / "grid.yaml").is_file()
+    assert (uninterrupted / "grid.yaml").read_text() == grid_file.read_text()
 
 
 def test_killed_midway_and_restarted_gives_the_same_table(grid_file: Path, uninterrupted: Path) -> None:
@@ -255,6 +255,8 @@ def test_a_part_of_the_grid_keeps_the_other_parts_in_the_table(
     whole = _table(uninterrupted).sort_values("cell", ignore_index=True)
     pd.testing.assert_frame_equal(_table(out).sort_values("cell", ignore_index=True), whole)
     assert len(json.loads((out / "manifest.json").read_text())["cells"]) == 8
+    # the copy of the grid file is the grid file, not the last --set (a loop variable once shadowed it)
+    assert (out / "grid.yaml").read_text() == grid_file.read_text()
 
 
 def test_set_narrows_a_grid_key_and_overrides_the_rest(grid_file: Path, uninterrupted: Path) -> None:

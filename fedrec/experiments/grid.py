@@ -191,9 +191,9 @@ def load_grid(
         raise GridError(f"{path}: grid: an empty list has no cell")
     keys = list(dict.fromkeys(k for g in subgrids for k in g))
     whole_subgrids, narrowed = subgrids, False
-    for text in overrides:
+    for override in overrides:  # not `text`: that is the grid file's, copied to OUT/grid.yaml
         try:
-            key, value = parse_override(text)
+            key, value = parse_override(override)
         except ConfigError as err:
             raise GridError(f"--set: {err}") from None
         if key in keys:
