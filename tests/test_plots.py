@@ -506,6 +506,32 @@ def test_grid_markdown_has_the_figures_numbers(tmp_path) -> None:
     )
 
 
+def test_a_cell_in_two_tables_counts_once(tmp_path) -> None:
+    """A part of a grid rerun into a second folder lists some cells in both tables: read together they
+    were averaged as two seeds (a smaller std, a tilted mean); the table given last wins, with a note."""
+    table = results_table()
+    table["cell"] = [f"c{i}" for i in range(len(table))]
+    first = table[table["train.seed"] <= 1]
+    rerun = table[table["train.seed"] >= 1].copy()
+    ks = [c for c in table if c.startswith(("precision@", "recall@"))]
+    rerun.loc[rerun["train.seed"] == 1, ks] += 0.5  # the rerun of seed 1 differs from its first run
+    paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    first.to_parquet(paths[0])
+    rerun.to_parquet(paths[1])
+    said: list[str] = []
+    got = plots.load_results(paths, say=said.append)
+    n_twice = int((table["train.seed"] == 1).sum())
+    assert len(got) == len(table) and got["cell"].is_unique
+    assert said == [f"{n_twice} grid cell(s) in more than one table: the row of the table given last is used"]
+    want = pd.concat([table[table["train.seed"] == 0], rerun], ignore_index=True)
+    pd.testing.assert_frame_equal(
+        got.sort_values("cell", ignore_index=True), want.sort_values("cell", ignore_index=True)
+    )
+    assert plots.grid_markdown(got, 4) == plots.grid_markdown(want, 4)
+    res = invoke("plot", "grid", *paths, "--figure", 4, "--out", tmp_path)
+    assert res.exit_code == 0 and "in more than one table" in res.output, res.output
+
+
 def test_grid_lines_split_by_any_setting_that_varies() -> None:
     """Two tables read together (Figure 8: Adam from one grid, SGD at several steps from another): a
     config column outside the standard ones (train.lr) that varies within a panel splits the lines."""

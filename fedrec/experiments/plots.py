@@ -406,7 +406,20 @@ def load_results(
         # a column that is all-NA in one table (no detection rates in an attack-free folder) must not
         # decide the dtype: the behaviour pandas deprecates is the one wanted here
         warnings.simplefilter("ignore", FutureWarning)
-        return pd.concat(frames, ignore_index=True)
+        table = pd.concat(frames, ignore_index=True)
+    if "cell" not in table:
+        return table
+    # a grid cell in two tables (a part rerun into a new folder) is one run, not two seeds: counted
+    # twice it would shrink the std and tilt the mean; the table given last wins
+    named = table["cell"].notna()
+    again = named & table["cell"].duplicated(keep="last")
+    if again.any():
+        if say is not None:
+            say(
+                f"{int(again.sum())} grid cell(s) in more than one table: the row of the table given last is used"
+            )
+        table = table[~again].reset_index(drop=True)
+    return table
 
 
 def _load_table(p: Path, say: Callable[[str], None] | None = None) -> pd.DataFrame:
