@@ -78,9 +78,9 @@ def loop_krum(v: ClientVectors, f: int) -> Tensor:
     return torch.stack(out)
 
 
-def bench(name: str, fraction: float, device: torch.device, seconds: float, flat: bool = True) -> dict:
-    """One round at ``fraction``; ``flat = False`` skips the flat rules (their n x n Gram matrix and
-    dense blocks over the union grow with n^2 and n M: minutes on one core at Spattack's density)."""
+def round_vectors(name: str, fraction: float, device: torch.device) -> tuple[ClientVectors, str, list[int]]:
+    """One round's honest uploads at ``fraction`` clients a round (paper settings), as the rules see
+    them in gradient space: ``(vectors, data source, table shape)``."""
     inter, source = load(name)
     cfg = Config()
     cfg.federated.fraction, cfg.run.device = fraction, str(device)
@@ -93,8 +93,14 @@ def bench(name: str, fraction: float, device: torch.device, seconds: float, flat
     neg = sample_negatives(batch, run.layout.n_items, 1, run.neg_gen)
     grads = client_gradients(run.server.theta, run.layout, batch, neg, gamma=1.0, lam=1e-4)
     uploads = honest_uploads(run.server, run.rule, grads, batch, t)
-    v = space_vectors("gradient", run.server, uploads, run.rule, t)
-    f = assumed_f(uploads.n, 0.2)
+    return space_vectors("gradient", run.server, uploads, run.rule, t), source, list(run.server.theta.shape)
+
+
+def bench(name: str, fraction: float, device: torch.device, seconds: float, flat: bool = True) -> dict:
+    """One round at ``fraction``; ``flat = False`` skips the flat rules (their n x n Gram matrix and
+    dense blocks over the union grow with n^2 and n M: minutes on one core at Spattack's density)."""
+    v, source, table = round_vectors(name, fraction, device)
+    f = assumed_f(v.n, 0.2)
     _, counts = torch.unique(v.rows, return_counts=True)
     krum = RULES["krum"]
     fns = {
@@ -114,7 +120,7 @@ def bench(name: str, fraction: float, device: torch.device, seconds: float, flat
         "median": float((item_median(v)[1].double() - loop_median(v)).abs().max()),
     }
     return {
-        "dataset": name, "source": source, "table": list(run.server.theta.shape), "clients": uploads.n, "f": f,
+        "dataset": name, "source": source, "table": table, "clients": v.n, "f": f,
         "entries": int(v.rows.shape[0]), "listed_rows": int(counts.numel()), "max_listers": int(counts.max()),
         "sum_c2": int((counts.double() ** 2).sum()), "ms": ms, "max_abs_diff": check,
     }  # fmt: skip

@@ -39,6 +39,7 @@ from fedrec.defenses import (
     weighted_sum,
     weiszfeld_gram,
 )
+from fedrec.defenses.vectors import sq_linf_distances, sq_lp_distances
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 F64 = torch.float64
@@ -748,3 +749,40 @@ def test_gram_by_pairs_and_by_blocks_equal_the_dense_product(seed, n, n_rows, d,
         assert torch.equal(g, g.T), method
     with pytest.raises(ValueError, match="method"):
         gram(v, method="dense")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 9),
+    n_rows=st.integers(1, 40),
+    d=st.integers(1, 5),
+    density=st.sampled_from([0.02, 0.2, 0.7, 1.0]),
+    attacker=st.booleans(),
+    p=st.sampled_from([1.0, 1.5, 3.0, math.inf]),
+)
+def test_lp_distances_by_pairs_and_by_blocks_equal_the_literal_ones(
+    seed, n, n_rows, d, density, attacker, p
+) -> None:
+    """MixTailor's l_p and l-infinity Krum distances by pairs of listers per row (plus the rows only one
+    of the two lists) equal the literal dense ``|x_i - x_j|_p^2``, and the l-infinity ones equal the
+    dense-block way bit for bit; rows listed with zero values (``all_rows``) change nothing."""
+    x = sparse_table(seed, n, n_rows, d, density=density, dense=(0,) if attacker else ())
+    diff = (flat(x)[:, None, :] - flat(x)[None, :, :]).abs()
+    ref = diff.amax(2).pow(2) if p == math.inf else diff.pow(p).sum(2).pow(2 / p)
+    for all_rows in (False, True):
+        v = ClientVectors.from_dense(x, all_rows=all_rows)
+        got = {}
+        for method in ("pairs", "blocks", "auto"):
+            if p == math.inf:
+                got[method] = sq_linf_distances(v, block_rows=3, method=method)
+            else:
+                got[method] = sq_lp_distances(v, p, block_rows=3, method=method)
+            torch.testing.assert_close(got[method], ref, rtol=1e-10, atol=1e-12, msg=method)
+        assert torch.equal(got["pairs"], got["pairs"].T)  # (cdist's l_p is symmetric only to rounding)
+        if p == math.inf:
+            assert torch.equal(got["pairs"], got["blocks"])
+    with pytest.raises(ValueError, match="method"):
+        sq_linf_distances(v, method="dense")
+    with pytest.raises(ValueError, match="method"):
+        sq_lp_distances(v, 1.0, method="dense")

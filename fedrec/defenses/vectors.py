@@ -196,30 +196,50 @@ def gram(v: ClientVectors, block_rows: int | None = None, method: str = "auto") 
     g = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     if v.rows.shape[0] == 0:
         return g
-    order = torch.argsort(v.rows, stable=True)
-    _, counts = torch.unique_consecutive(v.rows[order], return_counts=True)
-    if method == "blocks" or (
-        method == "auto" and 8 * int((counts * counts).sum()) >= v.n**2 * counts.shape[0]
-    ):
+    by_row = _by_row(v)
+    if not _use_pairs(v, by_row, method, "gram"):
         for _, blk in dense_blocks(v, block_rows, torch.float64):
             flat = blk.reshape(v.n, -1)
             g.addmm_(flat, flat.T)
         return g
-    return _gram_pairs(g, v.values[order].to(torch.float64), v.owner()[order], counts)
+    values, owner, counts = by_row
+    flat = g.view(-1)
+    for left, right in _row_pairs(counts, v.d):
+        dots = (values.index_select(0, left) * values.index_select(0, right)).sum(1)
+        flat.index_add_(0, owner[left] * v.n + owner[right], dots)
+    return g
 
 
-def _gram_pairs(g: Tensor, values: Tensor, owner: Tensor, counts: Tensor) -> Tensor:
-    """``gram``'s ``pairs`` way: ``values [K, d]`` and ``owner [K]`` sorted by row, ``counts [M]`` the
-    entries of each row. Each entry is paired with every entry of its row (itself included), in chunks
-    of at most ``BLOCK_ELEMENTS / d`` pairs."""
-    n, d, device = g.shape[0], values.shape[1], values.device
+def _by_row(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor]:
+    """The entries sorted by row: ``values [K, d]`` (float64), ``owner [K]``, and ``counts [M]`` the
+    entries (listers) of each listed row."""
+    order = torch.argsort(v.rows, stable=True)
+    _, counts = torch.unique_consecutive(v.rows[order], return_counts=True)
+    return v.values[order].to(torch.float64), v.owner()[order], counts
+
+
+def _use_pairs(v: ClientVectors, by_row: tuple[Tensor, Tensor, Tensor], method: str, name: str) -> bool:
+    """Pairs of listers per row (``sum_r c_r^2`` pairs) or dense blocks (``n^2 M``): ``auto`` takes pairs
+    when ``8 sum_r c_r^2 < n^2 M``, i.e. when most rows are listed by few clients (honest uploads)."""
+    if method not in ("auto", "pairs", "blocks"):
+        raise ValueError(f"{name}: method must be auto, pairs or blocks, got {method!r}")
+    counts = by_row[2]
+    return method == "pairs" or (
+        method == "auto" and 8 * int((counts * counts).sum()) < v.n**2 * counts.shape[0]
+    )
+
+
+def _row_pairs(counts: Tensor, d: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every ordered pair ``(left, right)`` of entries listed at the same row (itself included), for
+    entries sorted by row with ``counts [M]`` entries a row; in chunks of at most ``BLOCK_ELEMENTS / d``
+    pairs (at least one entry's pairs a chunk)."""
+    device = counts.device
     starts = torch.cumsum(counts, 0) - counts
     seg = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
     reps = counts[seg]  # partners of each entry
     ends = torch.cumsum(reps, 0)  # pairs before and including each entry
     budget = max(1, BLOCK_ELEMENTS // max(1, d))
-    flat = g.view(-1)
-    lo, K = 0, values.shape[0]
+    lo, K = 0, int(seg.shape[0])
     while lo < K:
         base = int(ends[lo - 1]) if lo else 0
         # the entries whose pairs fit the budget (at least one entry)
@@ -229,10 +249,33 @@ def _gram_pairs(g: Tensor, values: Tensor, owner: Tensor, counts: Tensor) -> Ten
         left = torch.repeat_interleave(idx, reps[lo:hi])
         first = torch.repeat_interleave(ends[lo:hi] - reps[lo:hi] - base, reps[lo:hi])
         right = starts[seg[left]] + (torch.arange(left.shape[0], device=device) - first)
-        dots = (values.index_select(0, left) * values.index_select(0, right)).sum(1)
-        flat.index_add_(0, owner[left] * n + owner[right], dots)
+        yield left, right
         lo = hi
-    return g
+
+
+def _alone(v: ClientVectors, s: Tensor, reduce: str) -> Tensor:
+    """``[n, n]`` float64: cell ``(i, j)`` reduces (``"sum"`` or ``"amax"``) ``s_k >= 0`` over client i's
+    entries k at rows client j does not list: where only i lists a row, ``x_j`` is 0 there and
+    ``|x_i - x_j| = |x_i|``. ``s [K]`` in entry order. A ``[n, M]`` map of who lists each union row
+    answers "does j list it"; entries go ``BLOCK_ELEMENTS / n`` at a time."""
+    n = v.n
+    union, pos = _union_positions(v)
+    owner = v.owner()
+    listed = torch.zeros(n, union.shape[0], dtype=torch.bool, device=v.device)
+    listed[owner, pos] = True
+    out = torch.zeros(n * n, dtype=torch.float64, device=v.device)
+    cols = torch.arange(n, device=v.device)
+    step = max(1, BLOCK_ELEMENTS // max(1, n))
+    for lo in range(0, s.shape[0], step):
+        hi = min(lo + step, s.shape[0])
+        miss = ~listed.index_select(1, pos[lo:hi]).T  # [B, n]: client j does not list entry k's row
+        contrib = torch.where(miss, s[lo:hi, None], 0.0).reshape(-1)
+        cells = (owner[lo:hi, None] * n + cols).reshape(-1)
+        if reduce == "sum":
+            out.index_add_(0, cells, contrib)
+        else:
+            out.scatter_reduce_(0, cells, contrib, reduce="amax")
+    return out.view(n, n)
 
 
 def sq_distances_from_gram(g: Tensor) -> Tensor:
@@ -252,30 +295,61 @@ def sq_distances(v: ClientVectors, block_rows: int | None = None) -> Tensor:
     return sq_distances_from_gram(gram(v, block_rows))
 
 
-def sq_linf_distances(v: ClientVectors, block_rows: int | None = None) -> Tensor:
+def sq_linf_distances(v: ClientVectors, block_rows: int | None = None, method: str = "auto") -> Tensor:
     """``[n, n]`` float64 squared Chebyshev distances ``(max_k |x_i[k] - x_j[k]|)^2``: the ``p = inf``
-    member of MixTailor's generalised Krum distances (ALGORITHMS.md section 4.4). The maximum is taken
-    block by block over the union of listed rows (rows nobody lists are 0 for everyone), so the result
-    does not depend on ``block_rows``."""
+    member of MixTailor's generalised Krum distances (ALGORITHMS.md section 4.4). Rows nobody lists are
+    0 for everyone. Two ways, bit-identical (a maximum does not depend on its order; ``method`` as in
+    ``gram``):
+
+    * ``pairs``: the maximum of ``max_d |x_i[r] - x_j[r]|`` over the rows both list (pairs of listers
+      per row), ``max_d |x_i[r]|`` over the rows only i lists and ``max_d |x_j[r]|`` over those only j
+      lists (``_alone``): ``sum_r c_r^2 d + K n`` operations;
+    * ``blocks``: ``torch.cdist(p=inf)`` over dense blocks of the union of listed rows: ``n^2 M d``."""
     d = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
-    for _, blk in dense_blocks(v, block_rows, torch.float64):
-        flat = blk.reshape(v.n, -1)
-        d = torch.maximum(d, torch.cdist(flat, flat, p=float("inf")))
+    by_row = _by_row(v)  # nothing listed: no pair, no block, all zeros
+    if _use_pairs(v, by_row, method, "sq_linf_distances"):
+        values, owner, counts = by_row
+        flat = d.view(-1)
+        for left, right in _row_pairs(counts, v.d):
+            gap = (values.index_select(0, left) - values.index_select(0, right)).abs().amax(1)
+            flat.scatter_reduce_(0, owner[left] * v.n + owner[right], gap, reduce="amax")
+        alone = _alone(v, v.values.to(torch.float64).abs().amax(1), "amax")
+        d = torch.maximum(d, torch.maximum(alone, alone.T))
+    else:
+        for _, blk in dense_blocks(v, block_rows, torch.float64):
+            flat = blk.reshape(v.n, -1)
+            d = torch.maximum(d, torch.cdist(flat, flat, p=float("inf")))
     d.fill_diagonal_(0.0)
     return d.pow(2)
 
 
-def sq_lp_distances(v: ClientVectors, p: float, block_rows: int | None = None) -> Tensor:
+def sq_lp_distances(
+    v: ClientVectors, p: float, block_rows: int | None = None, method: str = "auto"
+) -> Tensor:
     """``[n, n]`` float64 squared l_p distances ``|x_i - x_j|_p^2 = (sum_k |x_i[k] - x_j[k]|^p)^(2/p)``
-    for ``p >= 1``: MixTailor's generalised Krum distances (eq. 3; ALGORITHMS.md section 4.4). The
-    p-th powers are summed block by block over the union of listed rows (rows nobody lists add 0), so
-    the result does not depend on ``block_rows`` beyond float64 summation order."""
+    for ``p >= 1``: MixTailor's generalised Krum distances (eq. 3; ALGORITHMS.md section 4.4). Rows
+    nobody lists add 0. Two ways, equal up to float64 summation order (every term is ``>= 0``, so no
+    cancellation; ``method`` as in ``gram``):
+
+    * ``pairs``: ``sum_d |x_i[r] - x_j[r]|^p`` over the rows both list (pairs of listers per row), plus
+      ``sum_d |x_i[r]|^p`` over the rows only i lists and the same for j (``_alone``);
+    * ``blocks``: ``torch.cdist(p)^p`` summed over dense blocks of the union of listed rows."""
     if not p >= 1:
         raise ValueError(f"an l_p distance needs p >= 1, got {p}")
     acc = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
-    for _, blk in dense_blocks(v, block_rows, torch.float64):
-        flat = blk.reshape(v.n, -1)
-        acc += torch.cdist(flat, flat, p=p).pow(p)
+    by_row = _by_row(v)  # nothing listed: no pair, no block, all zeros
+    if _use_pairs(v, by_row, method, "sq_lp_distances"):
+        values, owner, counts = by_row
+        flat = acc.view(-1)
+        for left, right in _row_pairs(counts, v.d):
+            both = (values.index_select(0, left) - values.index_select(0, right)).abs().pow(p).sum(1)
+            flat.index_add_(0, owner[left] * v.n + owner[right], both)
+        alone = _alone(v, v.values.to(torch.float64).abs().pow(p).sum(1), "sum")
+        acc += alone + alone.T
+    else:
+        for _, blk in dense_blocks(v, block_rows, torch.float64):
+            flat = blk.reshape(v.n, -1)
+            acc += torch.cdist(flat, flat, p=p).pow(p)
     acc.fill_diagonal_(0.0)
     return acc.pow(2.0 / p)
 
