@@ -1,6 +1,7 @@
 """Pairwise client distances on one round of real uploads: by pairs of listers per row against dense
 blocks over the union of listed rows, for the l2 (Gram), l-infinity and l_p distances of Krum, A-RFRS
--linf and MixTailor's pool, all in one run, with the ratios and the largest difference:
+-linf and MixTailor's pool, all in one run, with the ratios and the largest difference; and MDA with its
+subsets kept across rounds against built every round:
 
     FEDREC_DATA_DIR=... python benchmarks/bench_distances.py [--datasets ml100k lastfm citeulike-t] [--attackers 2]
 
@@ -20,6 +21,8 @@ import torch
 from bench_itemwise import round_vectors
 from bench_round import SHAPES, sync
 
+from fedrec.defenses import assumed_f
+from fedrec.defenses import mda as mda_module
 from fedrec.defenses.vectors import ClientVectors, gram, sq_linf_distances, sq_lp_distances
 
 DISTANCES = {
@@ -97,6 +100,26 @@ def main() -> None:
                     f"  {dist:<10} pairs {ms['pairs']:9.2f} ms  blocks {ms['blocks']:9.2f} ms  auto {ms['auto']:9.2f} ms"
                     f"  blocks / pairs {ms['blocks'] / ms['pairs']:7.1f}x  max |pairs - blocks| {diff:.1e}"
                 )
+            bench_mda(v, device, args.seconds)
+
+
+def bench_mda(v: ClientVectors, device: torch.device, seconds: float) -> None:
+    """MDA at f = ceil(0.4 n): its (n - f)-subsets generated every call (as before they were kept)
+    against kept across calls."""
+    f = assumed_f(v.n, 0.4)
+    if f == 0 or 2 * f + 1 > v.n:
+        return
+
+    def fresh() -> None:
+        mda_module._subsets.cache_clear()
+        mda_module.mda(v, f)
+
+    ms_fresh = clock(fresh, device, seconds) * 1e3
+    ms_kept = clock(lambda: mda_module.mda(v, f), device, seconds) * 1e3
+    print(
+        f"  MDA, n = {v.n}, f = {f}: subsets built every call {ms_fresh:.2f} ms, kept {ms_kept:.2f} ms "
+        f"({ms_fresh / ms_kept:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
