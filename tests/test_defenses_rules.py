@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -36,6 +37,7 @@ from fedrec.defenses import (
     sq_distances,
     sq_norms,
     trimmed_mean,
+    vectors,
     weighted_sum,
     weiszfeld_gram,
 )
@@ -782,6 +784,13 @@ def test_lp_distances_by_pairs_and_by_blocks_equal_the_literal_ones(
         assert torch.equal(got["pairs"], got["pairs"].T)  # (cdist's l_p is symmetric only to rounding)
         if p == math.inf:
             assert torch.equal(got["pairs"], got["blocks"])
+        with mock.patch.object(vectors, "BLOCK_ELEMENTS", 7):  # pair and entry chunks of a few elements
+            small = (
+                sq_linf_distances(v, method="pairs")
+                if p == math.inf
+                else sq_lp_distances(v, p, method="pairs")
+            )
+        torch.testing.assert_close(small, got["pairs"], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="method"):
         sq_linf_distances(v, method="dense")
     with pytest.raises(ValueError, match="method"):

@@ -522,7 +522,10 @@ def test_a_cell_in_two_tables_counts_once(tmp_path) -> None:
     got = plots.load_results(paths, say=said.append)
     n_twice = int((table["train.seed"] == 1).sum())
     assert len(got) == len(table) and got["cell"].is_unique
-    assert said == [f"{n_twice} grid cell(s) in more than one table: the row of the table given last is used"]
+    assert said == [
+        f"{n_twice} grid cell(s) in more than one table: the last finished row of each is used "
+        "(the table given last first)"
+    ]
     want = pd.concat([table[table["train.seed"] == 0], rerun], ignore_index=True)
     pd.testing.assert_frame_equal(
         got.sort_values("cell", ignore_index=True), want.sort_values("cell", ignore_index=True)
@@ -530,6 +533,20 @@ def test_a_cell_in_two_tables_counts_once(tmp_path) -> None:
     assert plots.grid_markdown(got, 4) == plots.grid_markdown(want, 4)
     res = invoke("plot", "grid", *paths, "--figure", 4, "--out", tmp_path)
     assert res.exit_code == 0 and "in more than one table" in res.output, res.output
+    # a rerun that failed does not hide the run that finished, whichever table comes last
+    failed = rerun.copy()
+    failed["status"] = "done"
+    failed.loc[failed["train.seed"] == 1, "status"] = "failed"
+    failed.loc[failed["train.seed"] == 1, ks] = float("nan")
+    failed.to_parquet(paths[1])
+    table.assign(status="done")[table["train.seed"] <= 1].to_parquet(paths[0])
+    for order in (paths, paths[::-1]):
+        got = plots.load_results(order)
+        assert len(got) == len(table) and got["cell"].is_unique
+        seed1 = got[got["train.seed"] == 1].sort_values("cell")
+        assert (seed1["status"] == "done").all()
+        want1 = table[table["train.seed"] == 1].sort_values("cell")
+        assert np.allclose(seed1[ks].to_numpy(), want1[ks].to_numpy())
 
 
 def test_grid_lines_split_by_any_setting_that_varies() -> None:

@@ -182,10 +182,15 @@ def test_mda_chunks_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cross-chunk minimum (and its tie-break) does not depend on the chunk size."""
     x = torch.tensor([0.0, 1.0, 2.0, 50.0, 3.0, 4.0, 60.0], dtype=F64)[:, None, None]
     whole = mda(ClientVectors.from_dense(x), 3)
-    for elements in (1, 9, 40):
+    for elements, kept in itertools.product((1, 9, 40), (True, False)):
         monkeypatch.setattr(mda_mod, "GATHER_ELEMENTS", elements)
+        monkeypatch.setattr(
+            mda_mod, "PAIRS_KEPT", 1 << 23 if kept else 0
+        )  # pairs kept / built a chunk at a time
+        mda_mod._subsets.cache_clear()
         part = mda(ClientVectors.from_dense(x), 3)
         assert torch.equal(part.accepted, whole.accepted) and torch.equal(part.scores, whole.scores)
+    mda_mod._subsets.cache_clear()
     assert whole.accepted.tolist() == [True, True, True, False, True, False, False]  # {0, 1, 2, 3} in value
 
 

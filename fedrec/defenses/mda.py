@@ -58,16 +58,29 @@ def _check(n: int, f: int, max_subsets: int) -> int:
     return count
 
 
+PAIRS_KEPT = 1 << 23
+"""Largest ``C(n, f) * k (k - 1) / 2`` whose pair indices ``_subsets`` keeps (64 MiB of int64); past it
+they are built chunk by chunk every call (the subsets themselves are at most ``max_subsets * n``)."""
+
+
 @functools.lru_cache(maxsize=4)
-def _subsets(n: int, k: int, device: str) -> tuple[Tensor, Tensor]:
-    """The k-subsets of range(n) in lexicographic order, ``[C, k]`` int64, and each subset's pairs
-    ``i < j`` as flat indices ``i * n + j`` into an ``[n, n]`` matrix, ``[C, k (k - 1) / 2]``. The same
-    every round with the same n and f, so they are built once (generating them in Python each round
-    cost more than the rule's arithmetic; C(19, 8) = 75,582 subsets at 40 % of Last.fm's 19 clients)."""
+def _subsets(n: int, k: int, device: str) -> tuple[Tensor, Tensor | None]:
+    """The k-subsets of range(n) in lexicographic order, ``[C, k]`` int64, and, where they fit in
+    ``PAIRS_KEPT``, each subset's pairs ``i < j`` as flat indices ``i * n + j`` into an ``[n, n]``
+    matrix, ``[C, k (k - 1) / 2]``. The same every round with the same n and f, so they are built once
+    (generating them in Python each round cost more than the rule's arithmetic; C(19, 8) = 75,582
+    subsets at 40 % of Last.fm's 19 clients)."""
     flat = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)), dtype=np.int64)
     idx = torch.from_numpy(flat.reshape(-1, k)).to(device)
-    a, b = torch.triu_indices(k, k, offset=1, device=device)
-    return idx, idx[:, a] * n + idx[:, b]
+    if idx.shape[0] * (k * (k - 1) // 2) > PAIRS_KEPT:
+        return idx, None
+    return idx, _pairs(idx, n)
+
+
+def _pairs(idx: Tensor, n: int) -> Tensor:
+    """``[c, k (k - 1) / 2]`` flat indices ``i * n + j`` of the pairs ``i < j`` of each subset ``idx [c, k]``."""
+    a, b = torch.triu_indices(idx.shape[1], idx.shape[1], offset=1, device=idx.device)
+    return idx[:, a] * n + idx[:, b]
 
 
 def mda(
@@ -107,13 +120,14 @@ def mda(
     inf = torch.tensor(float("inf"), dtype=torch.float64, device=device)
     best_d2, best_subset = inf, torch.arange(k, device=device)
     scores = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
-    subsets, pairs = _subsets(n, k, str(device))
-    chunk = max(1, GATHER_ELEMENTS // max(1, pairs.shape[1]))
+    subsets, kept = _subsets(n, k, str(device))
+    chunk = max(1, GATHER_ELEMENTS // max(1, k * (k - 1) // 2))
     flat = d2.flatten()
     for lo in range(0, count, chunk):
         idx = subsets[lo : lo + chunk]  # [c, k]
-        if pairs.shape[1]:  # the largest squared distance over the subset's pairs
-            diam2 = flat[pairs[lo : lo + chunk]].amax(1)  # [c]
+        if k > 1:  # the largest squared distance over the subset's pairs
+            pairs = kept[lo : lo + chunk] if kept is not None else _pairs(idx, n)
+            diam2 = flat[pairs].amax(1)  # [c]
         else:  # one client: diameter 0
             diam2 = torch.zeros(idx.shape[0], dtype=torch.float64, device=device)
         pos = torch.argmin(diam2)[None]  # the first minimum: the lexicographically smallest subset

@@ -9,9 +9,12 @@ a few hundred of ~35k rows, an attacker may list all of them.
 
 Nothing here densifies all clients over the whole table: the rules work over the union ``U`` of listed
 rows, ``block_rows`` rows at a time (``X_blk [n, B, d]``, zeros where a client does not list a row), so
-the peak extra memory is ``n * block_rows * d`` elements. There is no Python loop over clients and no
-host read of tensor values (``.item()``, ``.tolist()``); the only host synchronisations are the ones
-that size outputs (``torch.unique`` and boolean indexing), and everything stays on the input's device.
+the peak extra memory is ``n * block_rows * d`` elements; the ways by pairs of listers add their pair
+chunks (``BLOCK_ELEMENTS`` elements) and, for the l-infinity / l_p distances, an ``[n, M]`` map of who
+lists each union row. There is no Python loop over clients and no host read of tensor values
+(``.item()``, ``.tolist()``); the only host synchronisations are the ones that size outputs
+(``torch.unique``, boolean indexing, the pair counts that cut chunks and choose a way), and everything
+stays on the input's device.
 Distances and inner products are computed in float64.
 """
 
@@ -197,7 +200,7 @@ def gram(v: ClientVectors, block_rows: int | None = None, method: str = "auto") 
     if v.rows.shape[0] == 0:
         return g
     by_row = _by_row(v)
-    if not _use_pairs(v, by_row, method, "gram"):
+    if not _use_pairs(v, by_row, method, "gram", 8):
         for _, blk in dense_blocks(v, block_rows, torch.float64):
             flat = blk.reshape(v.n, -1)
             g.addmm_(flat, flat.T)
@@ -218,14 +221,19 @@ def _by_row(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor]:
     return v.values[order].to(torch.float64), v.owner()[order], counts
 
 
-def _use_pairs(v: ClientVectors, by_row: tuple[Tensor, Tensor, Tensor], method: str, name: str) -> bool:
+def _use_pairs(
+    v: ClientVectors, by_row: tuple[Tensor, Tensor, Tensor], method: str, name: str, factor: int
+) -> bool:
     """Pairs of listers per row (``sum_r c_r^2`` pairs) or dense blocks (``n^2 M``): ``auto`` takes pairs
-    when ``8 sum_r c_r^2 < n^2 M``, i.e. when most rows are listed by few clients (honest uploads)."""
+    when ``factor * sum_r c_r^2 < n^2 M``, i.e. when most rows are listed by few clients (honest
+    uploads). ``factor`` is what a pair costs against a dense element: a Gram block is one BLAS matmul
+    (16), an l-infinity block ``cdist``'s max (8), an l_p block ``cdist``'s powers (2); measured by
+    benchmarks/bench_distances.py and on synthetic listings of 7-21 listers a row."""
     if method not in ("auto", "pairs", "blocks"):
         raise ValueError(f"{name}: method must be auto, pairs or blocks, got {method!r}")
     counts = by_row[2]
     return method == "pairs" or (
-        method == "auto" and 8 * int((counts * counts).sum()) < v.n**2 * counts.shape[0]
+        method == "auto" and factor * int((counts * counts).sum()) < v.n**2 * counts.shape[0]
     )
 
 
@@ -298,8 +306,8 @@ def sq_distances(v: ClientVectors, block_rows: int | None = None) -> Tensor:
 def sq_linf_distances(v: ClientVectors, block_rows: int | None = None, method: str = "auto") -> Tensor:
     """``[n, n]`` float64 squared Chebyshev distances ``(max_k |x_i[k] - x_j[k]|)^2``: the ``p = inf``
     member of MixTailor's generalised Krum distances (ALGORITHMS.md section 4.4). Rows nobody lists are
-    0 for everyone. Two ways, bit-identical (a maximum does not depend on its order; ``method`` as in
-    ``gram``):
+    0 for everyone. Two ways, bit-identical on finite values (a maximum does not depend on its order;
+    a NaN makes the pairs way NaN where ``cdist`` skips it; ``method`` as in ``gram``):
 
     * ``pairs``: the maximum of ``max_d |x_i[r] - x_j[r]|`` over the rows both list (pairs of listers
       per row), ``max_d |x_i[r]|`` over the rows only i lists and ``max_d |x_j[r]|`` over those only j
@@ -307,7 +315,7 @@ def sq_linf_distances(v: ClientVectors, block_rows: int | None = None, method: s
     * ``blocks``: ``torch.cdist(p=inf)`` over dense blocks of the union of listed rows: ``n^2 M d``."""
     d = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     by_row = _by_row(v)  # nothing listed: no pair, no block, all zeros
-    if _use_pairs(v, by_row, method, "sq_linf_distances"):
+    if _use_pairs(v, by_row, method, "sq_linf_distances", 8):
         values, owner, counts = by_row
         flat = d.view(-1)
         for left, right in _row_pairs(counts, v.d):
@@ -338,7 +346,7 @@ def sq_lp_distances(
         raise ValueError(f"an l_p distance needs p >= 1, got {p}")
     acc = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     by_row = _by_row(v)  # nothing listed: no pair, no block, all zeros
-    if _use_pairs(v, by_row, method, "sq_lp_distances"):
+    if _use_pairs(v, by_row, method, "sq_lp_distances", 2):
         values, owner, counts = by_row
         flat = acc.view(-1)
         for left, right in _row_pairs(counts, v.d):

@@ -395,7 +395,8 @@ def load_results(
     """One grid results table from results.parquet files and folders of run summaries: ``*.json``
     summaries (experiments/results/...) or run directories (``*/summary.json``; federated runs only,
     unfinished ones have none and are left out). A summary without P@K (a testbed run's) is skipped,
-    with a line to ``say``."""
+    with a line to ``say``. A grid cell listed by several of the tables is kept once: its last finished
+    row in the order given, else its last row (with a line to ``say``)."""
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     if not paths:
         raise PlotInputError("no results table given")
@@ -410,13 +411,16 @@ def load_results(
     if "cell" not in table:
         return table
     # a grid cell in two tables (a part rerun into a new folder) is one run, not two seeds: counted
-    # twice it would shrink the std and tilt the mean; the table given last wins
-    named = table["cell"].notna()
-    again = named & table["cell"].duplicated(keep="last")
+    # twice it would shrink the std and tilt the mean. The last finished row wins (a rerun that failed
+    # does not hide the run that finished), else the last row
+    done = table["status"].eq("done") if "status" in table else pd.Series(True, index=table.index)
+    order = table.assign(_done=done.astype(int)).sort_values("_done", kind="stable").index
+    again = table["cell"].notna() & table.loc[order, "cell"].duplicated(keep="last").reindex(table.index)
     if again.any():
         if say is not None:
             say(
-                f"{int(again.sum())} grid cell(s) in more than one table: the row of the table given last is used"
+                f"{int(again.sum())} grid cell(s) in more than one table: the last finished row of each "
+                "is used (the table given last first)"
             )
         table = table[~again].reset_index(drop=True)
     return table
