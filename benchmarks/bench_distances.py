@@ -15,11 +15,10 @@ says so. On Citeulike-t the dense way takes minutes a call (it is timed once the
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from bench_itemwise import round_vectors
-from bench_round import SHAPES, sync
+from bench_itemwise import round_vectors, timed
+from bench_round import SHAPES
 
 from fedrec.defenses import assumed_f
 from fedrec.defenses import mda as mda_module
@@ -52,23 +51,6 @@ def with_dense_clients(v: ClientVectors, k: int, seed: int = 0) -> ClientVectors
     return ClientVectors(torch.tensor(ptr, device=v.device), torch.cat(rows), torch.cat(values), v.n_rows)
 
 
-def clock(fn, device: torch.device, seconds: float) -> float:
-    """Seconds per call: the first call alone where it takes longer than ``seconds`` (the dense way on
-    a large catalogue takes minutes), else the mean of the calls that fill the window after it."""
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    first = time.perf_counter() - start
-    if first > seconds:
-        return first
-    reps, start = 0, time.perf_counter()
-    while reps < 1 or time.perf_counter() - start < seconds:
-        fn()
-        reps += 1
-    sync(device)
-    return (time.perf_counter() - start) / reps
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["ml100k", "lastfm"], choices=list(SHAPES))
@@ -92,7 +74,8 @@ def main() -> None:
             )
             for dist, fn in DISTANCES.items():
                 ms = {
-                    m: clock(lambda m=m, fn=fn, v=v: fn(v, m), device, args.seconds) * 1e3
+                    m: timed(lambda m=m, fn=fn, v=v: fn(v, m), device, args.seconds, once_past=args.seconds)
+                    * 1e3
                     for m in ("pairs", "blocks", "auto")
                 }
                 diff = float((fn(v, "pairs") - fn(v, "blocks")).abs().max())
@@ -114,8 +97,8 @@ def bench_mda(v: ClientVectors, device: torch.device, seconds: float) -> None:
         mda_module._subsets.cache_clear()
         mda_module.mda(v, f)
 
-    ms_fresh = clock(fresh, device, seconds) * 1e3
-    ms_kept = clock(lambda: mda_module.mda(v, f), device, seconds) * 1e3
+    ms_fresh = timed(fresh, device, seconds, once_past=seconds) * 1e3
+    ms_kept = timed(lambda: mda_module.mda(v, f), device, seconds, once_past=seconds) * 1e3
     print(
         f"  MDA, n = {v.n}, f = {f}: subsets built every call {ms_fresh:.2f} ms, kept {ms_kept:.2f} ms "
         f"({ms_fresh / ms_kept:.1f}x)"

@@ -729,15 +729,19 @@ def test_agrees_with_byzfl(seed: int) -> None:
     assert np.linalg.norm(ours - theirs) <= 1e-6 * np.linalg.norm(theirs) + 1e-8
 
 
+# sparse listings with shared rows, clients listing nothing and (attacker) a client listing every row
+LISTINGS = {
+    "seed": st.integers(0, 10_000),
+    "n": st.integers(1, 9),
+    "n_rows": st.integers(1, 40),
+    "d": st.integers(1, 5),
+    "density": st.sampled_from([0.02, 0.2, 0.7, 1.0]),
+    "attacker": st.booleans(),
+}
+
+
 @settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(1, 9),
-    n_rows=st.integers(1, 40),
-    d=st.integers(1, 5),
-    density=st.sampled_from([0.02, 0.2, 0.7, 1.0]),
-    attacker=st.booleans(),
-)
+@given(**LISTINGS)
 def test_gram_by_pairs_and_by_blocks_equal_the_dense_product(seed, n, n_rows, d, density, attacker) -> None:
     """Both ways of the Gram matrix (pairs of listers per row; dense blocks) equal X X^T, symmetric, on
     sparse listings with shared rows, clients listing nothing and a client listing every row."""
@@ -754,15 +758,7 @@ def test_gram_by_pairs_and_by_blocks_equal_the_dense_product(seed, n, n_rows, d,
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(1, 9),
-    n_rows=st.integers(1, 40),
-    d=st.integers(1, 5),
-    density=st.sampled_from([0.02, 0.2, 0.7, 1.0]),
-    attacker=st.booleans(),
-    p=st.sampled_from([1.0, 1.5, 3.0, math.inf]),
-)
+@given(**LISTINGS, p=st.sampled_from([1.0, 1.5, 3.0, math.inf]))
 def test_lp_distances_by_pairs_and_by_blocks_equal_the_literal_ones(
     seed, n, n_rows, d, density, attacker, p
 ) -> None:
