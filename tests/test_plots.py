@@ -495,6 +495,12 @@ def test_grid_markdown_has_the_figures_numbers(tmp_path) -> None:
     assert row.count("**") == 2
     recall = plots.grid_markdown(table, 7, at_k=2).splitlines()
     assert recall[0].startswith("Figure 7: R@2")
+    # one seed: the mean alone (a "± 0.0000" would claim a spread that one run cannot show)
+    one = plots.grid_markdown(table[table["train.seed"] == 2], 4).splitlines()
+    assert "one seed a cell (2)" in one[0] and "±" not in "\n".join(one)
+    assert next(ln for ln in one if ln.startswith("| ML100K | 40% Byzantine")).endswith(
+        f"| **{cell[cell['train.seed'] == 2]['precision@5'].iloc[0]:.4f}** |"
+    )
     # the command prints the same table next to the figure
     path = tmp_path / "r.parquet"
     table.to_parquet(path)

@@ -728,7 +728,8 @@ def grid_markdown(
                 cells.append("–")
                 continue
             r = by.loc[ln]
-            text = f"{r['mean']:.4f} ± {r['std']:.4f}"
+            # one seed has no spread: its "± 0.0000" would claim one
+            text = f"{r['mean']:.4f} ± {r['std']:.4f}" if r["n"] > 1 else f"{r['mean']:.4f}"
             cells.append(f"**{text}**" if r["mean"] == best and len(by) > 1 else text)
         names = [_panel_title(c, v) for c, v in zip(panel, key, strict=True)]
         out.append("| " + " | ".join([*names, *cells]) + " |")
@@ -748,11 +749,8 @@ def _selection(done: pd.DataFrame, spec: GridFigure, stats: pd.DataFrame) -> str
         fixed.append(f"{int(done['rounds'].iloc[0])} rounds")
     lo, hi = int(stats.n.min()), int(stats.n.max())
     per_cell = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    return (
-        ", ".join(fixed)
-        + f"; mean ± std over {per_cell} seed(s) a cell"
-        + (f" ({', '.join(seeds)})" if seeds else "")
-    )
+    over = "one seed a cell" if hi == 1 else f"mean ± std over {per_cell} seed(s) a cell"
+    return ", ".join(fixed) + f"; {over}" + (f" ({', '.join(seeds)})" if seeds else "")
 
 
 # ------------------------------------------------------------------------------------------ output
