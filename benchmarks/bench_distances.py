@@ -39,11 +39,11 @@ def with_dense_clients(v: ClientVectors, k: int, seed: int = 0) -> ClientVectors
     rows, values, ptr = [], [], [0]
     scale = float(v.values.float().std())
     for i, c in enumerate(counts):
-        lo = ptr[-1] if i < k else int(v.ptr[i])
         if i < k:
             r = torch.arange(v.n_rows, device=v.device)
             x = (torch.randn(v.n_rows, v.d, generator=gen) * scale).to(v.values)
         else:
+            lo = int(v.ptr[i])
             r, x = v.rows[lo : lo + c], v.values[lo : lo + c]
         rows.append(r)
         values.append(x)

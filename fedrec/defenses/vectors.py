@@ -227,8 +227,9 @@ def _use_pairs(
     """Pairs of listers per row (``sum_r c_r^2`` pairs) or dense blocks (``n^2 M``): ``auto`` takes pairs
     when ``factor * sum_r c_r^2 < n^2 M``, i.e. when most rows are listed by few clients (honest
     uploads). ``factor`` is what a pair costs against a dense element: a Gram block is one BLAS matmul
-    (16), an l-infinity block ``cdist``'s max (8), an l_p block ``cdist``'s powers (2); measured by
-    benchmarks/bench_distances.py and on synthetic listings of 7-21 listers a row."""
+    (8; measured slower than blocks from ~21 listers a row of 60 clients, where 16 would choose
+    blocks), an l-infinity block ``cdist``'s max (8), an l_p block ``cdist``'s powers (2: at 7-10
+    listers a row of 19 clients the l1.5 pairs way was 1.8-3.5x faster than blocks)."""
     if method not in ("auto", "pairs", "blocks"):
         raise ValueError(f"{name}: method must be auto, pairs or blocks, got {method!r}")
     counts = by_row[2]
@@ -278,12 +279,23 @@ def _alone(v: ClientVectors, s: Tensor, reduce: str) -> Tensor:
         hi = min(lo + step, s.shape[0])
         miss = ~listed.index_select(1, pos[lo:hi]).T  # [B, n]: client j does not list entry k's row
         contrib = torch.where(miss, s[lo:hi, None], 0.0).reshape(-1)
-        cells = (owner[lo:hi, None] * n + cols).reshape(-1)
-        if reduce == "sum":
-            out.index_add_(0, cells, contrib)
-        else:
-            out.scatter_reduce_(0, cells, contrib, reduce="amax")
+        out.scatter_reduce_(0, (owner[lo:hi, None] * n + cols).reshape(-1), contrib, reduce=reduce)
     return out.view(n, n)
+
+
+def _by_pairs(v: ClientVectors, by_row: tuple[Tensor, Tensor, Tensor], term, reduce: str) -> Tensor:
+    """``[n, n]`` float64: cell ``(i, j)`` reduces (``"sum"`` or ``"amax"``) ``term(x_i[r] - x_j[r])``
+    over every row r either client lists, ``term: [B, d] -> [B], >= 0``: the rows both list by pairs of
+    listers (``_row_pairs``), the rows only one lists as ``term(x_i[r])`` (``_alone``)."""
+    values, owner, counts = by_row
+    out = torch.zeros(v.n * v.n, dtype=torch.float64, device=v.device)
+    for left, right in _row_pairs(counts, v.d):
+        gap = term(values.index_select(0, left) - values.index_select(0, right))
+        out.scatter_reduce_(0, owner[left] * v.n + owner[right], gap, reduce=reduce)
+    alone = _alone(v, term(v.values.to(torch.float64)), reduce)
+    if reduce == "sum":
+        return out.view(v.n, v.n) + (alone + alone.T)
+    return torch.maximum(out.view(v.n, v.n), torch.maximum(alone, alone.T))
 
 
 def sq_distances_from_gram(g: Tensor) -> Tensor:
@@ -316,13 +328,7 @@ def sq_linf_distances(v: ClientVectors, block_rows: int | None = None, method: s
     d = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     by_row = _by_row(v)  # nothing listed: no pair, no block, all zeros
     if _use_pairs(v, by_row, method, "sq_linf_distances", 8):
-        values, owner, counts = by_row
-        flat = d.view(-1)
-        for left, right in _row_pairs(counts, v.d):
-            gap = (values.index_select(0, left) - values.index_select(0, right)).abs().amax(1)
-            flat.scatter_reduce_(0, owner[left] * v.n + owner[right], gap, reduce="amax")
-        alone = _alone(v, v.values.to(torch.float64).abs().amax(1), "amax")
-        d = torch.maximum(d, torch.maximum(alone, alone.T))
+        d = _by_pairs(v, by_row, lambda x: x.abs().amax(1), "amax")
     else:
         for _, blk in dense_blocks(v, block_rows, torch.float64):
             flat = blk.reshape(v.n, -1)
@@ -347,13 +353,7 @@ def sq_lp_distances(
     acc = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     by_row = _by_row(v)  # nothing listed: no pair, no block, all zeros
     if _use_pairs(v, by_row, method, "sq_lp_distances", 2):
-        values, owner, counts = by_row
-        flat = acc.view(-1)
-        for left, right in _row_pairs(counts, v.d):
-            both = (values.index_select(0, left) - values.index_select(0, right)).abs().pow(p).sum(1)
-            flat.index_add_(0, owner[left] * v.n + owner[right], both)
-        alone = _alone(v, v.values.to(torch.float64).abs().pow(p).sum(1), "sum")
-        acc += alone + alone.T
+        acc = _by_pairs(v, by_row, lambda x: x.abs().pow(p).sum(1), "sum")
     else:
         for _, blk in dense_blocks(v, block_rows, torch.float64):
             flat = blk.reshape(v.n, -1)
