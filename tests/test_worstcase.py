@@ -49,6 +49,25 @@ def test_ratios_worst_cells_and_order_are_the_hand_computed_ones():
     assert shown[0, 0] == pytest.approx(0.8) and shown[1, 0] == pytest.approx(0.4)  # worst-case column
 
 
+def test_an_attack_parameter_the_grid_varies_is_its_own_attack_not_a_seed():
+    """Spattack-L dense (its default: no parameter) and popularity-sampled are two columns: averaged
+    together they would be one column of two "seeds" (0.05 and 0.25 -> 0.5 of the baseline)."""
+    rows = [_row("a", "none", 0.0, "none", 0, 0.3),
+            {**_row("a", "spattack-l", 0.4, "krum", 0, 0.05), "attack.params.items": None},
+            {**_row("a", "spattack-l", 0.4, "krum", 0, 0.25), "attack.params.items": "popular"},
+            {**_row("a", "alie", 0.4, "krum", 0, 0.27), "attack.params.items": None}]  # fmt: skip
+    wc = worst_case(pd.DataFrame(rows))
+    assert sorted(wc.relative.columns) == [
+        "a · alie 40%",
+        "a · spattack-l 40%",
+        "a · spattack-l items=popular 40%",
+    ]
+    assert wc.relative.loc["krum", "a · spattack-l 40%"] == pytest.approx(0.05 / 0.3)
+    assert wc.relative.loc["krum", "a · spattack-l items=popular 40%"] == pytest.approx(0.25 / 0.3)
+    assert wc.seeds == 1
+    assert wc.worst.set_index("defense").loc["krum", "where"] == "a · spattack-l 40%"
+
+
 def test_a_missing_baseline_or_column_is_one_clear_error(tmp_path):
     t = _table()
     with pytest.raises(ValueError, match=r"attack-free undefended run .* for b"):

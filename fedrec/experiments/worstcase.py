@@ -6,6 +6,8 @@ Input: a results table in the schema of ``fedrec experiment``'s results.parquet 
 ``attack.name``, ``attack.fraction``, ``defense.name``, ``train.seed``, ``status``, ``precision@K``...),
 e.g. from ``fedrec.experiments.plots.load_results``. Seeds are averaged per cell; the baseline is the
 mean over seeds of the ``attack.name == "none"``, ``defense.name == "none"`` rows of each dataset.
+An attack run with parameters that the grid varies (``attack.params.NAME`` columns) is its own attack,
+named with them (``spattack-l items=popular``), never averaged with the attack's default as a seed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 from fedrec.experiments.plots import _new_figure
 
 KEYS = ["data.dataset", "attack.name", "attack.fraction", "defense.name"]
+PARAMS = "attack.params."
 ONE_SETTING = ["model.name", "train.optimizer"]  # a table mixing these would average unlike runs
 
 
@@ -48,7 +51,7 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
             raise ValueError(f"the results mix {col} ({values}): select one (a table per setting)")
     clean = done[(done["attack.name"] == "none") & (done["defense.name"] == "none")]
     baselines = clean.groupby("data.dataset")[metric].mean().to_dict()
-    attacked = done[done["attack.name"] != "none"]
+    attacked = done[done["attack.name"] != "none"].assign(attack=attack_labels)
     if attacked.empty:
         raise ValueError("the results table has no attacked run")
     lacking = sorted(set(attacked["data.dataset"]) - set(baselines))
@@ -63,13 +66,12 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
         raise ValueError(
             f"the attack-free undefended run is 0 or has no value for {shown}: no baseline to divide by"
         )
-    cells = attacked.groupby(KEYS)[metric].agg(["mean", "count"]).reset_index()
+    keys = ["data.dataset", "attack", "attack.fraction", "defense.name"]
+    cells = attacked.groupby(keys)[metric].agg(["mean", "count"]).reset_index()
     cells["relative"] = cells["mean"] / cells["data.dataset"].map(baselines)
     cells["column"] = [
         f"{ds} · {a} {fr:.0%}"
-        for ds, a, fr in zip(
-            cells["data.dataset"], cells["attack.name"], cells["attack.fraction"], strict=True
-        )
+        for ds, a, fr in zip(cells["data.dataset"], cells["attack"], cells["attack.fraction"], strict=True)
     ]
     relative = cells.pivot(index="defense.name", columns="column", values="relative")
     relative = relative[sorted(relative.columns)]
@@ -89,6 +91,17 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
     worst = pd.DataFrame(rows).sort_values("worst", ascending=False, ignore_index=True)
     relative = relative.loc[list(worst["defense"])]
     return WorstCase(relative, worst, baselines, metric, int(cells["count"].max()))
+
+
+def attack_labels(results: pd.DataFrame) -> pd.Series:
+    """``attack.name`` followed by each attack parameter the row sets (``attack.params.NAME`` columns,
+    blank where the run keeps the attack's default): ``spattack-l items=popular``."""
+    label = results["attack.name"].astype(str)
+    for col in sorted(c for c in results.columns if str(c).startswith(PARAMS)):
+        given = results[col].notna()
+        named = label + f" {col.removeprefix(PARAMS)}=" + results[col].astype(str)
+        label = label.where(~given, named)
+    return label
 
 
 def _is_metric(column: pd.Series) -> bool:
