@@ -571,6 +571,22 @@ def test_grid_lines_split_by_any_setting_that_varies() -> None:
     assert lines == {"SGD (lr 0.01)": 0.05, "SGD (lr 1)": 0.25, "Adam (lr 0.01)": pytest.approx(0.4)}
 
 
+def test_grid_lines_split_an_attack_parameter_from_the_attacks_default() -> None:
+    """One grid runs an attack with its default and with a parameter (Spattack-L dense and
+    items=popular): rows without the parameter ran the default, a setting of their own, never averaged
+    with the others as extra seeds."""
+    table = results_table()
+    table = table[table["attack.name"] == "gradient-ascent"].assign(**{"attack.params.items": None})
+    popular = table.assign(**{"attack.params.items": "popular", "precision@1": 0.9})
+    fig = plots.grid_figure(pd.concat([table, popular]), 4)
+    labels = sorted(c.get_label() for c in fig.axes[3].containers)
+    assert labels == ["A-RFRS (items default)", "A-RFRS (items popular)", "Krum (items default)",
+                      "Krum (items popular)", "No defense (items default)", "No defense (items popular)"]  # fmt: skip
+    by = {c.get_label(): c.lines[0].get_ydata()[0] for c in fig.axes[3].containers}
+    assert by["Krum (items popular)"] == pytest.approx(0.9)
+    assert by["Krum (items default)"] < 0.9
+
+
 def test_grid_lines_ignore_columns_a_table_lacks_and_settings_that_change_no_result() -> None:
     """An old table without the set: columns read beside a new one, and settings that do not change a
     run's result (run.compile, federated.eval_every), never split a line."""

@@ -594,9 +594,14 @@ def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) ->
     config = [c for c in done.columns if "." in c and "@" not in c and c not in NOT_RESULT]
     extra = [c for c in config if c not in (*panel, spec.lines, "train.seed")]
     done = done.copy()
-    for c in extra:  # a column one of two tables lacks is missing (None), not a value of its own
+    for c in extra:  # a column one of two tables lacks is missing (None), not a value of its own,
+        # except an attack's / a defense's parameter: a run that does not set it ran the default, a
+        # setting of its own (Spattack-L dense beside items=popular in one grid)
+        unset = "default" if ".params." in c else None
         done[c] = done[c].map(
-            lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else _text(v)
+            lambda v, unset=unset: (
+                unset if v is None or (isinstance(v, float) and math.isnan(v)) else _text(v)
+            )
         )
     varies = [c for c in extra if (done.groupby(panel)[c].nunique() > 1).any()]
     out = []
