@@ -46,7 +46,8 @@ def test_ratios_worst_cells_and_order_are_the_hand_computed_ones():
     assert "| cge | 0.800 | a · alie 40% |" in md and md.index("| cge") < md.index("| krum")
     fig = heatmap_figure(wc)
     shown = fig.axes[0].images[0].get_array()
-    assert shown[0, 0] == pytest.approx(0.8) and shown[1, 0] == pytest.approx(0.4)  # worst-case column
+    assert shown[0, 0] == pytest.approx(0.8) and shown[0, 1] == pytest.approx(0.4)  # worst-case row
+    assert shown[1, 1] == pytest.approx(0.4)  # krum, a · alie 40 %
 
 
 def test_an_attack_parameter_the_grid_varies_is_its_own_attack_not_a_seed():

@@ -123,21 +123,29 @@ def markdown(wc: WorstCase) -> str:
 
 
 def heatmap_figure(wc: WorstCase, title: str | None = None) -> Figure:
-    """Defenses (rows, best worst case first) x attack cells, plus the worst-case column."""
+    """Attack cells (rows, grouped by dataset, under a first row of each defense's worst case) x
+    defenses (columns, best worst case first): a grid of some 60 cells reads down, with its labels
+    level, where as columns it would be a metre wide."""
     table = wc.relative.copy()
     table.insert(0, "worst case", wc.worst.set_index("defense")["worst"])
-    a = table.to_numpy(dtype=float)
-    fig = _new_figure(0.62 * a.shape[1] + 3.2, 0.36 * a.shape[0] + 2.4)
+    a = table.to_numpy(dtype=float).T
+    rows, defenses = list(table.columns), list(table.index)
+    fig = _new_figure(0.55 * len(defenses) + 3.4, 0.24 * len(rows) + 2.2)
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(a), cmap="RdYlGn", vmin=0.0, vmax=1.2, aspect="auto")
-    ax.set_xticks(range(a.shape[1]), list(table.columns), rotation=40, ha="right", fontsize=7)
-    ax.set_yticks(range(a.shape[0]), list(table.index), fontsize=8)
+    ax.xaxis.tick_top()  # the defenses' names above their columns, the colour bar beside
+    ax.set_xticks(range(len(defenses)), defenses, rotation=40, ha="left", rotation_mode="anchor", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
     for r in range(a.shape[0]):
         for c in range(a.shape[1]):
             v = a[r, c]
             ax.text(c, r, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6)
-    ax.axvline(0.5, color="black", linewidth=1.2)
-    fig.colorbar(im, ax=ax, label=f"{wc.metric} / attack-free", shrink=0.8)
+    ax.axhline(0.5, color="black", linewidth=1.2)
+    datasets = [row.split(" · ")[0] for row in rows[1:]]
+    for r in range(1, len(datasets)):  # a line between two datasets' cells
+        if datasets[r] != datasets[r - 1]:
+            ax.axhline(r + 0.5, color="black", linewidth=0.8)
+    fig.colorbar(im, ax=ax, label=f"{wc.metric} / attack-free", shrink=0.6)
     ax.set_title(
         title or f"Worst case: {wc.metric} relative to attack-free training (≤ {wc.seeds} seeds a cell)",
         fontsize=9,
