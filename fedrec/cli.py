@@ -420,16 +420,16 @@ def experiment(
     """Run a grid of configs (lists expand to every combination) in parallel processes into one Parquet
     table, OUT/results.parquet; finished cells are skipped and killed ones resume. The grid is checked
     whole before anything runs."""
-    from fedrec.experiments.grid import GridError, load_grid, plan, run_grid
+    from fedrec.experiments.grid import GridError, load_grid, plan, projected, projection, run_grid
 
     with _clean_errors():
         if jobs < 1:
             raise GridError(f"--jobs {jobs}: must be at least 1")
         grid = load_grid(grid_file, out=out_dir, overrides=list(set_ or []))
     if dry_run:
-        cells = plan(grid)
+        cells, cost = plan(grid), projection(grid, jobs)
         if as_json:
-            _print_json({"grid": str(grid_file), "out": str(grid.out), "cells": cells})
+            _print_json({"grid": str(grid_file), "out": str(grid.out), "cells": cells, "projection": cost})
             return
         # the name says the values (--json has them by key)
         table = Table("cell", "state", title=f"{len(cells)} cells -> {grid.out}")
@@ -438,6 +438,7 @@ def experiment(
         for c in cells:
             table.add_row(c["cell"], c["status"])
         out.print(table)
+        out.print(projected(cost), highlight=False, soft_wrap=True)
         return
     with _clean_errors():
         rows = run_grid(

@@ -238,6 +238,62 @@ def test_dry_run_lists_the_cells_and_writes_nothing(
     assert load_grid(grid_file).out == grid_file.parent / "default-out"
 
 
+def test_the_dry_run_projects_the_time_left_from_the_finished_cells(
+    grid_file: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """A cell still to run costs what the finished cells of its defense, attack and dataset cost (any
+    fraction or seed), else its dataset's mean; at --jobs J the sum over J, at least the longest."""
+    out = tmp_path / "proj"
+    shutil.copytree(uninterrupted, out)
+    res = _experiment(grid_file, "--out", out, "--dry-run", "--json")
+    assert json.loads(res.stdout)["projection"]["to_run"] == 0
+    walls = {
+        ("syn1", "none"): 10.0,
+        ("syn1", "a-rfrs"): 20.0,
+        ("syn2", "none"): 30.0,
+        ("syn2", "a-rfrs"): 50.0,
+    }
+    for d in (out / "runs").iterdir():
+        if "__0.2__" in d.name:
+            shutil.rmtree(d)  # the 20 % cells are to run
+        else:
+            info = json.loads((d / "cell.json").read_text())
+            key = next(k for k in walls if k[0] in d.name and f"__{k[1]}__" in d.name)
+            (d / "cell.json").write_text(json.dumps({**info, "wall_s": walls[key]}))
+    res = _experiment(grid_file, "--out", out, "--jobs", 2, "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)["projection"]
+    assert got["to_run"] == 4 and got["measured"] == 4
+    assert got["cell_hours"] * 3600 == pytest.approx(110.0) and got["wall_hours"] * 3600 == pytest.approx(
+        55.0
+    )
+    # syn2's a-rfrs never finished: its two cells take syn2's mean (30 s, the one finished syn2 cell)
+    gone = next(d for d in (out / "runs").iterdir() if "syn2" in d.name and "__a-rfrs__" in d.name)
+    shutil.rmtree(gone)
+    got = json.loads(_experiment(grid_file, "--out", out, "--jobs", 8, "--dry-run", "--json").stdout)[
+        "projection"
+    ]
+    assert got["to_run"] == 5 and got["measured"] == 3
+    assert got["cell_hours"] * 3600 == pytest.approx(10 + 20 + 30 + 30 + 30)
+    assert got["wall_hours"] * 3600 == pytest.approx(30.0)  # 8 jobs: the longest cell
+    res = _experiment(grid_file, "--out", out, "--jobs", 2, "--dry-run")
+    assert (
+        "5 cells to run: ~2 min of cell time, ~1 min at --jobs 2 (from the wall times of 3 finished cells)"
+        in res.stdout
+    )
+    for d in (out / "runs").iterdir():
+        if "syn2" in d.name:
+            shutil.rmtree(d)  # no syn2 cell finished: its 4 cells take the mean of all (15 s)
+    got = json.loads(_experiment(grid_file, "--out", out, "--dry-run", "--json").stdout)["projection"]
+    assert got["no_dataset_measured"] == 4 and got["cell_hours"] * 3600 == pytest.approx(10 + 20 + 4 * 15)
+    assert (
+        "4 of a dataset with none finished, given the mean of all"
+        in _experiment(grid_file, "--out", out, "--dry-run").stdout
+    )
+    res = _experiment(grid_file, "--out", tmp_path / "empty", "--dry-run")
+    assert "no cell has finished yet" in res.stdout
+
+
 def test_a_part_of_the_grid_keeps_the_other_parts_in_the_table(
     uninterrupted: Path, grid_file: Path, tmp_path: Path
 ) -> None:
