@@ -290,8 +290,15 @@ def test_the_dry_run_projects_the_time_left_from_the_finished_cells(
         "4 of a dataset with none finished, given the mean of all"
         in _experiment(grid_file, "--out", out, "--dry-run").stdout
     )
+    for d in (out / "runs").iterdir():  # finished cells without a usable wall time (a bool is no time)
+        info = json.loads((d / "cell.json").read_text())
+        (d / "cell.json").write_text(json.dumps({**info, "wall_s": True if "none" in d.name else "12"}))
+    res = _experiment(grid_file, "--out", out, "--dry-run")
+    assert "6 cells to run; no finished cell recorded its wall time" in res.stdout, res.stdout
     res = _experiment(grid_file, "--out", tmp_path / "empty", "--dry-run")
-    assert "no cell has finished yet" in res.stdout
+    assert "8 cells to run; no cell has finished yet" in res.stdout
+    res = _experiment(grid_file, "--out", uninterrupted, "--dry-run")
+    assert "nothing left to run" in res.stdout
 
 
 def test_a_part_of_the_grid_keeps_the_other_parts_in_the_table(

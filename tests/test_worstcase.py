@@ -3,11 +3,14 @@ defense with its attack, seeds averaged, and one clear line for what is missing.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from fedrec.cli import app
+from fedrec.experiments.plots import load_results
 from fedrec.experiments.worstcase import heatmap_figure, markdown, worst_case
 
 
@@ -67,6 +70,45 @@ def test_an_attack_parameter_the_grid_varies_is_its_own_attack_not_a_seed():
     assert wc.relative.loc["krum", "a · spattack-l items=popular 40%"] == pytest.approx(0.25 / 0.3)
     assert wc.seeds == 1
     assert wc.worst.set_index("defense").loc["krum", "where"] == "a · spattack-l 40%"
+
+
+def test_a_defense_setting_that_varies_is_its_own_defense_and_other_settings_are_refused():
+    """Krum with c = 3, with a resampling step, and with neither are three defenses; a table mixing
+    learning rates is refused (its attack-free baseline would be one of them, or their mean)."""
+    rows = [_row("a", "none", 0.0, "none", 0, 0.3),
+            _row("a", "alie", 0.4, "krum", 0, 0.03),
+            {**_row("a", "alie", 0.4, "krum", 0, 0.15), "defense.params.c": 3},
+            {**_row("a", "alie", 0.4, "krum", 0, 0.27), "defense.pre": "resample"}]  # fmt: skip
+    wc = worst_case(pd.DataFrame(rows))
+    worst = wc.worst.set_index("defense")["worst"]
+    assert worst.to_dict() == pytest.approx({"krum pre=resample": 0.9, "krum c=3": 0.5, "krum": 0.1})
+    assert wc.seeds == 1
+    with pytest.raises(ValueError, match=r"mix train\.lr \(0\.001, 0\.01\)"):
+        worst_case(pd.DataFrame([{**r, "train.lr": 0.01 if i else 0.001} for i, r in enumerate(rows)]))
+    # a setting with one value throughout names nothing
+    same = worst_case(pd.DataFrame([{**r, "attack.params.scale": 2.0} for r in rows[:2]]))
+    assert list(same.relative.columns) == ["a · alie 40%"] and list(same.worst["defense"]) == ["krum"]
+
+
+def test_summaries_keep_the_attack_parameters_apart(tmp_path):
+    """Run folders read through their summary.json: dense and popularity-sampled Spattack-L, otherwise
+    alike, are two attacks (the summary once kept the attack's name only, and they were two seeds)."""
+
+    def summary(attack, p5, params=None, defense="krum"):
+        return {"dataset": "ml100k", "model": "fism", "optimizer": "adam", "seed": 0, "defense": defense,
+                "attack": {"name": attack, "fraction": 0.4 if attack != "none" else 0.0,
+                           **({"params": params} if params is not None else {})},
+                "metrics": {"precision": {"5": p5}}}  # fmt: skip
+
+    runs = [summary("none", 0.3, defense="none"), summary("spattack-l", 0.05, {}),
+            summary("spattack-l", 0.25, {"items": "popular"})]  # fmt: skip
+    for i, s in enumerate(runs):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(s))
+    res = CliRunner().invoke(app, ["plot", "worstcase", str(tmp_path), "--out", str(tmp_path), "--name", "w"])
+    assert res.exit_code == 0, res.output
+    assert "| krum | 0.167 | ml100k · spattack-l 40% |" in res.stdout and "up to 1 seed(s)" in res.stdout
+    wc = worst_case(load_results(tmp_path))
+    assert wc.relative.loc["krum", "ml100k · spattack-l items=popular 40%"] == pytest.approx(0.25 / 0.3)
 
 
 def test_a_missing_baseline_or_column_is_one_clear_error(tmp_path):

@@ -452,30 +452,34 @@ def plan(grid: Grid) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def projection(grid: Grid, jobs: int) -> dict[str, Any] | None:
+def projection(grid: Grid, jobs: int) -> dict[str, Any]:
     """What the cells of ``grid.cells`` still to run will cost, from the wall times (cell.json) of the
     grid's finished cells, any part: a cell not done is given the mean of the finished cells that share
     its values of every grid key but the seed and the fraction (a defense against an attack on a
     dataset), else of its dataset, else of all of them; at ``jobs`` at a time the wall time is at least
     the sum over ``jobs`` and at least the longest cell. The times are as measured: with as many jobs on
-    as many cores as those runs had. None when no cell has finished (nothing to go by)."""
+    as many cores as those runs had; no times (``cell_hours`` None) when no finished cell recorded one."""
     keys = [k for k in grid.keys if k not in ("train.seed", "attack.fraction")]
     like = [keys, ["data.dataset"] if "data.dataset" in grid.keys else [], []]
     seen: list[dict[tuple, list[float]]] = [{} for _ in like]
     todo: list[Cell] = []
+    finished = 0
     part, earlier = {c.name for c in grid.cells}, earlier_dirs(grid)
     for cell in grid.whole:
         run_dir = earlier.get(cell.name, grid.run_dir(cell))  # as plan(): a run under an earlier name
         if finished_summary(run_dir) is None:
             todo += [cell] if cell.name in part else []
             continue
+        finished += 1
         wall = _cell_info(run_dir).get("wall_s")
-        if isinstance(wall, int | float) and math.isfinite(wall) and wall > 0:
+        if isinstance(wall, int | float) and not isinstance(wall, bool) and math.isfinite(wall) and wall > 0:
             for by, group in zip(like, seen, strict=True):
                 group.setdefault(tuple(_text_value(cell, k) for k in by), []).append(float(wall))
     measured = sum(len(v) for v in seen[-1].values())
+    out = {"to_run": len(todo), "finished": finished, "measured": measured, "jobs": jobs, "cell_hours": None,
+           "wall_hours": None, "no_dataset_measured": 0}  # fmt: skip
     if not measured:
-        return None
+        return out
     times, by_all = [], 0
     for cell in todo:
         for level, (by, group) in enumerate(zip(like, seen, strict=True)):
@@ -486,20 +490,21 @@ def projection(grid: Grid, jobs: int) -> dict[str, Any] | None:
                 break
     total = sum(times)
     wall = max(total / jobs, max(times, default=0.0))
-    return {"to_run": len(todo), "measured": measured, "cell_hours": total / 3600, "jobs": jobs,
-            "wall_hours": wall / 3600, "no_dataset_measured": by_all}  # fmt: skip
+    return {**out, "cell_hours": total / 3600, "wall_hours": wall / 3600, "no_dataset_measured": by_all}
 
 
 def _text_value(cell: Cell, key: str) -> str:
     return dumps(config_value(cell.config, key))
 
 
-def projected(p: dict[str, Any] | None) -> str:
+def projected(p: dict[str, Any]) -> str:
     """One line for a projection (``projection``)."""
-    if p is None:
-        return "no cell has finished yet: no time to project from"
     if not p["to_run"]:
         return "nothing left to run"
+    if p["cell_hours"] is None:
+        if not p["finished"]:
+            return f"{p['to_run']} cells to run; no cell has finished yet: no time to project from"
+        return f"{p['to_run']} cells to run; no finished cell recorded its wall time: no time to project from"
     guessed = p.get("no_dataset_measured", 0)
     return (
         f"{p['to_run']} cells to run: ~{_duration(p['cell_hours'])} of cell time, ~{_duration(p['wall_hours'])} "
@@ -706,7 +711,7 @@ def run_grid(
         f"{len(grid.cells)} cells{part} in {out}: {len(grid.cells) - len(todo)} done, {len(todo)} to run "
         f"({min(jobs, max(1, len(todo)))} at a time, {threads} thread{'s' * (threads > 1)} each)"
     )
-    if todo and (p := projection(grid, jobs)) is not None:
+    if todo and (p := projection(grid, jobs))["cell_hours"] is not None:
         say(projected(p))
 
     finished_rows: dict[str, dict[str, Any]] = {}  # a finished cell's row never changes: built once

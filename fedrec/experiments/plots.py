@@ -382,6 +382,9 @@ def results_from_summaries(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "rounds": s.get("rounds"), "byzantine_rejected": det.get("recall"),
             "honest_rejected": det.get("false_rejection_rate"),
         }  # fmt: skip
+        for prefix, params in (("attack", attack.get("params")), ("defense", s.get("defense_params"))):
+            for name, v in (params if isinstance(params, dict) else {}).items():
+                row[f"{prefix}.params.{name}"] = v if isinstance(v, str | int | float | bool) else str(v)
         for metric, by_k in (s.get("metrics") or {}).items():
             for k, v in by_k.items():
                 row[f"{metric}@{k}"] = v

@@ -6,8 +6,10 @@ Input: a results table in the schema of ``fedrec experiment``'s results.parquet 
 ``attack.name``, ``attack.fraction``, ``defense.name``, ``train.seed``, ``status``, ``precision@K``...),
 e.g. from ``fedrec.experiments.plots.load_results``. Seeds are averaged per cell; the baseline is the
 mean over seeds of the ``attack.name == "none"``, ``defense.name == "none"`` rows of each dataset.
-An attack run with parameters that the grid varies (``attack.params.NAME`` columns) is its own attack,
-named with them (``spattack-l items=popular``), never averaged with the attack's default as a seed.
+No two settings are averaged as seeds: an attack or defense setting that varies in the table (an
+``attack.*`` / ``defense.*`` column: ``attack.params.items``, ``defense.params.c``, ``defense.pre``) names
+its own attack or defense (``spattack-l items=popular``; a missing value is the default, unnamed), and
+any other setting that varies (``model.name``, ``train.lr``) is refused: a table per setting.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fedrec.experiments.plots import _new_figure
+from fedrec.experiments.plots import NOT_RESULT, _new_figure, _text
 
 KEYS = ["data.dataset", "attack.name", "attack.fraction", "defense.name"]
-PARAMS = "attack.params."
-ONE_SETTING = ["model.name", "train.optimizer"]  # a table mixing these would average unlike runs
+NAMED = ("attack.", "defense.")  # settings that name an attack / a defense variant when they vary
 
 
 @dataclass
@@ -45,13 +46,14 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
             f"--metric {metric}: not a numeric metric column (the table has {', '.join(numeric) or 'none'})"
         )
     done = results if "status" not in results.columns else results[results["status"] == "done"]
-    for col in ONE_SETTING:
-        if col in done.columns and done[col].nunique() > 1:
+    done = done.assign(**{"attack.name": _labels(done, "attack."), "defense.name": _labels(done, "defense.")})
+    for col in _config_columns(done):
+        if not col.startswith(NAMED) and done[col].nunique() > 1:
             values = ", ".join(sorted(map(str, done[col].dropna().unique())))
             raise ValueError(f"the results mix {col} ({values}): select one (a table per setting)")
     clean = done[(done["attack.name"] == "none") & (done["defense.name"] == "none")]
     baselines = clean.groupby("data.dataset")[metric].mean().to_dict()
-    attacked = done[done["attack.name"] != "none"].assign(attack=attack_labels)
+    attacked = done[done["attack.name"] != "none"]
     if attacked.empty:
         raise ValueError("the results table has no attacked run")
     lacking = sorted(set(attacked["data.dataset"]) - set(baselines))
@@ -66,12 +68,13 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
         raise ValueError(
             f"the attack-free undefended run is 0 or has no value for {shown}: no baseline to divide by"
         )
-    keys = ["data.dataset", "attack", "attack.fraction", "defense.name"]
-    cells = attacked.groupby(keys)[metric].agg(["mean", "count"]).reset_index()
+    cells = attacked.groupby(KEYS)[metric].agg(["mean", "count"]).reset_index()
     cells["relative"] = cells["mean"] / cells["data.dataset"].map(baselines)
     cells["column"] = [
         f"{ds} · {a} {fr:.0%}"
-        for ds, a, fr in zip(cells["data.dataset"], cells["attack"], cells["attack.fraction"], strict=True)
+        for ds, a, fr in zip(
+            cells["data.dataset"], cells["attack.name"], cells["attack.fraction"], strict=True
+        )
     ]
     relative = cells.pivot(index="defense.name", columns="column", values="relative")
     relative = relative[sorted(relative.columns)]
@@ -93,15 +96,24 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
     return WorstCase(relative, worst, baselines, metric, int(cells["count"].max()))
 
 
-def attack_labels(results: pd.DataFrame) -> pd.Series:
-    """``attack.name`` followed by each attack parameter the row sets (``attack.params.NAME`` columns,
-    blank where the run keeps the attack's default): ``spattack-l items=popular``."""
-    label = results["attack.name"].astype(str)
-    for col in sorted(c for c in results.columns if str(c).startswith(PARAMS)):
-        given = results[col].notna()
-        named = label + f" {col.removeprefix(PARAMS)}=" + results[col].astype(str)
-        label = label.where(~given, named)
-    return label
+def _config_columns(results: pd.DataFrame) -> list[str]:
+    """The config columns that could tell two runs apart, but the table's keys and the seed."""
+    skip = {*KEYS, "train.seed", *NOT_RESULT}
+    return [c for c in results.columns if "." in str(c) and "@" not in str(c) and c not in skip]
+
+
+def _labels(results: pd.DataFrame, prefix: str) -> pd.Series:
+    """``attack.name`` (``prefix = "attack."``) or ``defense.name``, followed by each setting of that
+    prefix that varies in the table and that the row sets: ``spattack-l items=popular``, ``krum c=3``,
+    ``grad-geomed pre=resample`` (a missing value is the default, left unnamed)."""
+    name = results[f"{prefix}name"].astype(str)
+    for col in sorted(c for c in _config_columns(results) if c.startswith(prefix)):
+        given = results[col].map(lambda v: v is not None and not (isinstance(v, float) and np.isnan(v)))
+        if results.loc[given, col].map(_text).nunique() + bool((~given).any()) < 2:
+            continue  # one setting throughout: it names nothing
+        short = col.removeprefix(prefix).removeprefix("params.")
+        name = name.where(~given, name + f" {short}=" + results[col].map(_text))
+    return name
 
 
 def _is_metric(column: pd.Series) -> bool:

@@ -121,8 +121,14 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "split_seed": cfg.data.split_seed,
         "metrics": {m: {str(k): v for k, v in by_k.items()} for m, by_k in final.metrics.items()},
         "evaluated_users": final.n_users,
-        "attack": {"name": cfg.attack.name, "fraction": cfg.attack.fraction, "mode": cfg.attack.mode},
+        "attack": {
+            "name": cfg.attack.name,
+            "fraction": cfg.attack.fraction,
+            "mode": cfg.attack.mode,
+            "params": dict(cfg.attack.params),
+        },
         "defense": cfg.defense.name,
+        "defense_params": dict(cfg.defense.params),  # with attack.params: what tells two variants apart
         "byzantine_clients": int(run.byzantine.sum()),
         "flat_coordinatewise_sparsity": run.sparsity.summary(),  # issue 16; None unless a flat cw rule
         "detection": detection_summary(rounds, run.f),
