@@ -115,6 +115,26 @@ def test_item_rules_equal_a_literal_per_row_loop(problem):
             assert got[r] == pytest.approx(want, rel=1e-6 if v.values.dtype == torch.float32 else 1e-12)
 
 
+@settings(max_examples=300, deadline=None)
+@given(sparse_problems(), st.lists(st.sampled_from([float("nan"), float("inf"), -float("inf")]), max_size=3),
+       st.randoms(use_true_random=False))  # fmt: skip
+def test_item_median_padded_and_sorted_ways_pick_the_same_numbers(problem, odd, rnd):
+    """The padded block (a sort per row) and the all-entries sort give bit-identical medians, with NaN
+    and infinite values among the listed ones (NaN sorts last in both)."""
+    v, _ = problem
+    values = v.values.clone()
+    for x in odd:
+        if values.numel():
+            values.view(-1)[rnd.randrange(values.numel())] = x
+    v = ClientVectors(ptr=v.ptr, rows=v.rows, values=values, n_rows=v.n_rows)
+    rows_p, med_p = item_median(v, padded=True)
+    rows_s, med_s = item_median(v, padded=False)
+    assert torch.equal(rows_p, rows_s) and med_p.dtype == med_s.dtype
+    torch.testing.assert_close(med_p, med_s, rtol=0, atol=0, equal_nan=True)
+    auto = item_median(v)[1]
+    torch.testing.assert_close(auto, med_s, rtol=0, atol=0, equal_nan=True)
+
+
 def test_registry_scopes():
     assert DEFENSES["item-median"].scope == "item" and DEFENSES["cw-median"].scope == "flat"
     assert DEFENSES["grad-item-median"].space == "gradient"

@@ -151,6 +151,9 @@ def meamed(v: ClientVectors, f: int, *, block_rows: int | None = None) -> tuple[
 # aggregation) -------------------------------------------------------------------------------------
 
 
+PADDED_WASTE = 12  # item_median sorts a padded [M, d, max c_r] block while M max c_r <= 12 K
+
+
 def _row_sorted(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Every listed row's values sorted contiguously, per column, with no loop over rows or clients.
 
@@ -170,7 +173,29 @@ def _row_sorted(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor, Tensor, Tenso
     return rows, counts, starts, segment, v.values.gather(0, order)
 
 
-def item_median(v: ClientVectors) -> tuple[Tensor, Tensor]:
+def _row_padded(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor]:
+    """Every listed row's values sorted per coordinate in a padded block: ``(rows [M], counts [M],
+    sorted [M, d, C])``, ``C = max c_r``, row r's c_r values first in ascending order (NaN last, as
+    ``torch.sort`` orders them), then NaN padding. One grouping by row (a 1-D sort of the K row ids) and
+    a sort of length C per row and coordinate, against two sorts of length K per coordinate in
+    ``_row_sorted``: the same order statistics, so a median picked from either is the same number.
+    Costs ``M C d`` memory: callers take it where that is a small multiple of ``K d``."""
+    order = torch.sort(v.rows, stable=True).indices
+    grouped = v.rows[order]
+    rows, counts = torch.unique_consecutive(grouped, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    segment = torch.repeat_interleave(
+        torch.arange(rows.shape[0], device=v.device), counts, output_size=grouped.shape[0]
+    )
+    rank = torch.arange(grouped.shape[0], device=v.device) - starts[segment]
+    padded = torch.full(
+        (rows.shape[0], v.d, int(counts.max())), float("nan"), dtype=v.values.dtype, device=v.device
+    )
+    padded[segment, :, rank] = v.values[order]
+    return rows, counts, torch.sort(padded, dim=-1).values
+
+
+def item_median(v: ClientVectors, *, padded: bool | None = None) -> tuple[Tensor, Tensor]:
     """Item-wise coordinate median: per listed row r and coordinate k, the median over the c_r clients
     that list r, ``[IMed(x)]_{r,k} = median_{i : r in rows_i} [x_i]_{r,k}`` (even c_r: the mean of the
     two middle values, as ``coordinate_median``). Unlike the flat rule, unlisted rows do not vote with
@@ -184,11 +209,23 @@ def item_median(v: ClientVectors) -> tuple[Tensor, Tensor]:
         >>> rows.tolist(), med.flatten().tolist()
         ([0, 1], [2.0, 5.0])
 
+    ``padded``: sort each row's values in a block padded to the most listers of a row (``_row_padded``,
+    ~10x faster at a round's sizes) or over all K entries at once (``_row_sorted``); None takes the
+    padded block while it holds at most ``PADDED_WASTE`` times the K entries. Both pick the same values.
+
     Returns:
         ``(rows [M], values [M, d])`` over the listed rows, in the values' dtype (computed in float64).
     """
     if v.rows.shape[0] == 0:
         return v.rows.new_zeros(0), v.values.new_zeros(0, v.d)
+    if padded is None:
+        listers = torch.bincount(v.rows, minlength=v.n_rows)
+        padded = int(listers.max()) * int((listers > 0).sum()) <= PADDED_WASTE * v.rows.shape[0]
+    if padded:
+        rows, counts, s = _row_padded(v)
+        lo = s.gather(2, ((counts - 1) // 2)[:, None, None].expand(-1, v.d, 1)).squeeze(2)
+        hi = s.gather(2, (counts // 2)[:, None, None].expand(-1, v.d, 1)).squeeze(2)
+        return rows, (0.5 * (lo.to(torch.float64) + hi.to(torch.float64))).to(v.values.dtype)
     rows, counts, starts, _, s = _row_sorted(v)
     lo, hi = starts + (counts - 1) // 2, starts + counts // 2  # the same position for odd c_r
     med = 0.5 * (s[lo].to(torch.float64) + s[hi].to(torch.float64))
