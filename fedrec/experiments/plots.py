@@ -57,6 +57,7 @@ RESULT_CONFIG = tuple(k for k in STANDARD_KEYS if k != "train.seed")
 
 # config columns that do not change a run's result: never a reason to split a figure's lines
 NOT_RESULT = (*NOT_IDENTITY, "federated.checkpoint_every", "federated.eval_every")
+HAD = "_columns"  # load_results of several tables: the dotted columns each row's own table has
 SHORT = dict(
     zip(RESULT_CONFIG, ("dataset", "model", "optimizer", "attack", "fraction", "defense"), strict=True)
 )
@@ -406,6 +407,9 @@ def load_results(
     frames = [_load_table(Path(p), say) for p in paths]
     if len(frames) == 1:
         return frames[0]
+    # which config columns each row's own table has: there a missing value is a setting (a grid's
+    # `defense.pre: [null, resample]`, a default), elsewhere the table just did not record the key
+    frames = [f.assign(**{HAD: [frozenset(c for c in f.columns if "." in str(c))] * len(f)}) for f in frames]
     with warnings.catch_warnings():
         # a column that is all-NA in one table (no detection rates in an attack-free folder) must not
         # decide the dtype: the behaviour pandas deprecates is the one wanted here
@@ -597,15 +601,16 @@ def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) ->
     config = [c for c in done.columns if "." in c and "@" not in c and c not in NOT_RESULT]
     extra = [c for c in config if c not in (*panel, spec.lines, "train.seed")]
     done = done.copy()
-    for c in extra:  # a column one of two tables lacks is missing (None), not a value of its own,
-        # except an attack's / a defense's parameter: a run that does not set it ran the default, a
-        # setting of its own (Spattack-L dense beside items=popular in one grid)
-        unset = "default" if ".params." in c else None
-        done[c] = done[c].map(
-            lambda v, unset=unset: (
-                unset if v is None or (isinstance(v, float) and math.isnan(v)) else _text(v)
-            )
-        )
+    had = done[HAD] if HAD in done else pd.Series([None] * len(done), index=done.index)
+    for c in extra:  # no value in a column the row's own table has is a setting: the default (a grid's
+        # `defense.pre: [null, resample]`, Spattack-L without items= beside items=popular); in a column
+        # only another table has it is missing, not a value of its own
+        done[c] = [
+            (None if cols is not None and c not in cols else "default")
+            if v is None or (isinstance(v, float) and math.isnan(v))
+            else _text(v)
+            for v, cols in zip(done[c], had, strict=True)
+        ]
     varies = [c for c in extra if (done.groupby(panel)[c].nunique() > 1).any()]
     out = []
     for key, g in done.groupby([*panel, spec.lines, *varies], sort=True, dropna=False):
