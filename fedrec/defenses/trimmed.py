@@ -165,34 +165,34 @@ def _row_sorted(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor, Tensor, Tenso
     by_value = torch.sort(v.values.T.contiguous(), dim=1, stable=True).indices  # [d, K]
     by_row = torch.sort(v.rows[by_value], dim=1, stable=True).indices  # stable: keeps the value order
     order = by_value.gather(1, by_row).T
-    rows, counts = torch.unique_consecutive(torch.sort(v.rows).values, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    segment = torch.repeat_interleave(
-        torch.arange(rows.shape[0], device=v.device), counts, output_size=v.rows.shape[0]
-    )
-    return rows, counts, starts, segment, v.values.gather(0, order)
+    return *_row_groups(torch.sort(v.rows).values), v.values.gather(0, order)
 
 
-def _row_padded(v: ClientVectors) -> tuple[Tensor, Tensor, Tensor]:
-    """Every listed row's values sorted per coordinate in a padded block: ``(rows [M], counts [M],
-    sorted [M, d, C])``, ``C = max c_r``, row r's c_r values first in ascending order (NaN last, as
-    ``torch.sort`` orders them), then NaN padding. One grouping by row (a 1-D sort of the K row ids) and
-    a sort of length C per row and coordinate, against two sorts of length K per coordinate in
-    ``_row_sorted``: the same order statistics, so a median picked from either is the same number.
-    Costs ``M C d`` memory: callers take it where that is a small multiple of ``K d``."""
-    order = torch.sort(v.rows, stable=True).indices
-    grouped = v.rows[order]
+def _row_groups(grouped: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Row ids in ascending order -> ``(rows [M], counts [M], starts [M], segment [K])``: the listed
+    rows, how many entries each has (c_r), where its run begins, and the row position of every entry."""
     rows, counts = torch.unique_consecutive(grouped, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     segment = torch.repeat_interleave(
-        torch.arange(rows.shape[0], device=v.device), counts, output_size=grouped.shape[0]
+        torch.arange(rows.shape[0], device=grouped.device), counts, output_size=grouped.shape[0]
     )
-    rank = torch.arange(grouped.shape[0], device=v.device) - starts[segment]
+    return rows, counts, starts, segment
+
+
+def _row_padded(v: ClientVectors, order: Tensor, groups: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """Every listed row's values sorted per coordinate in a padded block ``[M, d, C]``, ``C = max c_r``:
+    row r's c_r values first in ascending order (NaN last, as ``torch.sort`` orders them), then NaN
+    padding. ``order`` is a stable argsort of the row ids and ``groups`` its ``_row_groups``. A sort of
+    length C per row and coordinate, against two sorts of length K per coordinate in ``_row_sorted``: the
+    same order statistics, so a median picked from either is the same number. Costs ``M C d`` memory:
+    callers take it where that is a small multiple of ``K d``."""
+    rows, counts, starts, segment = groups
+    rank = torch.arange(order.shape[0], device=v.device) - starts[segment]
     padded = torch.full(
         (rows.shape[0], v.d, int(counts.max())), float("nan"), dtype=v.values.dtype, device=v.device
     )
     padded[segment, :, rank] = v.values[order]
-    return rows, counts, torch.sort(padded, dim=-1).values
+    return torch.sort(padded, dim=-1).values
 
 
 def item_median(v: ClientVectors, *, padded: bool | None = None) -> tuple[Tensor, Tensor]:
@@ -218,11 +218,13 @@ def item_median(v: ClientVectors, *, padded: bool | None = None) -> tuple[Tensor
     """
     if v.rows.shape[0] == 0:
         return v.rows.new_zeros(0), v.values.new_zeros(0, v.d)
+    order = torch.sort(v.rows, stable=True).indices
+    groups = _row_groups(v.rows[order])
+    rows, counts = groups[:2]
     if padded is None:
-        listers = torch.bincount(v.rows, minlength=v.n_rows)
-        padded = int(listers.max()) * int((listers > 0).sum()) <= PADDED_WASTE * v.rows.shape[0]
+        padded = int(counts.max()) * rows.shape[0] <= PADDED_WASTE * v.rows.shape[0]
     if padded:
-        rows, counts, s = _row_padded(v)
+        s = _row_padded(v, order, groups)
         lo = s.gather(2, ((counts - 1) // 2)[:, None, None].expand(-1, v.d, 1)).squeeze(2)
         hi = s.gather(2, (counts // 2)[:, None, None].expand(-1, v.d, 1)).squeeze(2)
         return rows, (0.5 * (lo.to(torch.float64) + hi.to(torch.float64))).to(v.values.dtype)

@@ -499,6 +499,11 @@ GRID_FIGURES = {
 }  # fmt: skip
 
 
+def _missing(v: Any) -> bool:
+    """No value in a table cell: None, or NaN (a float column's None)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _text(v: Any) -> str:
     """A cell value as the command line writes it (0.4, not 0.4000000001; 1, not 1.0)."""
     if isinstance(v, float | np.floating):
@@ -606,9 +611,7 @@ def grid_stats(done: pd.DataFrame, spec: GridFigure, at_k: int | None = None) ->
         # `defense.pre: [null, resample]`, Spattack-L without items= beside items=popular); in a column
         # only another table has it is missing, not a value of its own
         done[c] = [
-            (None if cols is not None and c not in cols else "default")
-            if v is None or (isinstance(v, float) and math.isnan(v))
-            else _text(v)
+            (None if cols is not None and c not in cols else "default") if _missing(v) else _text(v)
             for v, cols in zip(done[c], had, strict=True)
         ]
     varies = [c for c in extra if (done.groupby(panel)[c].nunique() > 1).any()]

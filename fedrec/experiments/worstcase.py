@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fedrec.experiments.plots import NOT_RESULT, _new_figure, _text
+from fedrec.experiments.plots import NOT_RESULT, _missing, _new_figure, _text
 
 KEYS = ["data.dataset", "attack.name", "attack.fraction", "defense.name"]
 NAMED = ("attack.", "defense.")  # settings that name an attack / a defense variant when they vary
@@ -108,7 +108,7 @@ def _labels(results: pd.DataFrame, prefix: str) -> pd.Series:
     ``grad-geomed pre=resample`` (a missing value is the default, left unnamed)."""
     name = results[f"{prefix}name"].astype(str)
     for col in sorted(c for c in _config_columns(results) if c.startswith(prefix)):
-        given = results[col].map(lambda v: v is not None and not (isinstance(v, float) and np.isnan(v)))
+        given = ~results[col].map(_missing).astype(bool)
         if results.loc[given, col].map(_text).nunique() + bool((~given).any()) < 2:
             continue  # one setting throughout: it names nothing
         short = col.removeprefix(prefix).removeprefix("params.")
