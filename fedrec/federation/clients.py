@@ -60,15 +60,20 @@ def client_gradients(
     flip: bool = False,
     local: LocalSamples | None = None,
     saga: SagaTable | None = None,
+    row_offset: torch.Tensor | None = None,
 ) -> ClientGradients:
     """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector).
 
     ``flip``: the loss with every BPR pair inverted (``bpr_objective(..., flip=True)``: label-flip).
     ``local``: a local mini-batch (``fedrec.federation.saga``): the chosen samples' gradient scaled by
     ``J / b``, on every positive's rows and the chosen samples' negatives; with ``saga``, the SAGA message over every row of the client's
-    fixed samples (the table is refreshed). ``loss`` stays the full loss at the global parameters."""
+    fixed samples (the table is refreshed). ``loss`` stays the full loss at the global parameters.
+    ``row_offset [B]``: where each client's table starts in ``theta`` (runs stacked in one table,
+    ``fedrec.federation.stacked``); the returned rows are then rows of the stacked table."""
     owner, rows = touched_rows(batch, neg, layout)
     keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
+    if row_offset is not None:
+        rows = rows + row_offset.index_select(0, owner)
     W = theta.detach().index_select(0, rows)
     u = None if user_vectors is None else user_vectors.detach()
     if local is None:
@@ -145,6 +150,20 @@ def sample_clients(active: torch.Tensor, per_round: int, gen: torch.Generator, d
     return active[pick].sort().values.to(device)
 
 
+def draw_negatives(
+    batch: UserBatch, layout: TableLayout, neg_gen: torch.Generator | int, negatives: int,
+    keyed_by: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The batch's negatives ``[H, negatives]``: from the shared generator ``neg_gen``, keyed draws
+    when it is an int key, or each positive's fixed negatives keyed by the run's seed ``keyed_by``
+    (SAGA's fixed samples, ``federated.fixed_negatives``)."""
+    if keyed_by is not None:
+        return sample_negatives_keyed(batch, layout.n_items, negatives, fixed_negatives_key(keyed_by))
+    if isinstance(neg_gen, torch.Generator):
+        return sample_negatives(batch, layout.n_items, negatives, neg_gen)
+    return sample_negatives_keyed(batch, layout.n_items, negatives, neg_gen)
+
+
 @dataclass
 class ClientRound:
     """What the sampled clients computed in a round: their data, negatives, gradients and the honest
@@ -186,12 +205,9 @@ def client_round(
     clients' SAGA table, which implies ``fixed_negatives``: each positive keeps the negatives drawn for
     it once, keyed by ``seed`` (fedrec.federation.saga)."""
     batch = gather_users(train, clients)
-    if saga is not None or fixed_negatives:
-        neg = sample_negatives_keyed(batch, layout.n_items, negatives, fixed_negatives_key(seed))
-    elif isinstance(neg_gen, torch.Generator):
-        neg = sample_negatives(batch, layout.n_items, negatives, neg_gen)
-    else:
-        neg = sample_negatives_keyed(batch, layout.n_items, negatives, neg_gen)
+    neg = draw_negatives(
+        batch, layout, neg_gen, negatives, keyed_by=seed if saga is not None or fixed_negatives else None
+    )
     local = None
     if local_batch is not None or saga is not None:
         local = local_samples(train, batch, local_batch, batch_key)

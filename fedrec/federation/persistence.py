@@ -52,8 +52,9 @@ class RunCheckpointing:
         records, losses = self.recorder.state(self.server.t)
         return {
             "t": int(self.server.t),
-            "theta": self.server.theta,
-            "state": dict(self.server.state),
+            # copies: a stacked run's tables are views, which torch.save would store whole
+            "theta": self.server.theta.clone(),
+            "state": {k: v.clone() for k, v in self.server.state.items()},
             "private": None if self.private is None else dict(vars(self.private)),
             "saga": None if self.saga is None else self.saga.state(),
             "sample_gen": self.sample_gen.get_state(),

@@ -110,6 +110,30 @@ def server_round(
     (``defense.seed``) seeds the rules that draw random numbers, anew every round (``rule_generator``).
     ``absent``: ``(client ids, reason codes)`` saying why a sampled client's upload did not come (a
     transport's view: no reply, an error reply); it replaces ``missing`` for those slots only."""
+    admitted, codes, refused = admitted_uploads(server, messages, sampled, rule, limits, absent)
+    checked = codes == 0
+    codes, grads = check_rule(
+        server, admitted, rule, t, codes, max_grad=limits.max_grad, verify=limits.verify or defense.verify,
+        fused=limits.fused,
+    )  # fmt: skip
+    admitted, claimed, decision = decide(server, admitted, codes, grads, rule, defense, t, f, limits, seed)
+    state = apply_decision(server, admitted, decision, rule, t)
+    return RoundOutcome(
+        state=state, decision=decision, uploads=admitted, claimed=claimed, refused=refused, grads=grads,
+        checked=checked,
+    )  # fmt: skip
+
+
+def admitted_uploads(
+    server: ServerState,
+    messages: Sequence[Upload | UploadBatch] | UploadBatch,
+    sampled: torch.Tensor,
+    rule,
+    limits: ServerLimits,
+    absent: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[UploadBatch, torch.Tensor, torch.Tensor]:
+    """The first stages of a round (receive, admit, validate): one upload per sampled slot, its reason
+    code so far, and the count of refused uploads by reason."""
     device, dtype = server.theta.device, server.theta.dtype
     batch, codes = receive(messages, limits.d, rule.state_names, device, dtype)
     admitted, codes, refused = admit(batch, codes, sampled)
@@ -118,20 +142,19 @@ def server_round(
     codes = validate(
         admitted, n_rows=limits.n_rows, max_examples=limits.max_examples, max_weight_share=None, codes=codes
     )
-    checked = codes == 0
-    codes, grads = check_rule(
-        server, admitted, rule, t, codes, max_grad=limits.max_grad, verify=limits.verify or defense.verify,
-        fused=limits.fused,
-    )  # fmt: skip
+    return admitted, codes, refused
+
+
+def decide(
+    server: ServerState, admitted: UploadBatch, codes: torch.Tensor, grads: torch.Tensor | None, rule,
+    defense, t: int, f: int, limits: ServerLimits, seed: int,
+) -> tuple[UploadBatch, torch.Tensor, Decision]:  # fmt: skip
+    """What the checked uploads weigh (``effective_examples``, ``weight_share``) and the defense's
+    decision on them. Returns the uploads with ``n_examples`` as weighted, the claims, the decision."""
     claimed = admitted.n_examples
     admitted = dataclasses.replace(
         admitted, n_examples=effective_examples(claimed, codes == 0, limits.weighting, limits.weight_clip)
     )
     codes = weight_share(codes, admitted.n_examples, limits.max_weight_share)
-    rng = rule_generator(seed, t, device) if defense.spec.needs_rng else None
-    decision = defense.decide(server, admitted, rule, t, codes, f, rng, grads=grads)
-    state = apply_decision(server, admitted, decision, rule, t)
-    return RoundOutcome(
-        state=state, decision=decision, uploads=admitted, claimed=claimed, refused=refused, grads=grads,
-        checked=checked,
-    )  # fmt: skip
+    rng = rule_generator(seed, t, server.theta.device) if defense.spec.needs_rng else None
+    return admitted, claimed, defense.decide(server, admitted, rule, t, codes, f, rng, grads=grads)

@@ -29,40 +29,67 @@ def aggregate(server: ServerState, uploads: UploadBatch, weights: torch.Tensor, 
 
     ``weights`` must sum to 1 over the accepted uploads; when all are 0 the caller keeps the old state.
     """
-    prev = {"theta": server.theta, **server.state}
-    default = rule.default_rows(prev, t)
-    w = weights.to(server.theta.dtype)[uploads.owner()][:, None]
-    new = {}
-    for key, D in default.items():
-        if D.data_ptr() == prev[key].data_ptr():
-            D = (
-                D.clone()
-            )  # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
-        X = uploads.theta if key == "theta" else uploads.state[key]
-        delta = (X.to(D.dtype) - D.index_select(0, uploads.rows)) * w
-        new[key] = D.index_add_(0, uploads.rows, delta)
-    theta = new.pop("theta")
-    return ServerState(theta=theta, state=new, t=t)
+    return _aggregated(server, [(uploads, weights, None)], rule, t, 0)
 
 
 def apply_decision(server: ServerState, uploads: UploadBatch, decision, rule, t: int) -> ServerState:
     """The round-``t`` state a defense's decision gives: the weighted mean over its accepted uploads,
     or the coordinate-wise aggregate it computed; with nothing accepted the state stays as it was
     (only the round counter moves), so rejected uploads can never touch it."""
-    if decision.aggregate is not None:
-        default = rule.default_rows({"theta": server.theta, **server.state}, t)
-        new = {}
-        for key, D in default.items():
+    if decision.aggregate is None and not bool(decision.accepted.any()):  # a host sync, defended path only
+        return ServerState(theta=server.theta, state=server.state, t=t)
+    return apply_decisions(server, [(uploads, decision)], rule, t, 0)
+
+
+def apply_decisions(server: ServerState, parts, rule, t: int, n_rows: int) -> ServerState:
+    """``apply_decision`` for a stack of runs (fedrec.federation.stacked): run ``r``'s tables are rows
+    ``r * n_rows ..`` of ``server``'s, ``parts[r] = (uploads, decision)`` in its own rows. One dense
+    default pass over the stacked tables and one scatter; a run that accepted nothing keeps its old
+    block. Each block is what ``apply_decision`` gives its run alone: the same element-wise pass, and
+    ``index_add_`` adds each row's terms in the run's own upload order."""
+    pieces, keep_old = [], []
+    for r, (uploads, decision) in enumerate(parts):
+        if decision.aggregate is not None:
+            pieces.append((None, decision.aggregate, r * n_rows))
+        elif bool(decision.accepted.any()):  # a host sync, as apply_decision's
+            keep = decision.accepted
+            pieces.append((uploads.select(keep), decision.weights[keep], r * n_rows))
+        else:
+            keep_old.append(r)
+    return _aggregated(server, pieces, rule, t, n_rows, keep_old)
+
+
+def _aggregated(server: ServerState, pieces, rule, t: int, n_rows: int, keep_old=()) -> ServerState:
+    """``X_new = D + scatter(...)`` (the module docstring) for pieces ``(uploads, weights, offset)``
+    (the weighted mean of accepted uploads) or ``(None, {key: (rows, delta)}, offset)`` (a
+    coordinate-wise aggregate), their rows moved by ``offset``; blocks ``keep_old`` keep the old state."""
+    prev = {"theta": server.theta, **server.state}
+    default = rule.default_rows(prev, t)
+    new = {}
+    for key, D in default.items():
+        if D.data_ptr() == prev[key].data_ptr():
             D = (
                 D.clone()
-                if D.data_ptr() == (server.theta if key == "theta" else server.state[key]).data_ptr()
-                else D
-            )
-            rows, delta = decision.aggregate[key]
-            new[key] = D.index_add_(0, rows, delta.to(D.dtype))
-        theta = new.pop("theta")
-        return ServerState(theta=theta, state=new, t=t)
-    if not bool(decision.accepted.any()):  # one host sync per round, on the defended path only
-        return ServerState(theta=server.theta, state=server.state, t=t)
-    keep = decision.accepted
-    return aggregate(server, uploads.select(keep), decision.weights[keep], rule, t)
+            )  # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
+        rows, deltas = [], []
+        for uploads, weights, offset in pieces:
+            if uploads is None:
+                r, delta = weights[key]
+                delta = delta.to(D.dtype)
+            else:
+                r = uploads.rows
+                w = weights.to(server.theta.dtype)[uploads.owner()][:, None]
+                X = uploads.theta if key == "theta" else uploads.state[key]
+                delta = (X.to(D.dtype) - D.index_select(0, r + offset if offset else r)) * w
+            rows.append(r + offset if offset else r)
+            deltas.append(delta)
+        if rows:
+            if len(rows) == 1:
+                D.index_add_(0, rows[0], deltas[0])
+            else:
+                D.index_add_(0, torch.cat(rows), torch.cat(deltas))
+        for r in keep_old:
+            D[r * n_rows : (r + 1) * n_rows] = prev[key][r * n_rows : (r + 1) * n_rows]
+        new[key] = D
+    theta = new.pop("theta")
+    return ServerState(theta=theta, state=new, t=t)

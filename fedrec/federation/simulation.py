@@ -220,7 +220,20 @@ def client_uploads(
         server, rule, layout, train, clients, t, neg, user_vectors=user_vectors, saga=saga,
         **client_settings(cfg, t),
     )  # fmt: skip
-    grads = cr.grads
+    return round_uploads(
+        server, rule, layout, train, cfg, cr, byz, t, attack, attack_gen, user_vectors, popularity
+    )
+
+
+def round_uploads(
+    server: ServerState, rule, layout: TableLayout, train: CSRTensors, cfg: Config, cr: ClientRound,
+    byz: torch.Tensor, t: int, attack, attack_gen: torch.Generator, user_vectors: torch.Tensor | None = None,
+    popularity: torch.Tensor | None = None,
+) -> Collected:  # fmt: skip
+    """What the clients of ``cr`` send once they stepped: the honest ones their step, the Byzantine
+    ones (``byz``) what the attack makes of their context (``client_uploads``; a stack of runs,
+    fedrec.federation.stacked, calls it per run)."""
+    clients, grads = cr.clients, cr.grads
     grad_norm = segment_sq_norms(grads.owner, grads.g, clients.shape[0]).sqrt()
     messages: list[UploadBatch] = [cr.uploads.select(~byz)]
     ctx = None
@@ -265,6 +278,7 @@ class FederatedRun(RunCheckpointing):
     collector: Callable[[Any, int, torch.Tensor, torch.Tensor], Collected] | None = None
     # the clients' SAGA table (federated.variance_reduction: saga; fedrec.federation.saga)
     saga: SagaTable | None = None
+    _clock: float = 0.0  # perf_counter at the last clock_in (the loop's wall time goes to seconds)
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
@@ -365,6 +379,11 @@ class FederatedRun(RunCheckpointing):
             self.server, got.messages, sampled=clients, rule=self.rule, defense=self.defense, t=t, f=self.f,
             limits=self.limits, seed=self.cfg.defense.seed, absent=got.absent,
         )  # fmt: skip
+        self.conclude(t, clients, byz, got, out)
+
+    def conclude(self, t: int, clients: torch.Tensor, byz: torch.Tensor, got: Collected, out) -> None:
+        """The end of round ``t``: the forged distances (from the state before the round), the new
+        state, the round record, the sparsity monitor and the ``on_round`` hook."""
         forged = got.forged if got.forged is not None else torch.zeros_like(got.grad_norm)
         if got.ctx is not None:
             forged[byz] = self._forged(t, out, byz, got.ctx)
@@ -462,28 +481,38 @@ class FederatedRun(RunCheckpointing):
 
     def run(self, run_dir: Path | None = None, progress: Progress | None = None, progress_every: int = 20):
         """Rounds ``t+1 .. total_rounds``; evaluates, checkpoints and reports progress on schedule."""
-        f = self.cfg.federated
-        T = self.total_rounds
         last = None
         self.threads = ThreadPolicy(self.cfg.run.threads, self.device)  # never oversubscribe the cores
-        start = time.perf_counter()
-        while self.server.t < T:
+        self._clock = time.perf_counter()
+        while self.server.t < self.total_rounds:
             self.threads.tick()
             self.step()
-            t = self.server.t
-            event: dict[str, Any] | None = None
-            if t % f.eval_every == 0 or t == T:
-                last = self.evaluate()
-                event = {"P@5": last.metrics["precision"].get(5)}
-            if run_dir is not None and (t % f.checkpoint_every == 0 or t == T):
-                now = time.perf_counter()
-                self.seconds += now - start  # saved with the checkpoint, so a resumed run keeps its total
-                start = now
-                self.save(run_dir)
-            if progress is not None and (event is not None or t % progress_every == 0 or t == T):
-                elapsed = time.perf_counter() - start
-                event = event or {}
-                event.update(t=t, rounds=T, loss=float(self.losses[t - 1]), elapsed=self.seconds + elapsed)
-                progress(event)
-        self.seconds += time.perf_counter() - start
+            done = self.after_round(run_dir, progress, progress_every)
+            last = done if done is not None else last
+        self.clock_in()
         return last
+
+    def clock_in(self) -> None:
+        """Adds the wall time since the last call (or the loop's start) to ``seconds``."""
+        now = time.perf_counter()
+        self.seconds += now - self._clock
+        self._clock = now
+
+    def after_round(self, run_dir: Path | None, progress: Progress | None, progress_every: int = 20):
+        """What follows round ``t`` on the run's schedule: the evaluation (returned when it ran), the
+        checkpoint, the progress report."""
+        f, T, t = self.cfg.federated, self.total_rounds, self.server.t
+        event: dict[str, Any] | None = None
+        result = None
+        if t % f.eval_every == 0 or t == T:
+            result = self.evaluate()
+            event = {"P@5": result.metrics["precision"].get(5)}
+        if run_dir is not None and (t % f.checkpoint_every == 0 or t == T):
+            self.clock_in()  # saved with the checkpoint, so a resumed run keeps its total
+            self.save(run_dir)
+        if progress is not None and (event is not None or t % progress_every == 0 or t == T):
+            self.clock_in()
+            event = event or {}
+            event.update(t=t, rounds=T, loss=float(self.losses[t - 1]), elapsed=self.seconds)
+            progress(event)
+        return result

@@ -32,6 +32,24 @@ from fedrec.models.layout import TableLayout
 Tensor = torch.Tensor
 
 
+LANES = 64
+"""Element-wise transcendental ops (sigmoid, softplus, pow) run on inputs padded to a multiple of this:
+torch's CPU kernels compute whole SIMD vectors with one implementation and a tensor's last partial
+vector with the scalar one, which can differ in the last bit, so unpadded a client's values would
+depend on where its entries sit in the batch (a stack of runs, fedrec.federation.stacked, must give
+each client what it gets alone). 64 covers every vector width torch uses."""
+
+
+def lanewise(fn, x: Tensor) -> Tensor:
+    """``fn(x)`` for an element-wise ``fn``, every element on the vectorized path (``LANES``)."""
+    n = x.numel()
+    pad = -n % LANES
+    if pad == 0:
+        return fn(x)
+    flat = torch.cat([x.reshape(-1), x.new_ones(pad)])
+    return fn(flat)[:n].reshape(x.shape)
+
+
 def bpr_row_gradients(
     W: Tensor,
     keys: Tensor,
@@ -130,8 +148,9 @@ def sample_terms(
         q_hist = W.index_select(0, i_q)
         S = torch.zeros(B, d, dtype=W.dtype, device=W.device).index_add(0, owner, q_hist)
         n = torch.bincount(owner, minlength=B).to(W.dtype)
-        c_pos = torch.where(n > 1, (n - 1).clamp(min=1) ** -gamma, torch.zeros_like(n))[owner, None]
-        c_neg = (n.clamp(min=1) ** -gamma)[owner, None]
+        c_pos = torch.where(n > 1, lanewise(lambda x: x**-gamma, (n - 1).clamp(min=1)), torch.zeros_like(n))
+        c_pos = c_pos[owner, None]
+        c_neg = lanewise(lambda x: x**-gamma, n.clamp(min=1))[owner, None]
         S_h = S.index_select(0, owner)
         u_pos = (S_h - q_hist) * c_pos
         u_neg = S_h * c_neg
@@ -143,7 +162,7 @@ def sample_terms(
     y_neg = torch.einsum("hsd,hd->hs", p_neg, u_neg)
     sign = -1.0 if flip else 1.0
     x = sign * (y_pos[:, None] - y_neg)
-    a = torch.sigmoid(-x)
+    a = lanewise(torch.sigmoid, -x)
     d_pos = (-sign) * a.sum(1)  # dL/dy_pos [H]
     d_neg = sign * a  # dL/dy_neg [H, n_neg]
     du_pos = d_pos[:, None] * p_pos  # dL/du_pos [H, d]
@@ -155,7 +174,7 @@ def sample_terms(
         own, user = None, du_pos + du_neg
     return SampleTerms(
         pos=d_pos[:, None] * u_pos, neg=d_neg[:, :, None] * u_neg[:, None, :], user=user, own=own,
-        loss=F.softplus(-x).sum(1),  # -log sigmoid(x), summed over the negatives
+        loss=lanewise(F.softplus, -x).sum(1),  # -log sigmoid(x), summed over the negatives
         owner=owner, i_pos=i_pos, i_neg=i_neg, i_q=i_q,
     )  # fmt: skip
 
