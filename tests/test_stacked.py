@@ -4,18 +4,22 @@ defense and optimizer rule, both models; a stacked run's checkpoint resumes alon
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from fedrec.attacks import ATTACKS
+from fedrec.attacks import ATTACKS, make_attack
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
 from fedrec.defenses import DEFENSES
 from fedrec.federation.checkpoint import CHECKPOINT, load_checkpoint, run_identity
+from fedrec.federation.clients import client_gradients
 from fedrec.federation.simulation import FederatedRun
 from fedrec.federation.stacked import RunStack, stack_error
 from fedrec.models.gradients import LANES, lanewise
 from fedrec.optim import RULES
+from fedrec.protocol import REASONS
 
 SPLIT = split_per_user(synthetic(60, 40, mean_items=8, seed=0), seed=0)
 ATTACK_PARAMS = {"noise": {"sigma": 0.05}}
@@ -93,9 +97,10 @@ def test_mixed_attacks_and_defenses_in_one_stack():
     cfgs = [
         _cfg("gradient-ascent", "none", 0, 0.2), _cfg("alie", "trmean", 1, 0.4), _cfg("noise", "krum", 2, 0.3),
         _cfg("camouflage", "verify+a-rfrs", 3, 0.4), _cfg("none", "none", 4, 0.0),
+        _cfg("noise", "krum", 5, 0.3),
     ]  # fmt: skip
     for c in cfgs[:3]:
-        c.defense.verify = False  # the fourth verifies through its defense, the fifth by default
+        c.defense.verify = False  # the fourth verifies through its defense, the last two by default
     alone = _runs(cfgs)
     for run in alone:
         run.run()
@@ -103,6 +108,91 @@ def test_mixed_attacks_and_defenses_in_one_stack():
     RunStack.of(together).run()
     for a, b in zip(alone, together, strict=True):
         assert_identical(a, b)
+
+
+def test_per_run_settings_stay_per_run():
+    """Settings a stack does not share reach their own run only: the negatives' source (shared
+    generator, per-client keys, fixed negatives keyed by the run's seed), the defense's seed (MixTailor's
+    draw) and its weighting; FISM's gamma off the values 1 and 0.5 that round alike either way."""
+    cfgs = [
+        _cfg("gradient-ascent", "grad-mixtailor", s, f) for s, f in [(0, 0.2), (1, 0.4), (2, 0.3), (3, 0.2)]
+    ]
+    cfgs[1].federated.client_rng = "per-client"
+    cfgs[2].federated.fixed_negatives = True
+    cfgs[3].defense.weighting = "uniform"
+    for i, c in enumerate(cfgs):
+        c.defense.seed = 10 + i
+        c.model.gamma = 0.3
+    alone = _runs(cfgs)
+    for run in alone:
+        run.run()
+    together = _runs(cfgs)
+    RunStack.of(together).run()
+    for a, b in zip(alone, together, strict=True):
+        assert_identical(a, b)
+
+
+class _OtherRunsRows:
+    """Gradient ascent sent at the next run's rows (``rows + n_rows``): a stacked table's neighbour."""
+
+    omniscient = False
+
+    def __init__(self, n_rows: int):
+        self.inner, self.n_rows = make_attack("gradient-ascent"), n_rows
+
+    def __call__(self, ctx):
+        up = self.inner(ctx)
+        return dataclasses.replace(up, rows=up.rows + self.n_rows)
+
+
+def test_an_upload_cannot_reach_another_runs_block():
+    cfgs = [_cfg("gradient-ascent", "none", s, 0.4) for s in (0, 1)]
+    alone, together = _runs(cfgs), _runs(cfgs)
+    for run in alone + together:
+        run.attack = _OtherRunsRows(run.layout.n_rows)
+    for run in alone:
+        run.run()
+    RunStack.of(together).run()
+    for a, b in zip(alone, together, strict=True):
+        assert_identical(a, b)
+    out_of_range = REASONS.index("row-out-of-range")
+    assert bool((together[0].records["reason"] == out_of_range).any())
+
+
+def test_the_loop_writes_each_runs_directory_and_progress(tmp_path):
+    cfgs = [_cfg("gradient-ascent", "a-rfrs", s, f) for s, f in VARIANTS]
+    for c in cfgs:
+        c.federated.checkpoint_every = 2
+    runs = _runs(cfgs)
+    events: list[list[dict]] = [[] for _ in runs]
+    dirs = [tmp_path / str(r) for r in range(len(runs))]
+    for d in dirs:
+        d.mkdir()
+    RunStack.of(runs).run(dirs, [ev.append for ev in events])
+    for cfg, run, d, ev in zip(cfgs, runs, dirs, events, strict=True):
+        ckpt = load_checkpoint(d / CHECKPOINT, run_identity(cfg))
+        assert ckpt["t"] == 4 and torch.equal(ckpt["theta"], run.server.theta)
+        assert ckpt["theta"].untyped_storage().nbytes() == ckpt["theta"].nbytes  # its block, not the stack
+        assert [e["t"] for e in ev if "P@5" in e] == [2, 4]  # eval_every = 2
+        assert all(e["loss"] == float(run.losses[e["t"] - 1]) for e in ev)
+        assert 0 < ckpt["seconds"] <= ev[-1]["elapsed"] <= run.seconds  # each its share, then its own I/O
+
+
+def test_client_gradients_do_not_depend_on_the_batch():
+    """A client's gradient is the same bit for bit wherever it sits in a batch (``lanewise``): the
+    clients ``lo .. lo + 17`` of a 40-client batch against the same clients alone, same negatives."""
+    run = _runs([_cfg("none", "none", 0, 0.0)])[0]
+    whole = run.client_round(run.active[:40], 1)
+    lam = run.cfg.train.weight_decay
+    full = client_gradients(run.server.theta, run.layout, whole.batch, whole.neg, gamma=0.3, lam=lam)
+    for lo in (1, 7, 13):
+        part = run.client_round(run.active[lo : lo + 17], 1)
+        mine = (whole.batch.owner >= lo) & (whole.batch.owner < lo + 17)
+        g = client_gradients(run.server.theta, run.layout, part.batch, whole.neg[mine], gamma=0.3, lam=lam)
+        keep = (full.owner >= lo) & (full.owner < lo + 17)
+        assert torch.equal(g.rows, full.rows[keep])
+        assert torch.equal(g.g, full.g[keep])
+        assert torch.equal(g.loss, full.loss[lo : lo + 17])
 
 
 def test_a_stacked_checkpoint_resumes_alone(tmp_path):
@@ -132,21 +222,35 @@ def test_a_stacked_checkpoint_resumes_alone(tmp_path):
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("model.dim", 16),
-        ("train.lr", 0.1),
-        ("train.optimizer", "sgd"),
-        ("federated.rounds", 5),
-        ("model.name", "mf"),
+        ("model.dim", 16), ("train.lr", 0.1), ("train.optimizer", "sgd"), ("federated.rounds", 5),
+        ("model.name", "mf"), ("model.gamma", 0.5), ("train.negatives", 2), ("run.threads", 2),
+        ("federated.variance_reduction", "saga"), ("federated.local_batch", 4), ("defense.max_grad", 10.0),
     ],
-)
+)  # fmt: skip
 def test_runs_that_cannot_share_tables_are_refused_by_key(key, value):
     cfgs = [_cfg("none", "none", 0, 0.0), _cfg("none", "none", 1, 0.0)]
     section, name = key.split(".")
     setattr(getattr(cfgs[1], section), name, value)
     runs = _runs(cfgs)
-    assert key in stack_error(runs)
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    why = {"federated.variance_reduction": "variance_reduction", "federated.local_batch": "local_batch",
+           "defense.max_grad": "max_grad"}.get(key, key)  # fmt: skip
+    assert why in stack_error(runs)
+    with pytest.raises(ValueError, match=why.replace(".", r"\.")):
         RunStack.of(runs)
+
+
+def test_runs_that_cannot_step_together_are_refused():
+    runs = _runs([_cfg("none", "none", 0, 0.0), _cfg("none", "none", 1, 0.0)])
+    assert "twice" in stack_error([runs[0], runs[0]])
+    runs[1].collector = lambda *a: None
+    assert "Flower" in stack_error(runs)
+    runs[1].collector = None
+    runs[1].step()
+    assert "rounds 0 and 1" in stack_error(runs)
+    stack = RunStack.of(_runs([_cfg("none", "none", 0, 0.0), _cfg("none", "none", 1, 0.0)]))
+    stack.runs[0].step()  # stepped on its own: its table is no longer the stack's block
+    with pytest.raises(RuntimeError, match="on its own"):
+        stack.step()
 
 
 def test_lanewise_gives_each_element_what_it_gets_alone():

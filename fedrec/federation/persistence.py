@@ -43,6 +43,11 @@ def _upgrade_records(sd: Any) -> Any:
     return {**sd, "records": records}
 
 
+def _own(x):
+    """``x``, or a copy of it when it is a view of a larger tensor (fedrec.federation.stacked)."""
+    return x if x._base is None else x.clone()
+
+
 class RunCheckpointing:
     """State dict, checks, save / load and the tables of a run directory."""
 
@@ -52,9 +57,9 @@ class RunCheckpointing:
         records, losses = self.recorder.state(self.server.t)
         return {
             "t": int(self.server.t),
-            # copies: a stacked run's tables are views, which torch.save would store whole
-            "theta": self.server.theta.clone(),
-            "state": {k: v.clone() for k, v in self.server.state.items()},
+            # a stacked run's tables are views of the stack's, which torch.save would store whole
+            "theta": _own(self.server.theta),
+            "state": {k: _own(v) for k, v in self.server.state.items()},
             "private": None if self.private is None else dict(vars(self.private)),
             "saga": None if self.saga is None else self.saga.state(),
             "sample_gen": self.sample_gen.get_state(),

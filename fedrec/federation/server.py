@@ -38,7 +38,7 @@ def apply_decision(server: ServerState, uploads: UploadBatch, decision, rule, t:
     (only the round counter moves), so rejected uploads can never touch it."""
     if decision.aggregate is None and not bool(decision.accepted.any()):  # a host sync, defended path only
         return ServerState(theta=server.theta, state=server.state, t=t)
-    return apply_decisions(server, [(uploads, decision)], rule, t, 0)
+    return apply_decisions(server, [(uploads, decision)], rule, t, server.theta.shape[0])
 
 
 def apply_decisions(server: ServerState, parts, rule, t: int, n_rows: int) -> ServerState:
@@ -50,6 +50,10 @@ def apply_decisions(server: ServerState, parts, rule, t: int, n_rows: int) -> Se
     pieces, keep_old = [], []
     for r, (uploads, decision) in enumerate(parts):
         if decision.aggregate is not None:
+            if len(parts) > 1:  # alone, index_add_ refuses a row past the table; stacked it is another run's
+                for rows, _ in decision.aggregate.values():
+                    if rows.numel() and not (int(rows.min()) >= 0 and int(rows.max()) < n_rows):
+                        raise IndexError(f"a coordinate-wise aggregate lists a row outside [0, {n_rows})")
             pieces.append((None, decision.aggregate, r * n_rows))
         elif bool(decision.accepted.any()):  # a host sync, as apply_decision's
             keep = decision.accepted

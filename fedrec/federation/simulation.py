@@ -278,7 +278,8 @@ class FederatedRun(RunCheckpointing):
     collector: Callable[[Any, int, torch.Tensor, torch.Tensor], Collected] | None = None
     # the clients' SAGA table (federated.variance_reduction: saga; fedrec.federation.saga)
     saga: SagaTable | None = None
-    _clock: float = 0.0  # perf_counter at the last clock_in (the loop's wall time goes to seconds)
+    # perf_counter at the last clock_in (the loop's wall time goes to seconds)
+    _clock: float = field(default=0.0, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:

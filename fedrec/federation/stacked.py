@@ -15,11 +15,17 @@ weights and the defense's decision (on its block), the record. Every run's resul
 to the run stepped alone (tests/test_stacked.py): each stacked stage computes per row or per client,
 and ``index_add_`` adds each row's terms in its run's own order.
 
-Measured on the 2-core CPU (benchmarks/bench_stacked.py, docs/RESULTS.md section 20): no faster than
-the runs one by one on ML-100K (0.98x for 15 runs), slower on Last.fm (0.67x: the stacked tables leave
-the core's cache), 1.4-1.6x on tables that stay in cache. The per-run stages are a third of a stacked
-round, and the rule check's float64 arithmetic, not dispatch, dominates the stacked ones; so
-``fedrec experiment`` does not stack its cells.
+Bit-identical on the CPU at one intra-op thread (the default; ``run.threads`` is shared by the stack):
+with more threads torch splits a large element-wise op into chunks, each ending on the scalar path
+(``fedrec.models.gradients.lanewise``), and CUDA's ``index_add_`` adds in no fixed order even alone.
+Each run's ``server`` is a view of the stack's tables, as an attack context's is: attacks and defenses
+read their run's rows and never write into the state (alone they would corrupt their own run).
+
+Measured on the 2-core CPU with both cores busy (benchmarks/bench_stacked.py, docs/RESULTS.md section
+20): no faster than the runs one by one on ML-100K (0.98x for 15 runs), slower on Last.fm (0.67x: the
+stacked tables leave the core's cache), 1.4-1.6x on tables that stay in cache. The per-run stages are a
+third of a stacked round and the stacked stages are not cheaper per run (the rule check is, by 30 %;
+the clients' step and the aggregation are dearer), so ``fedrec experiment`` does not stack its cells.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ SHARED = (
     ("model", "gamma"), ("train", "optimizer"), ("train", "lr"), ("train", "beta1"), ("train", "beta2"),
     ("train", "eps"), ("train", "weight_decay"), ("train", "negatives"), ("federated", "momentum"),
     ("federated", "rho"), ("federated", "rounds"), ("federated", "epochs"), ("federated", "fraction"),
-    ("run", "device"),
+    ("run", "device"), ("run", "threads"),
 )  # fmt: skip
 """The settings every run of a stack must share: one table shape, one optimizer rule, one round count."""
 
@@ -63,6 +69,8 @@ def stack_error(runs: Sequence[FederatedRun]) -> str:
     if not runs:
         return "no runs to stack"
     first = runs[0]
+    if len({id(run) for run in runs}) != len(runs):
+        return "a run listed twice"
     for run in runs:
         cfg = run.cfg
         if cfg.federated.variance_reduction != "none" or cfg.federated.local_batch is not None:
@@ -144,6 +152,9 @@ class RunStack:
     def n_rows(self) -> int:
         return self.runs[0].layout.n_rows
 
+    def _blocks(self) -> list[ServerState]:
+        return [self.block(self.server, r) for r in range(len(self.runs))]
+
     def block(self, server: ServerState, r: int) -> ServerState:
         """Run ``r``'s view of stacked tables."""
         lo, hi = r * self.n_rows, (r + 1) * self.n_rows
@@ -154,6 +165,11 @@ class RunStack:
     def step(self) -> None:
         """One round of every run (``FederatedRun.step``, stacked)."""
         runs, t = self.runs, self.server.t + 1
+        if any(
+            run.server.theta.data_ptr() != b.theta.data_ptr()
+            for run, b in zip(runs, self._blocks(), strict=True)
+        ):
+            raise RuntimeError("a run of the stack was stepped or loaded on its own; stack it anew")
         clients = [sample_clients(run.active, run.per_round, run.sample_gen, run.device) for run in runs]
         byz = [run.byzantine[c] for run, c in zip(runs, clients, strict=True)]
         streams = [run.round_streams(t) for run in runs]
