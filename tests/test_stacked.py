@@ -60,18 +60,27 @@ def assert_identical(alone: FederatedRun, stacked: FederatedRun) -> None:
         assert torch.equal(alone.private.u, stacked.private.u)
 
 
+def stacked_equals_alone(cfgs: list[Config], prepare=None) -> list[FederatedRun]:
+    """Runs ``cfgs`` one by one and stacked (``prepare(run)`` first, on each), asserts that every run
+    ends the same both ways, returns the stacked runs."""
+    alone, together = _runs(cfgs), _runs(cfgs)
+    if prepare is not None:
+        for run in alone + together:
+            prepare(run)
+    for run in alone:
+        run.run()
+    RunStack.of(together).run()
+    for a, b in zip(alone, together, strict=True):
+        assert_identical(a, b)
+    return together
+
+
 def check(attack: str, defense: str, model: str = "fism", optimizer: str = "adam") -> None:
     cfgs = [_cfg(attack, defense, s, f, model, optimizer) for s, f in VARIANTS]
     if attack == "mixtailor-adaptive":  # it optimises against the whole pool: 5 s a round here
         for c in cfgs:
             c.federated.rounds = 2
-    alone = _runs(cfgs)
-    for run in alone:
-        run.run()
-    together = _runs(cfgs)
-    RunStack.of(together).run()
-    for a, b in zip(alone, together, strict=True):
-        assert_identical(a, b)
+    stacked_equals_alone(cfgs)
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
@@ -101,13 +110,7 @@ def test_mixed_attacks_and_defenses_in_one_stack():
     ]  # fmt: skip
     for c in cfgs[:3]:
         c.defense.verify = False  # the fourth verifies through its defense, the last two by default
-    alone = _runs(cfgs)
-    for run in alone:
-        run.run()
-    together = _runs(cfgs)
-    RunStack.of(together).run()
-    for a, b in zip(alone, together, strict=True):
-        assert_identical(a, b)
+    stacked_equals_alone(cfgs)
 
 
 def test_per_run_settings_stay_per_run():
@@ -123,13 +126,7 @@ def test_per_run_settings_stay_per_run():
     for i, c in enumerate(cfgs):
         c.defense.seed = 10 + i
         c.model.gamma = 0.3
-    alone = _runs(cfgs)
-    for run in alone:
-        run.run()
-    together = _runs(cfgs)
-    RunStack.of(together).run()
-    for a, b in zip(alone, together, strict=True):
-        assert_identical(a, b)
+    stacked_equals_alone(cfgs)
 
 
 class _OtherRunsRows:
@@ -147,14 +144,9 @@ class _OtherRunsRows:
 
 def test_an_upload_cannot_reach_another_runs_block():
     cfgs = [_cfg("gradient-ascent", "none", s, 0.4) for s in (0, 1)]
-    alone, together = _runs(cfgs), _runs(cfgs)
-    for run in alone + together:
-        run.attack = _OtherRunsRows(run.layout.n_rows)
-    for run in alone:
-        run.run()
-    RunStack.of(together).run()
-    for a, b in zip(alone, together, strict=True):
-        assert_identical(a, b)
+    together = stacked_equals_alone(
+        cfgs, lambda run: setattr(run, "attack", _OtherRunsRows(run.layout.n_rows))
+    )
     out_of_range = REASONS.index("row-out-of-range")
     assert bool((together[0].records["reason"] == out_of_range).any())
 
