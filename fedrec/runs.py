@@ -85,5 +85,9 @@ def _atomic(path: Path, write, unique: bool = False) -> None:
     at once (two grids on one out folder); otherwise ``NAME.tmp``, which the kill campaign watches."""
     suffix = f".{os.getpid()}.tmp" if unique else ".tmp"
     tmp = path.with_name(path.name + suffix)
-    write(tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:  # a full disk, a write error: the old file stays, no half-written temporary
+        tmp.unlink(missing_ok=True)
+        raise

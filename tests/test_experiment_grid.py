@@ -5,6 +5,7 @@ its cell."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -647,3 +648,55 @@ def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
     assert [(c.values["train.seed"], c.values.get("attack.name")) for c in cells] == [
         (0, None), (1, None), (2, "gradient-ascent"),
     ]  # fmt: skip
+
+
+def test_a_full_disk_while_writing_the_table_does_not_stop_the_grid(
+    grid_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table is rewritten after every cell; a write that fails there (ENOSPC: the disk filled while
+    a grid ran) is one line and the grid goes on; the next write succeeds. When the last write fails the
+    command ends with one line (exit 2), not a traceback, and the finished cells keep their runs."""
+    import fedrec.experiments.grid as grid_module
+
+    real, calls = grid_module.write_results, []
+
+    def flaky(path, rows):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, rows)
+
+    monkeypatch.setattr(grid_module, "write_results", flaky)
+    out = tmp_path / "full-disk"
+    res = _experiment(grid_file, "--out", out, "--set", "attack.fraction=0.2", "--set", "defense.name=none")
+    assert res.exit_code == 0, res.output
+    assert "results.parquet not updated" in res.stderr and "No space left on device" in res.stderr
+    assert "Traceback" not in res.output
+    assert len(calls) >= 2 and set(_table(out)["status"]) == {"done"} and len(_table(out)) == 2
+    assert not list(out.glob("results.parquet.*tmp"))
+
+    def full(path, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(grid_module, "write_results", full)
+    again = tmp_path / "full-disk-2"
+    res = _experiment(grid_file, "--out", again, "--set", "attack.fraction=0.2", "--set", "defense.name=none")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "results.parquet not written" in res.stderr and len(res.stderr.strip().splitlines()[-1]) < 400
+    assert len(list((again / "runs").glob("*/summary.json"))) == 2
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    from fedrec.runs import _atomic
+
+    path = tmp_path / "table.txt"
+    path.write_text("old")
+
+    def half(p: Path) -> None:
+        p.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for unique in (False, True):
+        with pytest.raises(OSError):
+            _atomic(path, half, unique=unique)
+        assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table.txt"]

@@ -776,7 +776,12 @@ def run_grid(
         p5 = ((summary.get("metrics") or {}).get("precision") or {}).get("5")
         what = (f"P@5 {p5:.4f}" if p5 is not None else "done") if state == "done" else f"FAILED: {error}"
         say(f"[{finished}/{len(grid.cells)}] {r.cell.name}: {what} ({wall:.1f} s)")
-        table()
+        try:
+            table()
+        except OSError as e:  # a full disk: the cells keep their results; the next reap writes the table
+            say(
+                f"{out / RESULTS} not updated ({e}); the cells' folders keep their results, next try after the next cell"
+            )
 
     try:
         while todo or running:
@@ -793,7 +798,12 @@ def run_grid(
         for r in running:
             r.proc.join()
         raise
-    return table()
+    try:
+        return table()
+    except OSError as e:  # the final table (a full disk): one line, the cells' folders keep their results
+        raise GridError(
+            f"{out / RESULTS} not written ({e}); the cells keep their results: rerun to write it"
+        ) from e
 
 
 __all__ = [
