@@ -71,21 +71,20 @@ def _aggregated(server: ServerState, pieces, rule, t: int, n_rows: int, keep_old
     default = rule.default_rows(prev, t)
     new = {}
     for key, D in default.items():
+        # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
         if D.data_ptr() == prev[key].data_ptr():
-            D = (
-                D.clone()
-            )  # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
+            D = D.clone()
         rows, deltas = [], []
         for uploads, weights, offset in pieces:
             if uploads is None:
-                r, delta = weights[key]
-                delta = delta.to(D.dtype)
+                idx, delta = weights[key]
+                idx, delta = idx + offset if offset else idx, delta.to(D.dtype)
             else:
-                r = uploads.rows
+                idx = uploads.rows + offset if offset else uploads.rows
                 w = weights.to(server.theta.dtype)[uploads.owner()][:, None]
                 X = uploads.theta if key == "theta" else uploads.state[key]
-                delta = (X.to(D.dtype) - D.index_select(0, r + offset if offset else r)) * w
-            rows.append(r + offset if offset else r)
+                delta = (X.to(D.dtype) - D.index_select(0, idx)) * w
+            rows.append(idx)
             deltas.append(delta)
         if rows:
             if len(rows) == 1:
