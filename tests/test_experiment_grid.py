@@ -25,6 +25,7 @@ from fedrec.cli import app
 from fedrec.config import load_config
 from fedrec.data import synthetic
 from fedrec.experiments.grid import STANDARD_KEYS, GridError, load_grid
+from fedrec.optim.fused import compiler_available
 
 VOLATILE = ["wall_s", "run_dir"]  # what may differ between two runs of the same grid
 
@@ -648,6 +649,31 @@ def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
     assert [(c.values["train.seed"], c.values.get("attack.name")) for c in cells] == [
         (0, None), (1, None), (2, "gradient-ascent"),
     ]  # fmt: skip
+
+
+@pytest.mark.skipif(not compiler_available(), reason="no C++ compiler or dynamo: cells run eager")
+def test_cells_that_compile_run_compiled_from_the_warmed_forkserver(tmp_path: Path) -> None:
+    """The forkserver loads the compiler stack once (fedrec.experiments.warm); the forked cells still
+    compile their rule check, and give the table of the same grid run eager."""
+    tables = {}
+    for compiled in (True, False):
+        doc = {
+            "set": {
+                "train.mode": "federated", "run.compile": compiled, "model.dim": 8, "eval.ks": [5],
+                "federated": {"rounds": 6, "fraction": 0.2, "eval_every": 6},
+                "attack": {"name": "alie", "fraction": 0.2}, "defense.name": "a-rfrs",
+            },
+            "grid": {"data.dataset": [_write_inter(tmp_path / "syn.inter", 3)], "train.seed": [0, 1]},
+        }  # fmt: skip
+        path = tmp_path / f"compiled-{compiled}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out = tmp_path / f"out-{compiled}"
+        res = _experiment(path, "--out", out, "--jobs", 2)
+        assert res.exit_code == 0, res.output
+        modes = {json.loads(p.read_text())["rule_check"] for p in out.glob("runs/*/summary.json")}
+        assert modes == {"compiled" if compiled else "eager"}
+        tables[compiled] = _table(out).drop(columns=["cell", "run.compile"], errors="ignore")
+    pd.testing.assert_frame_equal(tables[True], tables[False])
 
 
 def test_a_full_disk_while_writing_the_table_does_not_stop_the_grid(

@@ -114,6 +114,23 @@ def test_when_a_run_compiles(monkeypatch):
     assert RuleCheck(make_rule("adam"), fused=True).mode == "eager (no C++ compiler or dynamo)"
 
 
+def test_which_configs_compile(monkeypatch):
+    from fedrec.config import Config
+    from fedrec.federation.simulation import compiles
+
+    monkeypatch.setattr("fedrec.federation.simulation.compiler_available", lambda: True)
+    cfg = Config()
+    cfg.train.mode, cfg.federated.rounds = "federated", None
+    cfg.federated.fraction, cfg.federated.epochs = 0.5, COMPILE_ROUNDS / 2  # epochs / e rounds
+    assert compiles(cfg)
+    cfg.federated.epochs = (COMPILE_ROUNDS - 1) / 2
+    assert not compiles(cfg)
+    cfg.run.compile = True
+    assert compiles(cfg)
+    cfg.train.mode = "centralized"  # no server, no rule check
+    assert not compiles(cfg)
+
+
 @needs_compiler
 def test_a_run_with_the_compiled_check_is_the_eager_run():
     from fedrec.config import Config

@@ -88,6 +88,7 @@ from fedrec.config import (
 )
 from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
 from fedrec.federation.checkpoint import resolved_config
+from fedrec.federation.simulation import compiles
 from fedrec.runs import _atomic, dumps
 
 GRID_FIELDS = ("base", "set", "grid", "out")
@@ -617,13 +618,14 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _context():
+def _context(compiles: bool):
     """A forkserver that has imported fedrec and torch once: each cell is a fork of it (fresh state,
-    no import cost); spawn where there is no forkserver."""
+    no import cost); spawn where there is no forkserver. ``compiles``: some cell compiles its rule
+    check, so the forkserver also loads the compiler stack once (fedrec.experiments.warm)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(PRELOAD + (["fedrec.experiments.warm"] if compiles else []))
     return ctx
 
 
@@ -741,7 +743,7 @@ def run_grid(
                 write_results(out / RESULTS, rows)
         return [r for r in rows if r["cell"] in part]
 
-    ctx = _context()
+    ctx = _context(any(compiles(c.config) for c in todo))
     running: list[_Running] = []
     finished = len(grid.cells) - len(todo)
 

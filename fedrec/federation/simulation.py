@@ -21,7 +21,7 @@ import torch
 
 from fedrec.attacks import AttackContext, byzantine_mask, inject_fake_users, make_attack
 from fedrec.attacks.population import extend_users
-from fedrec.config import Config
+from fedrec.config import Config, FederatedConfig
 from fedrec.data import Split
 from fedrec.defenses import Defense, assumed_f, make_defense
 from fedrec.eval import full_ranking
@@ -97,6 +97,16 @@ def fuse_verification(setting: bool | None, rounds: int) -> bool:
     if setting is not None:
         return bool(setting)
     return rounds >= COMPILE_ROUNDS and compiler_available()
+
+
+def compiles(cfg: Config) -> bool:
+    """Whether a run of ``cfg`` compiles its rule check (a federated run; ``fuse_verification``)."""
+    return cfg.train.mode == "federated" and fuse_verification(cfg.run.compile, planned_rounds(cfg.federated))
+
+
+def planned_rounds(f: FederatedConfig) -> int:
+    """``federated.rounds``, else ``epochs / fraction`` rounds (one epoch is 1/e rounds)."""
+    return f.rounds if f.rounds is not None else math.ceil(f.epochs / f.fraction)
 
 
 def clients_per_round(n_clients: int, fraction: float) -> int:
@@ -341,8 +351,7 @@ class FederatedRun(RunCheckpointing):
 
     @property
     def total_rounds(self) -> int:
-        f = self.cfg.federated
-        return f.rounds if f.rounds is not None else math.ceil(f.epochs / f.fraction)
+        return planned_rounds(self.cfg.federated)
 
     @property
     def per_round(self) -> int:
