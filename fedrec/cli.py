@@ -875,19 +875,26 @@ def plot_worstcase(
     ],
     metric: Annotated[str, typer.Option(help="Column to compare, e.g. precision@5.")] = "precision@5",
     title: Annotated[str | None, typer.Option(help="Title of the heatmap.")] = None,
+    without: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Leave an attack out (its name, all its variants; repeatable): another threat model."
+        ),
+    ] = None,
     out_dir: PlotOut = Path("docs/figures"),
     svg: PlotSvg = False,
     name: PlotName = None,
 ) -> None:
     """Every defense against every attack: the metric as a fraction of the attack-free undefended run,
-    each defense's worst case and the attack that achieves it (Markdown on stdout, a heatmap PNG)."""
+    each defense's worst case and the attack that achieves it, overall and per dataset and attack
+    fraction (Markdown on stdout, a heatmap PNG)."""
     from fedrec.experiments.plots import load_results
     from fedrec.experiments.worstcase import heatmap_figure, markdown, worst_case
 
     with _clean_errors():
         _check_plot_name(name)
         notes: list[str] = []
-        wc = worst_case(load_results(results, say=notes.append), metric)
+        wc = worst_case(load_results(results, say=notes.append), metric, without=tuple(without or ()))
         _notes(notes)
         out.print(markdown(wc), markup=False, highlight=False, soft_wrap=True)
         _plot_save(heatmap_figure(wc, title), out_dir, name or "worstcase", svg)

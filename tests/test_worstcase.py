@@ -176,3 +176,36 @@ def test_a_defense_with_no_value_in_any_cell_is_listed_last():
     assert list(wc.worst["defense"]) == ["cge", "krum"] and wc.worst["where"].iloc[1] == "no value"
     assert "| krum | nan | no value |" in markdown(wc)
     heatmap_figure(wc)
+
+
+def test_the_worst_case_per_dataset_and_fraction_is_the_hand_computed_one():
+    """krum: a 40 % min(alie 0.12/0.3, ipm 0.27/0.3) = 0.4 (alie), b 20 % 0.05/0.1 = 0.5; cge: 0.8, 0.9."""
+    wc = worst_case(_table())
+    assert list(wc.by_setting.columns) == ["a 40%", "b 20%"]
+    assert list(wc.by_setting.index) == list(wc.worst["defense"])  # best worst case first
+    assert wc.by_setting.loc["krum"].tolist() == pytest.approx([0.4, 0.5])
+    assert wc.by_setting.loc["cge"].tolist() == pytest.approx([0.8, 0.9])
+    assert wc.by_setting_attack.loc["krum", "a 40%"] == "alie"
+    md = markdown(wc)
+    assert "| cge | **0.800 (alie)** | **0.900 (alie)** |" in md
+    assert "| krum | 0.400 (alie) | 0.500 (alie) |" in md
+
+
+def test_leaving_an_attack_out_changes_the_worst_cases_and_a_wrong_name_is_one_line(tmp_path):
+    wc = worst_case(_table(), without=("alie",))
+    assert list(wc.by_setting.columns) == ["a 40%"]  # b was attacked by alie only
+    assert wc.by_setting.loc["krum", "a 40%"] == pytest.approx(0.9)
+    assert wc.by_setting_attack.loc["krum", "a 40%"] == "ipm"
+    assert wc.worst.set_index("defense").loc["cge", "worst"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="every attack"):
+        worst_case(_table(), without=("alie", "ipm"))
+    path = tmp_path / "results.parquet"
+    _table().to_parquet(path)
+    res = CliRunner().invoke(
+        app, ["plot", "worstcase", str(path), "--without", "ipm", "--out", str(tmp_path), "--name", "w"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "| krum | 0.400 (alie) | 0.500 (alie) |" in res.stdout and "ipm" not in res.stdout
+    for wrong, needle in [("ipn", "--without ipn: no such attack in the table (it has alie, ipm)"),
+                          ("none", "--without none: the attack-free runs are the baseline")]:  # fmt: skip
+        _one_line_exit_2(["plot", "worstcase", str(path), "--without", wrong, "--out", str(tmp_path)], needle)

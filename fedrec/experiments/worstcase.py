@@ -30,16 +30,30 @@ NAMED = ("attack.", "defense.")  # settings that name an attack / a defense vari
 class WorstCase:
     relative: pd.DataFrame  # index: defense; columns: "dataset · attack fraction"; values: metric / baseline
     worst: pd.DataFrame  # per defense: worst, where, mean, cells (sorted best worst case first)
+    # per defense (rows, in ``worst``'s order) and "dataset fraction" (columns): the worst relative
+    # value over the attacks of that dataset and fraction, and the attack that achieves it
+    by_setting: pd.DataFrame
+    by_setting_attack: pd.DataFrame
     baselines: dict[str, float]
     metric: str
     seeds: int  # the most seeds any cell has
 
 
-def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
-    """The relative table and each defense's worst case (ValueError naming what is missing)."""
+def worst_case(
+    results: pd.DataFrame, metric: str = "precision@5", without: tuple[str, ...] = ()
+) -> WorstCase:
+    """The relative table and each defense's worst case (ValueError naming what is missing).
+    ``without``: attack names left out, with every variant of each (a threat model without them)."""
     missing = [c for c in [*KEYS, metric] if c not in results.columns]
     if missing:
         raise ValueError(f"the results table has no column {', '.join(missing)}")
+    unknown = sorted(set(without) - set(results["attack.name"]) - {"none"})
+    if unknown:
+        present = ", ".join(sorted(set(results["attack.name"]) - {"none"}))
+        raise ValueError(f"--without {', '.join(unknown)}: no such attack in the table (it has {present})")
+    if "none" in without:
+        raise ValueError("--without none: the attack-free runs are the baseline; they cannot be left out")
+    results = results[~results["attack.name"].isin(without)]
     if not _is_metric(results[metric]):  # a text column (status, cell, data.dataset) cannot be averaged
         numeric = [c for c in results.columns if "@" in str(c) and _is_metric(results[c])]
         raise ValueError(
@@ -55,7 +69,10 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
     baselines = clean.groupby("data.dataset")[metric].mean().to_dict()
     attacked = done[done["attack.name"] != "none"]
     if attacked.empty:
-        raise ValueError("the results table has no attacked run")
+        raise ValueError(
+            f"--without {', '.join(without)} leaves out every attack of the table"
+            if without else "the results table has no attacked run"
+        )  # fmt: skip
     lacking = sorted(set(attacked["data.dataset"]) - set(baselines))
     if lacking:
         raise ValueError(
@@ -93,7 +110,21 @@ def worst_case(results: pd.DataFrame, metric: str = "precision@5") -> WorstCase:
         )
     worst = pd.DataFrame(rows).sort_values("worst", ascending=False, ignore_index=True)
     relative = relative.loc[list(worst["defense"])]
-    return WorstCase(relative, worst, baselines, metric, int(cells["count"].max()))
+    by_setting, by_attack = _by_setting(cells, list(worst["defense"]))
+    return WorstCase(relative, worst, by_setting, by_attack, baselines, metric, int(cells["count"].max()))
+
+
+def _by_setting(cells: pd.DataFrame, order: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each defense's worst case per dataset and attack fraction (what one deploys for a known data
+    set and threat level), and the attack of each; NaN / "" where a defense has no valued cell there."""
+    valued = cells.dropna(subset=["relative"])
+    valued = valued.assign(setting=[f"{ds} {fr:.0%}" for ds, fr in zip(
+        valued["data.dataset"], valued["attack.fraction"], strict=True)])  # fmt: skip
+    worst = valued.loc[valued.groupby(["defense.name", "setting"])["relative"].idxmin()]
+    value = worst.pivot(index="defense.name", columns="setting", values="relative")
+    attack = worst.pivot(index="defense.name", columns="setting", values="attack.name")
+    settings = sorted(value.columns, key=lambda c: (c.rsplit(" ", 1)[0], float(c.rsplit(" ", 1)[1][:-1])))
+    return value.reindex(index=order, columns=settings), attack.reindex(index=order, columns=settings)
 
 
 def _config_columns(results: pd.DataFrame) -> list[str]:
@@ -131,6 +162,23 @@ def markdown(wc: WorstCase) -> str:
     ]
     for r in wc.worst.itertuples():
         lines.append(f"| {r.defense} | {r.worst:.3f} | {r.where} | {r.mean:.3f} | {r.cells} |")
+    settings = list(wc.by_setting.columns)
+    lines += [
+        "",
+        "Each defense's worst case per dataset and attack fraction (the attack that achieves it); the best "
+        "worst case of each column in bold",
+        "",
+        "| defense | " + " | ".join(settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
+    best = wc.by_setting.max()  # NaN-skipping: a column's best valued worst case
+    for defense in wc.by_setting.index:
+        shown = []
+        for s in settings:
+            v, attack = wc.by_setting.loc[defense, s], wc.by_setting_attack.loc[defense, s]
+            text = "–" if pd.isna(v) else f"{v:.3f} ({attack})"
+            shown.append(f"**{text}**" if not pd.isna(v) and v == best[s] else text)
+        lines.append(f"| {defense} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
