@@ -897,7 +897,8 @@ def plot_worstcase(
         wc = worst_case(load_results(results, say=notes.append), metric, without=tuple(without or ()))
         _notes(notes)
         out.print(markdown(wc), markup=False, highlight=False, soft_wrap=True)
-        _plot_save(heatmap_figure(wc, title), out_dir, name or "worstcase", svg)
+        default = "-".join(["worstcase", *(f"without-{a}" for a in wc.without)])  # not the full table's file
+        _plot_save(heatmap_figure(wc, title), out_dir, name or default, svg)
 
 
 @data_app.command("list")

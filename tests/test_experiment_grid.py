@@ -676,6 +676,46 @@ def test_cells_that_compile_run_compiled_from_the_warmed_forkserver(tmp_path: Pa
     pd.testing.assert_frame_equal(tables[True], tables[False])
 
 
+WARM_CHECK = """
+import multiprocessing, sys, threading
+from fedrec.experiments.cell import PRELOAD
+for name in PRELOAD:
+    __import__(name)
+threads = threading.active_count()
+import fedrec.experiments.warm
+from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+assert "torch._inductor.compile_fx" in sys.modules, "the compiler stack was not imported"
+assert valid_vec_isa_list.cache_info().currsize == 1, "the CPU probe did not run"
+assert threading.active_count() == threads, "a thread was started before the forks"
+assert not multiprocessing.active_children(), "a child process was left behind"
+"""
+
+
+@pytest.mark.skipif(not compiler_available(), reason="no C++ compiler or dynamo: nothing to warm")
+def test_the_warm_up_loads_the_compiler_and_leaves_the_forkserver_safe_to_fork() -> None:
+    """What the forkserver imports (fedrec.experiments.warm): the compiler stack and the CPU probe's
+    answer, and no thread or process a fork would copy half of."""
+    done = subprocess.run([sys.executable, "-c", WARM_CHECK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("compile_", [True, False])
+def test_the_forkserver_is_warmed_exactly_when_a_cell_compiles(tmp_path: Path, monkeypatch, compile_) -> None:
+    import fedrec.experiments.grid as grid_mod
+
+    asked: list[bool] = []
+    real = grid_mod._context
+    monkeypatch.setattr(grid_mod, "_context", lambda warm: asked.append(warm) or real(warm))
+    doc = {"set": {"train.mode": "federated", "run.compile": compile_, "model.dim": 4, "eval.ks": [5],
+                   "federated": {"rounds": 2, "fraction": 0.2, "eval_every": 2}},
+           "grid": {"data.dataset": [_write_inter(tmp_path / "syn.inter", 4)]}}  # fmt: skip
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = _experiment(path, "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert asked == [compile_]  # asked for: warmed even where no compiler is found (warm() then does nothing)
+
+
 def test_a_full_disk_while_writing_the_table_does_not_stop_the_grid(
     grid_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

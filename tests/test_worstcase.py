@@ -191,13 +191,57 @@ def test_the_worst_case_per_dataset_and_fraction_is_the_hand_computed_one():
     assert "| krum | 0.400 (alie) | 0.500 (alie) |" in md
 
 
+def _settings_table() -> pd.DataFrame:
+    """Dataset a at 5 % and 40 % (per-fraction worst cases must not merge, and 5 % sorts first as a
+    number), krum without any value at 5 %, and Spattack-L dense and popularity-sampled."""
+    rows = [_row("a", "none", 0.0, "none", 0, 0.2),
+            _row("a", "alie", 0.05, "krum", 0, float("nan")), _row("a", "alie", 0.05, "cge", 0, 0.18),
+            _row("a", "ipm", 0.05, "cge", 0, 0.16),
+            _row("a", "alie", 0.4, "krum", 0, 0.1), _row("a", "alie", 0.4, "cge", 0, 0.12),
+            {**_row("a", "spattack-l", 0.4, "krum", 0, 0.02), "attack.params.items": None},
+            {**_row("a", "spattack-l", 0.4, "krum", 0, 0.04), "attack.params.items": "popular"},
+            {**_row("a", "spattack-l", 0.4, "cge", 0, 0.06), "attack.params.items": "popular"}]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_fractions_of_one_dataset_are_their_own_columns_in_numeric_order():
+    wc = worst_case(_settings_table())
+    assert list(wc.by_setting.columns) == ["a 5%", "a 40%"]  # as text, "a 40%" would come first
+    assert wc.by_setting.loc["cge"].tolist() == pytest.approx([0.8, 0.3])  # ipm 0.16, popular 0.06
+    assert wc.by_setting_attack.loc["cge"].tolist() == ["ipm", "spattack-l items=popular"]
+    assert wc.by_setting.loc["krum", "a 40%"] == pytest.approx(0.1)  # dense spattack-l 0.02 / 0.2
+    assert pd.isna(wc.by_setting.loc["krum", "a 5%"])  # its only cell there has no value
+    md = markdown(wc)
+    assert "| krum | – | 0.100 (spattack-l) |" in md
+    assert "| cge | **0.800 (ipm)** | **0.300 (spattack-l items=popular)** |" in md
+
+
+def test_leaving_an_attack_out_takes_its_variants_and_is_named_on_the_output(tmp_path):
+    wc = worst_case(_settings_table(), without=("spattack-l",))
+    assert wc.by_setting.loc["krum", "a 40%"] == pytest.approx(0.5)  # alie: both forms left out
+    assert wc.by_setting.loc["cge", "a 40%"] == pytest.approx(0.6)
+    assert not any("spattack" in c for c in wc.relative.columns)
+    assert markdown(wc).splitlines()[0].endswith("; without spattack-l")
+    assert "without spattack-l" in heatmap_figure(wc).axes[0].get_title()
+    path = tmp_path / "results.parquet"
+    _settings_table().to_parquet(path)
+    res = CliRunner().invoke(
+        app, ["plot", "worstcase", str(path), "--without", "spattack-l", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 0, res.output
+    # its own file: the full table's figure (worstcase.png) is not overwritten by a reduced one
+    assert (tmp_path / "worstcase-without-spattack-l.png").is_file() and not (
+        tmp_path / "worstcase.png"
+    ).exists()
+
+
 def test_leaving_an_attack_out_changes_the_worst_cases_and_a_wrong_name_is_one_line(tmp_path):
     wc = worst_case(_table(), without=("alie",))
     assert list(wc.by_setting.columns) == ["a 40%"]  # b was attacked by alie only
     assert wc.by_setting.loc["krum", "a 40%"] == pytest.approx(0.9)
     assert wc.by_setting_attack.loc["krum", "a 40%"] == "ipm"
     assert wc.worst.set_index("defense").loc["cge", "worst"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="every attack"):
+    with pytest.raises(ValueError, match="no finished attacked run is left once --without alie, ipm"):
         worst_case(_table(), without=("alie", "ipm"))
     path = tmp_path / "results.parquet"
     _table().to_parquet(path)
@@ -205,7 +249,15 @@ def test_leaving_an_attack_out_changes_the_worst_cases_and_a_wrong_name_is_one_l
         app, ["plot", "worstcase", str(path), "--without", "ipm", "--out", str(tmp_path), "--name", "w"]
     )
     assert res.exit_code == 0, res.output
-    assert "| krum | 0.400 (alie) | 0.500 (alie) |" in res.stdout and "ipm" not in res.stdout
-    for wrong, needle in [("ipn", "--without ipn: no such attack in the table (it has alie, ipm)"),
+    assert "| krum | 0.400 (alie) | 0.500 (alie) |" in res.stdout and "ipm" in res.stdout.splitlines()[0]
+    assert "(ipm)" not in res.stdout and "· ipm" not in res.stdout
+    for wrong, needle in [("ipn", "--without ipn: no attack of that name in the table (it has alie, ipm;"),
                           ("none", "--without none: the attack-free runs are the baseline")]:  # fmt: skip
         _one_line_exit_2(["plot", "worstcase", str(path), "--without", wrong, "--out", str(tmp_path)], needle)
+
+
+def test_no_valued_attacked_cell_prints_no_empty_per_setting_table():
+    t = _table()
+    t.loc[t["attack.name"] != "none", "precision@5"] = float("nan")
+    md = markdown(worst_case(t))
+    assert "| defense |  |" not in md and "per dataset and attack fraction" not in md

@@ -618,14 +618,16 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _context(compiles: bool):
+def _context(warm: bool):
     """A forkserver that has imported fedrec and torch once: each cell is a fork of it (fresh state,
-    no import cost); spawn where there is no forkserver. ``compiles``: some cell compiles its rule
-    check, so the forkserver also loads the compiler stack once (fedrec.experiments.warm)."""
+    no import cost); spawn where there is no forkserver. ``warm``: some cell compiles its rule check,
+    so the forkserver also loads the compiler stack once (fedrec.experiments.warm). A process has one
+    forkserver, whose preload is fixed when it starts: a second grid run in the same process (a
+    notebook) keeps the first one's, which costs its cells time, never results."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD + (["fedrec.experiments.warm"] if compiles else []))
+    ctx.set_forkserver_preload(PRELOAD + (["fedrec.experiments.warm"] if warm else []))
     return ctx
 
 

@@ -23,7 +23,7 @@ def warm() -> None:
 
         valid_vec_isa_list()  # cached per process: a fork inherits the answer
     except Exception as err:  # the cells import and probe for themselves
-        log.info("compiler warm-up skipped: %s: %s", type(err).__name__, err)
+        log.warning("compiler warm-up skipped (cells load it each): %s: %s", type(err).__name__, err)
 
 
 warm()

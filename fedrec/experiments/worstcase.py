@@ -37,6 +37,7 @@ class WorstCase:
     baselines: dict[str, float]
     metric: str
     seeds: int  # the most seeds any cell has
+    without: tuple[str, ...] = ()  # attacks left out (a threat model without them)
 
 
 def worst_case(
@@ -50,7 +51,10 @@ def worst_case(
     unknown = sorted(set(without) - set(results["attack.name"]) - {"none"})
     if unknown:
         present = ", ".join(sorted(set(results["attack.name"]) - {"none"}))
-        raise ValueError(f"--without {', '.join(unknown)}: no such attack in the table (it has {present})")
+        raise ValueError(
+            f"--without {', '.join(unknown)}: no attack of that name in the table (it has {present}; "
+            "an attack's variants go with its name)"
+        )
     if "none" in without:
         raise ValueError("--without none: the attack-free runs are the baseline; they cannot be left out")
     results = results[~results["attack.name"].isin(without)]
@@ -70,7 +74,7 @@ def worst_case(
     attacked = done[done["attack.name"] != "none"]
     if attacked.empty:
         raise ValueError(
-            f"--without {', '.join(without)} leaves out every attack of the table"
+            f"no finished attacked run is left once --without {', '.join(without)} is applied"
             if without else "the results table has no attacked run"
         )  # fmt: skip
     lacking = sorted(set(attacked["data.dataset"]) - set(baselines))
@@ -88,7 +92,7 @@ def worst_case(
     cells = attacked.groupby(KEYS)[metric].agg(["mean", "count"]).reset_index()
     cells["relative"] = cells["mean"] / cells["data.dataset"].map(baselines)
     cells["column"] = [
-        f"{ds} · {a} {fr:.0%}"
+        f"{ds} · {a} {_percent(fr)}"
         for ds, a, fr in zip(
             cells["data.dataset"], cells["attack.name"], cells["attack.fraction"], strict=True
         )
@@ -111,19 +115,28 @@ def worst_case(
     worst = pd.DataFrame(rows).sort_values("worst", ascending=False, ignore_index=True)
     relative = relative.loc[list(worst["defense"])]
     by_setting, by_attack = _by_setting(cells, list(worst["defense"]))
-    return WorstCase(relative, worst, by_setting, by_attack, baselines, metric, int(cells["count"].max()))
+    return WorstCase(
+        relative, worst, by_setting, by_attack, baselines, metric, int(cells["count"].max()), tuple(without)
+    )
+
+
+def _percent(fraction: float) -> str:
+    """0.2 -> "20%", 0.333 -> "33.3%": one label per fraction a grid would list."""
+    return f"{fraction * 100:g}%"
 
 
 def _by_setting(cells: pd.DataFrame, order: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each defense's worst case per dataset and attack fraction (what one deploys for a known data
-    set and threat level), and the attack of each; NaN / "" where a defense has no valued cell there."""
+    set and threat level), and the attack of each; NaN where a defense has no valued cell there.
+    Columns "dataset fraction", by dataset, then fraction as a number."""
     valued = cells.dropna(subset=["relative"])
-    valued = valued.assign(setting=[f"{ds} {fr:.0%}" for ds, fr in zip(
-        valued["data.dataset"], valued["attack.fraction"], strict=True)])  # fmt: skip
-    worst = valued.loc[valued.groupby(["defense.name", "setting"])["relative"].idxmin()]
+    keys = ["data.dataset", "attack.fraction"]
+    worst = valued.loc[valued.groupby(["defense.name", *keys])["relative"].idxmin()]
+    pairs = list(zip(worst["data.dataset"], worst["attack.fraction"], strict=True))
+    worst = worst.assign(setting=[f"{ds} {_percent(fr)}" for ds, fr in pairs])
+    settings = [f"{ds} {_percent(fr)}" for ds, fr in sorted(set(pairs))]
     value = worst.pivot(index="defense.name", columns="setting", values="relative")
     attack = worst.pivot(index="defense.name", columns="setting", values="attack.name")
-    settings = sorted(value.columns, key=lambda c: (c.rsplit(" ", 1)[0], float(c.rsplit(" ", 1)[1][:-1])))
     return value.reindex(index=order, columns=settings), attack.reindex(index=order, columns=settings)
 
 
@@ -152,10 +165,12 @@ def _is_metric(column: pd.Series) -> bool:
 
 
 def markdown(wc: WorstCase) -> str:
-    """Each defense's worst case, best first, as a Markdown table."""
+    """Each defense's worst case, best first, as a Markdown table; then its worst case per dataset and
+    attack fraction (the attack in parentheses, each column's best in bold)."""
     base = ", ".join(f"{ds} {v:.4f}" for ds, v in sorted(wc.baselines.items()))
     lines = [
-        f"{wc.metric} as a fraction of the attack-free undefended run ({base}); up to {wc.seeds} seed(s) a cell",
+        f"{wc.metric} as a fraction of the attack-free undefended run ({base}); up to {wc.seeds} seed(s) a cell"
+        + (f"; without {', '.join(wc.without)}" if wc.without else ""),
         "",
         "| defense | worst case | attack (dataset · attack fraction) | mean over cells | cells |",
         "|---|---|---|---|---|",
@@ -163,6 +178,8 @@ def markdown(wc: WorstCase) -> str:
     for r in wc.worst.itertuples():
         lines.append(f"| {r.defense} | {r.worst:.3f} | {r.where} | {r.mean:.3f} | {r.cells} |")
     settings = list(wc.by_setting.columns)
+    if not settings:  # no attacked cell has a value
+        return "\n".join(lines)
     lines += [
         "",
         "Each defense's worst case per dataset and attack fraction (the attack that achieves it); the best "
@@ -207,7 +224,9 @@ def heatmap_figure(wc: WorstCase, title: str | None = None) -> Figure:
             ax.axhline(r + 0.5, color="black", linewidth=0.8)
     fig.colorbar(im, ax=ax, label=f"{wc.metric} / attack-free", shrink=0.6)
     ax.set_title(
-        title or f"Worst case: {wc.metric} relative to attack-free training (≤ {wc.seeds} seeds a cell)",
+        title
+        or f"Worst case: {wc.metric} relative to attack-free training (≤ {wc.seeds} seeds a cell)"
+        + (f"\nwithout {', '.join(wc.without)}" if wc.without else ""),
         fontsize=9,
     )
     return fig
