@@ -476,6 +476,29 @@ def test_geometric_median_is_robust_to_outliers(
     assert resilience_ratio(z, pts, b) <= lam_gm(n, b) + 1e-6
 
 
+def test_equal_inputs_whose_gram_entries_round_apart_still_reach_the_median() -> None:
+    """BLAS may round <x_i, x_i> and <x_i, x_j> of equal inputs differently (MKL's AVX-512 dgemm did):
+    their distance from the Gram identity is then ~1e-8 |x|, not 0. With a smoothing nu below that, the
+    solver took them for distinct inputs a hair apart, stepped onto them and stopped there, 7-8 %
+    above the minimum objective (a contract round on this machine; this case without the fix). Equal inputs within the rounding floor now count as one point."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 40, generator=gen, dtype=F64)
+    x[[6, 8]] = x[0].clone()  # three equal inputs, a third of the weight: not the median by themselves
+    alpha = torch.tensor([2.0, 2.0, 3.0, 4.0, 3.0, 3.0, 3.0, 3.0, 4.0], dtype=F64)
+    g = x @ x.T
+    for i, j in ((0, 6), (0, 8), (6, 8)):  # the cross products a few ulps off the squared norms
+        g[i, j] = g[j, i] = g[i, j] * (1 - 4 * torch.finfo(F64).eps)
+    beta, info = weiszfeld_gram(g, alpha, nu=1e-10, tol=0.0, max_iter=3000)
+    w = alpha / alpha.sum()
+    z = w.clone()  # the literal smoothed Weiszfeld on the points themselves, from the weighted mean
+    for _ in range(3000):
+        r = (x - z @ x).norm(dim=1).clamp_min(1e-10)
+        z = (w / r) / (w / r).sum()
+    best = float(w @ (x - z @ x).norm(dim=1))
+    assert float(w @ (x - beta @ x).norm(dim=1)) == pytest.approx(best, rel=1e-9)
+    assert info["iterations"] > 1
+
+
 def test_geometric_median_hand_cases() -> None:
     # collinear points, odd n: the 1-D median
     v = line(-3.0, 0.5, 2.0, 7.0, 100.0)

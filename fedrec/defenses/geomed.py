@@ -111,7 +111,10 @@ def weiszfeld_gram(
     dist = sq_distances_from_gram(g).sqrt()
     k = torch.argmin(dist @ alpha)  # ties: the lowest index
     dk = dist[k]
-    near = dk <= nu
+    # a distance below the Gram identity's rounding floor (~1e-8 |x|) cannot be told from 0: such an
+    # input coincides with the medoid (BLAS may round <x_i, x_i> and <x_i, x_j> of equal inputs apart)
+    floor = (16.0 * _EPS64 * (diag.clamp_min(0.0) + diag[k].clamp_min(0.0))).sqrt()
+    near = dk <= floor.clamp_min(nu)
     eta = (alpha * near).sum()
     pull = torch.where(near, 0.0, alpha / dk.clamp_min(nu))
     onehot_k = (torch.arange(n, device=g.device) == k).to(torch.float64)

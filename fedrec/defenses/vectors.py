@@ -204,7 +204,9 @@ def gram(v: ClientVectors, block_rows: int | None = None, method: str = "auto") 
         for _, blk in dense_blocks(v, block_rows, torch.float64):
             flat = blk.reshape(v.n, -1)
             g.addmm_(flat, flat.T)
-        return g
+        # BLAS need not round <x_i, x_j> and <x_j, x_i> alike (MKL's AVX-512 dgemm does not at some
+        # shapes): the upper triangle, mirrored, so that the rules see one value per pair
+        return g.triu() + g.triu(1).T
     values, owner, counts = by_row
     flat = g.view(-1)
     for left, right in _row_pairs(counts, v.d):
