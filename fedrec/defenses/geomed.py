@@ -111,7 +111,7 @@ def weiszfeld_gram(
     dist = sq_distances_from_gram(g).sqrt()
     k = torch.argmin(dist @ alpha)  # ties: the lowest index
     dk = dist[k]
-    # a distance below the Gram identity's rounding floor (~1e-8 |x|) cannot be told from 0: such an
+    # a distance below the Gram identity's rounding floor (~8e-8 |x|) cannot be told from 0: such an
     # input coincides with the medoid (BLAS may round <x_i, x_i> and <x_i, x_j> of equal inputs apart)
     floor = (16.0 * _EPS64 * (diag.clamp_min(0.0) + diag[k].clamp_min(0.0))).sqrt()
     near = dk <= floor.clamp_min(nu)
