@@ -21,7 +21,7 @@ import json
 import time
 
 import torch
-from bench_round import load
+from bench_round import load, sync
 
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
@@ -57,7 +57,7 @@ def bench(name: str, args) -> dict:
     inter, source = dataset(name)
     split = split_per_user(inter, seed=0)
     cfgs = configs(args)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     alone = [FederatedRun.create(c, split, device) for c in cfgs]
     together = [FederatedRun.create(c, split, device) for c in cfgs]
     size = args.stack or len(together)
@@ -66,6 +66,12 @@ def bench(name: str, args) -> dict:
     def step_stacks() -> None:
         for stack in stacks:
             stack.step()
+        sync(device)
+
+    def step_alone() -> None:
+        for run in alone:
+            run.step()
+        sync(device)
 
     for run in alone:  # warm-up (the compiled rule check, caches), the same round both ways
         run.step()
@@ -73,8 +79,7 @@ def bench(name: str, args) -> dict:
     one_by_one = stacked = 0.0
     for _ in range(args.rounds):  # alternate, so both see the same load
         start = time.perf_counter()
-        for run in alone:
-            run.step()
+        step_alone()
         one_by_one += time.perf_counter() - start
         start = time.perf_counter()
         step_stacks()
@@ -85,11 +90,14 @@ def bench(name: str, args) -> dict:
         and all(torch.equal(a.records[k].nan_to_num(-7), b.records[k].nan_to_num(-7)) for k in a.records)
         for a, b in zip(alone, together, strict=True)
     )
+    gap = max(
+        float((a.server.theta - b.server.theta).abs().max()) for a, b in zip(alone, together, strict=True)
+    )
     R = len(cfgs)
     return {
         "dataset": name, "data": source, "runs": R, "per_stack": size, "attack": args.attack, "defense": args.defense,
         "rounds": args.rounds, "one_by_one_ms": 1e3 * one_by_one / args.rounds,
-        "stacked_ms": 1e3 * stacked / args.rounds, "speedup": one_by_one / stacked, "bit_identical": same,
+        "stacked_ms": 1e3 * stacked / args.rounds, "speedup": one_by_one / stacked, "bit_identical": same, "max_theta_gap": gap, "device": str(device),
     }  # fmt: skip
 
 
@@ -104,6 +112,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--stack", type=int, default=0, help="runs per stack (default: all in one)")
     p.add_argument("--compile", choices=["on", "off"], default="on")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on cuda the runs agree to round-off)")
     p.add_argument("--json", action="store_true", help="one JSON object per dataset")
     args = p.parse_args()
     args.compile = args.compile == "on"
@@ -115,7 +124,7 @@ def main() -> None:
         print(
             f"{name} ({res['data']}), {res['runs']} runs in stacks of {res['per_stack']}, {args.attack} / {args.defense}: one by one "
             f"{res['one_by_one_ms']:.1f} ms a round of all runs, stacked {res['stacked_ms']:.1f} ms: "
-            f"{res['speedup']:.2f}x; bit-identical: {res['bit_identical']}"
+            f"{res['speedup']:.2f}x; bit-identical: {res['bit_identical']} (largest theta gap {res['max_theta_gap']:.1e})"
         )
 
 

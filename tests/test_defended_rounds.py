@@ -22,7 +22,7 @@ ATTACK_PARAMS = {"noise": {"sigma": 0.05}}  # small problems: keep the noise in 
 
 
 def _run(
-    attack: str, defense: str, seed: int, all_rows: bool = False, optimizer: str = "adam"
+    attack: str, defense: str, seed: int, all_rows: bool = False, optimizer: str = "adam", device: str = "cpu"
 ) -> FederatedRun:
     cfg = Config()
     cfg.model.dim = 4
@@ -36,7 +36,7 @@ def _run(
     cfg.defense.verify = False  # the rules themselves see rule-breaking uploads (presets may still verify)
     cfg.train.seed = seed
     split = split_per_user(synthetic(30, 20, mean_items=6, seed=seed), seed=seed)
-    run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    run = FederatedRun.create(cfg, split, torch.device(device))
     run.server.theta = run.server.theta.double()
     run.server.state = {k: v.double() for k, v in run.server.state.items()}
     return run
@@ -166,6 +166,19 @@ def _same_choice(uploads, fast: torch.Tensor, ref: torch.Tensor) -> None:
     )
 
 
+def _cpu(obj):
+    """A copy of a round's dataclass (server state, uploads, decision) with every tensor on the CPU."""
+    fields = {}
+    for field in dataclasses.fields(obj):
+        v = getattr(obj, field.name)
+        if isinstance(v, torch.Tensor):
+            v = v.cpu()
+        elif isinstance(v, dict):
+            v = {k: x.cpu() if isinstance(x, torch.Tensor) else x for k, x in v.items() if k != "aggregate"}
+        fields[field.name] = v
+    return dataclasses.replace(obj, **fields)
+
+
 def _check_against_reference(run: FederatedRun) -> None:
     for _ in range(3):  # a few rounds in, so moments and momentum are not zero
         run.step()
@@ -181,6 +194,9 @@ def _check_against_reference(run: FederatedRun) -> None:
     c = _round(run)
     server, out, t, f = c["server"], c["out"], c["t"], run.f
     uploads, decision, fast = out.uploads, out.decision, out.state
+    if server.theta.device.type != "cpu":  # the literal reference runs on the CPU, on copies of the round
+        assert not d.spec.needs_rng, "a rule's random draws differ between a CUDA and a CPU generator"
+        server, uploads, decision, fast = (_cpu(x) for x in (server, uploads, decision, fast))
     # passed validation and the verifier: accepted, or filtered by the rule itself
     valid = (decision.reasons == 0) | (decision.reasons == REASONS.index("filtered"))
     rng = rule_generator(run.cfg.defense.seed, t) if d.spec.needs_rng else None
