@@ -63,7 +63,10 @@ class UploadBatch:
 
     def owner(self) -> torch.Tensor:
         """The upload index of every listed row: ``[K]``."""
-        return torch.repeat_interleave(torch.arange(self.n, device=self.rows.device), self.counts())
+        # output_size: K is known, so a CUDA device need not sync to size the result
+        return torch.repeat_interleave(
+            torch.arange(self.n, device=self.rows.device), self.counts(), output_size=self.rows.shape[0]
+        )
 
     def upload(self, i: int) -> Upload:
         lo, hi = int(self.ptr[i]), int(self.ptr[i + 1])
@@ -87,17 +90,19 @@ class UploadBatch:
             and bool(keep.all())
         ):
             return dataclasses.replace(self, state=dict(self.state))
-        row_keep = keep[self.owner()]
-        counts = self.counts()[keep]
+        # one nonzero per mask, then gathers: every boolean-mask index is a host sync on an accelerator
+        row_idx = keep[self.owner()].nonzero().squeeze(1)
+        keep = keep.nonzero().squeeze(1)
+        counts = self.counts().index_select(0, keep)
         ptr = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=counts.device)
         torch.cumsum(counts, 0, out=ptr[1:])
         return UploadBatch(
-            client_ids=self.client_ids[keep],
+            client_ids=self.client_ids.index_select(0, keep),
             ptr=ptr,
-            rows=self.rows[row_keep],
-            theta=self.theta[row_keep],
-            state={k: v[row_keep] for k, v in self.state.items()},
-            n_examples=self.n_examples[keep],
+            rows=self.rows.index_select(0, row_idx),
+            theta=self.theta.index_select(0, row_idx),
+            state={k: v.index_select(0, row_idx) for k, v in self.state.items()},
+            n_examples=self.n_examples.index_select(0, keep),
         )
 
     def take(self, index: torch.Tensor) -> UploadBatch:

@@ -97,7 +97,9 @@ class AttackContext:
 
     def owner(self) -> Tensor:
         """The Byzantine client (position in ``client_ids``) of every entry of ``rows``: ``[K]``."""
-        return torch.repeat_interleave(torch.arange(self.b, device=self.rows.device), self.ptr.diff())
+        return torch.repeat_interleave(
+            torch.arange(self.b, device=self.rows.device), self.ptr.diff(), output_size=self.rows.shape[0]
+        )
 
     def prev(self, rows: Tensor | slice) -> dict[str, Tensor]:
         """The global values (``"theta"`` and the rule's state) at ``rows``: a rule's ``prev``."""

@@ -47,7 +47,9 @@ def dense_over_union(ptr: Tensor, rows: Tensor, g: Tensor) -> tuple[Tensor, Tens
     nothing; ``X`` is float64 (the statistics are computed in float64)."""
     n = ptr.shape[0] - 1
     union, where = torch.unique(rows, sorted=True, return_inverse=True)
-    owner = torch.repeat_interleave(torch.arange(n, device=rows.device), ptr.diff())
+    owner = torch.repeat_interleave(
+        torch.arange(n, device=rows.device), ptr.diff(), output_size=rows.shape[0]
+    )
     X = torch.zeros(n, union.shape[0], g.shape[1], dtype=torch.float64, device=g.device)
     X[owner, where] = g.to(torch.float64)
     return union, X

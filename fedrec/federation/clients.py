@@ -101,7 +101,13 @@ def client_gradients(
                 used[terms.i_q] = True
             owner, rows, g = owner[used], rows[used], g[used]
     ptr = torch.zeros(batch.size + 1, dtype=torch.int64, device=rows.device)
-    torch.cumsum(torch.bincount(owner, minlength=batch.size), 0, out=ptr[1:])
+    # a scatter-add rather than bincount, whose output size is a host sync on a GPU
+    ones = torch.ones_like(owner)
+    torch.cumsum(
+        torch.zeros(batch.size, dtype=torch.int64, device=rows.device).index_add_(0, owner, ones),
+        0,
+        out=ptr[1:],
+    )
     return ClientGradients(
         owner=owner,
         rows=rows,

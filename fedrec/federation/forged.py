@@ -38,7 +38,9 @@ def forged_distance(
         rec = rule.reconstruct(rows_of(server, uploads.rows), uploaded(uploads), t)
     rec = rec.to(torch.float64)
     up_owner = uploads.owner()
-    own_owner = torch.repeat_interleave(torch.arange(b, device=rows.device), ptr.diff())
+    own_owner = torch.repeat_interleave(
+        torch.arange(b, device=rows.device), ptr.diff(), output_size=rows.shape[0]
+    )
     g = g.to(torch.float64)
     total = segment_sq_norms(up_owner, rec, b)
     if rec.shape[0] == 0:

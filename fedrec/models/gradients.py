@@ -133,7 +133,7 @@ def sample_terms(
     B, H, n_neg = batch.size, batch.items.shape[0], neg.shape[1]
     d = W.shape[1]
     owner = batch.owner
-    owner_neg = owner.repeat_interleave(n_neg)
+    owner_neg = owner.repeat_interleave(n_neg, output_size=H * n_neg)
 
     def at(o: Tensor, rows: Tensor) -> Tensor:
         return torch.searchsorted(keys, o * layout.n_rows + rows)
@@ -147,7 +147,7 @@ def sample_terms(
         i_q = at(owner, layout.row("Q", batch.items))
         q_hist = W.index_select(0, i_q)
         S = torch.zeros(B, d, dtype=W.dtype, device=W.device).index_add(0, owner, q_hist)
-        n = torch.bincount(owner, minlength=B).to(W.dtype)
+        n = batch.counts().to(W.dtype)  # = bincount(owner), without bincount's host sync on a GPU
         c_pos = torch.where(n > 1, lanewise(lambda x: x**-gamma, (n - 1).clamp(min=1)), torch.zeros_like(n))
         c_pos = c_pos[owner, None]
         c_neg = lanewise(lambda x: x**-gamma, n.clamp(min=1))[owner, None]
