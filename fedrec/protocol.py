@@ -90,6 +90,10 @@ class UploadBatch:
             and bool(keep.all())
         ):
             return dataclasses.replace(self, state=dict(self.state))
+        if keep.dtype != torch.bool or keep.shape != (self.n,):  # metadata only: no sync
+            raise ValueError(
+                f"select takes a bool mask of shape ({self.n},), got {keep.dtype} {tuple(keep.shape)}"
+            )
         # one nonzero per mask, then gathers: every boolean-mask index is a host sync on an accelerator
         row_idx = keep[self.owner()].nonzero().squeeze(1)
         keep = keep.nonzero().squeeze(1)

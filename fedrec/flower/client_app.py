@@ -34,6 +34,7 @@ from flwr.clientapp import ClientApp
 from fedrec.federation.forged import forged_distance
 from fedrec.federation.runner import prepare_federated
 from fedrec.federation.simulation import FederatedRun, client_uploads, keyed_streams
+from fedrec.federation.validate import batch_error
 from fedrec.flower.codec import STATE, UPLOAD, decode_state, encode_batch, to_array
 from fedrec.flower.settings import config_from_yaml
 
@@ -137,9 +138,17 @@ def node_round(node: Node, t: int, asked: torch.Tensor, state: ArrayRecord, rnd:
         attack = got.messages[1]
         batch = batch.cat(attack)
         ctx = got.ctx
+        n_rows, d = server.theta.shape
+        # a malformed attack upload has nothing to measure; checked first, since on a GPU a bad index
+        # is a device-side assert that ends the process's CUDA context, not an exception to catch
+        malformed = batch_error(attack, d, run.rule.state_names, server.theta.device) or bool(
+            ((attack.rows < 0) | (attack.rows >= n_rows)).any()
+        )
         try:  # what the in-process engine records: |g~ - g| of each Byzantine upload
+            if malformed:
+                raise ValueError("malformed attack upload")
             forged[byz] = forged_distance(server, run.rule, t, attack, ctx.ptr, ctx.rows, ctx.g).cpu()
-        except (RuntimeError, ValueError, IndexError):  # a malformed attack upload: nothing to measure
+        except (RuntimeError, ValueError, IndexError):
             forged[byz] = float("nan")
     diag = ArrayRecord(
         {
