@@ -201,7 +201,7 @@ class RunConfig:
     name: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: str | None = None  # torch threads: unset -> $OMP_NUM_THREADS or 1; N; auto (fedrec/threads.py)
-    # the server's rule check as one compiled kernel (fedrec/optim/fused.py): unset -> for runs of
+    # the server's rule check (and Adam's default pass) compiled (fedrec/optim/fused.py): unset -> for runs of
     # at least COMPILE_ROUNDS rounds where a C++ compiler is found; true / false force it
     compile: bool | None = None
 

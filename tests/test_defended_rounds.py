@@ -16,13 +16,20 @@ from fedrec.defenses.preagg import PRE_STEPS
 from fedrec.federation.pipeline import rule_generator
 from fedrec.federation.reference import reference_defended_round
 from fedrec.federation.simulation import FederatedRun
+from fedrec.optim.fused import compiler_available
 from fedrec.protocol import REASONS
 
 ATTACK_PARAMS = {"noise": {"sigma": 0.05}}  # small problems: keep the noise in the table's range
 
 
 def _run(
-    attack: str, defense: str, seed: int, all_rows: bool = False, optimizer: str = "adam", device: str = "cpu"
+    attack: str,
+    defense: str,
+    seed: int,
+    all_rows: bool = False,
+    optimizer: str = "adam",
+    device: str = "cpu",
+    compile: bool = False,
 ) -> FederatedRun:
     cfg = Config()
     cfg.model.dim = 4
@@ -35,6 +42,7 @@ def _run(
     cfg.defense.max_weight_share = 1.0
     cfg.defense.verify = False  # the rules themselves see rule-breaking uploads (presets may still verify)
     cfg.train.seed = seed
+    cfg.run.compile = compile
     split = split_per_user(synthetic(30, 20, mean_items=6, seed=seed), seed=seed)
     run = FederatedRun.create(cfg, split, torch.device(device))
     run.server.theta = run.server.theta.double()
@@ -122,6 +130,22 @@ OPTIMIZER_CASES = [
 @pytest.mark.parametrize(("optimizer", "attack", "defense"), OPTIMIZER_CASES)
 def test_defended_round_equals_dense_reference_other_optimizers(optimizer, attack, defense):
     _check_against_reference(_run(attack, defense, seed=11, optimizer=optimizer))
+
+
+# the compiled rule check and default pass (run.compile; fedrec.optim.fused) against the same reference
+COMPILED_CASES = [
+    ("adam", "none", "a-rfrs"), ("adam", "gradient-ascent", "krum"), ("adam", "noise", "trmean"),
+    ("adam", "camouflage", "verify+a-rfrs"), ("adam", "gradient-ascent", "cw-median"),
+    ("momentum", "noise", "a-rfrs"), ("rmsprop", "gradient-ascent", "a-rfrs-linf"),
+]  # fmt: skip
+
+
+@pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for torch.compile")
+@pytest.mark.parametrize(("optimizer", "attack", "defense"), COMPILED_CASES)
+def test_compiled_round_equals_dense_reference(optimizer, attack, defense):
+    run = _run(attack, defense, seed=19, optimizer=optimizer, compile=True)
+    assert run.limits.fused
+    _check_against_reference(run)
 
 
 # pre-aggregation (paper 003): every pre-step before every rule, with and without an attack

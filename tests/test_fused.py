@@ -1,6 +1,8 @@
-"""The server's rule check as one compiled kernel (fedrec.optim.fused; issue 14 item 2): the same
-verdicts as the eager check for every registered optimizer rule, on honest and forged rows; an eager
-fallback with one warning where compilation fails; and when a run compiles (``run.compile``)."""
+"""The server's rule check and default pass as compiled kernels (fedrec.optim.fused; issue 14 item 2):
+the same verdicts as the eager check for every registered optimizer rule, on honest and forged rows;
+the default rows of the eager pass (the state tables bit for bit, theta to its last rounding), one
+kernel for every round; an eager fallback with one warning where compilation fails; and when a run
+compiles (``run.compile``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 import fedrec.optim.fused as fused_mod
 from fedrec.federation.simulation import COMPILE_ROUNDS, fuse_verification
 from fedrec.optim import RULES, make_rule
-from fedrec.optim.fused import RuleCheck, compiler_available, row_checks
+from fedrec.optim.fused import DefaultPass, RuleCheck, compiler_available, row_checks
 
 needs_compiler = pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for torch.compile")
 
@@ -132,24 +134,100 @@ def test_which_configs_compile(monkeypatch):
 
 
 @needs_compiler
-def test_a_run_with_the_compiled_check_is_the_eager_run():
+@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_default_pass_gives_the_eager_default_rows(name, dtype):
+    """State tables bit for bit; theta within one rounding of theta and a few of the step ``s`` (eager
+    torch fuses ``theta_bar - eta_t s`` into one multiply-add, and its vectorised square root is not
+    always correctly rounded; the compiled loop rounds each operation): ``2u |theta| + 6u |s|``. One
+    kernel for all rounds: the step size is an input, not a constant."""
+    import torch._dynamo
+
+    rule = make_rule(name)
+    pass_ = DefaultPass(rule, fused=True)
+    u = torch.finfo(dtype).eps / 2
+    frames = torch._dynamo.utils.counters["frames"]["ok"]
+    for seed in range(6):  # theta near the step too (seed 2 at this shape: a few ulps of theta)
+        gen = torch.Generator().manual_seed(seed)
+        theta = torch.randn(50, 8, generator=gen, dtype=torch.float64).to(dtype)
+        tables = {"theta": theta, **rule.init_state(theta)}
+        for t in range(1, 4):
+            tables = rule.client_step(dict(tables), torch.randn(50, 8, generator=gen, dtype=dtype), t)
+        for t in range(4, 10):
+            got, want = pass_(tables, t), rule.default_rows(tables, t)
+            assert pass_.mode == (
+                "compiled" if name == "adam" else "eager (a copy or one pass: nothing to fuse)"
+            )
+            assert set(got) == set(want) and all(got[k].dtype == dtype for k in got)
+            for k in rule.state_names:
+                assert torch.equal(got[k], want[k]), k
+            step = (want["theta"] - tables["theta"]).abs()
+            gap = (got["theta"] - want["theta"]).abs()
+            assert bool((gap <= 2 * u * want["theta"].abs() + 6 * u * step).all()), float(gap.max())
+            tables = want
+    if name == "adam":  # one compiled frame for 36 rounds of one table shape
+        assert torch._dynamo.utils.counters["frames"]["ok"] - frames == 1
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_default_pass_with_one_warning(monkeypatch):
+    rule = make_rule("adam")
+    monkeypatch.setattr(fused_mod, "compiler_available", lambda: True)
+
+    calls = []
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            calls.append(1)
+            raise RuntimeError("inductor: no working compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    pass_ = DefaultPass(rule, fused=True)
+    tables, _, _, t = problem(rule, 0)
+    with pytest.warns(RuntimeWarning, match="fused default pass unavailable"):
+        got = pass_(tables, t)
+    assert pass_.mode == "eager (RuntimeError)"
+    want = rule.default_rows(tables, t)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        again = pass_(tables, t)
+    assert all(torch.equal(again[k], want[k]) for k in want)
+    assert len(calls) == 1  # no second try
+
+
+@needs_compiler
+def test_a_run_with_the_compiled_check_is_the_eager_run(monkeypatch):
+    """Bit for bit while only the check is compiled (the default pass kept eager); with the default
+    pass compiled too, the same verdicts and tables equal to float round-off."""
+    import fedrec.federation.server as server_mod
     from fedrec.config import Config
     from fedrec.data import split_per_user, synthetic
     from fedrec.federation.simulation import FederatedRun
-    from fedrec.optim.fused import rule_check
+    from fedrec.optim.fused import default_pass, rule_check
 
     split = split_per_user(synthetic(60, 40, seed=1), seed=0)
-    runs = []
-    for compiled in (False, True):
+
+    def run_of(compiled: bool) -> FederatedRun:
         cfg = Config()
         cfg.model.dim, cfg.federated.fraction, cfg.run.compile = 8, 0.3, compiled
         cfg.attack.name, cfg.attack.fraction, cfg.defense.name = "alie", 0.3, "a-rfrs"
         run = FederatedRun.create(cfg, split, torch.device("cpu"))
         for _ in range(4):
             run.step()
-        runs.append(run)
-        assert rule_check(run.rule, run.limits.fused).mode == ("compiled" if compiled else "eager")
-    eager, fused = runs
+        return run
+
+    eager, fused = run_of(False), run_of(True)
+    assert default_pass(fused.rule, fused.limits.fused).mode == "compiled"
+    torch.testing.assert_close(fused.server.theta, eager.server.theta, rtol=1e-5, atol=1e-7)
+    assert torch.equal(eager.records["reason"], fused.records["reason"])
+    monkeypatch.setattr(server_mod, "default_pass", lambda rule, fused: DefaultPass(rule, False))
+    eager, fused = run_of(False), run_of(True)
+    for run, mode in ((eager, "eager"), (fused, "compiled")):
+        assert rule_check(run.rule, run.limits.fused).mode == mode
     assert torch.equal(eager.server.theta, fused.server.theta)
     for k in eager.server.state:
         assert torch.equal(eager.server.state[k], fused.server.state[k])

@@ -590,7 +590,7 @@ def test_grid_lines_split_an_attack_parameter_from_the_attacks_default() -> None
 
 def test_grid_lines_ignore_columns_a_table_lacks_and_settings_that_change_no_result(tmp_path) -> None:
     """An old table without the set: columns read beside a new one, and settings that do not change a
-    run's result (run.compile, federated.eval_every), never split a line; a missing value in a column
+    run's algorithm (run.compile: float rounding only; federated.eval_every), never split a line; a missing value in a column
     the row's own table has is a setting (the default), and splits."""
     table = results_table()
     new = table[table["train.seed"] == 2].assign(

@@ -19,6 +19,7 @@ from fedrec.federation.simulation import FederatedRun
 from fedrec.federation.stacked import RunStack, stack_error
 from fedrec.models.gradients import LANES, lanewise
 from fedrec.optim import RULES
+from fedrec.optim.fused import compiler_available, default_pass
 from fedrec.protocol import REASONS
 
 SPLIT = split_per_user(synthetic(60, 40, mean_items=8, seed=0), seed=0)
@@ -255,3 +256,17 @@ def test_lanewise_gives_each_element_what_it_gets_alone():
         for lo in range(0, 40):
             part = lanewise(fn, x[lo : lo + 2 * LANES + 3])
             assert torch.equal(part, whole[lo : lo + 2 * LANES + 3])
+
+
+@pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for torch.compile")
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_compiled_runs_stack_bit_identical(optimizer):
+    """With ``run.compile`` the stack's rule check and default pass are compiled kernels of their own
+    shape (the stacked tables), yet every run ends as it does alone with its own compiled kernels."""
+    cfgs = [_cfg("gradient-ascent", "a-rfrs", s, f, optimizer=optimizer) for s, f in VARIANTS]
+    for c in cfgs:
+        c.run.compile = True
+    runs = stacked_equals_alone(cfgs)
+    assert default_pass(runs[0].rule, True).mode == (
+        "compiled" if optimizer == "adam" else "eager (a copy or one pass: nothing to fuse)"
+    )

@@ -117,7 +117,7 @@ def server_round(
         fused=limits.fused,
     )  # fmt: skip
     admitted, claimed, decision = decide(server, admitted, codes, grads, rule, defense, t, f, limits, seed)
-    state = apply_decision(server, admitted, decision, rule, t)
+    state = apply_decision(server, admitted, decision, rule, t, limits.fused)
     return RoundOutcome(
         state=state, decision=decision, uploads=admitted, claimed=claimed, refused=refused, grads=grads,
         checked=checked,

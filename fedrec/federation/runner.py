@@ -16,7 +16,7 @@ from fedrec.device import resolve_device
 from fedrec.federation.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, run_identity
 from fedrec.federation.detection import detection_summary, per_round
 from fedrec.federation.simulation import FederatedRun, Progress
-from fedrec.optim.fused import rule_check
+from fedrec.optim.fused import default_pass, rule_check
 from fedrec.runs import _atomic, new_run_dir, read_summary, write_config, write_summary
 
 Collector = Any  # (run, t, clients, byzantine) -> Collected: see FederatedRun.collector
@@ -142,6 +142,7 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "device": str(run.device),
         "threads": run.threads.summary() if getattr(run, "threads", None) else None,
         "rule_check": rule_check(run.rule, run.limits.fused).mode,  # compiled | eager (fedrec.optim.fused)
+        "default_pass": default_pass(run.rule, run.limits.fused).mode,
         "torch": torch.__version__,
         "host": platform.node(),
         "run_dir": str(run_dir),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from fedrec.optim.fused import default_pass
 from fedrec.protocol import ServerState, UploadBatch
 
 
@@ -32,16 +33,21 @@ def aggregate(server: ServerState, uploads: UploadBatch, weights: torch.Tensor, 
     return _aggregated(server, [(uploads, weights, None)], rule, t, 0)
 
 
-def apply_decision(server: ServerState, uploads: UploadBatch, decision, rule, t: int) -> ServerState:
+def apply_decision(
+    server: ServerState, uploads: UploadBatch, decision, rule, t: int, fused: bool = False
+) -> ServerState:
     """The round-``t`` state a defense's decision gives: the weighted mean over its accepted uploads,
     or the coordinate-wise aggregate it computed; with nothing accepted the state stays as it was
-    (only the round counter moves), so rejected uploads can never touch it."""
+    (only the round counter moves), so rejected uploads can never touch it. ``fused``: the default
+    pass compiled (``run.compile``; fedrec.optim.fused.DefaultPass)."""
     if decision.aggregate is None and not bool(decision.accepted.any()):  # a host sync, defended path only
         return ServerState(theta=server.theta, state=server.state, t=t)
-    return apply_decisions(server, [(uploads, decision)], rule, t, server.theta.shape[0])
+    return apply_decisions(server, [(uploads, decision)], rule, t, server.theta.shape[0], fused)
 
 
-def apply_decisions(server: ServerState, parts, rule, t: int, n_rows: int) -> ServerState:
+def apply_decisions(
+    server: ServerState, parts, rule, t: int, n_rows: int, fused: bool = False
+) -> ServerState:
     """``apply_decision`` for a stack of runs (fedrec.federation.stacked): run ``r``'s tables are rows
     ``r * n_rows ..`` of ``server``'s, ``parts[r] = (uploads, decision)`` in its own rows. One dense
     default pass over the stacked tables and one scatter; a run that accepted nothing keeps its old
@@ -60,15 +66,17 @@ def apply_decisions(server: ServerState, parts, rule, t: int, n_rows: int) -> Se
             pieces.append((uploads.select(keep), decision.weights[keep], r * n_rows))
         else:
             keep_old.append(r)
-    return _aggregated(server, pieces, rule, t, n_rows, keep_old)
+    return _aggregated(server, pieces, rule, t, n_rows, keep_old, fused)
 
 
-def _aggregated(server: ServerState, pieces, rule, t: int, n_rows: int, keep_old=()) -> ServerState:
+def _aggregated(
+    server: ServerState, pieces, rule, t: int, n_rows: int, keep_old=(), fused: bool = False
+) -> ServerState:
     """``X_new = D + scatter(...)`` (the module docstring) for pieces ``(uploads, weights, offset)``
     (the weighted mean of accepted uploads) or ``(None, {key: (rows, delta)}, offset)`` (a
     coordinate-wise aggregate), their rows moved by ``offset``; blocks ``keep_old`` keep the old state."""
     prev = {"theta": server.theta, **server.state}
-    default = rule.default_rows(prev, t)
+    default = default_pass(rule, fused)(prev, t)
     new = {}
     for key, D in default.items():
         # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it

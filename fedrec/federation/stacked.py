@@ -263,7 +263,7 @@ class RunStack:
             )  # fmt: skip
             parts.append((admitted, decision))
             outs.append((admitted, claimed, decision, refused, g, checked[r]))
-        state = apply_decisions(self.server, parts, rule, t, n_rows)
+        state = apply_decisions(self.server, parts, rule, t, n_rows, runs[0].limits.fused)
         return state, [
             RoundOutcome(self.block(state, r), d, a, c, ref, g, chk)
             for r, (a, c, d, ref, g, chk) in enumerate(outs)

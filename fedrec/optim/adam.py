@@ -86,13 +86,18 @@ class Adam(RuleBase):
         default_rows share it, so a zero gradient gives the default rows bit for bit."""
         step = torch.add(v, self.eps).sqrt_()
         torch.div(m, step, out=step)
-        if isinstance(eta_t, Tensor):  # per-row step counts (MF's private vectors)
+        if isinstance(eta_t, Tensor):  # per-row step counts (MF's private vectors), or the compiled pass's
             return torch.sub(theta_bar, step.mul_(eta_t), out=step)
         return torch.sub(theta_bar, step, alpha=eta_t, out=step)
 
     def default_rows(self, prev: Rows, t: int) -> Rows:
         """g = 0: ``m = b1 m_bar``, ``v = b2 v_bar`` and theta still moves by ``eta_t m / sqrt(v + eps)``."""
-        eta_t = self.step_size(t)
+        return self.default_step(prev, self.step_size(t))
+
+    def default_step(self, prev: Rows, eta_t: float | Tensor) -> Rows:
+        """``default_rows`` at the step size ``eta_t`` (Eq. 4) of its round: a Python float, or a 0-dim
+        tensor, which is how the server's compiled default pass (fedrec.optim.fused) takes it, so that
+        one kernel serves every round."""
         # this runs over the whole table every round: the memory-bandwidth floor of the server
         m = self.b1 * prev["m"]
         v = self.b2 * prev["v"]
