@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_defended_rounds import CASES, OPTIMIZER_CASES, _check_against_reference, _run
+from test_defended_rounds import CASES, COMPILED_CASES, OPTIMIZER_CASES, _check_against_reference, _run
 
 from fedrec.defenses import DEFENSES
 
@@ -33,3 +33,9 @@ def test_the_round_stays_on_the_gpu():
     run.step()
     assert run.server.theta.is_cuda
     assert all(v.is_cuda for v in run.server.state.values())
+
+
+@pytest.mark.parametrize(("optimizer", "attack", "defense"), COMPILED_CASES)
+def test_compiled_round_on_cuda_equals_dense_reference(optimizer, attack, defense):
+    """``run.compile`` on a GPU: the rule check and Adam's default pass as Triton kernels."""
+    _check_against_reference(_run(attack, defense, seed=19, optimizer=optimizer, device="cuda", compile=True))
