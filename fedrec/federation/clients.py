@@ -102,12 +102,10 @@ def client_gradients(
             owner, rows, g = owner[used], rows[used], g[used]
     ptr = torch.zeros(batch.size + 1, dtype=torch.int64, device=rows.device)
     # a scatter-add rather than bincount, whose output size is a host sync on a GPU
-    ones = torch.ones_like(owner)
-    torch.cumsum(
-        torch.zeros(batch.size, dtype=torch.int64, device=rows.device).index_add_(0, owner, ones),
-        0,
-        out=ptr[1:],
+    counts = torch.zeros(batch.size, dtype=torch.int64, device=rows.device).index_add_(
+        0, owner, torch.ones_like(owner)
     )
+    torch.cumsum(counts, 0, out=ptr[1:])
     return ClientGradients(
         owner=owner,
         rows=rows,

@@ -144,12 +144,12 @@ def node_round(node: Node, t: int, asked: torch.Tensor, state: ArrayRecord, rnd:
         malformed = batch_error(attack, d, run.rule.state_names, server.theta.device) or bool(
             ((attack.rows < 0) | (attack.rows >= n_rows)).any()
         )
-        try:  # what the in-process engine records: |g~ - g| of each Byzantine upload
-            if malformed:
-                raise ValueError("malformed attack upload")
-            forged[byz] = forged_distance(server, run.rule, t, attack, ctx.ptr, ctx.rows, ctx.g).cpu()
-        except (RuntimeError, ValueError, IndexError):
-            forged[byz] = float("nan")
+        forged[byz] = float("nan")
+        if not malformed:
+            try:  # what the in-process engine records: |g~ - g| of each Byzantine upload
+                forged[byz] = forged_distance(server, run.rule, t, attack, ctx.ptr, ctx.rows, ctx.g).cpu()
+            except (RuntimeError, ValueError, IndexError):
+                forged[byz] = float("nan")
     diag = ArrayRecord(
         {
             "client_ids": to_array(clients[own]),

@@ -16,10 +16,10 @@ eta_t m / sqrt(v + eps)`` and one of theta (``2u |theta| + 6u |s|``): the compil
 operation once, where eager torch fuses ``theta - eta_t s`` into one multiply-add and its vectorised
 square root is not always correctly rounded. That is the server's own arithmetic, not a definition:
 the aggregate ``D + sum_i w_i (X_i - D)`` moves by at most that rounding (``(1 - sum w) |dD|``), within
-the float tolerance of the dense reference. Every definition
-stays eager: the client step, the value of an unlisted row (``default_rows``, equal to a
-zero-gradient client step bit for bit, fedrec.optim.base), which the defenses' parameter space, the
-attacks and the reference use, and an honest client's upload, computed the way the tolerances count.
+the float tolerance of the dense reference. Every definition stays eager: the client step, the value
+of an unlisted row (``default_rows``, equal to a zero-gradient client step bit for bit,
+fedrec.optim.base), which the defenses' parameter space, the attacks and the reference use, and an
+honest client's upload, computed the way the tolerances count.
 
 ``RuleCheck(rule, fused=True)`` compiles on first use and falls back to the eager function, with one
 warning, where compilation is not possible (no C++ compiler, an inductor error). Batches of fewer
@@ -130,10 +130,13 @@ class DefaultPass:
 
     def __init__(self, rule: Any, fused: bool) -> None:
         self.rule = rule
-        self.fused = fused and compiler_available() and hasattr(rule, "default_step")
-        self.mode = "eager" if fused == self.fused else "eager (no C++ compiler or dynamo)"
-        if fused and not hasattr(rule, "default_step"):
+        self.fused = fused and hasattr(rule, "default_step") and compiler_available()
+        if self.fused or not fused:
+            self.mode = "eager"
+        elif not hasattr(rule, "default_step"):
             self.mode = "eager (a copy or one pass: nothing to fuse)"
+        else:
+            self.mode = "eager (no C++ compiler or dynamo)"
         self._compiled: dict[tuple, Any] = {}
 
     def __call__(self, tables: Rows, t: int) -> Rows:
