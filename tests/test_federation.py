@@ -156,6 +156,21 @@ def test_resume_reaches_the_same_final_model(tmp_path, model):
     assert resumed.rounds_frame().equals(straight.rounds_frame())
 
 
+def test_a_round_past_the_runs_length_is_refused_before_anything_moves(tmp_path):
+    """A notebook that calls ``step()`` once too often gets one clear error, and the run stays at its
+    last round with its record intact (the round record is sized for ``federated.rounds``)."""
+    split = split_per_user(synthetic(60, 40, seed=1), seed=0)
+    cfg = _cfg(tmp_path, "fism")
+    cfg.federated.rounds = 3
+    run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    run.run()
+    theta, frame = run.server.theta.clone(), run.rounds_frame()
+    with pytest.raises(RuntimeError, match=r"round 4 is past federated.rounds = 3"):
+        run.step()
+    assert run.server.t == 3 and torch.equal(run.server.theta, theta)
+    assert run.rounds_frame().equals(frame)
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), n_neg=st.integers(1, 3))
 def test_keyed_negatives_do_not_depend_on_the_rest_of_the_batch(seed, n_neg):

@@ -244,6 +244,11 @@ def test_runs_that_cannot_step_together_are_refused():
     stack.runs[0].step()  # stepped on its own: its table is no longer the stack's block
     with pytest.raises(RuntimeError, match="on its own"):
         stack.step()
+    done = RunStack.of(_runs([_cfg("none", "none", 0, 0.0), _cfg("none", "none", 1, 0.0)]))
+    done.run()
+    with pytest.raises(RuntimeError, match=r"past federated\.rounds"):
+        done.step()
+    assert all(run.server.t == run.total_rounds for run in done.runs)
 
 
 def test_lanewise_gives_each_element_what_it_gets_alone():

@@ -257,6 +257,17 @@ def round_uploads(
     return Collected(messages, grad_norm, loss, ctx, grads.g_user, client_loss=grads.loss)
 
 
+def check_round_budget(t: int, total_rounds: int) -> None:
+    """Refuse round ``t`` past the run's length before anything moves: the round record is sized for
+    ``total_rounds``, and a round that stepped the state but could not be recorded would leave the run
+    half a round ahead of its record."""
+    if t > total_rounds:
+        raise RuntimeError(
+            f"round {t} is past federated.rounds = {total_rounds}: the run is complete "
+            "(a longer run needs a larger federated.rounds)"
+        )
+
+
 @dataclass
 class FederatedRun(RunCheckpointing):
     """Everything a federated run holds between rounds: the loop (``step``, ``run``, ``evaluate``); the
@@ -378,6 +389,7 @@ class FederatedRun(RunCheckpointing):
         The clients' side comes from ``collector`` when one is set (the Flower ServerApp's), else from
         this process (``collect``)."""
         t = self.server.t + 1
+        check_round_budget(t, self.total_rounds)
         clients = sample_clients(self.active, self.per_round, self.sample_gen, self.device)
         byz = self.byzantine[clients]
         got = (

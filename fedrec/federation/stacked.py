@@ -48,7 +48,7 @@ from fedrec.federation.clients import (
 )
 from fedrec.federation.pipeline import RoundOutcome, admitted_uploads, decide
 from fedrec.federation.server import apply_decisions
-from fedrec.federation.simulation import FederatedRun, Progress, round_uploads
+from fedrec.federation.simulation import FederatedRun, Progress, check_round_budget, round_uploads
 from fedrec.federation.validate import check_rule
 from fedrec.models import UserBatch, gather_users
 from fedrec.protocol import ServerState, UploadBatch
@@ -165,6 +165,7 @@ class RunStack:
     def step(self) -> None:
         """One round of every run (``FederatedRun.step``, stacked)."""
         runs, t = self.runs, self.server.t + 1
+        check_round_budget(t, runs[0].total_rounds)
         if any(
             run.server.theta.data_ptr() != b.theta.data_ptr()
             for run, b in zip(runs, self._blocks(), strict=True)
