@@ -453,6 +453,9 @@ CLIENT_RNGS = ("shared", "per-client")  # fedrec.federation.simulation.Federated
 VARIANCE_REDUCTIONS = ("none", "saga")  # fedrec.federation.saga
 ATTACK_MODES = ("own", "inject")  # fedrec.federation.simulation.with_byzantine
 EVAL_PROTOCOLS = ("full", "loo")  # fedrec.eval.full_ranking, fedrec.eval.leave_one_out
+FEDERATED_MODELS = ("fism", "mf")  # fedrec.federation.runner
+CENTRALIZED_MODELS = ("fism", "mf", "implicit-bpr", "recbole-bpr", "pop")  # fedrec.baselines.runner
+WEIGHTINGS = ("claimed", "clipped", "uniform")  # fedrec.federation.validate.effective_examples
 # Sections only one mode reads: the other mode ignores them (the CLI's --epochs writes both lengths).
 MODE_SECTIONS = {"centralized": ("centralized",), "federated": ("federated", "attack", "defense")}
 
@@ -462,13 +465,9 @@ def _names(mode: str) -> dict[str, tuple[str, ...]]:
     in torch, which loading a config does not need)."""
     from fedrec.attacks import ATTACKS
     from fedrec.defenses import DEFENSES
-    from fedrec.federation.validate import WEIGHTINGS
     from fedrec.optim import RULES
 
-    if mode == "federated":
-        from fedrec.federation.runner import FEDERATED_MODELS as models
-    else:
-        from fedrec.baselines.runner import CENTRALIZED_MODELS as models
+    models = FEDERATED_MODELS if mode == "federated" else CENTRALIZED_MODELS
     return {
         "model.name": tuple(models),
         "train.optimizer": tuple(RULES),

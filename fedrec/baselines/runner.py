@@ -14,14 +14,12 @@ from fedrec.baselines.centralized import train_centralized
 from fedrec.baselines.implicit_bpr import train_implicit_bpr
 from fedrec.baselines.popularity import most_popular
 from fedrec.baselines.recbole_bpr import train_recbole_bpr
-from fedrec.config import Config, ConfigError
+from fedrec.config import CENTRALIZED_MODELS, Config, ConfigError
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
 from fedrec.eval import full_ranking
 from fedrec.runs import new_run_dir, write_config, write_metrics, write_summary
 from fedrec.threads import ThreadPolicy
-
-CENTRALIZED_MODELS = ("fism", "mf", "implicit-bpr", "recbole-bpr", "pop")
 
 # progress(event) with event keys: epoch, epochs, loss, and "P@5" once evaluated
 Progress = Callable[[dict[str, Any]], None]

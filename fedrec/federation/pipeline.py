@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from fedrec.config import WEIGHTINGS
 from fedrec.federation.server import apply_decision
 from fedrec.federation.validate import (
-    WEIGHTINGS,
     admit,
     check_rule,
     effective_examples,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fedrec.config import Config, ConfigError, check_round_size, load_config, validate
+from fedrec.config import FEDERATED_MODELS, Config, ConfigError, check_round_size, load_config, validate
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
 from fedrec.federation.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, run_identity
@@ -20,8 +20,6 @@ from fedrec.optim.fused import default_pass, rule_check
 from fedrec.runs import _atomic, new_run_dir, read_summary, write_config, write_summary
 
 Collector = Any  # (run, t, clients, byzantine) -> Collected: see FederatedRun.collector
-
-FEDERATED_MODELS = ("fism", "mf")
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ from collections.abc import Sequence
 
 import torch
 
+from fedrec.config import WEIGHTINGS
 from fedrec.optim.base import finite_rows
 from fedrec.optim.fused import rule_check
 from fedrec.protocol import REASONS, ServerState, Upload, UploadBatch
 
 CODE = {name: i for i, name in enumerate(REASONS)}
 INT64 = (-(2**63), 2**63 - 1)
-WEIGHTINGS = ("claimed", "clipped", "uniform")
 # reasons after which an upload's rows cannot be trusted to index the table
 STRUCTURAL = tuple(
     CODE[r]
