@@ -3,7 +3,7 @@ round, per dataset, with the server's rule check eager and compiled (``run.compi
 run of this script (issue 14, item 5):
 
     OMP_NUM_THREADS=1 FEDREC_DATA_DIR=... python benchmarks/bench_phases.py [--datasets ml100k ...]
-        [--rounds 200] [--defense none] [--json]
+        [--rounds 200] [--defense none] [--attack none --byzantine 0.4] [--json]
 
 Phases are the functions of the round's pipeline (fedrec.federation.pipeline / clients), timed by
 wrapping them for the measurement; ``round`` is the whole ``FederatedRun.step`` and ``other`` what no
@@ -97,10 +97,13 @@ def timed_phases(run, rounds: int) -> tuple[float, dict[str, float]]:
     return total / rounds, per
 
 
-def measure(name: str, defense: str, compile_: bool, rounds: int) -> dict:
+def measure(
+    name: str, defense: str, compile_: bool, rounds: int, attack: str = "none", byz: float = 0.0
+) -> dict:
     inter, source = load(name)
     cfg = Config()
     cfg.federated.fraction, cfg.defense.name, cfg.run.compile = 0.01, defense, compile_
+    cfg.attack.name, cfg.attack.fraction = attack, byz if attack != "none" else 0.0
     run = sim_mod.FederatedRun.create(cfg, split_per_user(inter, seed=0), torch.device("cpu"))
     for _ in range(10):  # past round 1 (states not zero) and, compiled, past the compilation
         run.step()
@@ -111,7 +114,7 @@ def measure(name: str, defense: str, compile_: bool, rounds: int) -> dict:
                 run.step()
     seconds, phases = timed_phases(run, rounds)
     return {
-        "dataset": name, "source": source, "defense": defense, "compiled": compile_,
+        "dataset": name, "source": source, "defense": defense, "attack": attack, "byzantine": byz, "compiled": compile_,
         "rows_x_d": list(run.server.theta.shape), "clients_per_round": run.per_round,
         "ms_per_round": seconds * 1e3, "rounds_per_s": 1 / seconds, "ops_per_round": counter.count / 3 if not compile_ else None,
         "ms_per_phase": {k: v * 1e3 for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
@@ -123,13 +126,22 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["ml100k", "lastfm", "citeulike-a", "citeulike-t"])
     ap.add_argument("--defense", default="none")
     ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--attack", default="none", help="an attack of `fedrec attacks` (its default parameters)")
+    ap.add_argument("--byzantine", type=float, default=0.4, help="share of Byzantine clients with --attack")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rows = [measure(d, args.defense, c, args.rounds) for d in args.datasets for c in (False, True)]
+    rows = [
+        measure(d, args.defense, c, args.rounds, args.attack, args.byzantine)
+        for d in args.datasets
+        for c in (False, True)
+    ]
     if args.json:
         print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), defense {args.defense}")
+    attack = f"{args.attack} at {args.byzantine:.0%}" if args.attack != "none" else "none"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), defense {args.defense}, attack {attack}"
+    )
     for eager, comp in zip(rows[::2], rows[1::2], strict=True):
         print(
             f"\n{eager['dataset']} ({eager['source']}; {eager['rows_x_d'][0]} rows, {eager['clients_per_round']}"
