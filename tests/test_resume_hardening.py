@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -103,6 +104,80 @@ def test_crafted_payload_under_a_valid_checksum_runs_no_code(run_dir, tmp_path):
     assert not marker.exists(), "unpickling the checkpoint ran code"
     line = one_error_line(res)
     assert "weights_only=True" in line
+    assert snapshot(run_dir) == before
+
+
+def _nan_theta(sd):
+    sd["theta"] = torch.full_like(sd["theta"], float("nan"))
+
+
+def _negative_v(sd):
+    sd["state"]["v"] = -sd["state"]["v"] - 1
+
+
+def _grad_theta(sd):
+    sd["theta"] = torch.nn.Parameter(sd["theta"].clone())
+
+
+def _garbage_generator(sd):
+    sd["sample_gen"] = torch.full_like(sd["sample_gen"], 255)
+
+
+def _no_records(sd):
+    sd["losses"], sd["records"] = None, {}
+
+
+def _bad_reason(sd):
+    sd["records"]["reason"] = torch.full_like(sd["records"]["reason"], 999)
+
+
+def _setter(key, value):
+    def set_(sd):
+        sd[key] = value
+
+    return set_
+
+
+@pytest.mark.parametrize(
+    ("craft", "needle"),
+    [
+        (_nan_theta, "theta: values that are not finite"),
+        (_negative_v, "state.v: negative values"),
+        (_grad_theta, "theta: a Parameter"),
+        (_garbage_generator, "sample_gen: not a generator state"),
+        (_no_records, "without its round records"),
+        (_bad_reason, "records.reason: codes outside"),
+        (_setter("metric_rows", [{"x": 1}]), "metric_rows: malformed row"),
+        (_setter("seconds", "abc"), "seconds: 'abc'"),
+        (_setter("t", True), "round True outside"),
+    ],
+    ids=[
+        "nan-theta",
+        "negative-v",
+        "parameter",
+        "generator",
+        "no-records",
+        "reason",
+        "metric-row",
+        "clock",
+        "bool-t",
+    ],
+)
+def test_crafted_values_under_a_valid_checksum_are_one_line(run_dir, craft, needle):
+    """A checkpoint whose checksum, identity and structure match can still carry a NaN model, a negative
+    second moment (every honest upload would then fail the rule check for the rest of the run), or
+    generator bytes torch refuses: each is refused by name before anything is restored or written."""
+    from fedrec.config import load_config
+    from fedrec.federation.checkpoint import load_checkpoint, run_identity, save_checkpoint
+
+    (run_dir / "summary.json").unlink()  # a killed run, so resuming would write
+    identity = run_identity(load_config(run_dir / "config.yaml"))
+    sd = load_checkpoint(run_dir / "checkpoint.pt", identity)
+    craft(sd)
+    save_checkpoint(run_dir / "checkpoint.pt", sd, identity)
+    before = snapshot(run_dir)
+    line = one_error_line(invoke("train", "--resume", str(run_dir)))
+    assert needle in line and "checkpoint.pt" in line, line
     assert snapshot(run_dir) == before
 
 

@@ -3,7 +3,7 @@ values only (read with ``torch.load(weights_only=True)``), checked against the r
 before use, and the run directory's tables, each written atomically.
 
 ``RunCheckpointing`` is a base of ``FederatedRun``; it reads the run's ``server``, ``private``, ``saga``,
-generators, ``metric_rows``, ``recorder``, ``seconds``, ``cfg``, ``device`` and ``total_rounds``.
+generators, ``metric_rows``, ``recorder``, ``seconds``, ``rule``, ``cfg``, ``device`` and ``total_rounds``.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class RunCheckpointing:
         if not isinstance(sd, dict) or set(sd) != set(template):
             raise CheckpointError("checkpoint: not a federated run's state (keys do not match)")
         t = sd["t"]
-        if not isinstance(t, int) or not 0 <= t <= self.total_rounds:
+        if type(t) is not int or not 0 <= t <= self.total_rounds:
             raise CheckpointError(f"checkpoint: round {t!r} outside 0..{self.total_rounds}")
         for key in ("theta", "state", "private", "saga", "sample_gen", "neg_gen", "attack_gen"):
             like(sd[key], template[key], key)
@@ -141,6 +141,49 @@ class RunCheckpointing:
             fresh.allocate()
             like(sd["losses"], fresh.losses, "losses", t)
             like(sd["records"], fresh.records, "records", t)
+        elif t > 0 or sd["records"]:
+            raise CheckpointError(f"checkpoint: round {t} without its round records")
+        self._check_values(sd, t)
+
+    def _check_values(self, sd: dict[str, Any], t: int) -> None:
+        """What a structurally sound but crafted checkpoint could still carry: non-finite or
+        out-of-domain tables (a NaN model, or a negative second moment that makes every honest upload
+        fail the rule check from then on), generator states torch refuses, malformed metric rows or
+        clock, reason codes outside ``REASONS``. Each is one line, before anything is restored."""
+        tables = {"theta": sd["theta"], **{f"state.{k}": v for k, v in sd["state"].items()}}
+        if sd["private"] is not None:
+            tables["private.u"] = sd["private"]["u"]
+            tables.update({f"private.state.{k}": v for k, v in sd["private"]["state"].items()})
+        for where, x in tables.items():
+            if type(x) is not torch.Tensor or x.requires_grad:
+                raise CheckpointError(f"checkpoint {where}: a {type(x).__name__}, expected a plain tensor")
+            if not bool(torch.isfinite(x).all()):
+                raise CheckpointError(f"checkpoint {where}: values that are not finite")
+        for name in self.rule.nonnegative:
+            for where in (f"state.{name}", f"private.state.{name}"):
+                if where in tables and bool((tables[where] < 0).any()):
+                    raise CheckpointError(f"checkpoint {where}: negative values (the rule keeps it >= 0)")
+        for key in ("sample_gen", "neg_gen", "attack_gen"):
+            try:
+                torch.Generator(device=getattr(self, key).device).set_state(sd[key])
+            except (RuntimeError, ValueError, TypeError) as e:
+                raise CheckpointError(f"checkpoint {key}: not a generator state ({e})") from None
+        for row in sd["metric_rows"]:
+            if not (
+                isinstance(row, dict) and set(row) == {"t", "metric", "k", "value"}
+                and type(row["t"]) is int and 1 <= row["t"] <= t and isinstance(row["metric"], str)
+                and type(row["k"]) is int and row["k"] >= 1 and type(row["value"]) in (int, float)
+            ):  # fmt: skip
+                raise CheckpointError(f"checkpoint metric_rows: malformed row {row!r:.80}")
+        seconds = sd["seconds"]
+        if type(seconds) not in (int, float) or not 0 <= seconds < float("inf"):
+            raise CheckpointError(f"checkpoint seconds: {seconds!r:.40}, expected a finite number >= 0")
+        if sd["records"]:
+            reason = sd["records"]["reason"]
+            if bool(((reason < 0) | (reason >= len(REASONS))).any()):
+                raise CheckpointError(f"checkpoint records.reason: codes outside 0..{len(REASONS) - 1}")
+            if bool((sd["records"]["drawn"] < -1).any()):
+                raise CheckpointError("checkpoint records.drawn: values below -1")
 
     def save(self, run_dir: Path) -> None:
         """Checkpoint, then the tables; each written atomically, so a kill leaves the previous version."""
@@ -148,8 +191,16 @@ class RunCheckpointing:
         self.write_tables(run_dir)
 
     def load(self, run_dir: Path) -> None:
-        """Continue from ``run_dir``'s checkpoint, after checking its checksum and identity."""
-        self.load_state_dict(load_checkpoint(run_dir / CHECKPOINT, run_identity(self.cfg)))
+        """Continue from ``run_dir``'s checkpoint, after checking its checksum, identity and contents."""
+        path = run_dir / CHECKPOINT
+        self.restore_from(path, load_checkpoint(path, run_identity(self.cfg)))
+
+    def restore_from(self, path: Path, sd: dict[str, Any]) -> None:
+        """``load_state_dict`` of the checkpoint read from ``path``: a refusal's line names the file."""
+        try:
+            self.load_state_dict(sd)
+        except CheckpointError as e:  # the contents' checks name a key
+            raise CheckpointError(f"{path}: {e}") from None
 
     def write_tables(self, run_dir: Path) -> None:
         metrics = pd.DataFrame(self.metric_rows, columns=["t", "metric", "k", "value"])

@@ -87,7 +87,7 @@ def resume_federated(
     run = prepare_federated(cfg)
     run.collector = collector
     if sd is not None:
-        run.load_state_dict(sd)
+        run.restore_from(ckpt, sd)
         if run.server.t >= run.total_rounds and (run_dir / "summary.json").is_file():
             raise RunFinished(run_dir, read_summary(run_dir))
         log.info("%s: resuming at round %d of %d", run_dir, run.server.t, run.total_rounds)
