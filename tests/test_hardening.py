@@ -35,6 +35,25 @@ def _honest_round():
     return server, rule, layout, honest_uploads(server, rule, grads, batch, 5)
 
 
+class Hostile(torch.Tensor):
+    """A tensor subclass whose every operation raises: it must be refused before the server touches it."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.__repr__,):
+            return "Hostile"
+        raise RuntimeError("hostile tensor")
+
+
+class Liar(int):
+    """An int whose ``int()`` says 5 while it holds 2**70 (past int64)."""
+
+    def __int__(self) -> int:
+        return 5
+
+    __index__ = __int__
+
+
 def _corrupt(up: Upload, kind: str, n_rows: int) -> Upload:
     up = dataclasses.replace(up, state=dict(up.state))
     if kind == "nan-theta":
@@ -66,6 +85,10 @@ def _corrupt(up: Upload, kind: str, n_rows: int) -> Upload:
         up.n_examples = -3
     elif kind == "absurd-examples":
         up.n_examples = 10**9
+    elif kind == "tensor-subclass":
+        up.theta = up.theta.clone().as_subclass(Hostile)
+    elif kind == "lying-examples":
+        up.n_examples = Liar(2**70)
     elif kind == "weight-share":
         up.n_examples = up.rows.shape[0]  # <= its listed rows, but more than 0.35 of this round's weight
     return up
@@ -76,7 +99,8 @@ EXPECTED = {
     "float-rows": "shape", "row-out-of-range": "row-out-of-range", "negative-row": "row-out-of-range",
     "unsorted": "rows-unsorted-or-duplicated", "duplicated": "rows-unsorted-or-duplicated",
     "zero-examples": "n-examples-invalid", "negative-examples": "n-examples-invalid",
-    "absurd-examples": "n-examples-absurd", "weight-share": "weight-share",
+    "absurd-examples": "n-examples-absurd", "weight-share": "weight-share", "tensor-subclass": "shape",
+    "lying-examples": "shape",
 }  # fmt: skip
 
 
@@ -112,6 +136,49 @@ def test_bad_upload_is_rejected_and_state_equals_the_good_uploads(kind):
         torch.testing.assert_close(new.state[k], want.state[k], rtol=0, atol=0)
         assert torch.equal(server.state[k], before.state[k])
     assert torch.equal(server.theta, before.theta) and torch.isfinite(new.theta).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float16, torch.float64])
+def test_an_upload_in_another_float_dtype_is_read_in_the_servers(dtype):
+    """Every float dtype is converted before the uploads are concatenated (float8 cannot be promoted,
+    so concatenating first crashed the round): a float8 upload loses precision and fails the rule
+    check (so does float16's rounding); a float64 one is what it was."""
+    server, rule, layout, batch = _honest_round()
+    ups = [batch.upload(i) for i in range(batch.n)]
+    bad = 1
+    ups[bad] = dataclasses.replace(
+        ups[bad], theta=ups[bad].theta.to(dtype), state={k: v.to(dtype) for k, v in ups[bad].state.items()}
+    )
+    out = server_round(
+        server, ups, sampled=batch.client_ids, rule=rule, defense=make_defense("none"), t=5, f=0,
+        limits=_limits(layout),
+    )  # fmt: skip
+    names = out.decision.reason_names()
+    assert [n for i, n in enumerate(names) if i != bad] == [""] * (batch.n - 1)
+    if dtype == torch.float64:
+        assert names[bad] == ""  # every float32 value comes back from float64
+    else:
+        assert names[bad] not in ("", "shape")  # read, and refused on its rounded values
+    assert torch.isfinite(out.state.theta).all()
+
+
+def test_an_int_subclass_is_read_by_its_value():
+    """A client id whose ``int()`` lies is read by the value it holds (the one the batch stores)."""
+    server, rule, layout, batch = _honest_round()
+    ups = [batch.upload(i) for i in range(batch.n)]
+
+    class Lying(int):
+        def __int__(self) -> int:
+            return 0
+
+        __index__ = __int__
+
+    ups[3] = dataclasses.replace(ups[3], client_id=Lying(ups[3].client_id))
+    out = server_round(
+        server, ups, sampled=batch.client_ids, rule=rule, defense=make_defense("none"), t=5, f=0,
+        limits=_limits(layout),
+    )  # fmt: skip
+    assert out.decision.reason_names() == [""] * batch.n
 
 
 def test_all_rejected_keeps_the_state():

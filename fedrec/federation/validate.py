@@ -47,13 +47,16 @@ def as_int64(x: object) -> int | None:
     """``x`` as a Python int when it is an integer (not a bool) that fits int64, else None."""
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         return None
-    x = int(x)
+    try:  # an int subclass can override __int__ / __index__: read the value int itself holds
+        x = int.__index__(x) if isinstance(x, int) else int(x)
+    except Exception:  # an Integral whose conversion raises is not an integer we can read
+        return None
     return x if INT64[0] <= x <= INT64[1] else None
 
 
 def tensor_error(name: str, x: object, device: torch.device) -> str:
     """Why ``x`` cannot be read as an ordinary tensor on ``device`` (or the CPU), or ""."""
-    if not isinstance(x, torch.Tensor):
+    if type(x) not in (torch.Tensor, torch.nn.Parameter):  # a subclass can override every operation
         return f"{name} is a {type(x).__name__}, not a tensor"
     if x.layout != torch.strided:
         return f"{name} has layout {x.layout}"
@@ -196,6 +199,10 @@ def receive(
             msg = Upload(
                 -1 if client_id is None else client_id, rows, empty, dict.fromkeys(state_names, empty), 0
             )
+        else:  # what was checked, as plain ints and in the server's dtype before concatenating
+            cast = {k: v.to(device=device, dtype=dtype) for k, v in msg.state.items()}
+            theta = msg.theta.to(device=device, dtype=dtype)
+            msg = Upload(client_id, msg.rows, theta, cast, as_int64(msg.n_examples))
         single_codes.append(CODE["client-id"] if client_id is None else CODE["shape"] if bad else 0)
         singles.append(msg)
     flush()
