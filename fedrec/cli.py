@@ -216,6 +216,8 @@ def _train_overrides(opts: dict[str, Any], config: Path | None = None) -> list[s
     if opts.get("epochs") is not None:
         # --epochs sets the length of whichever mode runs
         epochs = opts["epochs"]
+        if not (math.isfinite(epochs) and epochs > 0):  # int() below would raise on inf / nan
+            raise ConfigError(f"--epochs={epochs}: expected a finite number > 0")
         model = opts.get("model")
         if (mode or "centralized") == "centralized" and model == "pop":
             raise ConfigError("--epochs: the most-popular baseline (pop) trains nothing")

@@ -25,6 +25,8 @@ class ConfigError(ValueError):
 
 
 MAX_YAML_VALUES = 100_000  # a config or grid file has hundreds; an alias bomb has billions
+MAX_RECORDS = 10**8  # round records (one per sampled client per round, ~50 bytes each): ~5 GB
+MAX_THREADS = 1024  # torch's thread pool fails outright (a segfault) far past any machine's cores
 
 
 class YamlTooLarge(yaml.YAMLError):
@@ -33,6 +35,15 @@ class YamlTooLarge(yaml.YAMLError):
     def __init__(self) -> None:
         self.problem = f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded"
         super().__init__(self.problem)
+
+
+class YamlUnreadable(yaml.YAMLError):
+    """A document the parser cannot finish: nested past Python's recursion limit, or a value Python
+    refuses to convert (an integer of more than 4,300 digits)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(problem)
 
 
 MERGE = "tag:yaml.org,2002:merge"  # ``<<: *anchor``: merged keys, which a key of its own may override
@@ -69,8 +80,13 @@ def load_yaml(text: str) -> Any:
     parser shares an aliased node, but anything that walks the document (validation, its hash, an
     error message) would expand it: 10^8 values from a 1 KB file. Files here are small, so parsing
     twice costs nothing that matters."""
-    _check_nodes(yaml.compose(text, Loader=yaml.SafeLoader))
-    return yaml.safe_load(text)
+    try:
+        _check_nodes(yaml.compose(text, Loader=yaml.SafeLoader))
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise YamlUnreadable("nested too deeply to read") from None
+    except ValueError as err:  # the YAML errors are not ValueErrors: this is a conversion Python refused
+        raise YamlUnreadable(f"a value that cannot be read ({str(err).split(':')[0][:80]})") from None
 
 
 _SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
@@ -313,9 +329,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
+        value = raw  # kept as text: the key's domain check names it
     return key.strip(), value
 
 
@@ -329,8 +345,10 @@ def load_config(
     cfg = Config()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"{p}: config file not found")
+        if not p.is_file():
+            raise ConfigError(f"{p}: not a regular file")
         try:
             doc = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as err:
@@ -430,8 +448,9 @@ DOMAINS: dict[str, Domain] = {
     "defense.seed": SEED,
     # 0 rejects every honest upload; above 1 the check never fires
     "defense.max_weight_share": interval(0, 1, lo_open=True, hi_open=False),
-    # every honest coordinate measured so far is below 6 (docs/RESULTS.md section 8); 0 rejects them all
-    "defense.max_grad": POSITIVE,
+    # every honest coordinate measured so far is below 6 (docs/RESULTS.md section 8); 0 rejects them all;
+    # above ~1e19 a gradient the check lets through overflows g^2 in float32 (the second moment)
+    "defense.max_grad": Domain(lambda v: _is_num(v) and 0 < v <= 1e15, "a number in (0, 1e15]"),
     # below 1 the clip would cut honest claims under the round's median
     "defense.weight_clip": Domain(lambda v: _is_num(v) and v >= 1, "a finite number >= 1"),
     "centralized.lr": POSITIVE,
@@ -551,8 +570,10 @@ def _check_run(cfg: Config) -> None:
     if cfg.run.name is not None and (why := run_name_problem(cfg.run.name)):
         raise ConfigError(f"run.name={cfg.run.name!r}: {why}")
     th = cfg.run.threads
-    if th is not None and th != "auto" and not (th.isdigit() and int(th) > 0):
-        raise ConfigError(f"run.threads={th!r}: expected a positive integer or auto (unset: one thread)")
+    if th is not None and th != "auto" and not (th.isdigit() and 0 < int(th) <= MAX_THREADS):
+        raise ConfigError(
+            f"run.threads={th!r}: expected an integer in [1, {MAX_THREADS}] or auto (unset: one thread)"
+        )
     dev = cfg.run.device
     if dev != "auto":
         import torch
@@ -644,7 +665,18 @@ def _check_defense_fraction(cfg: Config) -> None:
 
 def check_round_size(cfg: Config, n: int, f: int) -> None:
     """The defense's f against the run's ``n`` clients per round (known once the data is loaded):
-    Krum needs ``n - f - 2 >= 1``, trimming ``n - 2f >= 1``; otherwise every round rejects every upload."""
+    Krum needs ``n - f - 2 >= 1``, trimming ``n - 2f >= 1``; otherwise every round rejects every upload.
+    Also the run's length: its round record (~50 bytes per sampled client per round, kept in memory)
+    must fit ``MAX_RECORDS``."""
+    fed = cfg.federated
+    rounds = fed.rounds if fed.rounds is not None else math.ceil(fed.epochs / fed.fraction)
+    if rounds * n > MAX_RECORDS:
+        key = "federated.rounds" if fed.rounds is not None else "federated.epochs"
+        value = fed.rounds if fed.rounds is not None else fed.epochs
+        raise ConfigError(
+            f"{key}={value!r}: {rounds:.3g} rounds of {n} clients need {rounds * n:.3g} round records "
+            f"(~{rounds * n * 50 / 1e9:.3g} GB of memory); at most {MAX_RECORDS:.0e}"
+        )
     d = cfg.defense
     from fedrec.defenses import DEFENSES, make_defense
 

@@ -49,6 +49,8 @@ BAD = [
     ("defense.max_weight_share=0", []),  # was exit 0 with every honest upload rejected
     ("defense.max_weight_share=1.5", []),
     ("defense.max_grad=0", []),  # would reject every honest upload as a "magnitude"
+    ("defense.max_grad=1e30", ["1e15"]),  # let g = 1e20 through: g^2 overflowed the state in float32
+    ("run.threads=100000", ["1024"]),  # was a segfault (exit 139, no message)
     ("defense.weight_clip=0.5", []),  # would cut honest claims below the round's median
     ("defense.weighting=heavy", ["claimed", "uniform"]),
     ("defense.assumed_fraction=1", []),
@@ -94,6 +96,9 @@ PARAMS_BAD = [
     (["defense.name=a-rfrs-outliers", "defense.params.c=0.5"], "defense.params", ["c must be >= 1"]),
     (["defense.name=a-rfrs", "defense.params.bogus=1"], "defense.params", ["no parameter bogus", "distance"]),
     (["defense.params=3"], "defense.params", ["mapping"]),
+    # validation ran the rule once and never came back (1e9 passes over the uploads)
+    (["defense.name=grad-cc", "defense.params.iters=1000000000"], "defense.params", ["iters", "1000"]),
+    (["defense.name=grad-geomed", "defense.params.max_iter=1000000000000"], "defense.params", ["max_iter"]),
 ]
 
 
@@ -225,6 +230,37 @@ CLI_BAD = [
     (["--attack", "noise", "--byzantine", "1.0"], "no benign clients to evaluate"),
     (["--attack", "noise", "--byzantine", "0.8", "--defense", "a-rfrs"], "attack.fraction=0.8"),
 ]
+
+
+LENGTH_BAD = [
+    (["--epochs", "inf"], "--epochs=inf"),  # was an OverflowError traceback
+    (["--epochs", "nan"], "--epochs=nan"),
+    (["--epochs", "1e30"], "federated.epochs=1e+30"),  # was a TypeError traceback in round 1
+    (["--rounds", "1000000000"], "federated.rounds=1000000000"),  # was an allocation traceback
+]
+
+
+@pytest.mark.parametrize(("extra", "needle"), LENGTH_BAD, ids=[c[1] for c in LENGTH_BAD])
+def test_cli_run_length_past_what_fits_is_one_line(tmp_path: Path, extra: list[str], needle: str) -> None:
+    args = ["train", "--dataset", "ml100k", "--mode", "federated", "--set", "model.dim=8", *extra]
+    _one_line_exit_2(args, tmp_path / "out", needle)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("[" * 20000 + "]" * 20000, "nested too deeply"), ("train:\n  seed: " + "9" * 5000, "cannot be read")],
+    ids=["20000-deep", "5000-digit-int"],
+)
+def test_cli_unreadable_yaml_is_one_line_naming_the_file(tmp_path: Path, text: str, needle: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    _one_line_exit_2([*TRAIN, "-c", str(cfg)], tmp_path / "out", needle)
+    res = CliRunner().invoke(app, [*TRAIN, "-c", str(cfg), "--out", str(tmp_path / "out")])
+    assert "bad.yaml" in res.stderr
+
+
+def test_cli_a_config_that_is_not_a_file_says_so(tmp_path: Path) -> None:
+    _one_line_exit_2([*TRAIN, "-c", "/dev/null"], tmp_path / "out", "/dev/null: not a regular file")
 
 
 @pytest.mark.parametrize(("extra", "needle"), CLI_BAD, ids=[c[1] for c in CLI_BAD])

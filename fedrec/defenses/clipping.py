@@ -51,12 +51,16 @@ TAU = 100.0
 ITERS = 1
 """Default number of iterations L (ByzFL's default; Karimireddy et al. use L = 1 in their experiments)."""
 
+MAX_ITERS = 1000
+"""Each iteration is a pass over every upload; past this a round (and config validation, which runs the
+rule once) would stop being a round."""
+
 
 def _check(tau: float, iters: int) -> None:
     if not (isinstance(tau, int | float) and tau >= 0):  # nan fails too
         raise ValueError(f"tau (c_tau) must be a number >= 0 (inf allowed), got {tau!r}")
-    if not (isinstance(iters, int) and not isinstance(iters, bool) and iters >= 1):
-        raise ValueError(f"iters (L) must be an integer >= 1, got {iters!r}")
+    if not (isinstance(iters, int) and not isinstance(iters, bool) and 1 <= iters <= MAX_ITERS):
+        raise ValueError(f"iters (L) must be an integer in [1, {MAX_ITERS}], got {iters!r}")
 
 
 def _clip_factors(dist: Tensor, tau: float) -> Tensor:

@@ -53,6 +53,8 @@ import torch
 from fedrec.defenses.base import RuleResult, RuleSpec, register_rule
 from fedrec.defenses.vectors import ClientVectors, gram, sq_distances_from_gram
 
+MAX_ITER = 100_000  # Weiszfeld steps on the n x n Gram matrix: ~10 us each
+
 Tensor = torch.Tensor
 
 _EPS64 = torch.finfo(torch.float64).eps
@@ -89,8 +91,8 @@ def weiszfeld_gram(
         raise ValueError(f"nu must be > 0, got {nu}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    if max_iter < 0:
-        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    if not 0 <= max_iter <= MAX_ITER:  # tol = 0 never stops early: a bound keeps a round a round
+        raise ValueError(f"max_iter must be in [0, {MAX_ITER}], got {max_iter}")
     n = g.shape[0]
     g = g.to(torch.float64)
     if weights is None:
