@@ -223,3 +223,41 @@ def test_a_run_with_poisoned_uploads_goes_on(tmp_path):
     assert len(byz) > 0 and (byz.reason == "non-finite").all() and not byz.accepted.any()
     assert df[~df.byzantine].accepted.all()
     assert set(REASONS) >= set(df.reason.astype(str))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scribbler:
+    """A test attacker that writes into the state it was given to read (``how``: through a row view,
+    the whole table, or a moment), then uploads what an honest client would."""
+
+    how: str
+    name = "scribbler"
+    omniscient = False
+    rule_consistent = False
+
+    def __call__(self, ctx):
+        from fedrec.attacks import upload_from_gradient
+
+        if self.how == "row-view":
+            ctx.prev(slice(0, 1))["theta"].fill_(float("nan"))
+        elif self.how == "table":
+            ctx.server.theta.mul_(-1.0)
+        else:
+            ctx.server.state["v"].neg_()
+        return upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+
+
+@pytest.mark.parametrize("how", ["row-view", "table", "moment"])
+def test_an_attack_that_writes_into_the_global_state_is_stopped_by_name(how):
+    """The context holds the server's own tensors (no copy a round); an in-place write is caught by
+    torch's version counters and stops the round with the attack's name instead of going unseen."""
+    from fedrec.config import Config
+
+    cfg = Config()
+    cfg.model.dim = D
+    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 4, 4
+    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
+    run = FederatedRun.create(cfg, split_per_user(synthetic(40, 30, seed=1), seed=0), torch.device("cpu"))
+    object.__setattr__(run, "attack", Scribbler(how))
+    with pytest.raises(RuntimeError, match="attack 'scribbler' wrote into the global state"):
+        run.run()

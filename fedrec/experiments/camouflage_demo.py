@@ -20,7 +20,7 @@ from fedrec.defenses import make_defense
 from fedrec.defenses.spaces import rows_of, uploaded
 from fedrec.federation.clients import sample_clients
 from fedrec.federation.pipeline import server_round
-from fedrec.federation.simulation import FederatedRun
+from fedrec.federation.simulation import FederatedRun, run_attack
 
 
 def demo_config(dataset: str, fraction: float, rounds: int, seed: int, data_dir: str | None) -> Config:
@@ -49,7 +49,7 @@ def inspect_round(run: FederatedRun, warmup: int) -> dict[str, Any]:
         raise ValueError("no round samples between 1 and f Byzantine clients: change --byzantine")
     cr = run.client_round(clients, t)
     honest = cr.uploads
-    attack = run.attack(run._attack_context(t, cr, byz))
+    attack = run_attack(run.attack, run._attack_context(t, cr, byz))
     # the honest counterpart of every Byzantine upload over the rows it lists: the client's own honest
     # values on its touched rows, the zero-gradient default elsewhere
     counterpart = run.rule.default_rows(rows_of(run.server, attack.rows), t)

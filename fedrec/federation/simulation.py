@@ -252,9 +252,26 @@ def round_uploads(
         ctx = attack_context(
             server, rule, layout, train, cfg, t, cr, byz, attack, attack_gen, user_vectors, popularity
         )
-        messages.append(attack(ctx))  # after the honest uploads: their ids are authenticated
+        messages.append(run_attack(attack, ctx))  # after the honest uploads: their ids are authenticated
     loss = (grads.loss * ~byz).sum()
     return Collected(messages, grad_norm, loss, ctx, grads.g_user, client_loss=grads.loss)
+
+
+def run_attack(attack, ctx: AttackContext) -> UploadBatch:
+    """``attack(ctx)``, refused when it wrote into the global state it was given to read: ``ctx.server``
+    holds the server's own tensors (a copy every round would cost a pass over the tables), so an attack
+    that updates them in place, by mistake or not, would change the model no defense saw. Torch counts
+    in-place writes per tensor (views share the count), so checking costs nothing."""
+    tables = [ctx.server.theta, *ctx.server.state.values()]
+    before = [x._version for x in tables]
+    out = attack(ctx)
+    if [x._version for x in tables] != before:
+        name = getattr(attack, "name", type(attack).__name__)
+        raise RuntimeError(
+            f"attack {name!r} wrote into the global state (ctx.server) in place; an attack reads the "
+            "context and returns uploads (clone what it changes)"
+        )
+    return out
 
 
 def check_round_budget(t: int, total_rounds: int) -> None:
