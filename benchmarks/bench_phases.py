@@ -103,7 +103,8 @@ def measure(
     inter, source = load(name)
     cfg = Config()
     cfg.federated.fraction, cfg.defense.name, cfg.run.compile = 0.01, defense, compile_
-    cfg.attack.name, cfg.attack.fraction = attack, byz if attack != "none" else 0.0
+    byz = byz if attack != "none" else 0.0
+    cfg.attack.name, cfg.attack.fraction = attack, byz
     run = sim_mod.FederatedRun.create(cfg, split_per_user(inter, seed=0), torch.device("cpu"))
     for _ in range(10):  # past round 1 (states not zero) and, compiled, past the compilation
         run.step()

@@ -669,7 +669,7 @@ def check_round_size(cfg: Config, n: int, f: int) -> None:
     Also the run's length: its round record (~50 bytes per sampled client per round, kept in memory)
     must fit ``MAX_RECORDS``."""
     fed = cfg.federated
-    rounds = fed.rounds if fed.rounds is not None else math.ceil(fed.epochs / fed.fraction)
+    rounds = fed.rounds if fed.rounds is not None else fed.epochs / fed.fraction  # may overflow to inf
     if rounds * n > MAX_RECORDS:
         key = "federated.rounds" if fed.rounds is not None else "federated.epochs"
         value = fed.rounds if fed.rounds is not None else fed.epochs

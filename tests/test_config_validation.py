@@ -237,6 +237,8 @@ LENGTH_BAD = [
     (["--epochs", "nan"], "--epochs=nan"),
     (["--epochs", "1e30"], "federated.epochs=1e+30"),  # was a TypeError traceback in round 1
     (["--rounds", "1000000000"], "federated.rounds=1000000000"),  # was an allocation traceback
+    # epochs / fraction overflows to inf: was an OverflowError from math.ceil
+    (["--epochs", "1e308", "--set", "federated.fraction=0.001"], "federated.epochs=1e+308"),
 ]
 
 

@@ -165,7 +165,7 @@ def test_a_round_past_the_runs_length_is_refused_before_anything_moves(tmp_path)
     run = FederatedRun.create(cfg, split, torch.device("cpu"))
     run.run()
     theta, frame = run.server.theta.clone(), run.rounds_frame()
-    with pytest.raises(RuntimeError, match=r"round 4 is past federated.rounds = 3"):
+    with pytest.raises(RuntimeError, match=r"round 4 is past the run.s 3 rounds"):
         run.step()
     assert run.server.t == 3 and torch.equal(run.server.theta, theta)
     assert run.rounds_frame().equals(frame)

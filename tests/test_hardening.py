@@ -162,23 +162,39 @@ def test_an_upload_in_another_float_dtype_is_read_in_the_servers(dtype):
     assert torch.isfinite(out.state.theta).all()
 
 
-def test_an_int_subclass_is_read_by_its_value():
-    """A client id whose ``int()`` lies is read by the value it holds (the one the batch stores)."""
+def test_an_int_subclass_client_id_is_read_by_the_value_it_holds():
+    """A client id holding 2**70 whose ``int()`` says a sampled id: the batch would store 2**70 (past
+    int64: the round crashed), so it is read as what it holds and refused as unattributable."""
     server, rule, layout, batch = _honest_round()
     ups = [batch.upload(i) for i in range(batch.n)]
-
-    class Lying(int):
-        def __int__(self) -> int:
-            return 0
-
-        __index__ = __int__
-
-    ups[3] = dataclasses.replace(ups[3], client_id=Lying(ups[3].client_id))
+    ups[3] = dataclasses.replace(ups[3], client_id=Liar(2**70))
     out = server_round(
         server, ups, sampled=batch.client_ids, rule=rule, defense=make_defense("none"), t=5, f=0,
         limits=_limits(layout),
     )  # fmt: skip
-    assert out.decision.reason_names() == [""] * batch.n
+    assert out.decision.accepted.sum() == batch.n - 1 and torch.isfinite(out.state.theta).all()
+
+
+def test_an_upload_subclass_or_a_dict_subclass_state_is_malformed():
+    """A subclass could answer each read of a field differently (a checked tensor, then another)."""
+
+    @dataclasses.dataclass
+    class Sly(Upload):
+        pass
+
+    class SlyDict(dict):
+        pass
+
+    server, rule, layout, batch = _honest_round()
+    ups = [batch.upload(i) for i in range(batch.n)]
+    ups[1] = Sly(**{f.name: getattr(ups[1], f.name) for f in dataclasses.fields(Upload)})
+    ups[2] = dataclasses.replace(ups[2], state=SlyDict(ups[2].state))
+    out = server_round(
+        server, ups, sampled=batch.client_ids, rule=rule, defense=make_defense("none"), t=5, f=0,
+        limits=_limits(layout),
+    )  # fmt: skip
+    names = out.decision.reason_names()
+    assert names[1] == names[2] == "shape" and names.count("") == batch.n - 2
 
 
 def test_all_rejected_keeps_the_state():
@@ -245,6 +261,37 @@ class Scribbler:
         else:
             ctx.server.state["v"].neg_()
         return upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+
+
+def test_an_attack_that_rebinds_the_contexts_tables_leaves_the_run_alone():
+    """Rebinding ``ctx.server.theta`` (no in-place write to count) changes the attack's own copy of the
+    state object, never the run's."""
+    from fedrec.config import Config
+
+    @dataclasses.dataclass(frozen=True)
+    class Rebinder:
+        name = "rebinder"
+        omniscient = False
+        rule_consistent = False
+
+        def __call__(self, ctx):
+            from fedrec.attacks import upload_from_gradient
+
+            up = upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+            ctx.server.theta = torch.full_like(ctx.server.theta, 3e8)
+            ctx.server.state["v"] = torch.full_like(ctx.server.state["v"], -1.0)
+            return up
+
+    cfg = Config()
+    cfg.model.dim = D
+    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 4, 4
+    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
+    split = split_per_user(synthetic(40, 30, seed=1), seed=0)
+    run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    object.__setattr__(run, "attack", Rebinder())
+    run.run()
+    assert run.server.theta.abs().max() < 1e3 and bool((run.server.state["v"] >= 0).all())
+    assert run.rounds_frame().query("not byzantine").accepted.all()
 
 
 @pytest.mark.parametrize("how", ["row-view", "table", "moment"])

@@ -286,3 +286,48 @@ def test_sigkill_anywhere_resumes_bit_identical(tmp_path):
     print(kc.table(trials))
     assert any("ckpt write" in t.landed for t in trials), kc.table(trials)
     assert all(t.ok for t in trials), kc.table(trials)
+
+
+@pytest.mark.parametrize(
+    ("craft", "needle"),
+    [
+        (
+            lambda sd: sd["saga"][next(k for k in sd["saga"] if k.startswith("share."))].fill_(float("nan")),
+            "saga.share.",
+        ),
+        (lambda sd: sd["private"]["steps"].fill_(-3), "private.steps: negative"),
+        (lambda sd: sd["private"]["u"].fill_(float("inf")), "private.u: values that are not finite"),
+    ],
+    ids=["nan-saga-share", "negative-mf-steps", "inf-user-vectors"],
+)
+def test_the_clients_tables_of_a_checkpoint_are_checked_too(craft, needle):
+    """MF's private state and the clients' SAGA table are restored from the checkpoint as well: a NaN
+    share or a negative step count made the next rounds' honest uploads non-finite."""
+    from fedrec.config import Config
+    from fedrec.data import split_per_user, synthetic
+    from fedrec.federation.checkpoint import CheckpointError
+    from fedrec.federation.simulation import FederatedRun
+
+    cfg = Config()
+    cfg.model.name, cfg.model.dim = "mf", 4
+    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 4, 4
+    cfg.federated.variance_reduction, cfg.federated.local_batch = "saga", 2
+    split = split_per_user(synthetic(30, 20, seed=1), seed=0)
+    run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    for _ in range(2):
+        run.step()
+    sd = run.state_dict()
+    sd = {
+        **sd,
+        "saga": {k: v.clone() for k, v in sd["saga"].items()},
+        "private": {
+            "u": sd["private"]["u"].clone(),
+            "state": sd["private"]["state"],
+            "steps": sd["private"]["steps"].clone(),
+        },
+    }
+    craft(sd)
+    fresh = FederatedRun.create(cfg, split, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match=needle.replace(".", r"\.")):
+        fresh.load_state_dict(sd)
+    assert fresh.server.t == 0

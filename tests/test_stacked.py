@@ -246,7 +246,7 @@ def test_runs_that_cannot_step_together_are_refused():
         stack.step()
     done = RunStack.of(_runs([_cfg("none", "none", 0, 0.0), _cfg("none", "none", 1, 0.0)]))
     done.run()
-    with pytest.raises(RuntimeError, match=r"past federated\.rounds"):
+    with pytest.raises(RuntimeError, match=r"past the run.s \d+ rounds"):
         done.step()
     assert all(run.server.t == run.total_rounds for run in done.runs)
 

@@ -305,6 +305,7 @@ def test_cli_json_is_strict_when_training_diverges(tmp_path):
         (["--set", "nope=1"], "unknown key 'nope'"),
         (["--set", "rule_params.bogus=1"], "bogus"),
         (["--byzantine", "15"], "f=15"),
+        (["--set", "f=" + "[" * 20000 + "]" * 20000], "not valid YAML"),  # was a RecursionError traceback
     ],
 )
 def test_cli_bad_option_is_one_line_and_exit_2(args, needle, tmp_path):

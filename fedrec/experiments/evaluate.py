@@ -74,7 +74,7 @@ def _federated(cfg, ckpt: Path):
 
     sd = load_checkpoint(ckpt, run_identity(cfg))  # checksum and identity before the data loads
     run = prepare_federated(cfg)
-    run.load_state_dict(sd)  # checked against this run's structure: a crafted file is one line too
+    run.restore_from(ckpt, sd)  # checked against this run's structure and values: one line naming the file
     return run.scorer(), run.split, run.benign_users(), run.device, run.server.t, run.total_rounds
 
 

@@ -26,7 +26,7 @@ from fedrec.config import Config
 from fedrec.data import Split, load_dataset, split_per_user
 from fedrec.defenses.spaces import space_vectors
 from fedrec.defenses.vectors import ClientVectors
-from fedrec.federation.simulation import FederatedRun
+from fedrec.federation.simulation import FederatedRun, run_attack
 from fedrec.protocol import UploadBatch
 
 
@@ -110,7 +110,7 @@ def figure1_data(cfg: Config, honest: int, byzantine: int, split: Split | None =
     u = None if run.private is None else run.private.u[clients]
     cr = run.client_round(clients, t, u)
     byz = run.byzantine[clients]
-    attack = run.attack(run._attack_context(t, cr, byz, u))
+    attack = run_attack(run.attack, run._attack_context(t, cr, byz, u))
     honest_up, own_up = cr.uploads.select(~byz), cr.uploads.select(byz)
 
     def dense(space: str, uploads: UploadBatch) -> torch.Tensor:

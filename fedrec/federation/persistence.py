@@ -154,11 +154,18 @@ class RunCheckpointing:
         if sd["private"] is not None:
             tables["private.u"] = sd["private"]["u"]
             tables.update({f"private.state.{k}": v for k, v in sd["private"]["state"].items()})
+            tables["private.steps"] = sd["private"]["steps"]
+        if sd["saga"] is not None:
+            tables.update({f"saga.{k}": v for k, v in sd["saga"].items()})
         for where, x in tables.items():
-            if type(x) is not torch.Tensor or x.requires_grad:
+            if type(x) is not torch.Tensor:
                 raise CheckpointError(f"checkpoint {where}: a {type(x).__name__}, expected a plain tensor")
-            if not bool(torch.isfinite(x).all()):
+            if x.requires_grad:
+                raise CheckpointError(f"checkpoint {where}: a tensor that requires grad")
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
                 raise CheckpointError(f"checkpoint {where}: values that are not finite")
+        if "private.steps" in tables and bool((tables["private.steps"] < 0).any()):
+            raise CheckpointError("checkpoint private.steps: negative step counts")
         for name in self.rule.nonnegative:
             for where in (f"state.{name}", f"private.state.{name}"):
                 if where in tables and bool((tables[where] < 0).any()):

@@ -8,6 +8,7 @@ saved so ``resume`` continues to the same final model as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -260,9 +261,14 @@ def round_uploads(
 def run_attack(attack, ctx: AttackContext) -> UploadBatch:
     """``attack(ctx)``, refused when it wrote into the global state it was given to read: ``ctx.server``
     holds the server's own tensors (a copy every round would cost a pass over the tables), so an attack
-    that updates them in place, by mistake or not, would change the model no defense saw. Torch counts
-    in-place writes per tensor (views share the count), so checking costs nothing."""
-    tables = [ctx.server.theta, *ctx.server.state.values()]
+    that updates them in place by mistake would change the model no defense saw. Torch counts in-place
+    writes per tensor (views share the count), so checking costs nothing. A bug-catcher for in-process
+    attack code, not a boundary: writes through ``.data``, numpy or the storage are not counted (an
+    attack in another process, as under Flower, cannot reach the tables at all). The context gets its
+    own ``ServerState`` and state dict, so rebinding a field there leaves the run's untouched."""
+    server = ctx.server
+    ctx = dataclasses.replace(ctx, server=ServerState(server.theta, dict(server.state), server.t))
+    tables = [server.theta, *server.state.values()]
     before = [x._version for x in tables]
     out = attack(ctx)
     if [x._version for x in tables] != before:
@@ -280,8 +286,8 @@ def check_round_budget(t: int, total_rounds: int) -> None:
     half a round ahead of its record."""
     if t > total_rounds:
         raise RuntimeError(
-            f"round {t} is past federated.rounds = {total_rounds}: the run is complete "
-            "(a longer run needs a larger federated.rounds)"
+            f"round {t} is past the run's {total_rounds} rounds (federated.rounds, or federated.epochs / "
+            "federated.fraction): the run is complete"
         )
 
 

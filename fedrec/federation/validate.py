@@ -71,7 +71,7 @@ def tensor_error(name: str, x: object, device: torch.device) -> str:
 
 def shape_error(up: object, d: int, state_names: tuple[str, ...], device: torch.device) -> str:
     """Why a single upload is malformed, or "" (checked before batching: O(1) per upload)."""
-    if not isinstance(up, Upload):
+    if type(up) is not Upload:  # a subclass could answer each read of a field differently
         return f"a {type(up).__name__}, not an Upload"
     rows = up.rows
     bad = tensor_error("rows", rows, device)
@@ -80,7 +80,7 @@ def shape_error(up: object, d: int, state_names: tuple[str, ...], device: torch.
     if rows.dim() != 1 or rows.dtype != torch.int64:
         return "rows must be a 1-D int64 tensor"
     k = rows.shape[0]
-    if not isinstance(up.state, dict):
+    if type(up.state) is not dict:
         return "state must be a dict of tensors"
     tensors = {"theta": up.theta, **up.state}
     if set(tensors) != {"theta", *state_names} or len(up.state) != len(state_names):
@@ -193,6 +193,9 @@ def receive(
             continue
         client_id = as_int64(getattr(msg, "client_id", None))
         bad = shape_error(msg, d, state_names, device)
+        # read once more for the batch: an Integral whose value changes between reads is malformed
+        n_examples = None if bad else as_int64(msg.n_examples)
+        bad = bad or ("n_examples changed between reads" if n_examples is None else "")
         if client_id is None or bad:
             empty = torch.zeros(0, d, dtype=dtype, device=device)
             rows = torch.zeros(0, dtype=torch.int64, device=device)
@@ -202,7 +205,7 @@ def receive(
         else:  # what was checked, as plain ints and in the server's dtype before concatenating
             cast = {k: v.to(device=device, dtype=dtype) for k, v in msg.state.items()}
             theta = msg.theta.to(device=device, dtype=dtype)
-            msg = Upload(client_id, msg.rows, theta, cast, as_int64(msg.n_examples))
+            msg = Upload(client_id, msg.rows.to(device), theta, cast, n_examples)
         single_codes.append(CODE["client-id"] if client_id is None else CODE["shape"] if bad else 0)
         singles.append(msg)
     flush()

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from fedrec.config import load_yaml
 from fedrec.defenses.preagg import PRE_STEPS
 from fedrec.testbed.data import SHARDS
 from fedrec.testbed.model import MODELS
@@ -142,7 +143,7 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)  # fedrec.config's: nesting and unconvertible values are YAMLErrors
         except yaml.YAMLError:
             raise ValueError(f"--set {item!r}: the value is not valid YAML") from None
         if isinstance(value, str):
