@@ -92,6 +92,18 @@ def test_codec_decodes_without_copying():
     assert rec["theta"].stype == STYPE and rec["theta"].dtype == "float32"
 
 
+def test_an_array_over_a_memoryview_of_items_is_sized_in_bytes():
+    """In process an Array's data may be a memoryview whose items are not bytes (``len`` counts items):
+    the size check reads bytes, so the same values decode as from ``bytes``."""
+    from fedrec.flower.codec import from_array
+
+    x = np.arange(12, dtype="<f4").reshape(3, 4)
+    arr = _raw("float32", (3, 4), x.tobytes())
+    arr.data = memoryview(x)  # Flower's constructor takes bytes; the field itself holds anything
+    got = from_array(arr, ("float32",), 2)
+    assert isinstance(got, torch.Tensor) and torch.equal(got, torch.from_numpy(x))
+
+
 def _raw(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
     return Array(dtype=dtype, shape=shape, stype=STYPE, data=data)
 

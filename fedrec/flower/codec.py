@@ -66,8 +66,9 @@ def from_array(arr: object, dtypes: tuple[str, ...], ndim: int) -> torch.Tensor 
     if not isinstance(data, bytes | bytearray | memoryview):
         return f"data is a {type(data).__name__}, not bytes"
     np_dtype = np.dtype(dtype).newbyteorder("<")
-    if len(data) != math.prod(shape) * np_dtype.itemsize:
-        return f"{len(data)} bytes for shape {tuple(shape)} of {dtype}"
+    size = data.nbytes if isinstance(data, memoryview) else len(data)  # a memoryview's len counts items
+    if size != math.prod(shape) * np_dtype.itemsize:
+        return f"{size} bytes for shape {tuple(shape)} of {dtype}"
     view = np.frombuffer(data, dtype=np_dtype).reshape(tuple(shape))
     if view.dtype.byteorder == ">":  # a big-endian host: the one case that must convert
         view = view.astype(view.dtype.newbyteorder("="))

@@ -18,6 +18,12 @@ engine (validate -> reconstruct -> verify -> decide -> aggregate). Nothing a nod
 The round then goes on with the replies that came; the checkpoint is written on schedule, so a run
 whose server stops resumes with ``flower.resume`` = its run directory.
 
+One thing happens before any of this code sees a reply: Flower 1.41 inflates each Array from its
+chunks inside ``Grid.send_and_receive``, and a chunk list may name one chunk many times (Flower's way of
+sending equal chunks once), so a reply of a few megabytes can expand to gigabytes in this process (a
+69 KB reply became an 84 MB array in a test; the codec then refuses or reads it by its declared
+shape). Run the ServerApp under a memory limit (``ulimit -v``, a cgroup) where nodes are not trusted.
+
 Evaluation stays on the server, as in ``fedrec train`` (the server loads the dataset to rank the
 benign users' held-out items): a simulation and evaluation device. MF keeps private user vectors on
 the devices, which a central evaluation cannot score, so this adapter runs FISM only.
