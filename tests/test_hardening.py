@@ -207,31 +207,46 @@ def test_all_rejected_keeps_the_state():
     assert torch.equal(out.state.theta, server.theta) and out.state.t == 5
 
 
-@dataclasses.dataclass(frozen=True)
-class PoisonNaN:
-    """A test attacker whose uploads are all NaN."""
+def _attacked_run(attack, rounds: int) -> FederatedRun:
+    """A small run (40 users, 30 % Byzantine) whose Byzantine clients run the test attacker ``attack``."""
+    from fedrec.config import Config
 
-    name = "nan"
+    cfg = Config()
+    cfg.model.dim = D
+    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, rounds, 4
+    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
+    run = FederatedRun.create(cfg, split_per_user(synthetic(40, 30, seed=1), seed=0), torch.device("cpu"))
+    object.__setattr__(run, "attack", attack)
+    return run
+
+
+class _Attacker:
+    """What the run asks of an attack besides calling it; ``honest`` is the upload of the clients' own step."""
+
     omniscient = False
     rule_consistent = False
 
-    def __call__(self, ctx):
+    @staticmethod
+    def honest(ctx):
         from fedrec.attacks import upload_from_gradient
 
-        up = upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+        return upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonNaN(_Attacker):
+    """A test attacker whose uploads are all NaN."""
+
+    name = "nan"
+
+    def __call__(self, ctx):
+        up = self.honest(ctx)
         up.theta = torch.full_like(up.theta, float("nan"))
         return up
 
 
 def test_a_run_with_poisoned_uploads_goes_on(tmp_path):
-    from fedrec.config import Config
-
-    cfg = Config()
-    cfg.model.dim = D
-    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 8, 4
-    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
-    run = FederatedRun.create(cfg, split_per_user(synthetic(40, 30, seed=1), seed=0), torch.device("cpu"))
-    object.__setattr__(run, "attack", PoisonNaN())
+    run = _attacked_run(PoisonNaN(), rounds=8)
     run.run()
     df = run.rounds_frame()
     assert run.server.t == 8 and torch.isfinite(run.server.theta).all()
@@ -242,53 +257,38 @@ def test_a_run_with_poisoned_uploads_goes_on(tmp_path):
 
 
 @dataclasses.dataclass(frozen=True)
-class Scribbler:
+class Scribbler(_Attacker):
     """A test attacker that writes into the state it was given to read (``how``: through a row view,
     the whole table, or a moment), then uploads what an honest client would."""
 
     how: str
     name = "scribbler"
-    omniscient = False
-    rule_consistent = False
 
     def __call__(self, ctx):
-        from fedrec.attacks import upload_from_gradient
-
         if self.how == "row-view":
             ctx.prev(slice(0, 1))["theta"].fill_(float("nan"))
         elif self.how == "table":
             ctx.server.theta.mul_(-1.0)
         else:
             ctx.server.state["v"].neg_()
-        return upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+        return self.honest(ctx)
 
 
 def test_an_attack_that_rebinds_the_contexts_tables_leaves_the_run_alone():
     """Rebinding ``ctx.server.theta`` (no in-place write to count) changes the attack's own copy of the
     state object, never the run's."""
-    from fedrec.config import Config
 
     @dataclasses.dataclass(frozen=True)
-    class Rebinder:
+    class Rebinder(_Attacker):
         name = "rebinder"
-        omniscient = False
-        rule_consistent = False
 
         def __call__(self, ctx):
-            from fedrec.attacks import upload_from_gradient
-
-            up = upload_from_gradient(ctx, ctx.rows, ctx.ptr, ctx.g)
+            up = self.honest(ctx)
             ctx.server.theta = torch.full_like(ctx.server.theta, 3e8)
             ctx.server.state["v"] = torch.full_like(ctx.server.state["v"], -1.0)
             return up
 
-    cfg = Config()
-    cfg.model.dim = D
-    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 4, 4
-    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
-    split = split_per_user(synthetic(40, 30, seed=1), seed=0)
-    run = FederatedRun.create(cfg, split, torch.device("cpu"))
-    object.__setattr__(run, "attack", Rebinder())
+    run = _attacked_run(Rebinder(), rounds=4)
     run.run()
     assert run.server.theta.abs().max() < 1e3 and bool((run.server.state["v"] >= 0).all())
     assert run.rounds_frame().query("not byzantine").accepted.all()
@@ -298,13 +298,7 @@ def test_an_attack_that_rebinds_the_contexts_tables_leaves_the_run_alone():
 def test_an_attack_that_writes_into_the_global_state_is_stopped_by_name(how):
     """The context holds the server's own tensors (no copy a round); an in-place write is caught by
     torch's version counters and stops the round with the attack's name instead of going unseen."""
-    from fedrec.config import Config
 
-    cfg = Config()
-    cfg.model.dim = D
-    cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, 4, 4
-    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
-    run = FederatedRun.create(cfg, split_per_user(synthetic(40, 30, seed=1), seed=0), torch.device("cpu"))
-    object.__setattr__(run, "attack", Scribbler(how))
+    run = _attacked_run(Scribbler(how), rounds=4)
     with pytest.raises(RuntimeError, match="attack 'scribbler' wrote into the global state"):
         run.run()
