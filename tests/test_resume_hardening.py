@@ -288,6 +288,23 @@ def test_sigkill_anywhere_resumes_bit_identical(tmp_path):
     assert all(t.ok for t in trials), kc.table(trials)
 
 
+def test_a_checkpoint_with_an_evaluation_at_round_0_resumes():
+    """``evaluate()`` before the first round (a notebook's baseline) records metric rows at t = 0."""
+    from fedrec.config import Config
+    from fedrec.data import split_per_user, synthetic
+    from fedrec.federation.simulation import FederatedRun
+
+    cfg = Config()
+    cfg.model.dim, cfg.federated.fraction, cfg.federated.rounds = 4, 0.3, 2
+    split = split_per_user(synthetic(30, 20, seed=1), seed=0)
+    run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    run.evaluate()
+    run.step()
+    fresh = FederatedRun.create(cfg, split, torch.device("cpu"))
+    fresh.load_state_dict(run.state_dict())
+    assert fresh.server.t == 1 and fresh.metric_rows == run.metric_rows
+
+
 @pytest.mark.parametrize(
     ("craft", "needle"),
     [

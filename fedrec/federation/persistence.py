@@ -178,7 +178,7 @@ class RunCheckpointing:
         for row in sd["metric_rows"]:
             if not (
                 isinstance(row, dict) and set(row) == {"t", "metric", "k", "value"}
-                and type(row["t"]) is int and 1 <= row["t"] <= t and isinstance(row["metric"], str)
+                and type(row["t"]) is int and 0 <= row["t"] <= t and isinstance(row["metric"], str)
                 and type(row["k"]) is int and row["k"] >= 1 and type(row["value"]) in (int, float)
             ):  # fmt: skip
                 raise CheckpointError(f"checkpoint metric_rows: malformed row {row!r:.80}")
