@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import sys
@@ -43,6 +44,16 @@ def _clean_errors() -> Iterator[None]:
     except (DataError, ConfigError, ValueError, FileNotFoundError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
+    except OSError as e:  # a path the user gave that the system refuses (a 300-character name)
+        if e.errno not in _PATH_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename is not None else ""
+        err.print(f"[bold red]error:[/] {where}{e.strerror}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+# errors that say a given path is unusable (bad input), unlike e.g. a full disk
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES})
 
 
 def _notes(lines: list[str]) -> None:
@@ -348,6 +359,9 @@ def report(
                 continue
             except ValueError as e:  # json.JSONDecodeError: truncated or not JSON
                 skip(d / "summary.json", f"not valid JSON ({e})")
+                continue
+            except RecursionError:  # [[[...]]] nested past the parser
+                skip(d / "summary.json", "not valid JSON (nested too deep)")
                 continue
             except OSError as e:
                 skip(d / "summary.json", f"cannot be read ({e.strerror or e})")

@@ -139,3 +139,42 @@ def test_train_reports_what_the_attack_forged(tmp_path):
     a = summary["detection"]["all_rounds"]
     assert a["substantial_byzantine"] == a["byzantine"] > 0
     assert "share of the forged gradient" in res.stdout
+
+
+@pytest.mark.parametrize("where", ["--data-dir", "--dataset", "--out"])
+def test_an_overlong_path_name_was_a_traceback(where, tmp_path):
+    """A 300-character name: OSError [Errno 36] File name too long, with a traceback (only
+    FileNotFoundError was caught); now one line naming the path, exit 2."""
+    long = str(tmp_path / ("a" * 300))
+    given = {"--data-dir": long, "--dataset": "ml100k", "--out": str(tmp_path)}
+    if where == "--dataset":
+        given["--dataset"] = long + ".inter"
+    elif where == "--out":
+        given["--out"], given["--data-dir"] = long, None
+    args = [a for k, v in given.items() if v is not None for a in (k, v)]
+    res = invoke("train", *args, "--mode", "centralized", "--model", "pop")
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "File name too long" in lines[0] and "a" * 300 in lines[0], res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_a_threshold_that_leaves_no_interaction_made_a_run_folder_then_crashed(tmp_path):
+    """rating_threshold above every rating: a RuntimeError traceback in the recorder, after the run
+    folder was made; now one line from the loader and no run folder."""
+    out = tmp_path / "runs"
+    res = invoke("train", "--dataset", "ml100k", "--mode", "federated", "--rounds", "2",
+                 "--set", "data.rating_threshold=10", "--out", str(out))  # fmt: skip
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("INFO")]
+    assert len(lines) == 1 and "no interactions left after rating_threshold=10" in lines[0], res.stderr
+    assert not out.exists()
+
+
+def test_report_of_a_summary_nested_past_the_parser_was_a_traceback(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
+    res = invoke("report", str(run))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"skipped {run / 'summary.json'}: not valid JSON (nested too deep)" in res.stderr

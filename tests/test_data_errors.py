@@ -208,3 +208,25 @@ def test_integer_beyond_int64_crashed_or_turned_ids_to_float(
     with pytest.raises(DataError) as info:
         parser(path)
     _check(info.value, path, line, ["64-bit range"])
+
+
+@pytest.mark.parametrize("item", ["2000000000", "9223372036854775806"])
+def test_a_huge_citeulike_item_id_allocated_its_whole_catalog(tmp_path: Path, item: str) -> None:
+    """``1 2000000000`` made the catalog max id + 1 and the id map asked for 15 GiB (near int64 max:
+    a confused ValueError); now the id is refused at its line, before any catalog is built."""
+    path = tmp_path / "users.dat"
+    path.write_text(f"1 0\n1 {item}\n")
+    with pytest.raises(DataError) as info:
+        parse_citeulike(path)
+    _check(info.value, path, 2, [f"item id {item} too large", "10,000,000"])
+
+
+def test_a_file_over_the_size_cap_was_read_whole_first(tmp_path: Path) -> None:
+    """A 3 GB u.data was read into memory before any check (MemoryError); its size is checked first
+    (a sparse file: nothing is written or read)."""
+    path = tmp_path / "u.data"
+    with open(path, "wb") as fh:
+        fh.truncate(3 << 30)
+    with pytest.raises(DataError) as info:
+        parse_ml100k(path)
+    _check(info.value, path, None, ["3,221,225,472 bytes", "limit of 1,073,741,824"])

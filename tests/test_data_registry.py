@@ -175,3 +175,64 @@ def test_lastfm_titles_keep_quotes_and_null(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert item_titles("lastfm", tmp_path) == {100: '"Weird Al" Yankovic', 101: "NULL"}
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link", "fifo"])
+def test_a_broken_udata_fell_back_to_the_embedded_copy(
+    no_data: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A u.data that is a folder, a dangling link or a FIFO was skipped, and RecBole's ML-100K read in
+    its place without a word: now it is the error, naming the file."""
+    udata = no_data / "d" / "ml100k" / "u.data"
+    udata.parent.mkdir(parents=True)
+    if kind == "folder":
+        udata.mkdir()
+    elif kind == "dangling link":
+        udata.symlink_to(no_data / "nowhere")
+    else:
+        os.mkfifo(udata)
+    for data_dir in (no_data / "d", None):
+        if data_dir is None:
+            monkeypatch.setenv("FEDREC_DATA_DIR", str(no_data / "d"))
+        with pytest.raises(DataError, match="not a regular file") as info:
+            load_dataset("ml100k", data_dir)
+        assert info.value.path == str(udata)
+
+
+def test_an_explicit_data_dir_never_falls_back(no_data: Path) -> None:
+    """--data-dir naming a folder that is not there, or one without ML-100K, read RecBole's embedded
+    copy instead; with no data dir given the embedded copy is still the default."""
+    with pytest.raises(DataError, match="data folder not found") as info:
+        load_dataset("ml100k", no_data / "typo")
+    assert info.value.path == str(no_data / "typo")
+    (no_data / "empty").mkdir()
+    with pytest.raises(DataError, match="dataset 'ml100k' not found"):
+        load_dataset("ml100k", no_data / "empty")
+    assert load_dataset("ml100k").nnz == 100_000
+
+
+@pytest.mark.parametrize(
+    ("name", "files", "threshold", "needle"),
+    [
+        (
+            "ml100k",
+            {"u.data": "1\t1\t3\t5\n1\t2\t4\t5\n"},
+            10,
+            "no interactions left after rating_threshold=10",
+        ),
+        ("citeulike-a", {"users.dat": "0\n0\n"}, None, "no interactions left after reading the file"),
+    ],
+)
+def test_data_with_nothing_to_train_failed_deep_in_the_run(
+    no_data: Path, name: str, files: dict[str, str], threshold: int | None, needle: str
+) -> None:
+    """A threshold above every rating, a citeulike file whose users list no item, or users of one item
+    each: a traceback in the recorder / negative sampling, or an error after the run folder was made;
+    now one line from the loader, before any run folder."""
+    folder = no_data / "d" / name
+    folder.mkdir(parents=True)
+    for fname, text in files.items():
+        (folder / fname).write_text(text)
+    with pytest.raises(DataError, match=needle) as info:
+        load_dataset(name, no_data / "d", rating_threshold=threshold)
+    assert info.value.path == str(folder / next(iter(files)))

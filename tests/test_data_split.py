@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.data import Interactions, Split, split_per_user, synthetic
+from fedrec.data import DataError, Interactions, Split, split_per_user, synthetic
 
 
 def _pairs(inter: Interactions) -> set[tuple[int, int]]:
@@ -104,7 +104,19 @@ def interactions(draw: st.DrawFn) -> Interactions:
 @settings(max_examples=60, deadline=None)
 @given(inter=interactions(), fraction=st.floats(0.05, 0.95), seed=st.integers(0, 2**32 - 1))
 def test_split_property(inter: Interactions, fraction: float, seed: int) -> None:
+    if not (inter.counts() >= 2).any():  # nothing to hold out: refused (see the test below)
+        with pytest.raises(DataError):
+            split_per_user(inter, fraction, seed)
+        return
     split = split_per_user(inter, fraction, seed)
     _check_split(inter, split, fraction)
     again = split_per_user(inter, fraction, seed)
     np.testing.assert_array_equal(split.test.indices, again.test.indices)
+
+
+def test_users_of_one_item_each_failed_after_the_run_folder_was_made() -> None:
+    """With no user of 2 or more items nothing is held out: the run failed at its first evaluation
+    ("no users with test items"), its folder already made; now the split says so."""
+    inter = Interactions.from_pairs(np.arange(3), np.arange(3), name="one-each")
+    with pytest.raises(DataError, match="one-each: no user has 2 or more interactions"):
+        split_per_user(inter)

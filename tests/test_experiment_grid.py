@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -768,3 +769,106 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Pa
         with pytest.raises(OSError):
             _atomic(path, half, unique=unique)
         assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table.txt"]
+
+
+def test_one_tampered_cell_record_stopped_the_whole_grid(
+    uninterrupted: Path, grid_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A summary.json with a text metric, nesting past the parser, a FIFO or a link to /dev/zero, or a
+    cell.json with text where numbers go: the grid stopped (rc 2 or a traceback, the cells beside it
+    terminated; every rerun the same) or hung. Now each is one warning line naming the file, the cell
+    counts as not finished (its summary) or without a wall time (its cell.json), the rest runs, and
+    results.parquet is written."""
+    out = tmp_path / "tampered"
+    shutil.copytree(uninterrupted, out)
+    cells = sorted((out / "runs").iterdir())
+    summary = json.loads((cells[0] / "summary.json").read_text())
+    summary["metrics"]["precision"]["5"] = "abc"
+    (cells[0] / "summary.json").write_text(json.dumps(summary))
+    (cells[1] / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
+    (cells[2] / "cell.json").write_text('{"wall_s": "abc"}')
+    (cells[3] / "cell.json").write_text('{"attempts": "x", "status": "failed"}')
+    (cells[4] / "summary.json").unlink()
+    os.mkfifo(cells[4] / "summary.json")
+    (cells[5] / "summary.json").unlink()
+    (cells[5] / "summary.json").symlink_to("/dev/zero")
+    summary["metrics"]["precision"]["5"], summary["rounds"] = 0.5, "abc"
+    (cells[6] / "summary.json").write_text(json.dumps(summary))
+    res = _experiment(grid_file, "--out", out, "--dry-run")
+    assert res.exit_code == 0, res.output
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedrec.experiments.cell"):
+        res = _experiment(grid_file, "--out", out, "--jobs", 2)
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    for cell, name in [
+        (0, "summary"),
+        (1, "summary"),
+        (2, "cell"),
+        (3, "cell"),
+        (4, "summary"),
+        (5, "summary"),
+        (6, "summary"),
+    ]:
+        assert said.count(f"{cells[cell] / name}.json: ") == 1, said
+    assert "3 done, 5 to run" in res.stderr
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 8 and set(table["status"]) == {"done"}
+    assert np.isnan(table.set_index("cell").loc[cells[2].name, "wall_s"])  # its record was ignored
+
+
+def test_a_symlinked_cell_folder_was_written_through(
+    uninterrupted: Path, grid_file: Path, tmp_path: Path
+) -> None:
+    """runs/<cell> linked to a run elsewhere: the grid rewrote its config and deleted its checkpoint.
+    Now a linked cell folder, or one resolving outside OUT, is refused, one line, nothing written."""
+    from fedrec.experiments.cell import run_cell
+
+    out = tmp_path / "linked"
+    shutil.copytree(uninterrupted, out)
+    cell = sorted((out / "runs").iterdir())[0]
+    victim = tmp_path / "victim"
+    shutil.move(cell, victim)
+    (victim / "config.yaml").write_text((victim / "config.yaml").read_text() + "# another run\n")
+    (victim / "summary.json").unlink()
+    before = {p.name: p.read_bytes() for p in victim.iterdir()}
+    cell.symlink_to(victim)
+    res = _experiment(grid_file, "--out", out)
+    assert res.exit_code == 2 and f"{cell}: a symbolic link where a cell folder goes" in res.stderr
+    assert {p.name: p.read_bytes() for p in victim.iterdir()} == before
+    with pytest.raises(ValueError, match="a symbolic link"):
+        run_cell(cell)
+    assert {p.name: p.read_bytes() for p in victim.iterdir()} == before
+
+    cell.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(out / "runs", elsewhere)
+    (out / "runs").symlink_to(elsewhere)
+    res = _experiment(grid_file, "--out", out)
+    assert res.exit_code == 2 and f"outside {out}" in res.stderr.replace("\n", "")
+
+
+def test_another_grid_into_the_same_out_replaced_its_results(
+    uninterrupted: Path, grid_file: Path, tmp_path: Path
+) -> None:
+    """A different grid run into a finished grid's folder replaced its results.parquet, grid.yaml and
+    manifest.json without a word. Now it is refused (one line); the same grid file, edited so that no
+    finished cell leaves it, still runs on."""
+    out = tmp_path / "shared"
+    shutil.copytree(uninterrupted, out)
+    saved = {n: (out / n).read_bytes() for n in ("results.parquet", "grid.yaml", "manifest.json")}
+    doc = yaml.safe_load(grid_file.read_text())
+    doc["grid"]["attack.fraction"] = [0.3]
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = _experiment(other, "--out", out)
+    assert res.exit_code == 2 and f"{out} holds another grid" in res.stderr
+    assert {n: (out / n).read_bytes() for n in saved} == saved
+    assert len(list((out / "runs").iterdir())) == 8
+
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(grid_file.read_text() + "# a comment: the same cells\n")
+    res = _experiment(edited, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "8 done, 0 to run" in res.stderr

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from fedrec.cli import app
@@ -613,3 +615,80 @@ def test_grid_lines_ignore_columns_a_table_lacks_and_settings_that_change_no_res
     pd.concat([old.assign(**{"train.lr": np.nan}), new], ignore_index=True).to_parquet(paths[0])
     labels = [c.get_label() for c in plots.grid_figure(plots.load_results(paths[0]), 4).axes[3].containers]
     assert "A-RFRS (lr default)" in labels and "A-RFRS (lr 0.01)" in labels
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_flags_stored_as_text_read_as_true(runs, tmp_path) -> None:
+    """rounds.parquet with byzantine/accepted as 'True'/'False' text: astype(bool) made every 'False'
+    True, and the detection figure was drawn wrong without a word; text t/value in metrics.parquet
+    likewise. Now the column's kind is checked: one line naming the file."""
+    cases = {
+        ("rounds.parquet", "byzantine"): lambda c: c.map(lambda b: "True" if b else "False"),
+        ("rounds.parquet", "accepted"): lambda c: c.map(lambda b: "True" if b else "False"),
+        ("metrics.parquet", "t"): lambda c: c.astype(str),
+        ("metrics.parquet", "value"): lambda c: c.astype(str),
+    }
+    for i, ((table, column), change) in enumerate(cases.items()):
+        run = _copy_run(runs["camo"], tmp_path / f"run{i}")
+        df = pd.read_parquet(run / table)
+        df[column] = change(df[column])
+        df.to_parquet(run / table, index=False)
+        with pytest.raises(PlotInputError, match=r"(rounds|metrics)\.parquet") as info:
+            plots.load_run(run, rounds=True)
+        assert str(info.value).startswith(f"{run / table}: column {column} holds object")
+        assert_one_line_error(invoke("plot", "detection", run, "--out", tmp_path / "o"), str(run / table))
+
+
+def test_wrong_types_in_a_run_or_a_summary_crashed_the_loaders(runs, tmp_path) -> None:
+    """A config section that is not a mapping (AttributeError in RunData.get), a text attack.fraction
+    (TypeError), summary.json nested past the parser (RecursionError), a summary's attack / metrics /
+    detection of the wrong type (AttributeError in results_from_summaries): each is now one line
+    naming the file."""
+    bad_config = _copy_run(runs["clean"], tmp_path / "bad-config")
+    config = yaml.safe_load((bad_config / "config.yaml").read_text())
+    (bad_config / "config.yaml").write_text(yaml.safe_dump({**config, "attack": 5}))
+    with pytest.raises(PlotInputError, match=r"config\.yaml: section 'attack' is not a mapping"):
+        plots.load_run(bad_config)
+    (bad_config / "config.yaml").write_text(yaml.safe_dump({**config, "attack": {"fraction": "abc"}}))
+    with pytest.raises(PlotInputError, match=r"attack\.fraction='abc' is not a number"):
+        plots.load_run(bad_config)
+    deep = _copy_run(runs["clean"], tmp_path / "deep")
+    (deep / "summary.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PlotInputError, match=r"summary\.json: not valid JSON"):
+        plots.load_run(deep)
+
+    good = json.loads((runs["clean"] / "summary.json").read_text())
+    for i, change in enumerate(
+        [{"attack": "alie"}, {"metrics": {"precision": [0.1]}}, {"detection": "x"}, {"dataset": None}]
+    ):
+        folder = tmp_path / f"sums{i}"
+        folder.mkdir()
+        (folder / "s.json").write_text(json.dumps({**good, **change}))
+        expect = "" if change == {"dataset": None} else str(folder / "s.json")
+        if expect:
+            with pytest.raises(PlotInputError, match=re.escape(str(folder / "s.json"))):
+                plots.load_results(folder)
+            with pytest.raises(PlotInputError, match="run summary 1: "):
+                plots.results_from_summaries([{**good, **change}])
+        else:  # None where a name goes is a missing value, not a crash here
+            assert len(plots.load_results(folder)) == 1
+
+
+def test_a_fifo_or_dev_zero_summary_hung_plot_grid(runs, tmp_path) -> None:
+    """A summary.json that is a FIFO blocked `fedrec plot grid DIR` forever, a link to /dev/zero ate
+    memory: refused, one line naming the file."""
+    import os
+
+    for i, make in enumerate([os.mkfifo, lambda p: p.symlink_to("/dev/zero")]):
+        folder = tmp_path / f"grid{i}"
+        (folder / "run").mkdir(parents=True)
+        make(folder / "run" / "summary.json")
+        with pytest.raises(PlotInputError, match=r"run/summary\.json: not a regular file"):
+            plots.load_results(folder)

@@ -261,3 +261,23 @@ def test_no_valued_attacked_cell_prints_no_empty_per_setting_table():
     t.loc[t["attack.name"] != "none", "precision@5"] = float("nan")
     md = markdown(worst_case(t))
     assert "| defense |  |" not in md and "per dataset and attack fraction" not in md
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "needle"),
+    [
+        ("attack.fraction", float("nan"), "attack.fraction has nan"),  # was KeyError: 'worst'
+        ("data.dataset", None, "data.dataset has None"),  # was TypeError in a join
+    ],
+)
+def test_a_key_without_a_usable_value_crashed(column, value, needle):
+    table = _table()
+    table[column] = value
+    with pytest.raises(ValueError, match=needle):
+        worst_case(table)
+
+
+def test_a_list_valued_config_column_crashed():
+    """A list in a config column (TypeError: unhashable) is compared as its text."""
+    table = _table().assign(**{"train.lr": [[0.1]] * len(_table())})
+    assert worst_case(table).worst["defense"].tolist() == worst_case(_table()).worst["defense"].tolist()

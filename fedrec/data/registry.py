@@ -3,7 +3,8 @@
 Data directory resolution (first hit wins): the explicit ``data_dir``; else ``$FEDREC_DATA_DIR``
 then the download cache :func:`data_home`. Each dataset lives in a subfolder of that name
 (``lastfm/``, ``ml100k/``, ``citeulike-a/``, ``citeulike-t/``); a ``data_dir`` that directly holds
-the files works too. ML-100K falls back to the copy embedded in RecBole.
+the files works too. ML-100K falls back to the copy embedded in RecBole when no ``data_dir`` is
+given (an explicit folder must hold the data; one that does not exist is an error).
 """
 
 from __future__ import annotations
@@ -102,10 +103,17 @@ def _info(name: str) -> DatasetInfo:
 def dataset_dir(name: str, data_dir: str | Path | None = None) -> Path | None:
     """The folder holding ``name``'s interactions file, or None when no searched root has it."""
     info = _info(name)
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        # an explicit folder that is not there is a typo, never a reason to read other data
+        what = "not a folder" if Path(data_dir).expanduser().exists() else "data folder not found"
+        raise DataError(what, Path(data_dir).expanduser())
     for root in search_roots(data_dir):
         for folder in (root / name, root):
-            if (folder / info.interactions).is_file():
+            path = folder / info.interactions
+            if path.is_file():
                 return folder
+            if path.is_symlink() or path.exists():  # a folder, FIFO or dangling link: never skip past it
+                raise DataError("not a regular file", path)
     return None
 
 
@@ -118,7 +126,8 @@ def dataset_source(name: str | Path, data_dir: str | Path | None = None) -> tupl
     if folder is not None:
         side = [folder / f for f in info.side_files if (folder / f).is_file()]
         return (folder / info.interactions, *side)
-    if info.name == "ml100k" and (embedded := recbole_ml100k(".inter")) is not None:
+    # the embedded copy stands in only when no folder was given: an explicit one must hold the data
+    if info.name == "ml100k" and data_dir is None and (embedded := recbole_ml100k(".inter")) is not None:
         return (embedded,)
     wanted = search_roots(data_dir)[0] / info.name / info.interactions
     looked = ", ".join(str(r) for r in search_roots(data_dir))
@@ -139,7 +148,9 @@ def load_dataset(
     """
     if is_inter_path(name):
         path = Path(name)
-        return dataclasses.replace(parse_inter(path, rating_threshold=rating_threshold), name=path.stem)
+        inter = parse_inter(path, rating_threshold=rating_threshold)
+        _require_interactions(inter, path, rating_threshold)
+        return dataclasses.replace(inter, name=path.stem)
     info = _info(str(name))
     if rating_threshold is not None and not info.has_ratings:
         raise DataError(f"dataset {info.name!r} has no ratings, so rating_threshold cannot be used")
@@ -147,4 +158,13 @@ def load_dataset(
     if source[0].suffix == ".inter":
         log.info("ml100k: no u.data found, reading RecBole's embedded copy %s", source[0])
     inter = info.parser(source[0], rating_threshold=rating_threshold)
+    _require_interactions(inter, source[0], rating_threshold)
     return dataclasses.replace(inter, name=info.name)
+
+
+def _require_interactions(inter: Interactions, path: Path, rating_threshold: float | None) -> None:
+    """A run needs interactions to split and train on; say so here, before any run folder is made
+    (an empty matrix otherwise fails deep in negative sampling or the recorder)."""
+    if inter.nnz == 0:
+        why = f"rating_threshold={rating_threshold}" if rating_threshold is not None else "reading the file"
+        raise DataError(f"no interactions left after {why}", path)

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from fedrec.data.errors import DataError
 from fedrec.data.interactions import Interactions, Split
 
 
@@ -26,11 +27,16 @@ def split_per_user(inter: Interactions, test_fraction: float = 0.2, seed: int = 
     Python loop over users and the same result on every machine. ``n_test`` is given by
     :func:`n_test_items`: ``round(test_fraction * n)``, at least 1 and at most ``n - 1`` for users with
     ``n >= 2`` items (so every evaluated user keeps a training item). Users with fewer than 2 items
-    keep everything in train and have no test items; they are not evaluated. Both halves keep the
-    input's ``n_users``, ``n_items``, id maps and name.
+    keep everything in train and have no test items; they are not evaluated (a :class:`DataError` when
+    no user has 2 items: nothing could be evaluated). Both halves keep the input's ``n_users``,
+    ``n_items``, id maps and name.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not (inter.counts() >= 2).any():  # said here, before a run folder; else evaluation fails at its end
+        raise DataError(
+            f"{inter.name or 'the data'}: no user has 2 or more interactions, so none can be held out for testing"
+        )
     rng = np.random.Generator(np.random.PCG64(seed))
     keys = rng.random(inter.nnz)
     users = inter.user_of_entry()

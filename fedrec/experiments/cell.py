@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -38,13 +39,102 @@ PRELOAD = ["fedrec.experiments.cell", "fedrec.federation.runner", "fedrec.config
 log = logging.getLogger("fedrec.experiments.cell")
 
 
-def finished_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's summary when it finished (summary.json is written last, atomically), else None."""
+# a real summary.json is a few KB and cell.json ~150 bytes: a record past this is not one of ours
+MAX_RECORD_BYTES = 16 << 20
+_warned: set[str] = set()
+
+
+class RecordError(ValueError):
+    """A grid record (summary.json, cell.json) that cannot be used; ``str`` is one line naming it."""
+
+
+def read_small(path: Path) -> bytes:
+    """The bytes of ``path``. FileNotFoundError when it is absent; :class:`RecordError` when it is not a
+    regular file (a FIFO would block, /dev/zero never ends) or is over ``MAX_RECORD_BYTES``."""
     try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not block
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise RecordError(f"{path}: unreadable ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise RecordError(f"{path}: not a regular file")
+        data = fh.read(MAX_RECORD_BYTES + 1)
+    if len(data) > MAX_RECORD_BYTES:
+        raise RecordError(f"{path}: larger than {MAX_RECORD_BYTES:,} bytes")
+    return data
+
+
+def read_record(path: Path) -> Any:
+    """The JSON value of ``path`` (:func:`read_small`); :class:`RecordError` also when it is not JSON
+    (nesting too deep for the parser included)."""
+    data = read_small(path)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as err:
+        raise RecordError(f"{path}: not valid JSON ({type(err).__name__})") from None
+
+
+def warn_once(message: str | None = None) -> None:
+    """One warning line per bad record (the grid reads a record many times); ``None`` forgets the
+    lines said (a new grid run says them again)."""
+    if message is None:
+        _warned.clear()
+    elif message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63)
+
+
+def summary_problem(summary: Any) -> str | None:
+    """What keeps a parsed summary.json from being a finished run's, as the grid reads it (metrics
+    name -> K -> number, an integer ``rounds``, a mapping ``detection``), or None when it is one."""
+    if not isinstance(summary, dict):
+        return "not a JSON object"
+    metrics = summary.get("metrics")
+    if not isinstance(metrics, dict):
+        return "metrics is not a mapping"
+    for name, by_k in metrics.items():
+        if not isinstance(by_k, dict):
+            return f"metrics.{name} is not a mapping"
+        for k, v in by_k.items():
+            if not (k.isascii() and k.isdigit()):
+                return f"metrics.{name}: K {k!r} is not a number"
+            if v is not None and not _is_number(v):
+                return f"metrics.{name}.{k} is not a number"
+    rounds = summary.get("rounds")
+    if rounds is not None and not (
+        isinstance(rounds, int) and not isinstance(rounds, bool) and 0 <= rounds < 2**63
+    ):
+        return "rounds is not a count"
+    detection = summary.get("detection")
+    if detection is not None and not (
+        isinstance(detection, dict) and isinstance(detection.get("all_rounds", {}), dict | None)
+    ):
+        return "detection is not a mapping"
+    return None
+
+
+def finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary when it finished (summary.json is written last, atomically), else None. A
+    summary.json that is there but unusable (tampered, a FIFO, a link to /dev/zero) gets one warning
+    line and counts as not finished, so the cell runs again instead of stopping the grid."""
+    path = run_dir / SUMMARY
+    try:
+        summary = read_record(path)
+    except FileNotFoundError:
         return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("metrics"), dict) else None
+    except RecordError as err:
+        warn_once(f"{err}; the cell counts as not finished")
+        return None
+    if (problem := summary_problem(summary)) is not None:
+        warn_once(f"{path}: {problem}; the cell counts as not finished")
+        return None
+    return summary
 
 
 def _alive(pid: int) -> bool:
@@ -100,6 +190,10 @@ def run_cell(run_dir: Path) -> dict[str, Any]:
     """Train the cell in ``run_dir`` to its end (resuming a federated one); returns its summary."""
     from fedrec.config import load_config
 
+    if run_dir.is_symlink():  # training would rewrite and delete files of whatever run it points at
+        raise ValueError(
+            f"{run_dir}: a symbolic link, not a cell folder of the grid; refusing to write through it"
+        )
     cfg = load_config(run_dir / "config.yaml")
     if cfg.train.mode == "centralized":
         from fedrec.baselines.runner import run_centralized

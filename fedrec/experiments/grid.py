@@ -86,7 +86,17 @@ from fedrec.config import (
     shown,
     unread_key,
 )
-from fedrec.experiments.cell import LOG, PRELOAD, cell_process, finished_summary
+from fedrec.experiments.cell import (
+    LOG,
+    PRELOAD,
+    SUMMARY,
+    RecordError,
+    cell_process,
+    finished_summary,
+    read_record,
+    read_small,
+    warn_once,
+)
 from fedrec.federation.checkpoint import resolved_config
 from fedrec.federation.simulation import compiles
 from fedrec.runs import _atomic, dumps
@@ -397,7 +407,7 @@ def earlier_dirs(grid: Grid) -> dict[str, Path]:
     by_hash: dict[str, list[Path]] = {}
     runs = grid.out / "runs"
     for d in runs.iterdir() if runs.is_dir() else ():
-        if d.name not in names and (d / "config.yaml").is_file():
+        if d.name not in names and not d.is_symlink() and (d / "config.yaml").is_file():
             by_hash.setdefault(d.name[-8:], []).append(d)
     found = {}
     for cell in grid.whole:
@@ -441,6 +451,7 @@ def plan(grid: Grid) -> list[dict[str, Any]]:
     """What ``run_grid`` would do, cell by cell; reads the run directories and writes nothing (a run
     found under an earlier name, ``earlier_dirs``, counts with its status; ``run_grid`` renames it)."""
 
+    warn_once()  # this listing says every unusable record once
     earlier = earlier_dirs(grid)
 
     def where(c: Cell) -> Path:
@@ -536,8 +547,44 @@ def check_inputs(grid: Grid) -> None:
         if (grid.out / name).is_dir():
             raise GridError(f"{grid.out / name}: a folder where the grid writes a file; move it away")
     for c in grid.cells:
-        if (d := grid.run_dir(c)).exists() and not d.is_dir():
+        if (problem := _foreign_dir(grid, d := grid.run_dir(c))) is not None:
+            raise GridError(problem)
+        if d.exists() and not d.is_dir():
             raise GridError(f"{d}: a file where cell {c.name}'s run directory goes; move it away")
+        for name in (SUMMARY, CELL_INFO):  # replaced when unusable, but a folder cannot be
+            if (d / name).is_dir():
+                raise GridError(f"{d / name}: a folder where the grid writes a file; move it away")
+        for name in ("config.yaml", LOG):  # read or appended to in place: a FIFO would block
+            if (d / name).exists() and not (d / name).is_file():
+                raise GridError(f"{d / name}: not a regular file; move it away")
+
+
+def check_same_grid(grid: Grid) -> None:
+    """Refuse an OUT that holds another grid's results (raises :class:`GridError`): its grid.yaml
+    differs from this grid file and some of its finished cells are not cells of this grid (nor runs
+    this grid adopts under a new name), so writing would drop their rows from results.parquet and
+    replace its grid.yaml and manifest.json. The same grid file (parts run with --set too) and a grid
+    file that only gained values or keys run on as before."""
+    try:
+        old = read_small(grid.out / "grid.yaml")
+    except FileNotFoundError:
+        return
+    except (RecordError, OSError) as err:
+        raise GridError(f"{err}; not this grid's copy: use another --out") from None
+    if old == grid.text.encode():
+        return
+    ours = {c.name for c in grid.whole} | {d.name for d in earlier_dirs(grid).values()}
+    runs = grid.out / "runs"
+    theirs = sorted(
+        d.name
+        for d in (runs.iterdir() if runs.is_dir() and not runs.is_symlink() else ())
+        if d.name not in ours and d.is_dir() and not d.is_symlink() and finished_summary(d) is not None
+    )
+    if theirs:
+        raise GridError(
+            f"{grid.out} holds another grid: its grid.yaml differs from {grid.path} and {len(theirs)} of its "
+            f"finished cells (e.g. {theirs[0]}) are not cells of this one; use another --out"
+        )
 
 
 def threads_per_job(jobs: int) -> int:
@@ -569,8 +616,10 @@ def _prepare_dir(grid: Grid, cell: Cell) -> Path:
     """The cell's directory with its config.yaml (rewritten only when it differs: a finished or
     resumable cell keeps its own); a corrupt summary.json is dropped so the cell runs again."""
     run_dir = grid.run_dir(cell)
+    if (problem := _foreign_dir(grid, run_dir)) is not None:
+        raise GridError(problem)
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary = run_dir / "summary.json"
+    summary = run_dir / SUMMARY
     if summary.exists() and finished_summary(run_dir) is None:
         summary.unlink()
     config = run_dir / "config.yaml"
@@ -580,12 +629,45 @@ def _prepare_dir(grid: Grid, cell: Cell) -> Path:
     return run_dir
 
 
+def _foreign_dir(grid: Grid, run_dir: Path) -> str | None:
+    """Why ``run_dir`` is not a folder the grid may write in: a symbolic link, or one that resolves
+    outside OUT (the cell would rewrite the config of, and drop the checkpoint of, a run elsewhere)."""
+    if run_dir.is_symlink():
+        return f"{run_dir}: a symbolic link where a cell folder goes; the grid writes only in its own folders"
+    if run_dir.exists() and not run_dir.resolve().is_relative_to(grid.out.resolve()):
+        return f"{run_dir}: resolves to {run_dir.resolve()}, outside {grid.out}; the grid writes only in its own folders"
+    return None
+
+
 def _cell_info(run_dir: Path) -> dict[str, Any]:
+    """The cell's cell.json; {} (with one warning line) when it is unusable: a record the grid cannot
+    read must not stop the grid, and the next attempt rewrites it."""
+    path = run_dir / CELL_INFO
     try:
-        info = json.loads((run_dir / CELL_INFO).read_text())
-    except (OSError, ValueError):
+        info = read_record(path)
+    except FileNotFoundError:
         return {}
-    return info if isinstance(info, dict) else {}
+    except (RecordError, OSError) as err:
+        warn_once(f"{err}; its wall time and status are ignored")
+        return {}
+    if (problem := _cell_info_problem(info)) is not None:
+        warn_once(f"{path}: {problem}; its wall time and status are ignored")
+        return {}
+    return info
+
+
+def _cell_info_problem(info: Any) -> str | None:
+    if not isinstance(info, dict):
+        return "not a JSON object"
+    wall = info.get("wall_s", 0.0)
+    if isinstance(wall, bool) or not isinstance(wall, int | float) or not 0 <= wall < math.inf:
+        return "wall_s is not a number of seconds"
+    attempts = info.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        return "attempts is not a count"
+    if not isinstance(info.get("status", ""), str) or not isinstance(info.get("error", ""), str | None):
+        return "status or error is not text"
+    return None
 
 
 def _last_error(log: Path, since: int) -> str | None:
@@ -701,6 +783,8 @@ def run_grid(
     if jobs < 1:
         raise GridError(f"--jobs {jobs}: must be at least 1")
     check_inputs(grid)  # before anything is written (a dry run, plan(), lists a grid without its data)
+    warn_once()  # this run says every unusable record once
+    check_same_grid(grid)
     out = grid.out
     out.mkdir(parents=True, exist_ok=True)
     _atomic(out / "grid.yaml", lambda p: p.write_text(grid.text), unique=True)

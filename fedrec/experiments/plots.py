@@ -10,7 +10,6 @@ figure is registered in pyplot's global state (nothing leaks between calls, no G
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import textwrap
 import warnings
@@ -26,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fedrec.config import load_yaml
+from fedrec.experiments.cell import RecordError, read_record, read_small, summary_problem
 from fedrec.experiments.grid import STANDARD_KEYS
 from fedrec.federation.checkpoint import NOT_IDENTITY
 
@@ -114,13 +114,20 @@ def load_run(path: str | Path, *, rounds: bool = False, losses: bool = False) ->
         raise PlotInputError(f"{p}: not a run directory (no config.yaml)")
     if not (p / "summary.json").is_file():
         raise PlotInputError(f"{p}: unfinished run (no summary.json yet); resume it or wait for it to end")
-    try:
-        config = load_yaml((p / "config.yaml").read_text()) or {}
-        summary = json.loads((p / "summary.json").read_text())
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
+    try:  # read_small: a FIFO or a link to /dev/zero is refused, not read forever
+        config = load_yaml(read_small(p / "config.yaml").decode()) or {}
+        summary = read_record(p / "summary.json")
+    except RecordError as e:
+        raise PlotInputError(str(e)) from None
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise PlotInputError(f"{p}: unreadable config.yaml or summary.json ({type(e).__name__})") from None
     if not isinstance(config, dict) or not isinstance(summary, dict):
         raise PlotInputError(f"{p}: config.yaml or summary.json is not a mapping")
+    if bad := next((k for k, v in config.items() if not isinstance(v, dict | None)), None):
+        raise PlotInputError(f"{p / 'config.yaml'}: section {bad!r} is not a mapping")
+    fraction = (config.get("attack") or {}).get("fraction", 0.0)
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, int | float)):
+        raise PlotInputError(f"{p / 'config.yaml'}: attack.fraction={fraction!r} is not a number")
     if summary.get("mode") != "federated":
         raise PlotInputError(
             f"{p}: a {summary.get('mode', 'non-federated')} run; these figures need federated runs"
@@ -130,6 +137,7 @@ def load_run(path: str | Path, *, rounds: bool = False, losses: bool = False) ->
     metrics = _read_parquet(p / "metrics.parquet")
     if missing := {"t", "metric", "k", "value"} - set(metrics.columns):
         raise PlotInputError(f"{p / 'metrics.parquet'}: missing column(s) {', '.join(sorted(missing))}")
+    _check_dtypes(p / "metrics.parquet", metrics, {"t": "integer", "k": "integer", "value": "number"})
     run = RunData(path=p, config=config, summary=summary, metrics=metrics)
     if rounds or losses:
         if not (p / "rounds.parquet").is_file():
@@ -137,9 +145,27 @@ def load_run(path: str | Path, *, rounds: bool = False, losses: bool = False) ->
         run.rounds = _read_parquet(p / "rounds.parquet")
         if missing := {"t", "byzantine", "accepted"} - set(run.rounds.columns):
             raise PlotInputError(f"{p / 'rounds.parquet'}: missing column(s) {', '.join(sorted(missing))}")
+        # 'False' as text is True to astype(bool): a flag column must be stored as booleans
+        _check_dtypes(
+            p / "rounds.parquet", run.rounds, {"t": "integer", "byzantine": "bool", "accepted": "bool"}
+        )
     if losses:
         run.losses = _checkpoint_losses(p / "checkpoint.pt")
     return run
+
+
+_DTYPES: dict[str, Callable[[Any], bool]] = {
+    "integer": lambda c: pd.api.types.is_integer_dtype(c) and not pd.api.types.is_bool_dtype(c),
+    "number": lambda c: pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c),
+    "bool": pd.api.types.is_bool_dtype,
+}
+
+
+def _check_dtypes(path: Path, table: pd.DataFrame, kinds: dict[str, str]) -> None:
+    """Each column of ``kinds`` stored as that kind (a table fedrec writes always is)."""
+    for column, kind in kinds.items():
+        if not _DTYPES[kind](table[column]):
+            raise PlotInputError(f"{path}: column {column} holds {table[column].dtype}, not {kind} values")
 
 
 def _checkpoint_losses(path: Path) -> np.ndarray | None:
@@ -372,7 +398,9 @@ def results_from_summaries(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """A results table (the schema of ``fedrec experiment``'s results.parquet) from run summaries
     (summary.json contents, e.g. experiments/results/papers_recsys/DATASET/*.json): one row per run."""
     rows = []
-    for s in summaries:
+    for i, s in enumerate(summaries):
+        if (problem := _run_summary_problem(s)) is not None:
+            raise PlotInputError(f"run summary {i + 1}: {problem}")
         attack = s.get("attack") or {}
         det = ((s.get("detection") or {}).get("all_rounds")) or {}
         row = {
@@ -391,6 +419,28 @@ def results_from_summaries(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 row[f"{metric}@{k}"] = v
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _run_summary_problem(s: Any) -> str | None:
+    """Why a parsed summary cannot be a results row (None when it can): the fields
+    ``results_from_summaries`` reads, of the types a run writes."""
+    if (problem := summary_problem(s)) is not None:
+        return problem
+    attack = s.get("attack")
+    if not isinstance(attack, dict | None):
+        return "attack is not a mapping"
+    fraction = (attack or {}).get("fraction")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, int | float)):
+        return "attack.fraction is not a number"
+    for key in ("dataset", "model", "optimizer", "defense"):
+        if not isinstance(s.get(key), str | None):
+            return f"{key} is not text"
+    if not isinstance((attack or {}).get("name"), str | None):
+        return "attack.name is not text"
+    seed = s.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return "seed is not an integer"
+    return None
 
 
 def load_results(
@@ -441,10 +491,10 @@ def _load_table(p: Path, say: Callable[[str], None] | None = None) -> pd.DataFra
     files = sorted(p.glob("*.json")) + sorted(p.glob("*/summary.json"))
     summaries, skipped = [], []
     for f in files:
-        try:
-            s = json.loads(f.read_text())
-        except (ValueError, UnicodeDecodeError):
-            raise PlotInputError(f"{f}: not a JSON run summary") from None
+        try:  # read_record: no FIFO, no /dev/zero, no nesting past the parser
+            s = read_record(f)
+        except RecordError as e:  # names the file: not JSON, not a regular file, too large
+            raise PlotInputError(f"{e} (expected a JSON run summary)") from None
         except OSError as e:  # e.g. a folder named summary.json
             raise PlotInputError(f"{f}: cannot be read ({e.strerror or type(e).__name__})") from None
         if not isinstance(s, dict):
@@ -452,6 +502,8 @@ def _load_table(p: Path, say: Callable[[str], None] | None = None) -> pd.DataFra
         if not isinstance(s.get("metrics"), dict):  # a testbed run: accuracy, not P@K
             skipped.append(f"skipped {f}: no P@K / R@K in it (a testbed run?)")
         elif s.get("mode", "federated") == "federated":
+            if (problem := _run_summary_problem(s)) is not None:
+                raise PlotInputError(f"{f}: {problem}")
             summaries.append(s)
     if not summaries:
         none = f"; {len(skipped)} without P@K (testbed runs?)" if skipped else ""

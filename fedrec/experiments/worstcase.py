@@ -64,6 +64,7 @@ def worst_case(
             f"--metric {metric}: not a numeric metric column (the table has {', '.join(numeric) or 'none'})"
         )
     done = results if "status" not in results.columns else results[results["status"] == "done"]
+    done = _checked_keys(done)
     done = done.assign(**{"attack.name": _labels(done, "attack."), "defense.name": _labels(done, "defense.")})
     for col in _config_columns(done):
         if not col.startswith(NAMED) and done[col].nunique() > 1:
@@ -118,6 +119,30 @@ def worst_case(
     return WorstCase(
         relative, worst, by_setting, by_attack, baselines, metric, int(cells["count"].max()), tuple(without)
     )
+
+
+def _checked_keys(done: pd.DataFrame) -> pd.DataFrame:
+    """The table's keys as grouping needs them (ValueError, one line, otherwise): names are text,
+    fractions finite numbers (a NaN key drops out of every group, a None name broke the labels); a
+    list or mapping in another config column (a table written by hand) is compared as its text."""
+    for col in ("data.dataset", "attack.name", "defense.name"):
+        bad = done[col].map(lambda v: not isinstance(v, str) or not v)
+        if bad.any():
+            raise ValueError(f"the results table's {col} has {done[col][bad].iloc[0]!r}: expected a name")
+    fraction = pd.to_numeric(done["attack.fraction"], errors="coerce")
+    bad = ~np.isfinite(fraction.to_numpy(dtype=float)) | done["attack.fraction"].map(
+        lambda v: isinstance(v, bool)
+    )
+    if bad.any():
+        raise ValueError(
+            f"the results table's attack.fraction has {done['attack.fraction'][bad].iloc[0]!r}: expected a number"
+        )
+    done = done.assign(**{"attack.fraction": fraction})
+    unhashable = (list, dict, np.ndarray)
+    for col in _config_columns(done):
+        if done[col].map(lambda v: isinstance(v, unhashable)).any():
+            done = done.assign(**{col: done[col].map(lambda v: str(v) if isinstance(v, unhashable) else v)})
+    return done
 
 
 def _percent(fraction: float) -> str:
