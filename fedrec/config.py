@@ -220,6 +220,9 @@ class RunConfig:
     # the server's rule check (and Adam's default pass) compiled (fedrec/optim/fused.py): unset -> for runs of
     # at least COMPILE_ROUNDS rounds where a C++ compiler is found; true / false force it
     compile: bool | None = None
+    # the server's default pass deferred (fedrec/federation/deferred.py): a round costs the rows it
+    # touches, not the catalog; rows are caught up when read (every row before an evaluation)
+    deferred: bool = False
 
 
 @dataclass

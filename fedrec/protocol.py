@@ -18,12 +18,40 @@ class ServerState:
     state: dict[str, torch.Tensor]
     t: int = 0
 
+    # the store of a state whose default pass is deferred (fedrec.federation.deferred); None here
+    deferred = None
+
     def clone(self) -> ServerState:
         return ServerState(self.theta.clone(), {k: v.clone() for k, v in self.state.items()}, self.t)
 
     @property
     def device(self) -> torch.device:
         return self.theta.device
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.theta.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta.dtype
+
+    def rows_at(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``theta`` and every state tensor at ``rows`` (copies): the ``prev`` of the optimizer rule.
+        What the round's stages read instead of the whole tables, so that a deferred state need only
+        catch those rows up."""
+        return {
+            "theta": self.theta.index_select(0, rows),
+            **{k: v.index_select(0, rows) for k, v in self.state.items()},
+        }
+
+    def current_tables(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The whole tables, of which the caller reads ``rows`` only (a gather of its own)."""
+        return {"theta": self.theta, **self.state}
+
+    def advanced(self, t: int) -> ServerState:
+        """The same tables at round ``t`` (a round that changed nothing)."""
+        return ServerState(theta=self.theta, state=self.state, t=t)
 
 
 @dataclass

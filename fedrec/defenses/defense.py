@@ -170,7 +170,7 @@ class Defense:
             v = (
                 space_vectors(self.space, server, sub, opt_rule, t, grads)
                 if spec.reads_values
-                else listed_only(sub, server.theta.shape[0])
+                else listed_only(sub, server.n_rows)
             )
             return self._call(spec, v, f, weights, rng), None
         first: list[RuleResult] = []

@@ -25,10 +25,7 @@ SPACES = ("gradient", "theta", "momentum", "upload")
 
 def rows_of(server: ServerState, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """The global values at ``rows`` (the ``prev`` of the optimizer rule)."""
-    return {
-        "theta": server.theta.index_select(0, rows),
-        **{k: v.index_select(0, rows) for k, v in server.state.items()},
-    }
+    return server.rows_at(rows)
 
 
 def uploaded(uploads: UploadBatch) -> dict[str, torch.Tensor]:
@@ -40,7 +37,7 @@ def space_vectors(
 ) -> ClientVectors:
     """The uploads seen in ``space``, one sparse vector per upload (same order). ``grads``: the
     gradients already reconstructed at ``uploads.rows`` (the server's rule check), else computed."""
-    n_rows = server.theta.shape[0]
+    n_rows = server.n_rows
     if space == "gradient" and grads is not None:
         return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=grads, n_rows=n_rows)
     prev = rows_of(server, uploads.rows)
@@ -71,4 +68,4 @@ def delta_vectors(key: str, server: ServerState, uploads: UploadBatch, rule, t: 
     prev = rows_of(server, uploads.rows)
     default = rule.default_rows(prev, t)[key]
     values = uploaded(uploads)[key].to(default.dtype) - default
-    return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=values, n_rows=server.theta.shape[0])
+    return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=values, n_rows=server.n_rows)

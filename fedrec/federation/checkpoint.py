@@ -29,9 +29,11 @@ from fedrec.runs import _atomic
 
 MAGIC = b"fedrec-checkpoint 1\n"
 CHECKPOINT = "checkpoint.pt"
-# keys that say where a run lives or runs, not what it computes (run.device, run.threads and run.compile
-# change float rounding, not the algorithm): editing them must not block a resume
-NOT_IDENTITY = ("run.out_dir", "run.name", "run.device", "run.threads", "run.compile", "data.data_dir")
+# keys that say where a run lives or runs, not what it computes (run.device, run.threads, run.compile and
+# run.deferred change float rounding, not the algorithm): editing them must not block a resume
+NOT_IDENTITY = (
+    "run.out_dir", "run.name", "run.device", "run.threads", "run.compile", "run.deferred", "data.data_dir",
+)  # fmt: skip
 # keys added after checkpoint format 1, with the value every earlier run had: they join the identity
 # only when set to something else, so a checkpoint written before they existed still resumes
 LATER_KEYS: dict[str, Any] = {

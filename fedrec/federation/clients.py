@@ -116,16 +116,20 @@ def client_gradients(
     )
 
 
+def read_rows(batch: UserBatch, neg: torch.Tensor, layout: TableLayout) -> torch.Tensor:
+    """Every row the batch's losses read (``touched_rows``' rows, with repeats, without owners)."""
+    rows = [layout.row("P", batch.items), layout.row("P", neg.reshape(-1))]
+    if "Q" in layout.ranges:
+        rows.append(layout.row("Q", batch.items))
+    return torch.cat(rows)
+
+
 def honest_uploads(
     server: ServerState, rule, grads: ClientGradients, batch: UserBatch, t: int
 ) -> UploadBatch:
     """One optimizer step per client from the global state at its rows (Eq. 2-6 for Adam)."""
     rows = grads.rows
-    prev = {
-        "theta": server.theta.index_select(0, rows),
-        **{k: s.index_select(0, rows) for k, s in server.state.items()},
-    }
-    new = rule.client_step(prev, grads.g, t)
+    new = rule.client_step(server.rows_at(rows), grads.g, t)
     return UploadBatch(
         client_ids=batch.users,
         ptr=grads.ptr,
@@ -215,8 +219,9 @@ def client_round(
     local = None
     if local_batch is not None or saga is not None:
         local = local_samples(train, batch, local_batch, batch_key)
+    # a deferred state catches up the rows the clients read (touched_rows') and no others
+    theta = server.current_tables(read_rows(batch, neg, layout) if server.deferred else None)["theta"]
     grads = client_gradients(
-        server.theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors, local=local,
-        saga=saga,
+        theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors, local=local, saga=saga,
     )  # fmt: skip
     return ClientRound(clients, batch, neg, grads, honest_uploads(server, rule, grads, batch, t), local)

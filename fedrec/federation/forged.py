@@ -33,7 +33,7 @@ def forged_distance(
 
     Summed without cancellation: ``|g~|^2`` off the client's own rows plus ``|g~ - g|^2`` on them.
     ``rec``: ``g~`` at ``uploads.rows`` when the server already reconstructed it (its rule check)."""
-    b, n_rows = uploads.n, server.theta.shape[0]
+    b, n_rows = uploads.n, server.n_rows
     if rec is None:
         rec = rule.reconstruct(rows_of(server, uploads.rows), uploaded(uploads), t)
     rec = rec.to(torch.float64)

@@ -22,8 +22,9 @@ from fedrec.federation.checkpoint import (
     save_checkpoint,
 )
 from fedrec.federation.clients import PrivateState
+from fedrec.federation.deferred import server_state
 from fedrec.federation.recorder import RoundRecorder
-from fedrec.protocol import REASONS, ServerState
+from fedrec.protocol import REASONS
 from fedrec.runs import _atomic
 
 
@@ -81,7 +82,9 @@ class RunCheckpointing:
             sd = {**sd, "saga": None}
         self._check_state_dict(sd)
         state = {k: v.to(self.device) for k, v in sd["state"].items()}
-        self.server = ServerState(theta=sd["theta"].to(self.device), state=state, t=sd["t"])
+        self.server = server_state(
+            sd["theta"].to(self.device), state, sd["t"], self.rule, self.cfg.run.deferred
+        )
         if sd["private"] is not None:
             p = sd["private"]
             self.private = PrivateState(

@@ -134,7 +134,7 @@ def admitted_uploads(
 ) -> tuple[UploadBatch, torch.Tensor, torch.Tensor]:
     """The first stages of a round (receive, admit, validate): one upload per sampled slot, its reason
     code so far, and the count of refused uploads by reason."""
-    device, dtype = server.theta.device, server.theta.dtype
+    device, dtype = server.device, server.dtype
     batch, codes = receive(messages, limits.d, rule.state_names, device, dtype)
     admitted, codes, refused = admit(batch, codes, sampled)
     if absent is not None:
@@ -156,5 +156,5 @@ def decide(
         admitted, n_examples=effective_examples(claimed, codes == 0, limits.weighting, limits.weight_clip)
     )
     codes = weight_share(codes, admitted.n_examples, limits.max_weight_share)
-    rng = rule_generator(seed, t, server.theta.device) if defense.spec.needs_rng else None
+    rng = rule_generator(seed, t, server.device) if defense.spec.needs_rng else None
     return admitted, claimed, defense.decide(server, admitted, rule, t, codes, f, rng, grads=grads)

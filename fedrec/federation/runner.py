@@ -140,7 +140,11 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "device": str(run.device),
         "threads": run.threads.summary() if getattr(run, "threads", None) else None,
         "rule_check": rule_check(run.rule, run.limits.fused).mode,  # compiled | eager (fedrec.optim.fused)
-        "default_pass": default_pass(run.rule, run.limits.fused).mode,
+        "default_pass": (
+            "deferred"  # fedrec.federation.deferred: rows caught up when read
+            if run.server.deferred is not None
+            else default_pass(run.rule, run.limits.fused).mode
+        ),
         "torch": torch.__version__,
         "host": platform.node(),
         "run_dir": str(run_dir),

@@ -41,8 +41,8 @@ def apply_decision(
     (only the round counter moves), so rejected uploads can never touch it. ``fused``: the default
     pass compiled (``run.compile``; fedrec.optim.fused.DefaultPass)."""
     if decision.aggregate is None and not bool(decision.accepted.any()):  # a host sync, defended path only
-        return ServerState(theta=server.theta, state=server.state, t=t)
-    return apply_decisions(server, [(uploads, decision)], rule, t, server.theta.shape[0], fused)
+        return server.advanced(t)
+    return apply_decisions(server, [(uploads, decision)], rule, t, server.n_rows, fused)
 
 
 def apply_decisions(
@@ -75,6 +75,10 @@ def _aggregated(
     """``X_new = D + scatter(...)`` (the module docstring) for pieces ``(uploads, weights, offset)``
     (the weighted mean of accepted uploads) or ``(None, {key: (rows, delta)}, offset)`` (a
     coordinate-wise aggregate), their rows moved by ``offset``; blocks ``keep_old`` keep the old state."""
+    if server.deferred is not None:
+        if keep_old or n_rows != server.n_rows:
+            raise ValueError("a deferred state aggregates one run (runs stacked in one table are dense)")
+        return _aggregated_deferred(server, pieces, rule, t)
     prev = {"theta": server.theta, **server.state}
     default = default_pass(rule, fused)(prev, t)
     new = {}
@@ -104,3 +108,34 @@ def _aggregated(
         new[key] = D
     theta = new.pop("theta")
     return ServerState(theta=theta, state=new, t=t)
+
+
+def _aggregated_deferred(server: ServerState, pieces, rule, t: int) -> ServerState:
+    """``_aggregated`` on a deferred state (fedrec.federation.deferred): the default ``D`` and the
+    scatter at the listed rows only, written in place; every other row takes round ``t``'s default
+    pass when it is next read. The same terms added in the same order as the dense way."""
+    store = server.deferred
+    listed = []
+    for uploads, weights, _ in pieces:
+        if uploads is None:
+            listed.extend(idx for idx, _ in weights.values())
+        else:
+            listed.append(uploads.rows)
+    rows = torch.unique(torch.cat(listed))
+    default = store.gather_for_round(rows, t)
+    for key, D in default.items():
+        pos, deltas = [], []
+        for uploads, weights, _ in pieces:
+            if uploads is None:  # a coordinate-wise aggregate: rows and deltas per key
+                idx, delta = weights[key]
+                at, delta = torch.searchsorted(rows, idx), delta.to(D.dtype)
+            else:
+                at = torch.searchsorted(rows, uploads.rows)
+                w = weights.to(server.dtype)[uploads.owner()][:, None]
+                X = uploads.theta if key == "theta" else uploads.state[key]
+                delta = (X.to(D.dtype) - D.index_select(0, at)) * w
+            pos.append(at)
+            deltas.append(delta)
+        D.index_add_(0, torch.cat(pos), torch.cat(deltas))
+    store.write(rows, default)
+    return server.advanced(t)

@@ -34,6 +34,7 @@ from fedrec.federation.clients import (
     private_step,
     sample_clients,
 )
+from fedrec.federation.deferred import server_state
 from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.persistence import RunCheckpointing
 from fedrec.federation.pipeline import ServerLimits, server_round
@@ -333,7 +334,7 @@ class FederatedRun(RunCheckpointing):
         rule = make_optimizer_rule(cfg)
         init_gen = torch.Generator().manual_seed(cfg.train.seed)
         theta = layout.init(cfg.model.dim, std=cfg.model.init_std, generator=init_gen, device=device)
-        server = ServerState(theta=theta, state=rule.init_state(theta), t=0)
+        server = server_state(theta, rule.init_state(theta), 0, rule, cfg.run.deferred)
         private = None
         if cfg.model.name == "mf":
             u = (torch.randn(split.train.n_users, cfg.model.dim, generator=init_gen) * cfg.model.init_std).to(

@@ -77,6 +77,8 @@ def stack_error(runs: Sequence[FederatedRun]) -> str:
             return "federated.variance_reduction / local_batch: stacked runs take one full-batch step"
         if run.collector is not None:
             return "a run whose clients run elsewhere (Flower) does not stack"
+        if cfg.run.deferred:
+            return "run.deferred: a deferred run steps alone (a stack takes the dense pass)"
         if run.server.t != first.server.t:
             return f"runs at rounds {first.server.t} and {run.server.t}: a stack steps from one round"
         for section, key in SHARED:

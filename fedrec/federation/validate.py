@@ -371,9 +371,13 @@ def check_rule(
     sub = uploads.select(valid)
     owner = sub.owner()
     sub_code = torch.zeros(sub.n, dtype=torch.int64, device=code.device)
-    tables = {"theta": server.theta, **server.state}
+    rows = sub.rows
+    if server.deferred is None:
+        tables = server.current_tables(rows)  # the check's kernel gathers the rows itself
+    else:  # a deferred state reads only the listed rows (fedrec.federation.deferred)
+        tables, rows = server.rows_at(rows), torch.arange(rows.shape[0], device=rows.device)
     up = {"theta": sub.theta, **sub.state}
-    domain, broken, too_big, g = rule_check(rule, fused)(tables, sub.rows, up, t, max_grad, verify)
+    domain, broken, too_big, g = rule_check(rule, fused)(tables, rows, up, t, max_grad, verify)
     _mark(sub_code, _per_upload_any(domain, owner, sub.n), "state-domain")
     _mark(sub_code, _per_upload_any(broken, owner, sub.n), "rule-verify")
     _mark(sub_code, _per_upload_any(too_big, owner, sub.n), "magnitude")

@@ -1,0 +1,284 @@
+"""The server's default pass deferred (issue 14, item 4; ``run.deferred``): a round whose cost follows
+the rows it touches, not the catalog.
+
+Every round that aggregates, every row of the table takes the rule's zero-gradient step
+(``default_rows``; Adam: ``m = b1 m``, ``v = b2 v``, theta moved by ``eta_t m / sqrt(v + eps)``,
+paper 000 Eq. 2-6 with g = 0): a pass over the whole table (fedrec.federation.server), 98 % of a
+79-client round at a million items. Deferred, each row keeps the number of passes applied to it
+(``clock``) and the server the log of passes (their rounds and Adam step sizes); a row is caught up,
+by replaying its skipped passes in order on that row alone, when the server next reads it: the rows
+a round's clients read (their gather), the listed rows of the uploads (validation, the defense's
+vectors, the aggregation), and every row before an evaluation, a checkpoint or anything else that
+reads the whole table: ``theta`` / ``state`` of a ``DeferredState`` catch every row up, so nothing can
+read a stale row (an attack context, which reads ``ctx.server``, pays that every round it runs).
+The stages of a round read ``ServerState.rows_at`` instead, which catches up only those rows.
+
+Exactness. A caught-up row took the same steps in the same order as under the dense pass: Adam's
+replay (fedrec.federation.replay) makes the IEEE operations of the compiled dense pass, so a deferred
+run equals a run with ``run.compile`` bit for bit (tested over 150 rounds with rows frozen and
+decayed), and the eager run to the eager square root's rounding; rows whose moments are +0 are
+fixed points (skipped); theta stops at a bound that proves every later step rounds away (replay.py).
+The other rules replay pass by pass with their own ``default_rows`` (bit for bit; ``max lag`` Python
+steps, so meant for Adam's catalogs).
+
+What it costs: the round's own rows only (``benchmarks/bench_catalog.py``); a row read after k skipped
+rounds costs ~``min(k, 200)`` steps of arithmetic and k multiplications of m and v. An evaluation or
+a checkpoint catches every row up (the benchmark prints it). Previous states: a round leaves the
+state before it readable (the forged distances of the round record read it) through the values it
+overwrote; an older one, or one read after a later round caught rows up, raises ``SupersededState``.
+Runs stacked in one table (fedrec.federation.stacked) step densely.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedrec.federation.replay import replay
+from fedrec.protocol import ServerState
+
+Tensor = torch.Tensor
+
+
+class SupersededState(RuntimeError):
+    """A deferred state read after two later rounds overwrote its rows."""
+
+
+class DeferredStore:
+    """The tables of a deferred run, updated in place, with every row's pass count (``clock``) and the
+    log of passes (``rounds[p - 1]``: the round of pass ``p``; ``eta[p - 1]`` its Adam step size). Shared
+    by the run's successive ``DeferredState``s; ``epoch`` counts the rounds that wrote rows (a state is
+    current while its epoch is the store's)."""
+
+    def __init__(self, tables: dict[str, Tensor], rule: Any) -> None:
+        self.tables = tables
+        self.rule = rule
+        theta = tables["theta"]
+        self.clock = torch.zeros(theta.shape[0], dtype=torch.int64, device=theta.device)
+        self.rounds: list[int] = []
+        self._eta = torch.zeros(16, dtype=theta.dtype, device=theta.device)
+        self.epoch = 0
+        self.full_catch_ups = 0  # reads of the whole table (tests assert a round makes none)
+        # the values the last write overwrote: (epoch, passes, rows, {key: values}) of the state before
+        self.before: tuple[int, int, Tensor, dict[str, Tensor]] | None = None
+        self._pending: dict[str, Tensor] = {}
+        self.adam = type(rule).__name__ == "Adam" and set(tables) == {"theta", "m", "v"}
+
+    @property
+    def passes(self) -> int:
+        return len(self.rounds)
+
+    def log_pass(self, t: int) -> None:
+        """Pass ``passes + 1`` is round ``t``'s (every row takes it, now or when next read)."""
+        p = self.passes
+        if p >= self._eta.shape[0]:
+            grown = torch.zeros(2 * self._eta.shape[0], dtype=self._eta.dtype, device=self._eta.device)
+            grown[:p] = self._eta
+            self._eta = grown
+        if self.adam:
+            self._eta[p] = self.rule.step_size(t)  # rounded to the tables' dtype, as the pass rounds it
+        self.rounds.append(t)
+
+    # -- catching rows up ----------------------------------------------------------------------
+
+    def catch_up(self, rows: Tensor | None, target: int | None = None) -> None:
+        """Rows ``rows`` (any order, repeats allowed; None: every row) brought to ``target`` passes
+        (default: all of them), in place. Rows already there are not touched."""
+        target = self.passes if target is None else target
+        if rows is None:
+            self.full_catch_ups += 1
+            stale = torch.nonzero(self.clock < target).flatten()
+        else:
+            rows = torch.unique(rows)
+            stale = rows[self.clock.index_select(0, rows) < target]
+        if stale.numel() == 0:
+            return
+        if self.before is not None and target > self.before[1]:
+            self.before = None  # rows the last round did not write move past the state before it
+        start = self.clock.index_select(0, stale)
+        (self._adam_replay if self.adam else self._generic_replay)(stale, start, target)
+        self.clock.index_fill_(0, stale, target)
+
+    def _generic_replay(self, stale: Tensor, start: Tensor, target: int) -> None:
+        """Pass by pass with the rule's own ``default_rows``: rows sorted by their pass count, pass ``p``
+        applies to the prefix of rows with fewer than ``p`` passes."""
+        order = torch.argsort(start, stable=True)
+        start, rows = start.index_select(0, order), stale.index_select(0, order)
+        work = {k: x.index_select(0, rows) for k, x in self.tables.items()}
+        lo = int(start[0])
+        counts = torch.searchsorted(start, torch.arange(lo + 1, target + 1, device=start.device)).tolist()
+        for p, n in zip(range(lo + 1, target + 1), counts, strict=True):  # n: rows with fewer than p passes
+            out = self.rule.default_rows({k: x[:n] for k, x in work.items()}, self.rounds[p - 1])
+            for k, x in work.items():
+                x[:n] = out[k]
+        self._write(rows, work)
+
+    def _adam_replay(self, stale: Tensor, start: Tensor, target: int) -> None:
+        """Adam's replay (fedrec.federation.replay) of the rows that can move."""
+        T = self.tables
+        m, v = T["m"].index_select(0, stale), T["v"].index_select(0, stale)
+        # rows whose m and v are +0 (never listed, or decayed to zero) are fixed points of the step:
+        # theta - eta_t * (+0 / sqrt(+0 + eps)) is theta, bit for bit (-0 would not be: its bits differ)
+        bits = _int_of(m.dtype)
+        zero = torch.zeros((), dtype=bits, device=m.device)
+        moving = ~((m.view(bits) == zero).all(-1) & (v.view(bits) == zero).all(-1))
+        if not bool(moving.all()):
+            stale, start, m, v = stale[moving], start[moving], m[moving], v[moving]
+            if stale.numel() == 0:
+                return
+        th = T["theta"].index_select(0, stale)
+        th, m, v = replay(th, m, v, target - start, start, self._eta[:target], self.rule)
+        self._write(stale, {"theta": th, "m": m, "v": v})
+
+    def _write(self, rows: Tensor, values: dict[str, Tensor]) -> None:
+        for k, x in values.items():
+            self.tables[k].index_copy_(0, rows, x)
+
+    # -- writing a round -----------------------------------------------------------------------
+
+    def gather_for_round(self, rows: Tensor, t: int) -> dict[str, Tensor]:
+        """Round ``t``'s default values at ``rows`` (sorted unique): the rows caught up to the passes
+        before the round (kept for the previous state), then stepped by the round's pass (logged
+        here; ``write`` stores the round's values)."""
+        self.catch_up(rows)
+        before = {k: x.index_select(0, rows) for k, x in self.tables.items()}
+        self._pending = before
+        self.log_pass(t)
+        if not self.adam:
+            return self.rule.default_rows(before, t)  # new tensors (the Rule protocol: no aliasing)
+        p = self.passes - 1  # the round's pass, by its index in the log
+        one = torch.ones(rows.shape[0], dtype=torch.int64, device=rows.device)
+        th, m, v = replay(
+            before["theta"], before["m"], before["v"], one, one * p, self._eta[: p + 1], self.rule
+        )
+        return {"theta": th, "m": m, "v": v}
+
+    def write(self, rows: Tensor, values: dict[str, Tensor]) -> None:
+        """The round's values at ``rows`` (``gather_for_round``'s rows), in place; what they overwrite
+        stays readable for the state before the round."""
+        self.before = (self.epoch, self.passes - 1, rows, self._pending)
+        self._pending = {}
+        self._write(rows, values)
+        self.clock.index_fill_(0, rows, self.passes)
+        self.epoch += 1
+
+
+def _int_of(dtype: torch.dtype) -> torch.dtype:
+    """The integer dtype of a float's width (its bits)."""
+    return {torch.float64: torch.int64, torch.float32: torch.int32}.get(dtype, torch.int16)
+
+
+class DeferredState(ServerState):
+    """A ``ServerState`` over a ``DeferredStore``: ``rows_at`` catches up only the rows it reads;
+    ``theta`` / ``state`` catch every row up (a read of the whole table is always current). Reading a
+    state two writes old raises ``SupersededState``."""
+
+    def __init__(self, store: DeferredStore, t: int) -> None:
+        object.__setattr__(self, "_store", store)
+        object.__setattr__(self, "_epoch", store.epoch)
+        object.__setattr__(self, "_passes", store.passes)
+        object.__setattr__(self, "t", t)
+
+    @classmethod
+    def create(cls, theta: Tensor, state: dict[str, Tensor], t: int, rule: Any) -> DeferredState:
+        return cls(DeferredStore({"theta": theta, **state}, rule), t)
+
+    @property
+    def deferred(self) -> DeferredStore:
+        return self._store
+
+    def _where(self) -> str:
+        s = self._store
+        if self._epoch == s.epoch:
+            return "current"
+        if s.before is not None and self._epoch == s.before[0]:
+            return "before"
+        raise SupersededState(
+            f"the server state of round {self.t} was overwritten by later rounds (a deferred run keeps "
+            "the state before the last round readable; clone a state to keep it)"
+        )
+
+    @property
+    def theta(self) -> Tensor:  # type: ignore[override]
+        return self._full()["theta"]
+
+    @property
+    def state(self) -> dict[str, Tensor]:  # type: ignore[override]
+        full = self._full()
+        return {k: x for k, x in full.items() if k != "theta"}
+
+    def _full(self) -> dict[str, Tensor]:
+        s = self._store
+        if self._where() == "current":
+            s.catch_up(None, self._passes)
+            return s.tables
+        _, passes, rows, vals = s.before
+        s.catch_up(None, passes)  # rows the last round did not write are at most at its pass count
+        out = {k: x.clone() for k, x in s.tables.items()}
+        for k, x in out.items():
+            x.index_copy_(0, rows, vals[k])
+        return out
+
+    def rows_at(self, rows: Tensor) -> dict[str, Tensor]:
+        s = self._store
+        if self._where() == "current":
+            s.catch_up(rows, self._passes)
+            return {k: x.index_select(0, rows) for k, x in s.tables.items()}
+        _, passes, written, vals = s.before
+        pos = torch.searchsorted(written, rows).clamp(max=max(written.shape[0] - 1, 0))
+        hit = (
+            written.index_select(0, pos) == rows
+            if written.numel()
+            else torch.zeros_like(rows, dtype=torch.bool)
+        )
+        s.catch_up(rows[~hit], passes)
+        out = {k: x.index_select(0, rows) for k, x in s.tables.items()}
+        if written.numel():
+            for k, x in out.items():
+                x[hit] = vals[k].index_select(0, pos[hit])
+        return out
+
+    def current_tables(self, rows: Tensor) -> dict[str, Tensor]:
+        """The store's tables with ``rows`` caught up: only those rows may be read (the client gather
+        reads its rows from the whole table). The current state only."""
+        if self._where() != "current":
+            raise SupersededState("current_tables reads the current state only")
+        self._store.catch_up(rows, self._passes)
+        return self._store.tables
+
+    @property
+    def n_rows(self) -> int:
+        return int(self._store.tables["theta"].shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._store.tables["theta"].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._store.tables["theta"].device
+
+    def advanced(self, t: int) -> DeferredState:
+        return DeferredState(self._store, t)
+
+    def clone(self) -> ServerState:
+        full = self._full()
+        return ServerState(
+            full["theta"].clone(), {k: x.clone() for k, x in full.items() if k != "theta"}, self.t
+        )
+
+    def __repr__(self) -> str:
+        return f"DeferredState(t={self.t}, rows={self.n_rows}, passes={self._passes})"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+def server_state(theta: Tensor, state: dict[str, Tensor], t: int, rule: Any, deferred: bool) -> ServerState:
+    """A run's global state: a ``DeferredState`` when ``run.deferred``, else the plain dense one."""
+    if deferred:
+        return DeferredState.create(theta, state, t, rule)
+    return ServerState(theta=theta, state=state, t=t)

@@ -1,0 +1,259 @@
+"""The server's default pass deferred (``run.deferred``, fedrec.federation.deferred): a row caught up
+when read equals the row the dense pass would have stepped every round, for every optimizer rule; a
+deferred run is the dense run (bit for bit where both compile the pass); rounds read no whole table;
+the state before a round stays readable, older ones refuse; checkpoints resume exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedrec.config import Config
+from fedrec.data import split_per_user, synthetic
+from fedrec.federation import deferred as D
+from fedrec.federation import replay as R
+from fedrec.federation.simulation import FederatedRun
+from fedrec.optim import RULES, make_rule
+from fedrec.optim.fused import compiler_available
+
+needs_compiler = pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for torch.compile")
+
+
+def _tables(rule, n: int, d: int, gen: torch.Generator, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    theta = torch.randn(n, d, generator=gen, dtype=dtype)
+    tables = {"theta": theta}
+    for k in rule.state_names:
+        x = torch.randn(n, d, generator=gen, dtype=dtype) * 1e-3
+        tables[k] = x * x if k in rule.nonnegative else x
+    return tables
+
+
+def _dense(rule, tables, clock, rounds):
+    """The literal schedule: pass ``p`` (round ``rounds[p - 1]``) applied to every row with fewer than
+    ``p`` passes, the whole table through ``rule.default_rows`` (the dense pass's definition)."""
+    out = {k: x.clone() for k, x in tables.items()}
+    for p, t in enumerate(rounds, start=1):
+        step = rule.default_rows(out, t)
+        take = (clock < p)[:, None]
+        out = {k: torch.where(take, step[k], out[k]) for k, x in out.items()}
+    return out
+
+
+@pytest.mark.parametrize("name", list(RULES))
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 10_000), passes=st.integers(1, 40))
+def test_a_caught_up_row_is_the_dense_pass_row_for_every_rule(name, seed, passes):
+    """Rows at random pass counts, caught up in two reads (some rows twice, some rows never read before
+    the whole table is): each equals the dense schedule. m, v and the other rules' states bit for bit;
+    Adam's theta to its step's rounding (the replay kernel multiplies by a float32 step size where the
+    eager pass fuses it)."""
+    rule = make_rule(name, eta=0.05) if name != "adam" else make_rule("adam", eta=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    tables = _tables(rule, 40, 5, gen)
+    rounds = list(range(3, 3 + passes))
+    clock = torch.randint(0, passes + 1, (40,), generator=gen)
+    want = _dense(rule, tables, clock, rounds)
+    store = D.DeferredStore({k: x.clone() for k, x in tables.items()}, rule)
+    for t in rounds:
+        store.log_pass(t)
+    store.clock = clock.clone()
+    store.catch_up(torch.randint(0, 40, (15,), generator=gen), target=max(1, passes // 2))
+    store.catch_up(torch.randint(0, 40, (25,), generator=gen))
+    store.catch_up(None)
+    for k in rule.state_names:
+        assert torch.equal(store.tables[k], want[k]), k
+    if name == "adam":
+        torch.testing.assert_close(store.tables["theta"], want["theta"], rtol=1e-6, atol=1e-7)
+    else:
+        assert torch.equal(store.tables["theta"], want["theta"])
+    assert bool((store.clock == passes).all())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_frozen_rows_and_their_long_tails_are_exact(native, monkeypatch):
+    """Adam rows skipped for hundreds of passes: theta stops moving once its steps fall below a quarter
+    of its float spacing (checked against the literal iteration), m and v iterate every pass (the C
+    loop and the torch loop give the dense bits, subnormals and zeros included); a row of +0 moments is
+    a fixed point, a row of -0 moments is replayed (theta = -0 would flip sign)."""
+    if native and R.native() is None:
+        pytest.skip("no C compiler")
+    if not native:
+        monkeypatch.setattr(R, "native", lambda: None)
+    rule = make_rule("adam", eta=1e-3)
+    gen = torch.Generator().manual_seed(3)
+    n, d, passes = 30, 16, 700
+    tables = _tables(rule, n, d, gen)
+    tables["m"][:4] = 0.0  # fixed points
+    tables["v"][:4] = 0.0
+    tables["m"][4], tables["v"][4], tables["theta"][4] = -0.0, 0.0, -0.0  # replayed: -0 - (-0) = +0
+    tables["m"][5] *= 1e-30  # subnormal territory within a few passes
+    tables["theta"][6] = 1e-30  # a tiny theta: a fine float spacing, frozen late
+    clock = torch.zeros(n, dtype=torch.int64)
+    clock[20:] = torch.randint(0, passes, (n - 20,), generator=gen)
+    rounds = list(range(1, passes + 1))
+    want = _dense(rule, tables, clock, rounds)
+    store = D.DeferredStore({k: x.clone() for k, x in tables.items()}, rule)
+    for t in rounds:
+        store.log_pass(t)
+    store.clock = clock.clone()
+    store.catch_up(None)
+    assert torch.equal(store.tables["m"], want["m"]) and torch.equal(store.tables["v"], want["v"])
+    torch.testing.assert_close(store.tables["theta"], want["theta"], rtol=1e-6, atol=0)
+    assert torch.equal(store.tables["theta"][:4], tables["theta"][:4])
+    assert torch.equal(store.tables["theta"][4].view(torch.int32), want["theta"][4].view(torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_c_replay_is_the_torch_replay(dtype, monkeypatch):
+    """The same operations in the same order, frozen rows, subnormals and zeros included: m and v bit
+    for bit (multiplications only), theta too in float64; in float32 theta to a few roundings, because
+    eager torch's float32 square root is not always correctly rounded (sqrt(1.2066997e-07) gives
+    0.0003473758, the correctly rounded value is 0.00034737584; the C loop and the compiled dense pass
+    round it correctly, ``test_compiled_deferred_run_is_the_compiled_dense_run_bit_for_bit``)."""
+    if R.native() is None:
+        pytest.skip("no C compiler")
+    rule = make_rule("adam", eta=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    n, d = 60, 9
+    theta = torch.randn(n, d, generator=gen, dtype=dtype)
+    m = torch.randn(n, d, generator=gen, dtype=dtype) * torch.logspace(-40, -1, d, dtype=dtype)
+    v = torch.rand(n, d, generator=gen, dtype=dtype) * 1e-6
+    m[0], v[0] = 0.0, 0.0
+    lag = torch.randint(0, 900, (n,), generator=gen)
+    first = torch.randint(0, 100, (n,), generator=gen)
+    eta = torch.tensor([rule.step_size(t) for t in range(1, 1001)], dtype=dtype)
+    got = R.replay(theta, m, v, lag, first, eta, rule)
+    monkeypatch.setattr(R, "native", lambda: None)
+    want = R.replay(theta, m, v, lag, first, eta, rule)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    if dtype == torch.float64:
+        assert torch.equal(got[0], want[0])
+    else:
+        torch.testing.assert_close(got[0], want[0], rtol=4e-7, atol=0)
+
+
+SPLIT = None
+
+
+def _split():
+    global SPLIT
+    if SPLIT is None:
+        SPLIT = split_per_user(synthetic(120, 400, seed=1, mean_items=6), seed=0)
+    return SPLIT
+
+
+def _run(deferred: bool, compiled: bool, rounds: int, **keys) -> FederatedRun:
+    cfg = Config()
+    cfg.model.dim, cfg.federated.fraction, cfg.federated.rounds = 8, 0.05, 400
+    cfg.run.compile, cfg.run.deferred = compiled, deferred
+    for k, v in keys.items():
+        cfg.set(k, v)
+    run = FederatedRun.create(cfg, _split(), torch.device("cpu"))
+    for _ in range(rounds):
+        run.step()
+    return run
+
+
+CASES = {
+    "none": {},
+    "a-rfrs under alie": {"attack.name": "alie", "attack.fraction": 0.3, "defense.name": "a-rfrs"},
+    "median under gradient ascent": {
+        "attack.name": "gradient-ascent",
+        "attack.fraction": 0.3,
+        "defense.name": "grad-median",
+    },
+    "camouflage, krum": {"attack.name": "camouflage", "attack.fraction": 0.3, "defense.name": "krum"},
+    "mf": {"model.name": "mf"},
+    "momentum": {"train.optimizer": "momentum"},
+    "rmsprop": {"train.optimizer": "rmsprop"},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_deferred_run_is_the_dense_run(case):
+    """The same rounds (every verdict equal), the tables equal to the eager pass's rounding."""
+    dense, lazy = _run(False, False, 60, **CASES[case]), _run(True, False, 60, **CASES[case])
+    assert torch.equal(dense.records["reason"], lazy.records["reason"])
+    torch.testing.assert_close(lazy.server.theta, dense.server.theta, rtol=1e-5, atol=1e-6)
+    for k in dense.server.state:
+        torch.testing.assert_close(lazy.server.state[k], dense.server.state[k], rtol=1e-5, atol=1e-9)
+
+
+@needs_compiler
+def test_compiled_deferred_run_is_the_compiled_dense_run_bit_for_bit():
+    """The compiled dense pass (DefaultPass) and the replay make the same IEEE operations in the same
+    order; rows frozen and decayed on their tails give the same bits: 150 rounds of a 400-item catalog
+    agree exactly."""
+    dense, lazy = _run(False, True, 150), _run(True, True, 150)
+    store = lazy.server.deferred
+    assert int((store.passes - store.clock).max()) > 2 * R.FREEZE_EVERY  # long lags were replayed
+    assert torch.equal(dense.server.theta, lazy.server.theta)
+    for k in dense.server.state:
+        assert torch.equal(dense.server.state[k], lazy.server.state[k])
+
+
+@pytest.mark.parametrize("case", ["none", "a-rfrs under alie"])
+def test_rounds_read_no_whole_table(case):
+    """Only the rows a round lists are caught up: no round reads the whole table (an attack context
+    does, by design: it reads ``ctx.server``)."""
+    run = _run(True, False, 30, **{k: v for k, v in CASES[case].items() if not k.startswith("attack")})
+    assert run.server.deferred.full_catch_ups == 0
+    lag = run.server.deferred.passes - run.server.deferred.clock
+    assert int((lag > 0).sum()) > 0  # rows were left behind
+    run.server.theta  # noqa: B018 - a whole-table read catches every row up
+    assert int(run.server.deferred.clock.min()) == run.server.deferred.passes
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])  # the C replay and the generic one
+def test_the_state_before_a_round_stays_readable_and_older_ones_refuse(optimizer):
+    run = _run(True, False, 5, **{"train.optimizer": optimizer})
+    before = run.server
+    want = before.clone()
+    run.step()
+    rows = torch.arange(run.server.n_rows)
+    got = before.rows_at(rows)
+    assert torch.equal(got["theta"], want.theta) and all(
+        torch.equal(got[k], want.state[k]) for k in want.state
+    )
+    torch.testing.assert_close(before.theta, want.theta, rtol=0, atol=0)
+    run.step()  # catches rows up past the state before the last round
+    with pytest.raises(D.SupersededState):
+        before.rows_at(rows)
+
+
+def test_a_resumed_deferred_run_is_the_uninterrupted_one(tmp_path):
+    """A checkpoint catches every row up; the uninterrupted run catches the same rows up later, with
+    the same steps: the same bits."""
+    straight = _run(True, False, 40)
+    half = _run(True, False, 20)
+    half.save(tmp_path)
+    resumed = FederatedRun.create(half.cfg, _split(), torch.device("cpu"))
+    resumed.load(tmp_path)
+    for _ in range(20):
+        resumed.step()
+    assert torch.equal(straight.server.theta, resumed.server.theta)
+    for k in straight.server.state:
+        assert torch.equal(straight.server.state[k], resumed.server.state[k])
+
+
+def test_fedrec_train_with_a_deferred_pass_is_the_same_run(tmp_path):
+    """The command end to end (ML-100K, evaluation and checkpoints on schedule): the same metrics as
+    the dense run, summary.json says the pass was deferred."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+
+    base = ["train", "--dataset", "ml100k", "--mode", "federated", "--rounds", "12", "--json"]
+    base += ["--set", "model.dim=8", "--set", "federated.eval_every=6", "--set", "run.compile=false"]
+    out = {}
+    for mode in ("false", "true"):
+        res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / mode), "--set", f"run.deferred={mode}"])
+        assert res.exit_code == 0, res.output
+        out[mode] = json.loads(res.stdout)
+    assert out["true"]["default_pass"] == "deferred" and out["false"]["default_pass"] != "deferred"
+    for k, v in out["false"]["metrics"]["precision"].items():
+        assert out["true"]["metrics"]["precision"][k] == pytest.approx(v, abs=1e-3)
