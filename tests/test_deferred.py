@@ -257,3 +257,85 @@ def test_fedrec_train_with_a_deferred_pass_is_the_same_run(tmp_path):
     assert out["true"]["default_pass"] == "deferred" and out["false"]["default_pass"] != "deferred"
     for k, v in out["false"]["metrics"]["precision"].items():
         assert out["true"]["metrics"]["precision"][k] == pytest.approx(v, abs=1e-3)
+
+
+def test_a_what_if_round_from_a_deferred_state_is_refused_and_a_clone_steps():
+    """A deferred round writes the run's tables in place: a second round from the same state (what the
+    camouflage demo does for each defense) would step the run itself. It is refused with one message;
+    the dense copy ``clone()`` takes what-if rounds, and the run goes on as if nothing happened."""
+    from fedrec.experiments.camouflage_demo import inspect_round
+
+    keys = {"attack.name": "camouflage", "attack.fraction": 0.3}
+    run = _run(True, False, 3, **keys)
+    old = run.server
+    run.step()
+    with pytest.raises(D.SupersededState):
+        old.advanced(run.server.t + 1)
+    # the demo's rounds for six defenses, on a deferred run and on a dense one: the same verdicts,
+    # and both runs go on to the same model
+    lazy, dense = _run(True, False, 3, **keys), _run(False, False, 3, **keys)
+    assert inspect_round(lazy, 0) == inspect_round(dense, 0)
+    for r in (lazy, dense):
+        r.step()
+        r.step()
+    assert torch.equal(lazy.records["reason"], dense.records["reason"])
+    torch.testing.assert_close(lazy.server.theta, dense.server.theta, rtol=1e-5, atol=1e-6)
+
+
+def test_a_read_that_moves_rows_past_the_state_before_retires_it():
+    """After a round, the current state's reads catch rows up past the previous state's pass count; the
+    previous state then raises instead of serving those rows at the newer count."""
+    run = _run(True, False, 5)
+    before = run.server
+    run.step()
+    rows = torch.arange(run.server.n_rows)
+    run.server.rows_at(rows)
+    with pytest.raises(D.SupersededState):
+        before.rows_at(rows)
+
+
+def _literal_ieee(theta, m, v, eta, b1, b2, eps):
+    """Adam's zero-gradient steps in numpy float32, every operation correctly rounded (numpy's float32
+    square root is), pass by pass: the definition the frozen-row shortcut must reproduce bit for bit."""
+    import numpy as np
+
+    th, mm, vv = (np.asarray(x, dtype=np.float32).copy() for x in (theta, m, v))
+    b1, b2, eps = np.float32(b1), np.float32(b2), np.float32(eps)
+    for e in np.asarray(eta, dtype=np.float32):
+        mm = mm * b1
+        vv = vv * b2
+        th = th - e * (mm / np.sqrt(vv + eps))
+    return th, mm, vv
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_frozen_rows_are_the_literal_iteration_bit_for_bit(native, monkeypatch):
+    """600 skipped passes for rows of every scale (tiny, huge, near-frozen, theta = 0, theta near the
+    largest float with a step that overflows it): the replay, which stops theta at the freeze bound,
+    equals every step done literally, bit for bit (the torch path rounds its square root less exactly,
+    so it is held to the C loop's result through m, v only and theta to 1e-6)."""
+    import numpy as np
+
+    if native and R.native() is None:
+        pytest.skip("no C compiler")
+    if not native:
+        monkeypatch.setattr(R, "native", lambda: None)
+    rule = make_rule("adam", eta=1e-3)
+    gen = torch.Generator().manual_seed(7)
+    n, d, passes = 24, 8, 600
+    theta = torch.randn(n, d, generator=gen) * torch.logspace(-30, 3, n)[:, None]
+    m = torch.randn(n, d, generator=gen) * torch.logspace(-12, 0, n)[:, None]
+    v = torch.rand(n, d, generator=gen) * torch.logspace(-10, -2, n)[:, None]
+    theta[0] = 0.0
+    big = np.float32(np.finfo(np.float32).max)
+    theta[1], m[1], v[1] = float(big) - 30 * 2.0**104, -4e31, 0.0  # steps that overflow theta to inf
+    eta = torch.tensor([rule.step_size(t) for t in range(1, passes + 1)])
+    lag = torch.full((n,), passes)
+    got = R.replay(theta, m, v, lag, torch.zeros(n, dtype=torch.int64), eta, rule)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = _literal_ieee(theta.numpy(), m.numpy(), v.numpy(), eta.numpy(), rule.b1, rule.b2, rule.eps)
+    assert np.array_equal(got[1].numpy(), want[1]) and np.array_equal(got[2].numpy(), want[2])
+    if native:
+        assert np.array_equal(got[0].numpy(), want[0], equal_nan=True)
+    else:
+        np.testing.assert_allclose(got[0].numpy(), want[0], rtol=1e-6, atol=0)

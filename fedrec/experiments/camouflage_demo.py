@@ -62,9 +62,11 @@ def inspect_round(run: FederatedRun, warmup: int) -> dict[str, Any]:
     g_honest = run.rule.reconstruct(rows_of(run.server, attack.rows), counterpart, t)
     is_byz = byz
     kept = {}
+    # what each defense would decide on the same round: a deferred state steps in place, so a copy
+    server = run.server.clone() if run.server.deferred is not None else run.server
     for name in ("none", "krum", "theta-krum", "a-rfrs", "a-rfrs-linf", "verify"):
         d = server_round(
-            run.server, [honest.select(~byz), attack], sampled=clients, rule=run.rule,
+            server, [honest.select(~byz), attack], sampled=clients, rule=run.rule,
             defense=make_defense(name), t=t, f=run.f, limits=run.limits,
         ).decision  # fmt: skip
         kept[name] = {

@@ -139,26 +139,30 @@ class DeferredStore:
 
     def gather_for_round(self, rows: Tensor, t: int) -> dict[str, Tensor]:
         """Round ``t``'s default values at ``rows`` (sorted unique): the rows caught up to the passes
-        before the round (kept for the previous state), then stepped by the round's pass (logged
-        here; ``write`` stores the round's values)."""
+        before the round (kept for the state before it), then stepped by the round's pass. Nothing is
+        logged or written until ``write``: a round that fails in between leaves the store as it was."""
         self.catch_up(rows)
         before = {k: x.index_select(0, rows) for k, x in self.tables.items()}
         self._pending = before
-        self.log_pass(t)
         if not self.adam:
-            return self.rule.default_rows(before, t)  # new tensors (the Rule protocol: no aliasing)
-        p = self.passes - 1  # the round's pass, by its index in the log
+            out = self.rule.default_rows(before, t)
+            # a rule that returned a tensor it was given would have the round write into ``before``
+            return {k: x.clone() if x.data_ptr() == before[k].data_ptr() else x for k, x in out.items()}
+        eta = torch.full((1,), self.rule.step_size(t), dtype=self._eta.dtype, device=rows.device)
         one = torch.ones(rows.shape[0], dtype=torch.int64, device=rows.device)
-        th, m, v = replay(
-            before["theta"], before["m"], before["v"], one, one * p, self._eta[: p + 1], self.rule
-        )
+        th, m, v = replay(before["theta"], before["m"], before["v"], one, one * 0, eta, self.rule)
         return {"theta": th, "m": m, "v": v}
 
-    def write(self, rows: Tensor, values: dict[str, Tensor]) -> None:
-        """The round's values at ``rows`` (``gather_for_round``'s rows), in place; what they overwrite
-        stays readable for the state before the round."""
-        self.before = (self.epoch, self.passes - 1, rows, self._pending)
+    def state(self, t: int) -> DeferredState:
+        """The store's current state, at round ``t``."""
+        return DeferredState(self, t)
+
+    def write(self, rows: Tensor, values: dict[str, Tensor], t: int) -> None:
+        """Round ``t``'s values at ``rows`` (``gather_for_round``'s rows), in place, and its pass logged
+        for every other row; what they overwrite stays readable for the state before the round."""
+        self.before = (self.epoch, self.passes, rows, self._pending)
         self._pending = {}
+        self.log_pass(t)
         self._write(rows, values)
         self.clock.index_fill_(0, rows, self.passes)
         self.epoch += 1
@@ -260,7 +264,20 @@ class DeferredState(ServerState):
         return self._store.tables["theta"].device
 
     def advanced(self, t: int) -> DeferredState:
+        self.require_current()
         return DeferredState(self._store, t)
+
+    def require_current(self) -> None:
+        """Refuse to step from a state that is not the store's current one: a deferred round writes the
+        tables in place, so a second round from the same state (a what-if round) would step the run
+        itself. Such a round takes ``state.clone()``, a dense copy."""
+        if self._where() != "current":
+            raise SupersededState(
+                f"a round from the server state of round {self.t}, which later rounds have moved: a "
+                "deferred state steps once (clone() it for a what-if round)"
+            )
+        if self._passes != self._store.passes:
+            raise SupersededState("a round from a deferred state behind its store (clone() it first)")
 
     def clone(self) -> ServerState:
         full = self._full()

@@ -68,7 +68,8 @@ void NAME(T *th, T *m, T *v, const int64_t *lag, const int64_t *first, const T *
                     T a = FABS(t[c]);                                                            \
                     double ulp = (double)(NEXT(a, (T)INFINITY) - a);                             \
                     double w = use_v ? (double)vv[c] + (double)eps : (double)eps;                \
-                    frozen = vv[c] >= 0 && (double)FABS(mm[c]) * eta_max / sqrt(w) < ulp / 8;    \
+                    frozen = vv[c] >= 0 && isfinite(ulp) &&                                      \
+                             (double)FABS(mm[c]) * eta_max / sqrt(w) < ulp / 8;                  \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
@@ -110,6 +111,8 @@ def native() -> Any:
         handle = ctypes.CDLL(str(lib))
     except (OSError, subprocess.SubprocessError):
         return None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # a loaded library stays mapped
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     for name, real in (("fedrec_replay_f32", ctypes.c_float), ("fedrec_replay_f64", ctypes.c_double)):
         fn = getattr(handle, name)
@@ -139,7 +142,8 @@ def frozen_rows(theta: Tensor, m: Tensor, v: Tensor, eta_max: float, eps: float,
     a = theta.abs()
     ulp = (torch.nextafter(a, torch.full_like(a, math.inf)) - a).double()
     w = v.double() + eps if use_v else torch.full_like(ulp, eps)
-    return ((v >= 0) & (m.abs().double() * eta_max / w.sqrt() < ulp / 8)).all(-1)
+    # a finite spacing: at the largest float the next one up is inf, and a step can overflow theta
+    return ((v >= 0) & torch.isfinite(ulp) & (m.abs().double() * eta_max / w.sqrt() < ulp / 8)).all(-1)
 
 
 def replay(
@@ -147,6 +151,18 @@ def replay(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Rows ``[n, d]`` after ``lag[r]`` steps each, row ``r``'s ``j``-th with step size ``eta[first[r] +
     j]`` (``eta`` in the rows' dtype). New tensors; the inputs are not written."""
+    if not (
+        theta.shape == m.shape == v.shape and theta.dim() == 2 and lag.shape == first.shape == theta.shape[:1]
+    ):
+        raise ValueError("replay: theta, m, v [n, d] and lag, first [n]")
+    if not (theta.dtype == m.dtype == v.dtype == eta.dtype and eta.dim() == 1):
+        raise ValueError("replay: theta, m, v and eta of one dtype")
+    if lag.numel() and not (
+        int(first.min()) >= 0 and int(lag.min()) >= 0 and int((first + lag).max()) <= eta.shape[0]
+    ):
+        raise ValueError(
+            "replay: every row's steps must lie within eta (0 <= first, 0 <= lag, first + lag <= len)"
+        )
     b1, b2 = rule.b1, rule.b2
     eps_t = float(torch.tensor(rule.eps, dtype=theta.dtype))  # eps as the dtype holds it
     eta_max = float(eta[int(first.min()) :].abs().max()) if lag.numel() else 0.0

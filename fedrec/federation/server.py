@@ -114,6 +114,7 @@ def _aggregated_deferred(server: ServerState, pieces, rule, t: int) -> ServerSta
     """``_aggregated`` on a deferred state (fedrec.federation.deferred): the default ``D`` and the
     scatter at the listed rows only, written in place; every other row takes round ``t``'s default
     pass when it is next read. The same terms added in the same order as the dense way."""
+    server.require_current()  # the round writes in place: a what-if round must step a clone()
     store = server.deferred
     listed = []
     for uploads, weights, _ in pieces:
@@ -137,5 +138,5 @@ def _aggregated_deferred(server: ServerState, pieces, rule, t: int) -> ServerSta
             pos.append(at)
             deltas.append(delta)
         D.index_add_(0, torch.cat(pos), torch.cat(deltas))
-    store.write(rows, default)
-    return server.advanced(t)
+    store.write(rows, default, t)
+    return store.state(t)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from fedrec.optim import make_rule
 from fedrec.optim.fused import compiler_available
 from fedrec.protocol import ServerState, UploadBatch
 from fedrec.threads import ThreadPolicy
+
+log = logging.getLogger("fedrec.federation.simulation")
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -335,6 +338,12 @@ class FederatedRun(RunCheckpointing):
         init_gen = torch.Generator().manual_seed(cfg.train.seed)
         theta = layout.init(cfg.model.dim, std=cfg.model.init_std, generator=init_gen, device=device)
         server = server_state(theta, rule.init_state(theta), 0, rule, cfg.run.deferred)
+        if cfg.run.deferred and cfg.attack.name != "none":
+            # an attack context reads ctx.server, the whole table: caught up every attacked round
+            log.warning(
+                "run.deferred with attack %s: every round with Byzantine clients catches the whole table "
+                "up for the attack context (slower than the dense pass)", cfg.attack.name,
+            )  # fmt: skip
         private = None
         if cfg.model.name == "mf":
             u = (torch.randn(split.train.n_users, cfg.model.dim, generator=init_gen) * cfg.model.init_std).to(
