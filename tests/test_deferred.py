@@ -71,16 +71,21 @@ def test_a_caught_up_row_is_the_dense_pass_row_for_every_rule(name, seed, passes
     assert bool((store.clock == passes).all())
 
 
+def _replay_path(native: bool, monkeypatch) -> None:
+    """The C loop (skipped where no C compiler is found) or the torch fallback."""
+    if native and R.native() is None:
+        pytest.skip("no C compiler")
+    if not native:
+        monkeypatch.setattr(R, "native", lambda: None)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_frozen_rows_and_their_long_tails_are_exact(native, monkeypatch):
     """Adam rows skipped for hundreds of passes: theta stops moving once its steps fall below a quarter
     of its float spacing (checked against the literal iteration), m and v iterate every pass (the C
     loop and the torch loop give the dense bits, subnormals and zeros included); a row of +0 moments is
     a fixed point, a row of -0 moments is replayed (theta = -0 would flip sign)."""
-    if native and R.native() is None:
-        pytest.skip("no C compiler")
-    if not native:
-        monkeypatch.setattr(R, "native", lambda: None)
+    _replay_path(native, monkeypatch)
     rule = make_rule("adam", eta=1e-3)
     gen = torch.Generator().manual_seed(3)
     n, d, passes = 30, 16, 700
@@ -316,10 +321,7 @@ def test_frozen_rows_are_the_literal_iteration_bit_for_bit(native, monkeypatch):
     so it is held to the C loop's result through m, v only and theta to 1e-6)."""
     import numpy as np
 
-    if native and R.native() is None:
-        pytest.skip("no C compiler")
-    if not native:
-        monkeypatch.setattr(R, "native", lambda: None)
+    _replay_path(native, monkeypatch)
     rule = make_rule("adam", eta=1e-3)
     gen = torch.Generator().manual_seed(7)
     n, d, passes = 24, 8, 600

@@ -128,7 +128,7 @@ class DeferredStore:
             if stale.numel() == 0:
                 return
         th = T["theta"].index_select(0, stale)
-        th, m, v = replay(th, m, v, target - start, start, self._eta[:target], self.rule)
+        th, m, v = replay(th, m, v, target - start, start, self._eta[:target], self.rule, inplace=True)
         self._write(stale, {"theta": th, "m": m, "v": v})
 
     def _write(self, rows: Tensor, values: dict[str, Tensor]) -> None:
