@@ -230,3 +230,28 @@ def test_a_file_over_the_size_cap_was_read_whole_first(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         parse_ml100k(path)
     _check(info.value, path, None, ["3,221,225,472 bytes", "limit of 1,073,741,824"])
+
+
+@pytest.mark.parametrize(
+    ("fname", "content", "line", "needle"),
+    [
+        ("u.data", "1\t2\t4\t5\n\u0663\t3\t4\t5\n", 2, "not an integer"),
+        ("u.data", "1\t2\t4\t5\n\uff13\t3\t4\t5\n", 2, "not an integer"),
+        ("users.dat", "1 0\n1 \u0663\n", 2, "non-ASCII character"),
+        ("users.dat", "1 0\n1 \uff11\n", 2, "non-ASCII character"),
+        ("u.data", "1\t2\t4\t5\n2\t3\x009\t4\t5\n", 2, "NUL byte at column 4"),
+        ("users.dat", "1 0\n1 5\x00junk\n", 2, "NUL byte"),
+    ],
+    ids=["arabic-indic u.data", "fullwidth u.data", "arabic-indic citeulike", "fullwidth citeulike",
+         "NUL in u.data", "NUL in citeulike"],
+)  # fmt: skip
+def test_unicode_digits_and_nul_bytes_were_read_as_ids(tmp_path: Path, fname, content, line, needle) -> None:
+    """Unicode digits were parsed as ids by numpy (citeulike: "٣ １" read as items 3 and 1) or reported
+    without a line (u.data: the locating regex matched them); a NUL ended a field in the C parser ("3\x009"
+    read as item 3). Each is now refused at its line."""
+    path = tmp_path / fname
+    path.write_text(content, encoding="utf-8")
+    parser = parse_ml100k if fname == "u.data" else parse_citeulike
+    with pytest.raises(DataError) as info:
+        parser(path)
+    _check(info.value, path, line, [needle])

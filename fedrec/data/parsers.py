@@ -23,7 +23,8 @@ from fedrec.data.interactions import Interactions
 log = logging.getLogger(__name__)
 
 _SEP_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe", " ": "space"}
-_INT = re.compile(r"\s*[-+]?\d+\s*")
+# ASCII digits and blanks only: Unicode digits (Arabic-Indic, fullwidth) are no ids in these formats
+_INT = re.compile(r"\s*[-+]?\d+\s*", re.ASCII)
 _FAST_ERRORS = (
     ValueError,
     OverflowError,
@@ -82,6 +83,14 @@ def _check_bytes(path: Path) -> None:
             path,
             data.count(b"\n", 0, e.start) + 1,
         ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:  # the fast parsers end a field at a NUL and read "3\x009" as 3
+        line_start = data.rfind(b"\n", 0, nul) + 1
+        raise DataError(
+            f"NUL byte at column {nul - line_start + 1} (not a text file?)",
+            path,
+            data.count(b"\n", 0, nul) + 1,
+        )
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
     lens = np.diff(np.concatenate(([-1], ends, [len(data)]))) - 1
     if lens.max() > MAX_LINE_BYTES:
@@ -286,6 +295,10 @@ def parse_citeulike(
     lines = _read_lines(path)
     if not any(ln.strip() for ln in lines):
         raise DataError("empty file: no interactions", path)
+    for lineno, ln in enumerate(lines, start=1):  # numpy reads Unicode digits ("٣", "１") as integers
+        if not ln.isascii():
+            ch = next(c for c in ln if not c.isascii())
+            raise DataError(f"non-ASCII character {ch!r}: expected space-separated integers", path, lineno)
     tokens = [ln.split() for ln in lines]
     lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
     try:
