@@ -666,6 +666,16 @@ def _check_defense_fraction(cfg: Config) -> None:
         )
 
 
+def check_eval_ks(cfg: Config, n_items: int, dataset: str) -> None:
+    """``eval.ks`` against the catalog (known once the data is loaded): full ranking cannot cut a list
+    longer than the catalog; said before any run directory is made, not when the first evaluation
+    fails."""
+    if cfg.eval.protocol == "full" and cfg.eval.ks and max(cfg.eval.ks) > n_items:
+        raise ConfigError(
+            f"eval.ks: K = {max(cfg.eval.ks)} exceeds the {n_items} items of {dataset} (set smaller --ks)"
+        )
+
+
 def check_round_size(cfg: Config, n: int, f: int) -> None:
     """The defense's f against the run's ``n`` clients per round (known once the data is loaded):
     Krum needs ``n - f - 2 >= 1``, trimming ``n - 2f >= 1``; otherwise every round rejects every upload.

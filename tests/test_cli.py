@@ -178,3 +178,21 @@ def test_report_of_a_summary_nested_past_the_parser_was_a_traceback(tmp_path):
     res = invoke("report", str(run))
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert f"skipped {run / 'summary.json'}: not valid JSON (nested too deep)" in res.stderr
+
+
+@pytest.mark.parametrize("mode", ["federated", "centralized"])
+def test_a_catalog_smaller_than_the_largest_k_failed_after_the_run_folder(tmp_path, mode):
+    """Four items and the default K up to 20: full ranking failed at the first evaluation, after the
+    run directory was made; now one line naming eval.ks, exit 2, and no run directory."""
+    data = tmp_path / "citeulike-a"
+    data.mkdir()
+    (data / "users.dat").write_text("2 0 1\n2 2 3\n3 0 1 2\n")
+    out = tmp_path / "runs"
+    length = ["--rounds", "2"] if mode == "federated" else ["--set", "centralized.epochs=1"]
+    res = invoke(
+        "train", "--dataset", "citeulike-a", "--data-dir", str(tmp_path), "--mode", mode, *length,
+        "--out", str(out),
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "eval.ks" in res.output and "4 items" in res.output
+    assert not out.exists() or not any(out.iterdir())

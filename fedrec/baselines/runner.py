@@ -14,7 +14,7 @@ from fedrec.baselines.centralized import train_centralized
 from fedrec.baselines.implicit_bpr import train_implicit_bpr
 from fedrec.baselines.popularity import most_popular
 from fedrec.baselines.recbole_bpr import train_recbole_bpr
-from fedrec.config import CENTRALIZED_MODELS, Config, ConfigError
+from fedrec.config import CENTRALIZED_MODELS, Config, ConfigError, check_eval_ks
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
 from fedrec.eval import full_ranking
@@ -38,6 +38,7 @@ def run_centralized(
     threads = ThreadPolicy(cfg.run.threads, device)  # set once: epochs are few and long
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
+    check_eval_ks(cfg, split.train.n_items, inter.name)
     if run_dir is None:
         run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or f"{inter.name}-{model}-centralized")
     write_config(run_dir, cfg.to_yaml())

@@ -10,7 +10,15 @@ from typing import Any
 
 import torch
 
-from fedrec.config import FEDERATED_MODELS, Config, ConfigError, check_round_size, load_config, validate
+from fedrec.config import (
+    FEDERATED_MODELS,
+    Config,
+    ConfigError,
+    check_eval_ks,
+    check_round_size,
+    load_config,
+    validate,
+)
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
 from fedrec.federation.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, run_identity
@@ -34,6 +42,7 @@ def prepare_federated(cfg: Config) -> FederatedRun:
     device = resolve_device(cfg.run.device)
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
+    check_eval_ks(cfg, split.train.n_items, split.train.name)
     run = FederatedRun.create(cfg, split, device)
     check_round_size(cfg, run.per_round, run.f)  # n is known only now; still before any run directory
     return run
