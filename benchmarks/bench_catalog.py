@@ -1,4 +1,4 @@
-"""How a round's cost grows with the catalog (issue 14, item 4): the same clients, the same work per
+"""How a round's cost grows with the catalog (issue 14, the catalog item): the same clients, the same work per
 round, item tables of 1e4, 1e5 and 1e6 items, measured in one run.
 
 Citeulike-t's shape of users (7,947 users, 79 clients a round at e = 0.01, ~17 items a user), FISM

@@ -1,4 +1,4 @@
-"""The server's default pass deferred (issue 14, item 4; ``run.deferred``): a round whose cost follows
+"""The server's default pass deferred (issue 14, the catalog item; ``run.deferred``): a round whose cost follows
 the rows it touches, not the catalog.
 
 Every round that aggregates, every row of the table takes the rule's zero-gradient step
