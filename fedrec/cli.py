@@ -778,6 +778,9 @@ def plot_detection(
         _plot_save(detection_figure(runs, window=window, labels=labels), out_dir, name or "detection", svg)
 
 
+MAX_FIG1_ROUND = 100_000  # paper 000's Figure 1 projects round 24
+
+
 @plot_app.command("fig1")
 def plot_fig1(
     dataset: Annotated[
@@ -804,6 +807,11 @@ def plot_fig1(
         _check_plot_name(name)
         if model not in ("mf", "fism"):
             raise ValueError(f"--model {model!r}: expected mf or fism")
+        # the figure runs to that round with every round recorded: 1e11 asked for 800 GB
+        if not 1 <= round_ <= MAX_FIG1_ROUND:
+            raise ValueError(f"--round {round_}: expected 1 to {MAX_FIG1_ROUND:,}")
+        if seed < 0:
+            raise ValueError(f"--seed {seed}: expected a seed >= 0")
         cfg = figure1_config(dataset, model=model, attack=attack, honest=honest, byzantine=byzantine,
                              round=round_, seed=seed, lr=lr, data_dir=None if data_dir is None else str(data_dir))  # fmt: skip
         d = figure1_data(cfg, honest, byzantine)
@@ -1002,6 +1010,8 @@ def data_download(
     from fedrec.data import download
 
     with _clean_errors():
+        if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+            raise ValueError(f"--cache-dir {cache_dir}: not a folder")
         path = download(name, cache_dir)
     err.print(f"{name}: verified and stored in {path}")
 

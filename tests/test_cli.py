@@ -196,3 +196,25 @@ def test_a_catalog_smaller_than_the_largest_k_failed_after_the_run_folder(tmp_pa
     assert res.exit_code == 2, res.output
     assert "eval.ks" in res.output and "4 items" in res.output
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["plot", "fig1", "--round", "100000000000"], "--round 100000000000"),
+        (["plot", "fig1", "--seed", "-1"], "--seed -1"),
+        (["data", "download", "ml100k", "--cache-dir", "FILE"], "not a folder"),
+    ],
+    ids=["fig1 round 1e11", "fig1 negative seed", "cache-dir a file"],
+)
+def test_minor_options_that_crashed(tmp_path, args, needle):
+    """plot fig1 --round 1e11 asked for 800 GB, --seed -1 was accepted (train refuses it), a --cache-dir
+    that is a file gave a FileExistsError traceback: one line each, exit 2, nothing downloaded."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    res = invoke(
+        *[str(a_file) if x == "FILE" else x for x in args],
+        *(["--out", str(tmp_path)] if args[0] == "plot" else []),
+    )
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
