@@ -116,14 +116,6 @@ def client_gradients(
     )
 
 
-def read_rows(batch: UserBatch, neg: torch.Tensor, layout: TableLayout) -> torch.Tensor:
-    """Every row the batch's losses read (``touched_rows``' rows, with repeats, without owners)."""
-    rows = [layout.row("P", batch.items), layout.row("P", neg.reshape(-1))]
-    if "Q" in layout.ranges:
-        rows.append(layout.row("Q", batch.items))
-    return torch.cat(rows)
-
-
 def honest_uploads(
     server: ServerState, rule, grads: ClientGradients, batch: UserBatch, t: int
 ) -> UploadBatch:
@@ -219,8 +211,8 @@ def client_round(
     local = None
     if local_batch is not None or saga is not None:
         local = local_samples(train, batch, local_batch, batch_key)
-    # a deferred state catches up the rows the clients read (touched_rows') and no others
-    theta = server.current_tables(read_rows(batch, neg, layout) if server.deferred else None)["theta"]
+    # a deferred state catches up the rows the clients read and no others
+    theta = server.current_tables(touched_rows(batch, neg, layout)[1] if server.deferred else None)["theta"]
     grads = client_gradients(
         theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors, local=local, saga=saga,
     )  # fmt: skip

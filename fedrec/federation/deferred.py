@@ -150,7 +150,8 @@ class DeferredStore:
             return {k: x.clone() if x.data_ptr() == before[k].data_ptr() else x for k, x in out.items()}
         eta = torch.full((1,), self.rule.step_size(t), dtype=self._eta.dtype, device=rows.device)
         one = torch.ones(rows.shape[0], dtype=torch.int64, device=rows.device)
-        th, m, v = replay(before["theta"], before["m"], before["v"], one, one * 0, eta, self.rule)
+        first = torch.zeros_like(one)  # every row's one step is eta[0], the round's
+        th, m, v = replay(before["theta"], before["m"], before["v"], one, first, eta, self.rule)
         return {"theta": th, "m": m, "v": v}
 
     def state(self, t: int) -> DeferredState:
@@ -179,10 +180,7 @@ class DeferredState(ServerState):
     state two writes old raises ``SupersededState``."""
 
     def __init__(self, store: DeferredStore, t: int) -> None:
-        object.__setattr__(self, "_store", store)
-        object.__setattr__(self, "_epoch", store.epoch)
-        object.__setattr__(self, "_passes", store.passes)
-        object.__setattr__(self, "t", t)
+        self._store, self._epoch, self._passes, self.t = store, store.epoch, store.passes, t
 
     @classmethod
     def create(cls, theta: Tensor, state: dict[str, Tensor], t: int, rule: Any) -> DeferredState:

@@ -86,23 +86,7 @@ def _aggregated(
         # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
         if D.data_ptr() == prev[key].data_ptr():
             D = D.clone()
-        rows, deltas = [], []
-        for uploads, weights, offset in pieces:
-            if uploads is None:
-                idx, delta = weights[key]
-                idx, delta = idx + offset if offset else idx, delta.to(D.dtype)
-            else:
-                idx = uploads.rows + offset if offset else uploads.rows
-                w = weights.to(server.theta.dtype)[uploads.owner()][:, None]
-                X = uploads.theta if key == "theta" else uploads.state[key]
-                delta = (X.to(D.dtype) - D.index_select(0, idx)) * w
-            rows.append(idx)
-            deltas.append(delta)
-        if rows:
-            if len(rows) == 1:
-                D.index_add_(0, rows[0], deltas[0])
-            else:
-                D.index_add_(0, torch.cat(rows), torch.cat(deltas))
+        _add_terms(D, pieces, key, server.dtype, lambda idx, offset: idx + offset if offset else idx)
         for r in keep_old:
             D[r * n_rows : (r + 1) * n_rows] = prev[key][r * n_rows : (r + 1) * n_rows]
         new[key] = D
@@ -124,19 +108,29 @@ def _aggregated_deferred(server: ServerState, pieces, rule, t: int) -> ServerSta
             listed.append(uploads.rows)
     rows = torch.unique(torch.cat(listed))
     default = store.gather_for_round(rows, t)
-    for key, D in default.items():
-        pos, deltas = [], []
-        for uploads, weights, _ in pieces:
-            if uploads is None:  # a coordinate-wise aggregate: rows and deltas per key
-                idx, delta = weights[key]
-                at, delta = torch.searchsorted(rows, idx), delta.to(D.dtype)
-            else:
-                at = torch.searchsorted(rows, uploads.rows)
-                w = weights.to(server.dtype)[uploads.owner()][:, None]
-                X = uploads.theta if key == "theta" else uploads.state[key]
-                delta = (X.to(D.dtype) - D.index_select(0, at)) * w
-            pos.append(at)
-            deltas.append(delta)
-        D.index_add_(0, torch.cat(pos), torch.cat(deltas))
+    for key, D in default.items():  # D holds the listed rows only: a table row's place is its rank
+        _add_terms(D, pieces, key, server.dtype, lambda idx, _: torch.searchsorted(rows, idx))
     store.write(rows, default, t)
     return store.state(t)
+
+
+def _add_terms(D: torch.Tensor, pieces, key: str, dtype: torch.dtype, place) -> None:
+    """``D += scatter(...)`` for one key (the module docstring): each piece's terms, a weighted upload's
+    ``w_i (X_i - D)`` or a coordinate-wise aggregate's deltas, added at ``place(rows, offset)``, the
+    rows of ``D`` its table rows are (one ``index_add_``: the terms of a row in piece order)."""
+    rows, deltas = [], []
+    for uploads, weights, offset in pieces:
+        if uploads is None:  # a coordinate-wise aggregate: rows and deltas per key
+            idx, delta = weights[key]
+            idx, delta = place(idx, offset), delta.to(D.dtype)
+        else:
+            idx = place(uploads.rows, offset)
+            w = weights.to(dtype)[uploads.owner()][:, None]
+            X = uploads.theta if key == "theta" else uploads.state[key]
+            delta = (X.to(D.dtype) - D.index_select(0, idx)) * w
+        rows.append(idx)
+        deltas.append(delta)
+    if len(rows) == 1:
+        D.index_add_(0, rows[0], deltas[0])
+    elif rows:
+        D.index_add_(0, torch.cat(rows), torch.cat(deltas))
