@@ -33,6 +33,10 @@ class ServerState:
         return int(self.theta.shape[0])
 
     @property
+    def dim(self) -> int:
+        return int(self.theta.shape[1])
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.theta.dtype
 

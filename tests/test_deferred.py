@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedrec.attacks import ATTACKS
 from fedrec.config import Config
 from fedrec.data import split_per_user, synthetic
 from fedrec.federation import deferred as D
@@ -341,3 +342,71 @@ def test_frozen_rows_are_the_literal_iteration_bit_for_bit(native, monkeypatch):
         assert np.array_equal(got[0].numpy(), want[0], equal_nan=True)
     else:
         np.testing.assert_allclose(got[0].numpy(), want[0], rtol=1e-6, atol=0)
+
+
+class _Listing:
+    """An attack that records whether some Byzantine upload listed every row of the table (a dense
+    upload, which reads the whole table by construction) and otherwise is the attack it wraps."""
+
+    def __init__(self, attack) -> None:
+        self.attack, self.dense = attack, False
+
+    def __getattr__(self, name):
+        return getattr(self.attack, name)
+
+    def __call__(self, ctx):
+        up = self.attack(ctx)
+        if up.n and int(up.counts().max()) >= ctx.n_rows:
+            self.dense = True
+        return up
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_every_attack_reads_rows_not_the_table_and_is_the_dense_run(attack):
+    """Attacks read the global state through ``ctx.prev(rows)``, i.e. ``rows_at``: an attacked deferred
+    round catches up the rows it reads and no others, unless the attack uploads every row (then it
+    reads every row, by construction); and the deferred run is the dense run (same verdicts, tables to
+    the eager pass's rounding) under every registered attack."""
+    keys = {"attack.name": attack, "attack.fraction": 0.3, "defense.name": "a-rfrs"}
+    dense = _run(False, False, 0, **keys)
+    lazy = _run(True, False, 0, **keys)
+    wrapped = _Listing(lazy.attack)
+    object.__setattr__(lazy, "attack", wrapped)
+    for _ in range(25):
+        dense.step()
+        lazy.step()
+    assert torch.equal(dense.records["reason"], lazy.records["reason"])
+    assert wrapped.dense or lazy.server.deferred.full_catch_ups == 0
+    torch.testing.assert_close(lazy.server.theta, dense.server.theta, rtol=1e-5, atol=1e-6)
+    for k in dense.server.state:
+        torch.testing.assert_close(lazy.server.state[k], dense.server.state[k], rtol=1e-5, atol=1e-9)
+
+
+def test_the_store_refuses_tables_written_behind_its_back():
+    """The store's tables are written in place; a write by anything else (torch counts it) makes the
+    next catch-up raise before a clock that no longer describes the rows could be trusted."""
+    rule = make_rule("adam")
+    store = D.DeferredStore(_tables(rule, 10, 4, torch.Generator().manual_seed(0)), rule)
+    for t in range(1, 4):
+        store.log_pass(t)
+    store.catch_up(torch.tensor([1, 2]))  # the store's own writes are fine
+    store.tables["m"][3].add_(1.0)
+    assert store.written_by_others()
+    with pytest.raises(D.ForeignWrite):
+        store.catch_up(torch.tensor([3]))
+
+
+def test_the_c_catch_up_refuses_an_index_outside_the_table():
+    """A row id outside the table (an upload that got past nothing else) raises before the C loop
+    writes anything: no write outside the tensors' memory."""
+    if R.native() is None:
+        pytest.skip("no C compiler")
+    rule = make_rule("adam")
+    tables = _tables(rule, 10, 4, torch.Generator().manual_seed(0))
+    store = D.DeferredStore({k: x.clone() for k, x in tables.items()}, rule)
+    store.log_pass(1)
+    for bad in ([0, 10], [-1], [2**40]):
+        with pytest.raises(IndexError):
+            store.catch_up(torch.tensor(bad))
+        assert all(torch.equal(store.tables[k], tables[k]) for k in tables)
+        assert int(store.clock.max()) == 0

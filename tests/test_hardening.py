@@ -207,11 +207,13 @@ def test_all_rejected_keeps_the_state():
     assert torch.equal(out.state.theta, server.theta) and out.state.t == 5
 
 
-def _attacked_run(attack, rounds: int) -> FederatedRun:
-    """A small run (40 users, 30 % Byzantine) whose Byzantine clients run the test attacker ``attack``."""
+def _attacked_run(attack, rounds: int, deferred: bool = False) -> FederatedRun:
+    """A small run (40 users, 30 % Byzantine) whose Byzantine clients run the test attacker ``attack``
+    (``deferred``: the server's default pass deferred, fedrec.federation.deferred)."""
     from fedrec.config import Config
 
     cfg = Config()
+    cfg.run.deferred = deferred
     cfg.model.dim = D
     cfg.federated.fraction, cfg.federated.rounds, cfg.federated.eval_every = 0.3, rounds, 4
     cfg.attack.name, cfg.attack.fraction = "gradient-ascent", 0.3
@@ -294,11 +296,13 @@ def test_an_attack_that_rebinds_the_contexts_tables_leaves_the_run_alone():
     assert run.rounds_frame().query("not byzantine").accepted.all()
 
 
+@pytest.mark.parametrize("deferred", [False, True])
 @pytest.mark.parametrize("how", ["row-view", "table", "moment"])
-def test_an_attack_that_writes_into_the_global_state_is_stopped_by_name(how):
+def test_an_attack_that_writes_into_the_global_state_is_stopped_by_name(how, deferred):
     """The context holds the server's own tensors (no copy a round); an in-place write is caught by
-    torch's version counters and stops the round with the attack's name instead of going unseen."""
+    torch's version counters and stops the round with the attack's name instead of going unseen (a
+    deferred store's tables too, whose own catch-ups write them in place)."""
 
-    run = _attacked_run(Scribbler(how), rounds=4)
+    run = _attacked_run(Scribbler(how), rounds=4, deferred=deferred)
     with pytest.raises(RuntimeError, match="attack 'scribbler' wrote into the global state"):
         run.run()

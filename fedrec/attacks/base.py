@@ -70,10 +70,10 @@ class AttackContext:
                 f"AttackContext: {b} clients need ptr of shape ({b + 1},) and n_examples of shape ({b},), "
                 f"got {tuple(self.ptr.shape)} and {tuple(self.n_examples.shape)}"
             )
-        if self.g.shape != (self.rows.shape[0], self.server.theta.shape[1]):
+        if self.g.shape != (self.rows.shape[0], self.server.dim):
             raise ValueError(
                 f"AttackContext: g has shape {tuple(self.g.shape)}, expected "
-                f"({self.rows.shape[0]}, {self.server.theta.shape[1]}) (one row per listed row)"
+                f"({self.rows.shape[0]}, {self.server.dim}) (one row per listed row)"
             )
         if self.row_popularity is not None and self.row_popularity.shape != (self.n_rows,):
             raise ValueError(
@@ -93,7 +93,7 @@ class AttackContext:
 
     @property
     def n_rows(self) -> int:
-        return int(self.server.theta.shape[0])
+        return self.server.n_rows
 
     def owner(self) -> Tensor:
         """The Byzantine client (position in ``client_ids``) of every entry of ``rows``: ``[K]``."""
@@ -102,7 +102,11 @@ class AttackContext:
         )
 
     def prev(self, rows: Tensor | slice) -> dict[str, Tensor]:
-        """The global values (``"theta"`` and the rule's state) at ``rows``: a rule's ``prev``."""
+        """The global values (``"theta"`` and the rule's state) at ``rows``: a rule's ``prev``. Index
+        rows are read through ``server.rows_at`` (a deferred state catches up only those); a slice
+        reads the whole tables."""
+        if isinstance(rows, Tensor):
+            return self.server.rows_at(rows)
         return {
             "theta": self.server.theta[rows],
             **{k: self.server.state[k][rows] for k in self.rule.state_names},
@@ -190,7 +194,7 @@ def dense_upload_from_gradient(ctx: AttackContext, g: Tensor) -> UploadBatch:
         raise ValueError(f"dense gradient must have shape ({b}, {n}, d), got {tuple(g.shape)}")
     prev = {k: v.unsqueeze(0).expand(b, *v.shape) for k, v in ctx.prev(slice(None)).items()}
     new = ctx.rule.client_step(prev, g, ctx.t)
-    device = ctx.server.theta.device
+    device = ctx.server.device
     return UploadBatch(
         client_ids=ctx.client_ids,
         ptr=torch.arange(b + 1, dtype=torch.int64, device=device) * n,

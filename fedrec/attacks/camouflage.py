@@ -190,13 +190,13 @@ class Camouflage(AttackBase):
     def __call__(self, ctx: AttackContext) -> UploadBatch:
         self.check(ctx)
         rule = adam_of(ctx.rule)
-        m, v = ctx.server.state["m"], ctx.server.state["v"]
-        g = ctx.g.to(m.dtype)
-        crafted, _ = camouflage_gradient(rule, m[ctx.rows], v[ctx.rows], g)
+        prev = ctx.prev(ctx.rows)
+        g = ctx.g.to(prev["m"].dtype)
+        crafted, _ = camouflage_gradient(rule, prev["m"], prev["v"], g)
         crafted = self._pick(ctx, crafted, g)
         if not self.all_rows:
             return upload_from_gradient(ctx, ctx.rows, ctx.ptr, crafted)
-        g0, _ = camouflage_gradient(rule, m, v)
+        g0, _ = camouflage_gradient(rule, ctx.server.state["m"], ctx.server.state["v"])
         dense = g0.unsqueeze(0).expand(ctx.b, *g0.shape)
         dense = self._pick(ctx, dense, torch.zeros_like(dense)) if self.select == "random" else dense.clone()
         dense[ctx.owner(), ctx.rows] = crafted

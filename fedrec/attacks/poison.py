@@ -78,9 +78,9 @@ class Poison(AttackBase):
             m = torch.full_like(up.state["m"], 1e30)
             up.state["m"] = m
             step = ctx.rule.step_size(ctx.t) * m / torch.sqrt(up.state["v"] + ctx.rule.eps)
-            up.theta = ctx.server.theta[ctx.rows] - step
+            up.theta = ctx.prev(ctx.rows)["theta"] - step
         elif self.kind == "inflate-rows":
             up.n_examples = up.counts()
         elif self.kind == "inflate-catalog":
-            up.n_examples = torch.full_like(up.n_examples, ctx.server.theta.shape[0])
+            up.n_examples = torch.full_like(up.n_examples, ctx.n_rows)
         return up

@@ -10,8 +10,13 @@ by replaying its skipped passes in order on that row alone, when the server next
 a round's clients read (their gather), the listed rows of the uploads (validation, the defense's
 vectors, the aggregation), and every row before an evaluation, a checkpoint or anything else that
 reads the whole table: ``theta`` / ``state`` of a ``DeferredState`` catch every row up, so nothing can
-read a stale row (an attack context, which reads ``ctx.server``, pays that every round it runs).
-The stages of a round read ``ServerState.rows_at`` instead, which catches up only those rows.
+read a stale row. The stages of a round read ``ServerState.rows_at`` instead, which catches up only
+those rows; so do the attacks (``AttackContext.prev``), except those that upload every row.
+
+The tables are written in place, so the store refuses to go on from tables someone else wrote: it
+keeps torch's in-place write counters of its tables as its own last write left them, and any other
+write (an attack that updated ``ctx.server.theta`` by mistake) makes its next read or write raise
+``ForeignWrite`` before a stale clock could be trusted.
 
 Exactness. A caught-up row took the same steps in the same order as under the dense pass: Adam's
 replay (fedrec.federation.replay) makes the IEEE operations of the compiled dense pass, so a deferred
@@ -35,7 +40,7 @@ from typing import Any
 
 import torch
 
-from fedrec.federation.replay import replay
+from fedrec.federation.replay import catch_up_native, replay
 from fedrec.protocol import ServerState
 
 Tensor = torch.Tensor
@@ -43,6 +48,10 @@ Tensor = torch.Tensor
 
 class SupersededState(RuntimeError):
     """A deferred state read after two later rounds overwrote its rows."""
+
+
+class ForeignWrite(RuntimeError):
+    """A deferred store's tables were written in place by something other than the store."""
 
 
 class DeferredStore:
@@ -58,12 +67,31 @@ class DeferredStore:
         self.clock = torch.zeros(theta.shape[0], dtype=torch.int64, device=theta.device)
         self.rounds: list[int] = []
         self._eta = torch.zeros(16, dtype=theta.dtype, device=theta.device)
+        self._eta_max = 0.0  # a bound on every logged step size (the C catch-up's freeze test)
         self.epoch = 0
         self.full_catch_ups = 0  # reads of the whole table (tests assert a round makes none)
         # the values the last write overwrote: (epoch, passes, rows, {key: values}) of the state before
         self.before: tuple[int, int, Tensor, dict[str, Tensor]] | None = None
         self._pending: dict[str, Tensor] = {}
         self.adam = type(rule).__name__ == "Adam" and set(tables) == {"theta", "m", "v"}
+        self._versions = self.versions()
+
+    def versions(self) -> list[int]:
+        """Torch's in-place write counters of the tables (a write through a raw pointer, as the C
+        replay's, does not count: it is the store's own)."""
+        return [x._version for x in self.tables.values()]
+
+    def written_by_others(self) -> bool:
+        """Whether the tables were written in place since the store last wrote them."""
+        return self.versions() != self._versions
+
+    def check_own(self) -> None:
+        """Raise ``ForeignWrite`` when the tables were written since the store last wrote them."""
+        if self.written_by_others():
+            raise ForeignWrite(
+                "the deferred tables were written in place outside their store (an attack or a stage "
+                "that updated ctx.server / server.theta); the run's state cannot be trusted"
+            )
 
     @property
     def passes(self) -> int:
@@ -77,7 +105,9 @@ class DeferredStore:
             grown[:p] = self._eta
             self._eta = grown
         if self.adam:
-            self._eta[p] = self.rule.step_size(t)  # rounded to the tables' dtype, as the pass rounds it
+            eta = self.rule.step_size(t)
+            self._eta[p] = eta  # rounded to the tables' dtype, as the pass rounds it
+            self._eta_max = max(self._eta_max, abs(eta) * (1 + 1e-6))  # above its rounding too
         self.rounds.append(t)
 
     # -- catching rows up ----------------------------------------------------------------------
@@ -85,9 +115,20 @@ class DeferredStore:
     def catch_up(self, rows: Tensor | None, target: int | None = None) -> None:
         """Rows ``rows`` (any order, repeats allowed; None: every row) brought to ``target`` passes
         (default: all of them), in place. Rows already there are not touched."""
+        self.check_own()
         target = self.passes if target is None else target
         if rows is None:
             self.full_catch_ups += 1
+        if self.adam:  # the C loop, in place on the tables: no gathers, masks or copies
+            every = torch.arange(self.clock.shape[0], device=self.clock.device) if rows is None else rows
+            behind = catch_up_native(
+                self.tables, self.clock, every, target, self._eta, self._eta_max, self.rule
+            )
+            if behind is not None:
+                if behind and self.before is not None and target > self.before[1]:
+                    self.before = None  # rows the last round did not write move past the state before it
+                return
+        if rows is None:
             stale = torch.nonzero(self.clock < target).flatten()
         else:
             rows = torch.unique(rows)
@@ -132,8 +173,10 @@ class DeferredStore:
         self._write(stale, {"theta": th, "m": m, "v": v})
 
     def _write(self, rows: Tensor, values: dict[str, Tensor]) -> None:
+        self.check_own()
         for k, x in values.items():
             self.tables[k].index_copy_(0, rows, x)
+        self._versions = self.versions()
 
     # -- writing a round -----------------------------------------------------------------------
 
@@ -252,6 +295,10 @@ class DeferredState(ServerState):
     @property
     def n_rows(self) -> int:
         return int(self._store.tables["theta"].shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._store.tables["theta"].shape[1])
 
     @property
     def dtype(self) -> torch.dtype:

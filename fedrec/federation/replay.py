@@ -29,13 +29,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedrec.native import library
 
 Tensor = torch.Tensor
 CHUNK = 8  # steps a torch call applies
@@ -45,86 +43,168 @@ _C = r"""
 #include <math.h>
 #include <stdint.h>
 
-#define REPLAY(NAME, T, SQRT, FABS, NEXT)                                                        \
-void NAME(T *th, T *m, T *v, const int64_t *lag, const int64_t *first, const T *eta,             \
-          int64_t rows, int64_t d, T b1, T b2, T eps, double eta_max, int use_v, int64_t every) { \
-    for (int64_t r = 0; r < rows; ++r) {                                                         \
-        T *t = th + r * d, *mm = m + r * d, *vv = v + r * d;                                     \
-        const T *e = eta + first[r];                                                             \
-        int64_t k = 0, n = lag[r];                                                               \
-        int frozen = 0;                                                                          \
-        for (; k < n && !frozen; ++k) {                                                          \
-            T ek = e[k];                                                                         \
-            for (int64_t c = 0; c < d; ++c) {                                                    \
-                T m2 = mm[c] * b1, v2 = vv[c] * b2;                                              \
-                T s = m2 / SQRT(v2 + eps);                                                       \
-                t[c] = t[c] - ek * s;                                                            \
-                mm[c] = m2;                                                                      \
-                vv[c] = v2;                                                                      \
-            }                                                                                    \
-            if ((k + 1) % every == 0) {                                                          \
-                frozen = 1;                                                                      \
-                for (int64_t c = 0; c < d && frozen; ++c) {                                      \
-                    T a = FABS(t[c]);                                                            \
-                    double ulp = (double)(NEXT(a, (T)INFINITY) - a);                             \
-                    double w = use_v ? (double)vv[c] + (double)eps : (double)eps;                \
-                    frozen = vv[c] >= 0 && isfinite(ulp) &&                                      \
-                             (double)FABS(mm[c]) * eta_max / sqrt(w) < ulp / 8;                  \
-                }                                                                                \
-            }                                                                                    \
+/* one row's lag steps from the step sizes e[0..n-1]; every operation its own IEEE rounding */
+#define ROW(NAME, T, SQRT, FABS, NEXT)                                                            \
+static void NAME(T *t, T *mm, T *vv, const T *e, int64_t n, int64_t d, T b1, T b2, T eps,        \
+                 double eta_max, int use_v, int64_t every) {                                     \
+    int64_t k = 0;                                                                               \
+    int frozen = 0;                                                                              \
+    for (; k < n && !frozen; ++k) {                                                              \
+        T ek = e[k];                                                                             \
+        for (int64_t c = 0; c < d; ++c) {                                                        \
+            T m2 = mm[c] * b1, v2 = vv[c] * b2;                                                  \
+            T s = m2 / SQRT(v2 + eps);                                                           \
+            t[c] = t[c] - ek * s;                                                                \
+            mm[c] = m2;                                                                          \
+            vv[c] = v2;                                                                          \
         }                                                                                        \
-        for (; k < n; ++k) { /* frozen: theta stays, m and v still step */                      \
-            for (int64_t c = 0; c < d; ++c) {                                                    \
-                mm[c] = mm[c] * b1;                                                              \
-                vv[c] = vv[c] * b2;                                                              \
-            }                                                                                    \
-            if ((k & 255) == 255) { /* all zero: so is every later step */                       \
-                int zero = 1;                                                                    \
-                for (int64_t c = 0; c < d; ++c) zero &= (mm[c] == 0) & (vv[c] == 0);             \
-                if (zero) break;                                                                 \
+        if ((k + 1) % every == 0) {                                                              \
+            frozen = 1;                                                                          \
+            for (int64_t c = 0; c < d && frozen; ++c) {                                          \
+                T a = FABS(t[c]);                                                                \
+                double ulp = (double)(NEXT(a, (T)INFINITY) - a);                                 \
+                double w = use_v ? (double)vv[c] + (double)eps : (double)eps;                    \
+                frozen = vv[c] >= 0 && isfinite(ulp) &&                                          \
+                         (double)FABS(mm[c]) * eta_max / sqrt(w) < ulp / 8;                      \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
+    for (; k < n; ++k) { /* frozen: theta stays, m and v still step */                          \
+        for (int64_t c = 0; c < d; ++c) {                                                        \
+            mm[c] = mm[c] * b1;                                                                  \
+            vv[c] = vv[c] * b2;                                                                  \
+        }                                                                                        \
+        if ((k & 255) == 255) { /* all zero: so is every later step */                           \
+            int zero = 1;                                                                        \
+            for (int64_t c = 0; c < d; ++c) zero &= (mm[c] == 0) & (vv[c] == 0);                 \
+            if (zero) break;                                                                     \
+        }                                                                                        \
+    }                                                                                            \
 }
-REPLAY(fedrec_replay_f32, float, sqrtf, fabsf, nextafterf)
-REPLAY(fedrec_replay_f64, double, sqrt, fabs, nextafter)
+
+#define REPLAY(NAME, ROWFN, T)                                                                    \
+void NAME(T *th, T *m, T *v, const int64_t *lag, const int64_t *first, const T *eta,             \
+          int64_t rows, int64_t d, T b1, T b2, T eps, double eta_max, int use_v, int64_t every) { \
+    for (int64_t r = 0; r < rows; ++r)                                                           \
+        ROWFN(th + r * d, m + r * d, v + r * d, eta + first[r], lag[r], d, b1, b2, eps,         \
+              eta_max, use_v, every);                                                            \
+}
+
+/* rows idx[0..n-1] of the tables (repeats allowed) brought to `target` passes in place: row r owes
+   passes clock[r] + 1 .. target (step sizes eta[clock[r] .. target - 1]); rows whose m and v are all +0
+   are fixed points and only their clock moves. Returns the number of rows that were behind, or -1
+   (nothing written) when an index lies outside [0, n_table). */
+#define CATCHUP(NAME, ROWFN, T)                                                                   \
+int64_t NAME(T *th, T *m, T *v, int64_t *clock, const int64_t *idx, int64_t n, int64_t n_table,  \
+             int64_t d, int64_t target, const T *eta, T b1, T b2, T eps, double eta_max,         \
+             int use_v, int64_t every) {                                                         \
+    for (int64_t i = 0; i < n; ++i)                                                              \
+        if (idx[i] < 0 || idx[i] >= n_table) return -1;                                          \
+    int64_t behind = 0;                                                                          \
+    for (int64_t i = 0; i < n; ++i) {                                                            \
+        int64_t r = idx[i], c0 = clock[r];                                                       \
+        if (c0 >= target) continue;                                                              \
+        ++behind;                                                                                \
+        T *mm = m + r * d, *vv = v + r * d;                                                      \
+        int zero = 1;                                                                            \
+        for (int64_t c = 0; c < d && zero; ++c)                                                  \
+            zero = mm[c] == 0 && !signbit(mm[c]) && vv[c] == 0 && !signbit(vv[c]);               \
+        if (!zero)                                                                               \
+            ROWFN(th + r * d, mm, vv, eta + c0, target - c0, d, b1, b2, eps, eta_max, use_v,    \
+                  every);                                                                        \
+        clock[r] = target;                                                                       \
+    }                                                                                            \
+    return behind;                                                                               \
+}
+
+ROW(row_f32, float, sqrtf, fabsf, nextafterf)
+ROW(row_f64, double, sqrt, fabs, nextafter)
+REPLAY(fedrec_replay_f32, row_f32, float)
+REPLAY(fedrec_replay_f64, row_f64, double)
+CATCHUP(fedrec_catchup_f32, row_f32, float)
+CATCHUP(fedrec_catchup_f64, row_f64, double)
 """
 
 
 @functools.lru_cache(maxsize=1)
 def native() -> Any:
-    """The C replay compiled for this process (a fresh temporary folder: nothing persistent is loaded),
-    or None where no C compiler works."""
-    cc = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if cc is None:
-        return None
-    folder = Path(tempfile.mkdtemp(prefix="fedrec-replay-"))
-    src, lib = folder / "replay.c", folder / "replay.so"
-    src.write_text(_C)
-    # every operation rounded on its own (no -ffast-math, no fused multiply-add); -fno-math-errno only
-    # lets sqrt vectorise and -march=native only widens the vectors (IEEE sqrt and division either
-    # way: the same bits, ~2x faster with AVX-512); retried without it where the compiler refuses it
-    flags = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno"]
-    handle = None
-    try:
-        for extra in (["-march=native"], []):
-            try:
-                cmd = [cc, *flags, *extra, str(src), "-o", str(lib), "-lm"]
-                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-                handle = ctypes.CDLL(str(lib))
-                break
-            except (OSError, subprocess.SubprocessError):
-                continue
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # a loaded library stays mapped
+    """The C replay compiled for this process (fedrec.native), or None where no C compiler works."""
+    handle = library(_C)
     if handle is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    for name, real in (("fedrec_replay_f32", ctypes.c_float), ("fedrec_replay_f64", ctypes.c_double)):
-        fn = getattr(handle, name)
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        fn = getattr(handle, f"fedrec_replay_{suffix}")
         fn.restype = None
         fn.argtypes = [p, p, p, p, p, p, i64, i64, real, real, real, ctypes.c_double, ctypes.c_int, i64]
+        fn = getattr(handle, f"fedrec_catchup_{suffix}")
+        fn.restype = i64
+        fn.argtypes = [
+            p,
+            p,
+            p,
+            p,
+            p,
+            i64,
+            i64,
+            i64,
+            i64,
+            p,
+            real,
+            real,
+            real,
+            ctypes.c_double,
+            ctypes.c_int,
+            i64,
+        ]
     return handle
+
+
+def uses_v(rule: Any, dtype: torch.dtype) -> bool:
+    """Whether the frozen-theta bound may use ``v + eps`` (``b1^2 <= b2`` in the tables' dtype, with a
+    margin), else only ``eps`` (the module docstring)."""
+    b1_t, b2_t = (float(torch.tensor(b, dtype=dtype)) for b in (rule.b1, rule.b2))
+    return b1_t * b1_t * (1 + 1e-6) <= b2_t
+
+
+def catch_up_native(
+    tables: dict[str, Tensor],
+    clock: Tensor,
+    rows: Tensor,
+    target: int,
+    eta: Tensor,
+    eta_max: float,
+    rule: Any,
+) -> int | None:
+    """The C loop of a deferred store's catch-up (fedrec.federation.deferred): Adam's tables ``theta``,
+    ``m``, ``v`` and their ``clock`` (passes applied per row) updated in place at ``rows`` (any order,
+    repeats allowed) to ``target`` passes, pass ``p`` with step size ``eta[p - 1]``; ``eta_max`` bounds
+    every step size (any bound keeps the result exact; a tight one freezes rows sooner). The same
+    arithmetic as ``replay`` row by row, with no gathers, masks or copies. Returns the number of rows
+    that were behind, or None where the C loop does not apply (no compiler, not the CPU, another dtype
+    or layout); an index outside the table raises IndexError before anything is written."""
+    th, m, v = tables["theta"], tables["m"], tables["v"]
+    lib = native()
+    if (
+        lib is None
+        or th.device.type != "cpu"
+        or th.dtype not in (torch.float32, torch.float64)
+        or not (th.dtype == m.dtype == v.dtype == eta.dtype)
+        or not all(x.is_contiguous() for x in (th, m, v, clock, eta))
+        or clock.dtype != torch.int64
+        or target > eta.shape[0]
+    ):
+        return None
+    rows = rows.to(torch.int64).contiguous()
+    fn = lib.fedrec_catchup_f32 if th.dtype == torch.float32 else lib.fedrec_catchup_f64
+    behind = fn(
+        th.data_ptr(), m.data_ptr(), v.data_ptr(), clock.data_ptr(), rows.data_ptr(), rows.shape[0],
+        th.shape[0], th.shape[1], target, eta.data_ptr(), rule.b1, rule.b2, rule.eps, eta_max,
+        int(uses_v(rule, th.dtype)), FREEZE_EVERY,
+    )  # fmt: skip
+    if behind < 0:
+        raise IndexError(f"catch-up: a row index outside [0, {th.shape[0]})")
+    return int(behind)
 
 
 def replay_steps(
@@ -174,8 +254,7 @@ def replay(
     b1, b2 = rule.b1, rule.b2
     eps_t = float(torch.tensor(rule.eps, dtype=theta.dtype))  # eps as the dtype holds it
     eta_max = float(eta[int(first.min()) :].abs().max()) if lag.numel() else 0.0
-    b1_t, b2_t = (float(torch.tensor(b, dtype=theta.dtype)) for b in (b1, b2))
-    use_v = b1_t * b1_t * (1 + 1e-6) <= b2_t
+    use_v = uses_v(rule, theta.dtype)
     theta, m, v = (x if inplace and x.is_contiguous() else x.contiguous().clone() for x in (theta, m, v))
     lag, first = lag.to(torch.int64).contiguous(), first.to(torch.int64).contiguous()
     lib = native() if theta.device.type == "cpu" and theta.dtype in (torch.float32, torch.float64) else None

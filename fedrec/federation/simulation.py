@@ -35,7 +35,7 @@ from fedrec.federation.clients import (
     private_step,
     sample_clients,
 )
-from fedrec.federation.deferred import server_state
+from fedrec.federation.deferred import ForeignWrite, server_state
 from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.persistence import RunCheckpointing
 from fedrec.federation.pipeline import ServerLimits, server_round
@@ -210,8 +210,10 @@ def attack_context(
         local = (
             None if cr.local is None or cfg.federated.variance_reduction == "saga" else cr.local.subset(keep)
         )
+        # the rows these clients touch (caught up by their honest step): all a deferred state reads
+        theta = server.current_tables(grads.rows[byz[grads.owner]] if server.deferred else None)["theta"]
         flipped = client_gradients(
-            server.theta, layout, gather_users(train, clients[byz]), neg[keep],
+            theta, layout, gather_users(train, clients[byz]), neg[keep],
             gamma=cfg.model.gamma, lam=cfg.train.weight_decay,
             user_vectors=None if u is None else u[byz], flip=True, local=local,
         )  # fmt: skip
@@ -269,18 +271,29 @@ def run_attack(attack, ctx: AttackContext) -> UploadBatch:
     writes per tensor (views share the count), so checking costs nothing. A bug-catcher for in-process
     attack code, not a boundary: writes through ``.data``, numpy or the storage are not counted (an
     attack in another process, as under Flower, cannot reach the tables at all). The context gets its
-    own ``ServerState`` and state dict, so rebinding a field there leaves the run's untouched."""
+    own ``ServerState`` (and state dict), so rebinding a field there leaves the run's untouched; a
+    deferred state's view reads rows through its store, which itself refuses tables written by others
+    (fedrec.federation.deferred)."""
     server = ctx.server
-    ctx = dataclasses.replace(ctx, server=ServerState(server.theta, dict(server.state), server.t))
-    tables = [server.theta, *server.state.values()]
-    before = [x._version for x in tables]
-    out = attack(ctx)
-    if [x._version for x in tables] != before:
-        name = getattr(attack, "name", type(attack).__name__)
-        raise RuntimeError(
-            f"attack {name!r} wrote into the global state (ctx.server) in place; an attack reads the "
-            "context and returns uploads (clone what it changes)"
-        )
+    store = server.deferred
+    if store is None:
+        view = ServerState(server.theta, dict(server.state), server.t)
+        tables = [server.theta, *server.state.values()]
+        before = [x._version for x in tables]
+    else:
+        view = server.advanced(server.t)  # the same store, an object of the attack's own
+        store.check_own()
+    name = getattr(attack, "name", type(attack).__name__)
+    refused = RuntimeError(
+        f"attack {name!r} wrote into the global state (ctx.server) in place; an attack reads the "
+        "context and returns uploads (clone what it changes)"
+    )
+    try:
+        out = attack(dataclasses.replace(ctx, server=view))
+    except ForeignWrite as err:  # it wrote, then read rows through the store
+        raise refused from err
+    if [x._version for x in tables] != before if store is None else store.written_by_others():
+        raise refused
     return out
 
 
@@ -328,6 +341,7 @@ class FederatedRun(RunCheckpointing):
     saga: SagaTable | None = None
     # perf_counter at the last clock_in (the loop's wall time goes to seconds)
     _clock: float = field(default=0.0, init=False, repr=False, compare=False)
+    _warned_full_read: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, cfg: Config, split: Split, device: torch.device) -> FederatedRun:
@@ -338,12 +352,6 @@ class FederatedRun(RunCheckpointing):
         init_gen = torch.Generator().manual_seed(cfg.train.seed)
         theta = layout.init(cfg.model.dim, std=cfg.model.init_std, generator=init_gen, device=device)
         server = server_state(theta, rule.init_state(theta), 0, rule, cfg.run.deferred)
-        if cfg.run.deferred and cfg.attack.name != "none":
-            # an attack context reads ctx.server, the whole table: caught up every attacked round
-            log.warning(
-                "run.deferred with attack %s: every round with Byzantine clients catches the whole table "
-                "up for the attack context (slower than the dense pass)", cfg.attack.name,
-            )  # fmt: skip
         private = None
         if cfg.model.name == "mf":
             u = (torch.randn(split.train.n_users, cfg.model.dim, generator=init_gen) * cfg.model.init_std).to(
@@ -423,6 +431,8 @@ class FederatedRun(RunCheckpointing):
         this process (``collect``)."""
         t = self.server.t + 1
         check_round_budget(t, self.total_rounds)
+        store = self.server.deferred
+        full_reads = store.full_catch_ups if store is not None else 0
         clients = sample_clients(self.active, self.per_round, self.sample_gen, self.device)
         byz = self.byzantine[clients]
         got = (
@@ -435,6 +445,12 @@ class FederatedRun(RunCheckpointing):
             limits=self.limits, seed=self.cfg.defense.seed, absent=got.absent,
         )  # fmt: skip
         self.conclude(t, clients, byz, got, out)
+        if store is not None and store.full_catch_ups > full_reads and not self._warned_full_read:
+            self._warned_full_read = True  # a dense attack (every row uploaded) or defense reads it all
+            log.warning(
+                "run.deferred: round %d read the whole table (attack %s, defense %s); such rounds catch "
+                "every row up and cost more than the dense pass", t, self.cfg.attack.name, self.cfg.defense.name,
+            )  # fmt: skip
 
     def conclude(self, t: int, clients: torch.Tensor, byz: torch.Tensor, got: Collected, out) -> None:
         """The end of round ``t``: the forged distances (from the state before the round), the new
