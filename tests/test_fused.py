@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fedrec.optim.fused as fused_mod
 from fedrec.federation.simulation import COMPILE_ROUNDS, fuse_verification
-from fedrec.optim import RULES, make_rule
+from fedrec.optim import RULES, adam_check, make_rule
 from fedrec.optim.fused import DefaultPass, RuleCheck, compiler_available, row_checks
 
 needs_compiler = pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for torch.compile")
@@ -46,7 +48,7 @@ def problem(rule, seed: int, K: int = 40, d: int = 8, n_rows: int = 30):
 @pytest.mark.parametrize("name", list(RULES))
 def test_compiled_check_gives_the_eager_verdicts(name):
     rule = make_rule(name)
-    check = RuleCheck(rule, fused=True)
+    check = RuleCheck(rule, fused=True, native=False)
     for seed in range(3):
         tables, rows, up, t = problem(rule, seed, K=40 + 7 * seed)
         for verify in (True, False):
@@ -65,6 +67,61 @@ def test_compiled_check_gives_the_eager_verdicts(name):
             assert not bool((domain | broken | too_big)[5:].any())  # honest rows pass
 
 
+needs_cc = pytest.mark.skipif(adam_check.native() is None, reason="no C compiler for the C check")
+
+
+@needs_cc
+@given(
+    seed=st.integers(0, 10**6),
+    K=st.integers(1, 90),
+    d=st.sampled_from([4, 5, 16, 64, 67]),
+    max_grad=st.sampled_from([0.1, 0.3, 1.0, 1e4, 3.4e38]),
+    scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e3]),
+)
+@settings(max_examples=60, deadline=None)
+def test_the_c_check_of_adam_is_the_eager_check_bit_for_bit(seed, K, d, max_grad, scale):
+    """One C loop (fedrec.optim.adam_check) against the eager function it replaces: the same float64
+    operations in the same order, so the gradients are bit-identical and every verdict equal, on
+    honest rows at several scales (subnormal moments included), the forged rows of ``problem``, signed
+    zeros, infinities and bounds that float32 does not hold exactly (0.1, 0.3)."""
+    rule = make_rule("adam")
+    tables, rows, up, t = problem(rule, seed, K=max(K, 6), d=d)
+    gen = torch.Generator().manual_seed(seed)
+    up = {k: x.clone() for k, x in up.items()}
+    up["m"] = up["m"] * scale
+    pick = torch.randint(0, up["m"].shape[0], (3,), generator=gen)
+    up["m"][pick[0]] = -0.0
+    up["v"][pick[1], 0] = float("inf")
+    up["theta"][pick[2], -1] = float("-inf")
+    check = RuleCheck(rule, fused=False)
+    for verify in (True, False):
+        got = check(tables, rows, up, t, max_grad, verify)
+        assert check.mode == "native"
+        want = row_checks(rule, tables, rows, up, t, max_grad, verify)
+        for g, w in zip(got[:3], want[:3], strict=True):
+            assert torch.equal(g, w)
+        assert torch.equal(got[3].view(torch.int32), want[3].view(torch.int32))  # NaN and -0 bits too
+
+
+@needs_cc
+def test_the_c_check_refuses_a_row_outside_the_table_and_leaves_other_rules_alone():
+    rule = make_rule("adam")
+    tables, rows, up, t = problem(rule, 0)
+    for bad in (30, -1):
+        rows_bad = rows.clone()
+        rows_bad[5] = bad
+        with pytest.raises(IndexError):
+            RuleCheck(rule, fused=False)(tables, rows_bad, up, t, 1e4, True)
+    for name in RULES:
+        if name != "adam":
+            other = make_rule(name)
+            check = RuleCheck(other, fused=False)
+            check(*problem(other, 0)[:3], 4, 1e4, True)
+            assert check.mode == "eager"
+    f64 = {k: x.double() for k, x in tables.items()}
+    assert not adam_check.applies(rule, f64, {k: x.double() for k, x in up.items()})
+
+
 @pytest.mark.parametrize(
     "error", [RuntimeError("inductor: no working compiler\nmore text"), AssertionError(), MemoryError()]
 )
@@ -79,7 +136,7 @@ def test_a_failing_compiler_falls_back_to_the_eager_check_with_one_warning(monke
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    check = RuleCheck(rule, fused=True)
+    check = RuleCheck(rule, fused=True, native=False)
     tables, rows, up, t = problem(rule, 0)
     with pytest.warns(RuntimeWarning, match="fused rule check unavailable"):
         got = check(tables, rows, up, t, 1e4, True)
@@ -201,8 +258,9 @@ def test_a_failing_compiler_falls_back_to_the_eager_default_pass_with_one_warnin
 
 @needs_compiler
 def test_a_run_with_the_compiled_check_is_the_eager_run(monkeypatch):
-    """Bit for bit while only the check is compiled (the default pass kept eager); with the default
-    pass compiled too, the same verdicts and tables equal to float round-off."""
+    """Bit for bit while only the check is compiled (the default pass kept eager), and with the C check
+    of Adam (fedrec.optim.adam_check); with the default pass compiled too, the same verdicts and tables
+    equal to float round-off."""
     import fedrec.federation.server as server_mod
     from fedrec.config import Config
     from fedrec.data import split_per_user, synthetic
@@ -210,6 +268,9 @@ def test_a_run_with_the_compiled_check_is_the_eager_run(monkeypatch):
     from fedrec.optim.fused import default_pass, rule_check
 
     split = split_per_user(synthetic(60, 40, seed=1), seed=0)
+    native = adam_check.native
+    monkeypatch.setattr(adam_check, "native", lambda: None)  # the torch ways first
+    rule_check.cache_clear()  # a check an earlier test ran in C says so in its mode
 
     def run_of(compiled: bool) -> FederatedRun:
         cfg = Config()
@@ -228,7 +289,12 @@ def test_a_run_with_the_compiled_check_is_the_eager_run(monkeypatch):
     eager, fused = run_of(False), run_of(True)
     for run, mode in ((eager, "eager"), (fused, "compiled")):
         assert rule_check(run.rule, run.limits.fused).mode == mode
-    assert torch.equal(eager.server.theta, fused.server.theta)
-    for k in eager.server.state:
-        assert torch.equal(eager.server.state[k], fused.server.state[k])
-    assert torch.equal(eager.records["reason"], fused.records["reason"])
+    monkeypatch.setattr(adam_check, "native", native)  # the C check, where there is a compiler
+    c_loop = run_of(False)
+    if native() is not None:
+        assert rule_check(c_loop.rule, c_loop.limits.fused).mode == "native"
+    for other in (fused, c_loop):
+        assert torch.equal(eager.server.theta, other.server.theta)
+        for k in eager.server.state:
+            assert torch.equal(eager.server.state[k], other.server.state[k])
+        assert torch.equal(eager.records["reason"], other.records["reason"])

@@ -148,7 +148,9 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "rounds_per_second": run.server.t / run.seconds if run.seconds else None,
         "device": str(run.device),
         "threads": run.threads.summary() if getattr(run, "threads", None) else None,
-        "rule_check": rule_check(run.rule, run.limits.fused).mode,  # compiled | eager (fedrec.optim.fused)
+        "rule_check": rule_check(
+            run.rule, run.limits.fused
+        ).mode,  # native | compiled | eager (fedrec.optim.fused)
         "default_pass": (
             "deferred"  # fedrec.federation.deferred: rows caught up when read
             if run.server.deferred is not None

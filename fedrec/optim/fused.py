@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from fedrec.optim import adam_check
 from fedrec.optim.base import Rows, Tensor
 
 MIN_ROWS = 2
@@ -78,14 +79,19 @@ def row_checks(
 
 
 class RuleCheck:
-    """``row_checks`` of one rule, fused when asked and possible (see the module docstring).
+    """``row_checks`` of one rule, fused when asked and possible (see the module docstring). Adam's
+    float32 checks on the CPU take one C loop (fedrec.optim.adam_check) whether or not ``fused`` is
+    asked: the eager function's values, bit for bit, in a quarter of inductor's time (``native=False``
+    turns it off, for the tests that compare the ways).
 
-    ``mode``: ``"compiled"`` once a compiled call succeeded, ``"eager"`` when not asked (or not yet
-    called), ``"eager (reason)"`` when compilation was asked for and is not possible."""
+    ``mode``: ``"native"`` once the C loop ran, ``"compiled"`` once a compiled call succeeded,
+    ``"eager"`` when not asked (or not yet called), ``"eager (reason)"`` when compilation was asked for
+    and is not possible."""
 
-    def __init__(self, rule: Any, fused: bool) -> None:
+    def __init__(self, rule: Any, fused: bool, native: bool = True) -> None:
         self.rule = rule
         self.fused = fused and compiler_available()
+        self.native = native
         self.mode = "eager" if fused == self.fused else "eager (no C++ compiler or dynamo)"
         self._compiled = None
 
@@ -93,6 +99,9 @@ class RuleCheck:
         self, tables: Rows, rows: Tensor, up: Rows, t: int, max_grad: float, verify: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         args = (self.rule, tables, rows, up, t, float(max_grad), bool(verify))
+        if self.native and adam_check.applies(self.rule, tables, up):
+            self.mode = "native"  # one C loop, the eager function's values (fedrec.optim.adam_check)
+            return adam_check.adam_row_checks(*args)
         if not self.fused or rows.shape[0] < MIN_ROWS:
             return row_checks(*args)
         if self._compiled is None:

@@ -1,0 +1,134 @@
+"""The server's rule check of Adam uploads (``fedrec.optim.fused.row_checks`` for ``Adam``) as one C
+loop over the listed rows: gather the global row, reconstruct the gradient (paper 000 Eq. 2), check the
+state domain, Eq. (3) and Eq. (5)-(6) within ``Adam.reconstruct_and_verify``'s tolerances, and the
+gradient bound, reading each operand once and writing only the float32 gradient and three flags a row.
+
+The same float64 operations in the same order as ``Adam.reconstruct_and_verify`` and ``violation``
+(fedrec.optim.base), each an IEEE operation (fedrec.native: no contraction, no fast-math): the
+gradient is bit-identical to the eager reconstruction and every verdict the eager one, not merely
+within the check's slack (tests/test_fused.py). inductor's kernel of the same function makes four
+loops with float64 buffers between them, 3-4x the time (``benchmarks/bench_rule_check.py``).
+
+Only float32 tables and uploads on the CPU; everything else takes the compiled or eager function.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any
+
+import torch
+
+from fedrec.native import library
+from fedrec.optim.base import SLACK, Rows, Tensor, tiny, unit_roundoff
+
+_C = r"""
+#include <math.h>
+#include <stdint.h>
+
+/* Returns 0, or -1 (nothing written) when a row index lies outside [0, n_table).
+   Verdicts as comparisons: for a >= 0 and a normal b > 0, fl(a / b) <= 1 exactly when a <= b (a > b
+   makes a / b > 1 + 2^-53, which rounds above 1), and a NaN fails both; so `!(|err| <= slack tol)`
+   is `violation`'s `!(|err| / (slack tol) <= 1)` without the division. Flags are OR-ed as integers so
+   that the loop over a row vectorises. */
+int64_t fedrec_adam_check_f32(
+    const float *th_tab, const float *m_tab, const float *v_tab, int64_t n_table,
+    const int64_t *rows, int64_t K, int64_t d,
+    const float *th_up, const float *m_up, const float *v_up,
+    double b1, double b2, double eps, double eta_t, double u, double tn, double slack,
+    float max_grad, int verify,
+    float *g_out, uint8_t *domain, uint8_t *broken, uint8_t *too_big) {
+    for (int64_t k = 0; k < K; ++k)
+        if (rows[k] < 0 || rows[k] >= n_table) return -1;
+    const double c1 = 1.0 - b1, c2 = 1.0 - b2;
+    const double u3 = 3 * u, u4 = 4 * u, u5 = 5 * u, tn3 = 3 * tn, b1x2 = 2 * b1;
+    const double tn_theta = (2 + eta_t) * tn;
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t r = rows[k];
+        const float *restrict thb = th_tab + r * d, *restrict mb = m_tab + r * d, *restrict vb = v_tab + r * d;
+        const float *restrict th = th_up + k * d, *restrict m = m_up + k * d, *restrict v = v_up + k * d;
+        float *restrict g = g_out + k * d;
+        int neg = 0, big = 0, bad = 0;
+        for (int64_t c = 0; c < d; ++c) {                        /* Eq. (2) solved for g, the bound */
+            const double gd = ((double)m[c] - b1 * (double)mb[c]) / c1;
+            const float gf = (float)gd;
+            g[c] = gf;
+            neg |= !(v[c] >= 0);                                 /* amin(v) >= 0 fails: < 0 or NaN */
+            big |= !(fabsf(gf) <= max_grad);                     /* amax(|g|) <= max_grad fails */
+        }
+        if (verify) {
+            for (int64_t c = 0; c < d; ++c) {                    /* Eq. (3) and (5)-(6), their tolerances */
+                const double M = m[c], V = v[c], TH = th[c], MB = mb[c];
+                const double gd = (M - b1 * MB) / c1;
+                const double dg = (u3 * (fabs(M) + b1x2 * fabs(MB)) + tn3) / c1;
+                const double err_v = V - (b2 * (double)vb[c] + (c2 * gd) * gd);
+                const double tol_v = (u4 * fabs(V) + tn3) + (c2 * (2 * fabs(gd) + dg)) * dg;
+                const double step = (eta_t * M) / sqrt(V + eps);
+                const double err_t = TH - ((double)thb[c] - step);
+                const double tol_t = (u5 * fabs(step) + u * fabs(TH)) + tn_theta;
+                bad |= !(fabsf(th[c]) < INFINITY) | !(fabsf(m[c]) < INFINITY) | !(fabsf(v[c]) < INFINITY);
+                bad |= !(fabs(err_v) <= slack * tol_v) | !(fabs(err_t) <= slack * tol_t);
+            }
+        }
+        domain[k] = (uint8_t)neg;
+        too_big[k] = (uint8_t)big;
+        broken[k] = (uint8_t)bad;
+    }
+    return 0;
+}
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def native() -> Any:
+    """The C check compiled for this process (fedrec.native), or None."""
+    lib = library(_C)
+    if lib is None:
+        return None
+    p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    fn = lib.fedrec_adam_check_f32
+    fn.restype = i64
+    fn.argtypes = [p, p, p, i64, p, i64, i64, p, p, p, *[f64] * 7, ctypes.c_float, ctypes.c_int, p, p, p, p]
+    return lib
+
+
+def applies(rule: Any, tables: Rows, up: Rows) -> bool:
+    """Whether the C loop can check these uploads: an Adam rule, float32 contiguous CPU tensors, and a
+    compiler (checked last: the first call compiles)."""
+    keys = ("theta", "m", "v")
+    return (
+        type(rule).__name__ == "Adam"
+        and set(tables) == set(keys)
+        and set(up) == set(keys)
+        and all(
+            x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+            for x in (*tables.values(), *up.values())
+        )
+        and native() is not None
+    )
+
+
+def adam_row_checks(
+    rule: Any, tables: Rows, rows: Tensor, up: Rows, t: int, max_grad: float, verify: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``fedrec.optim.fused.row_checks`` for Adam in one C loop (``applies`` must hold)."""
+    th_t, m_t, v_t = (tables[k].contiguous() for k in ("theta", "m", "v"))
+    th_u, m_u, v_u = (up[k].contiguous() for k in ("theta", "m", "v"))
+    rows = rows.to(torch.int64).contiguous()
+    K, d = th_u.shape
+    if rows.shape != (K,) or th_t.shape[1] != d or not (m_u.shape == v_u.shape == th_u.shape):
+        raise ValueError("adam_row_checks: rows [K], uploads [K, d] and tables [n, d] of one d")
+    g = torch.empty((K, d), dtype=torch.float32)
+    flags = torch.empty((3, K), dtype=torch.bool)
+    eta_t = rule.step_size(t)
+    status = native().fedrec_adam_check_f32(
+        th_t.data_ptr(), m_t.data_ptr(), v_t.data_ptr(), th_t.shape[0], rows.data_ptr(), K, d,
+        th_u.data_ptr(), m_u.data_ptr(), v_u.data_ptr(),
+        rule.b1, rule.b2, rule.eps, eta_t, unit_roundoff(th_t, th_u, m_u, v_u), tiny(th_t, th_u, m_u, v_u),
+        SLACK, max_grad, int(verify),
+        g.data_ptr(), flags[0].data_ptr(), flags[1].data_ptr(), flags[2].data_ptr(),
+    )  # fmt: skip
+    if status < 0:
+        raise IndexError(f"rule check: a row index outside [0, {th_t.shape[0]})")
+    return flags[0], flags[1], flags[2], g
