@@ -2,11 +2,13 @@
 round, item tables of 1e4, 1e5 and 1e6 items, measured in one run.
 
 Citeulike-t's shape of users (7,947 users, 79 clients a round at e = 0.01, ~17 items a user), FISM
-d = 64, Adam, no attack, no defense. Items are drawn with a Zipf-like popularity (exponent 1 over a
-random order), so a large catalog has the long tail a real one has. The round is timed in steady
-state, after ``--warmup`` rounds; the per-phase split comes from ``bench_phases``' wrappers.
+d = 64, Adam, no attack and no defense unless asked. Items are drawn with a Zipf-like popularity
+(exponent 1 over a random order), so a large catalog has the long tail a real one has. The round is
+timed in steady state, after ``--warmup`` rounds; the per-phase split comes from ``bench_phases``'
+wrappers.
 
     python benchmarks/bench_catalog.py [--items 10000 1000000] [--deferred off on] [--warmup 2000]
+                                       [--attack gradient-ascent --byzantine 0.3 --defense a-rfrs]
 
 ``run.deferred`` (fedrec/federation/deferred.py) makes the round follow the rows it touches; the dense
 pass is timed only up to ``--dense-max-items`` (a dense round at a million items takes over a second,
@@ -67,8 +69,15 @@ def main() -> None:
     ap.add_argument(
         "--deferred", nargs="+", choices=["on", "off"], default=["off", "on"], help="run.deferred (each)"
     )
+    ap.add_argument("--attack", default="none", help="an attack of `fedrec attacks` (its defaults)")
+    ap.add_argument("--byzantine", type=float, default=0.3, help="share of Byzantine clients with --attack")
+    ap.add_argument("--defense", default="none")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), FISM d = 64, Adam, e = 0.01")
+    attacked = f"{args.attack} at {args.byzantine:.0%}" if args.attack != "none" else "no attack"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), FISM d = 64, Adam, e = 0.01;"
+        f" {attacked}, defense {args.defense}"
+    )
     print("deferred  items        rows       clients  round ms  x first  eval catch-up ms")
     first: dict[str, float] = {}
     last = None
@@ -80,6 +89,8 @@ def main() -> None:
             cfg = Config()
             cfg.federated.fraction, cfg.federated.rounds = 0.01, 10**6
             cfg.run.compile, cfg.run.deferred = args.compile == "on", mode == "on"
+            cfg.attack.name, cfg.defense.name = args.attack, args.defense
+            cfg.attack.fraction = args.byzantine if args.attack != "none" else 0.0
             run = FederatedRun.create(cfg, split, torch.device("cpu"))
             for _ in range(args.warmup):
                 run.step()

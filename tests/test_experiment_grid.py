@@ -821,6 +821,15 @@ def test_one_tampered_cell_record_stopped_the_whole_grid(
     assert np.isnan(table.set_index("cell").loc[cells[2].name, "wall_s"])  # its record was ignored
 
 
+@pytest.mark.parametrize("wall", [1e308, 1.5e8, -1.0, float("nan"), True, "12"])
+def test_a_cell_record_wall_time_must_be_seconds(wall) -> None:
+    """A forged wall time (a 1e308 one printed a 300-digit projection) makes the record ignored."""
+    from fedrec.experiments.grid import _cell_info_problem
+
+    assert "wall_s" in _cell_info_problem({"wall_s": wall})
+    assert _cell_info_problem({"wall_s": 3600.5, "attempts": 2, "status": "done"}) is None
+
+
 def test_a_symlinked_cell_folder_was_written_through(
     uninterrupted: Path, grid_file: Path, tmp_path: Path
 ) -> None:

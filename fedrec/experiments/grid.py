@@ -116,6 +116,8 @@ STANDARD_KEYS = (
 RESERVED_KEYS = ("run.out_dir", "run.name")
 RESULTS = "results.parquet"
 MANIFEST = "manifest.json"
+WALL_MAX = 1e8  # seconds (three years): a larger wall time in a cell record is not one (a projection
+# from a forged 1e308 printed a 300-digit number of hours)
 CELL_INFO = "cell.json"  # the grid's record of a cell: wall seconds over its attempts, last status
 MAX_CELLS = 20_000  # each is a run of minutes; building a cell's config alone takes ~6 ms
 MAX_NAME = 150  # characters of a cell name before its hash (file names stop at 255 bytes)
@@ -660,8 +662,8 @@ def _cell_info_problem(info: Any) -> str | None:
     if not isinstance(info, dict):
         return "not a JSON object"
     wall = info.get("wall_s", 0.0)
-    if isinstance(wall, bool) or not isinstance(wall, int | float) or not 0 <= wall < math.inf:
-        return "wall_s is not a number of seconds"
+    if isinstance(wall, bool) or not isinstance(wall, int | float) or not 0 <= wall <= WALL_MAX:
+        return f"wall_s is not a number of seconds (0 to {WALL_MAX:.0e})"
     attempts = info.get("attempts", 0)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
         return "attempts is not a count"
