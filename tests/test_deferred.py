@@ -410,3 +410,33 @@ def test_the_c_catch_up_refuses_an_index_outside_the_table():
             store.catch_up(torch.tensor(bad))
         assert all(torch.equal(store.tables[k], tables[k]) for k in tables)
         assert int(store.clock.max()) == 0
+
+
+def test_a_deferred_state_dict_is_a_snapshot_and_a_loaded_run_owns_its_tables():
+    """A deferred run writes its tables in place: its state dict must not change with the next round,
+    and a run loaded from it must not share (and so corrupt) the first run's tables."""
+    run = _run(True, False, 12)
+    sd = run.state_dict()
+    before = sd["theta"].clone()
+    other = _run(True, False, 0)
+    other.load_state_dict(sd)
+    for _ in range(5):
+        run.step()
+        other.step()
+    assert torch.equal(sd["theta"], before)
+    assert torch.equal(run.server.theta, other.server.theta)
+
+
+def test_catch_up_takes_any_shape_of_row_ids():
+    """Row ids in a 2-D tensor are every id it holds (the torch path flattened them through unique)."""
+    rule = make_rule("adam")
+    tables = _tables(rule, 12, 4, torch.Generator().manual_seed(1))
+    flat, grid = (D.DeferredStore({k: x.clone() for k, x in tables.items()}, rule) for _ in range(2))
+    for store in (flat, grid):
+        for t in range(1, 6):
+            store.log_pass(t)
+    ids = torch.tensor([[1, 5, 7], [2, 5, 11]])
+    flat.catch_up(ids.flatten())
+    grid.catch_up(ids)
+    assert torch.equal(flat.clock, grid.clock) and int(grid.clock[11]) == 5
+    assert all(torch.equal(flat.tables[k], grid.tables[k]) for k in tables)

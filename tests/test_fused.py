@@ -119,7 +119,7 @@ def test_the_c_check_refuses_a_row_outside_the_table_and_leaves_other_rules_alon
             check(*problem(other, 0)[:3], 4, 1e4, True)
             assert check.mode == "eager"
     f64 = {k: x.double() for k, x in tables.items()}
-    assert not adam_check.applies(rule, f64, {k: x.double() for k, x in up.items()})
+    assert not adam_check.applies(rule, f64, rows, {k: x.double() for k, x in up.items()})
 
 
 @pytest.mark.parametrize(
@@ -298,3 +298,38 @@ def test_a_run_with_the_compiled_check_is_the_eager_run(monkeypatch):
         for k in eager.server.state:
             assert torch.equal(eager.server.state[k], other.server.state[k])
         assert torch.equal(eager.records["reason"], other.records["reason"])
+
+
+@needs_cc
+def test_the_c_check_refuses_an_overflowing_step_as_the_eager_check_does():
+    """A step size so large that ``eta_t m / sqrt(v + eps)`` overflows float64: the error and its
+    tolerance are both infinite, eager's ratio is NaN (broken), and so is the C loop's verdict."""
+    rule = make_rule("adam", eta=1e300)
+    theta = torch.zeros(3, 4)
+    tables = {"theta": theta, **rule.init_state(theta)}
+    rows = torch.arange(3)
+    # g = 1e10 from zero moments: m = (1 - b1) g, v = (1 - b2) g^2; theta unmoved, the implied step inf
+    up = {"theta": theta.clone(), "m": torch.full((3, 4), 1e9), "v": torch.full((3, 4), 1e17)}
+    want = row_checks(rule, tables, rows, up, 1, 3.4e38, True)
+    got = RuleCheck(rule, fused=False)(tables, rows, up, 1, 3.4e38, True)
+    assert bool(want[1].all())
+    assert all(torch.equal(g, w) for g, w in zip(got[:3], want[:3], strict=True))
+
+
+def test_the_c_check_applies_only_to_inputs_it_can_read():
+    """Exactly Adam, tables and uploads of one shape each, d > 0, integer row ids [K] on the CPU."""
+    rule = make_rule("adam")
+    tables, rows, up, _ = problem(rule, 0)
+    assert adam_check.applies(rule, tables, rows, up) == (adam_check.native() is not None)
+    short = {**tables, "m": tables["m"][:-1]}
+    assert not adam_check.applies(rule, short, rows, up)
+    assert not adam_check.applies(rule, tables, rows > 3, up)  # a mask is not row ids
+    assert not adam_check.applies(rule, tables, rows[:, None], up)
+    assert not adam_check.applies(rule, tables, rows.double(), up)
+    empty = {k: x[:, :0] for k, x in tables.items()}
+    assert not adam_check.applies(rule, empty, rows, {k: x[:, :0] for k, x in up.items()})
+
+    class Custom(type(rule)):
+        pass
+
+    assert not adam_check.applies(Custom(), tables, rows, up)

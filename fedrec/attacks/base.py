@@ -102,10 +102,12 @@ class AttackContext:
         )
 
     def prev(self, rows: Tensor | slice) -> dict[str, Tensor]:
-        """The global values (``"theta"`` and the rule's state) at ``rows``: a rule's ``prev``. Index
-        rows are read through ``server.rows_at`` (a deferred state catches up only those); a slice
-        reads the whole tables."""
+        """The global values (``"theta"`` and the rule's state) at ``rows``: a rule's ``prev``. Row ids
+        (a 1-D integer tensor; a boolean mask is taken as the ids it marks) are read through
+        ``server.rows_at`` (a deferred state catches up only those); a slice reads the whole tables."""
         if isinstance(rows, Tensor):
+            if rows.dtype == torch.bool:
+                rows = rows.nonzero().flatten()
             return self.server.rows_at(rows)
         return {
             "theta": self.server.theta[rows],

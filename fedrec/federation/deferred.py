@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from fedrec.federation.replay import catch_up_native, replay
+from fedrec.optim.adam import Adam
 from fedrec.protocol import ServerState
 
 Tensor = torch.Tensor
@@ -73,7 +74,7 @@ class DeferredStore:
         # the values the last write overwrote: (epoch, passes, rows, {key: values}) of the state before
         self.before: tuple[int, int, Tensor, dict[str, Tensor]] | None = None
         self._pending: dict[str, Tensor] = {}
-        self.adam = type(rule).__name__ == "Adam" and set(tables) == {"theta", "m", "v"}
+        self.adam = type(rule) is Adam and set(tables) == {"theta", "m", "v"}
         self._versions = self.versions()
 
     def versions(self) -> list[int]:
@@ -105,9 +106,11 @@ class DeferredStore:
             grown[:p] = self._eta
             self._eta = grown
         if self.adam:
-            eta = self.rule.step_size(t)
-            self._eta[p] = eta  # rounded to the tables' dtype, as the pass rounds it
-            self._eta_max = max(self._eta_max, abs(eta) * (1 + 1e-6))  # above its rounding too
+            self._eta[p] = self.rule.step_size(t)  # rounded to the tables' dtype, as the pass rounds it
+            if (
+                self._eta.device.type == "cpu"
+            ):  # the stored value (a subnormal rounds up to 2x): only the C loop reads it
+                self._eta_max = max(self._eta_max, abs(float(self._eta[p])))
         self.rounds.append(t)
 
     # -- catching rows up ----------------------------------------------------------------------

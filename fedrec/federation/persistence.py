@@ -44,9 +44,10 @@ def _upgrade_records(sd: Any) -> Any:
     return {**sd, "records": records}
 
 
-def _own(x):
-    """``x``, or a copy of it when it is a view of a larger tensor (fedrec.federation.stacked)."""
-    return x if x._base is None else x.clone()
+def _own(x, copy: bool = False):
+    """``x``, or a copy of it when it is a view of a larger tensor (fedrec.federation.stacked) or
+    ``copy``."""
+    return x if x._base is None and not copy else x.clone()
 
 
 class RunCheckpointing:
@@ -58,9 +59,10 @@ class RunCheckpointing:
         records, losses = self.recorder.state(self.server.t)
         return {
             "t": int(self.server.t),
-            # a stacked run's tables are views of the stack's, which torch.save would store whole
-            "theta": _own(self.server.theta),
-            "state": {k: _own(v) for k, v in self.server.state.items()},
+            # a stacked run's tables are views of the stack's, which torch.save would store whole; a
+            # deferred run's are written in place by its next round
+            "theta": _own(self.server.theta, self.server.deferred is not None),
+            "state": {k: _own(v, self.server.deferred is not None) for k, v in self.server.state.items()},
             "private": None if self.private is None else dict(vars(self.private)),
             "saga": None if self.saga is None else self.saga.state(),
             "sample_gen": self.sample_gen.get_state(),
@@ -81,9 +83,11 @@ class RunCheckpointing:
         if isinstance(sd, dict) and "saga" not in sd:  # written before SAGA: no run of then had a table
             sd = {**sd, "saga": None}
         self._check_state_dict(sd)
-        state = {k: v.to(self.device) for k, v in sd["state"].items()}
+        # a deferred state writes its tables in place: it must own them (not share a state dict's)
+        own = self.cfg.run.deferred
+        state = {k: v.to(self.device, copy=own) for k, v in sd["state"].items()}
         self.server = server_state(
-            sd["theta"].to(self.device), state, sd["t"], self.rule, self.cfg.run.deferred
+            sd["theta"].to(self.device, copy=own), state, sd["t"], self.rule, self.cfg.run.deferred
         )
         if sd["private"] is not None:
             p = sd["private"]

@@ -193,9 +193,11 @@ def catch_up_native(
         or not all(x.is_contiguous() for x in (th, m, v, clock, eta))
         or clock.dtype != torch.int64
         or target > eta.shape[0]
+        or rows.device.type != "cpu"
+        or rows.dtype not in (torch.int64, torch.int32)
     ):
         return None
-    rows = rows.to(torch.int64).contiguous()
+    rows = rows.reshape(-1).to(torch.int64).contiguous()
     fn = lib.fedrec_catchup_f32 if th.dtype == torch.float32 else lib.fedrec_catchup_f64
     behind = fn(
         th.data_ptr(), m.data_ptr(), v.data_ptr(), clock.data_ptr(), rows.data_ptr(), rows.shape[0],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from fedrec.federation.scatter import scatter_terms
 from fedrec.optim.fused import default_pass
 from fedrec.protocol import ServerState, UploadBatch
 
@@ -118,6 +119,12 @@ def _add_terms(D: torch.Tensor, pieces, key: str, dtype: torch.dtype, place) -> 
     """``D += scatter(...)`` for one key (the module docstring): each piece's terms, a weighted upload's
     ``w_i (X_i - D)`` or a coordinate-wise aggregate's deltas, added at ``place(rows, offset)``, the
     rows of ``D`` its table rows are (one ``index_add_``: the terms of a row in piece order)."""
+    if len(pieces) == 1 and pieces[0][0] is not None:  # one weighted piece: one C loop where it applies
+        uploads, weights, offset = pieces[0]
+        X = uploads.theta if key == "theta" else uploads.state[key]
+        idx = place(uploads.rows, offset)
+        if X.dtype == D.dtype and scatter_terms(D, idx, uploads.owner(), weights.to(dtype), X):
+            return
     rows, deltas = [], []
     for uploads, weights, offset in pieces:
         if uploads is None:  # a coordinate-wise aggregate: rows and deltas per key

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fedrec.native import library
+from fedrec.optim.adam import Adam
 from fedrec.optim.base import SLACK, Rows, Tensor, tiny, unit_roundoff
 
 _C = r"""
@@ -28,10 +29,11 @@ _C = r"""
 #include <stdint.h>
 
 /* Returns 0, or -1 (nothing written) when a row index lies outside [0, n_table).
-   Verdicts as comparisons: for a >= 0 and a normal b > 0, fl(a / b) <= 1 exactly when a <= b (a > b
-   makes a / b > 1 + 2^-53, which rounds above 1), and a NaN fails both; so `!(|err| <= slack tol)`
-   is `violation`'s `!(|err| / (slack tol) <= 1)` without the division. Flags are OR-ed as integers so
-   that the loop over a row vectorises. */
+   Verdicts as comparisons: for a finite a >= 0 and b > 0 (b >= 3 tiny of float32 here, never
+   subnormal), fl(a / b) <= 1 exactly when a <= b (a > b makes a / b > 1 + 2^-53, which rounds above
+   1), a NaN fails both, and an infinite a fails both (inf / inf is NaN, inf / b is inf); so
+   `!(|err| <= slack tol) | !(|err| < inf)` is `violation`'s `!(|err| / (slack tol) <= 1)` without
+   the division. Flags are OR-ed as integers so that the loop over a row vectorises. */
 int64_t fedrec_adam_check_f32(
     const float *th_tab, const float *m_tab, const float *v_tab, int64_t n_table,
     const int64_t *rows, int64_t K, int64_t d,
@@ -69,6 +71,7 @@ int64_t fedrec_adam_check_f32(
                 const double tol_t = (u5 * fabs(step) + u * fabs(TH)) + tn_theta;
                 bad |= !(fabsf(th[c]) < INFINITY) | !(fabsf(m[c]) < INFINITY) | !(fabsf(v[c]) < INFINITY);
                 bad |= !(fabs(err_v) <= slack * tol_v) | !(fabs(err_t) <= slack * tol_t);
+                bad |= !(fabs(err_v) < INFINITY) | !(fabs(err_t) < INFINITY);  /* inf / inf is NaN there */
             }
         }
         domain[k] = (uint8_t)neg;
@@ -93,18 +96,23 @@ def native() -> Any:
     return lib
 
 
-def applies(rule: Any, tables: Rows, up: Rows) -> bool:
-    """Whether the C loop can check these uploads: an Adam rule, float32 contiguous CPU tensors, and a
-    compiler (checked last: the first call compiles)."""
+def applies(rule: Any, tables: Rows, rows: Tensor, up: Rows) -> bool:
+    """Whether the C loop can check these uploads: exactly ``Adam`` (a subclass may change its
+    equations), float32 CPU tables of one shape and uploads of one shape with ``d > 0``, integer row ids
+    ``[K]`` on the CPU, and a compiler (checked last: the first call compiles). Anything else takes the
+    torch function, which raises where the inputs are wrong."""
     keys = ("theta", "m", "v")
+    if type(rule) is not Adam or set(tables) != set(keys) or set(up) != set(keys):
+        return False
+    tabs, ups = [tables[k] for k in keys], [up[k] for k in keys]
     return (
-        type(rule).__name__ == "Adam"
-        and set(tables) == set(keys)
-        and set(up) == set(keys)
-        and all(
-            x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
-            for x in (*tables.values(), *up.values())
-        )
+        all(x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 for x in (*tabs, *ups))
+        and tabs[0].shape == tabs[1].shape == tabs[2].shape
+        and ups[0].shape == ups[1].shape == ups[2].shape
+        and ups[0].shape[1] == tabs[0].shape[1] > 0
+        and rows.device.type == "cpu"
+        and rows.dtype in (torch.int64, torch.int32)
+        and rows.shape == ups[0].shape[:1]
         and native() is not None
     )
 

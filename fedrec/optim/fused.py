@@ -99,7 +99,7 @@ class RuleCheck:
         self, tables: Rows, rows: Tensor, up: Rows, t: int, max_grad: float, verify: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         args = (self.rule, tables, rows, up, t, float(max_grad), bool(verify))
-        if self.native and adam_check.applies(self.rule, tables, up):
+        if self.native and adam_check.applies(self.rule, tables, rows, up):
             self.mode = "native"  # one C loop, the eager function's values (fedrec.optim.adam_check)
             return adam_check.adam_row_checks(*args)
         if not self.fused or rows.shape[0] < MIN_ROWS:
