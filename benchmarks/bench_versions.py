@@ -1,0 +1,93 @@
+"""A grid cell's round, this tree against an earlier commit, measured in one run: the speed a change
+bought, on the cells of paper 000's Figure 4 grid.
+
+``--old REV`` is checked out into a temporary git worktree; each (dataset, defense) cell is timed in
+fresh processes that alternate between the two trees (``--repeats`` each, medians), every process at
+one torch thread. A cell: the grid's settings (``configs/grids/figure4-converged.yaml``: FISM d = 64,
+Adam, e = 0.01, compiled default pass) under gradient ascent at ``--byzantine``; ``--warmup`` rounds,
+then ``--rounds`` timed. The last column says whether both trees ended on the same model (the sum of
+theta; changes that keep the arithmetic keep it exactly).
+
+    FEDREC_DATA_DIR=... python benchmarks/bench_versions.py --old 1727ad0 [--datasets ml100k citeulike-a]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CELL = r"""
+import json, sys, time, torch
+from fedrec.config import Config
+from fedrec.data import load_dataset, split_per_user
+from fedrec.federation.simulation import FederatedRun
+name, defense, byz, warmup, rounds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+cfg = Config()
+cfg.federated.fraction, cfg.federated.rounds, cfg.run.compile = 0.01, 10**6, True
+if byz > 0:
+    cfg.attack.name, cfg.attack.fraction = "gradient-ascent", byz
+cfg.defense.name = defense
+run = FederatedRun.create(cfg, split_per_user(load_dataset(name), seed=0), torch.device("cpu"))
+for _ in range(warmup):
+    run.step()
+start = time.perf_counter()
+for _ in range(rounds):
+    run.step()
+ms = (time.perf_counter() - start) / rounds * 1e3
+print(json.dumps({"ms": ms, "theta_sum": float(run.server.theta.double().sum())}))
+"""
+
+
+def cell(tree: Path, args, name: str, defense: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", CELL, name, defense, str(args.byzantine), str(args.warmup), str(args.rounds)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="the earlier commit")
+    ap.add_argument("--datasets", nargs="+", default=["ml100k", "lastfm", "citeulike-a", "citeulike-t"])
+    ap.add_argument("--defenses", nargs="+", default=["none", "krum"])
+    ap.add_argument("--byzantine", type=float, default=0.3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    new = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="fedrec-old-") as tmp:
+        old = Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(new), "worktree", "add", "-q", "--detach", str(old), args.old], check=True
+        )
+        try:
+            rev = subprocess.run(
+                ["git", "-C", str(new), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            print(f"{args.old} against {rev} (+ the working tree); gradient ascent at {args.byzantine:.0%}; "
+                  f"{args.warmup} rounds of warm-up, {args.rounds} timed, medians of {args.repeats}")  # fmt: skip
+            print("dataset       defense   old ms   new ms   old / new   same model")
+            for name in args.datasets:
+                for defense in args.defenses:
+                    runs: dict[str, list[dict]] = {"old": [], "new": []}
+                    for _ in range(args.repeats):
+                        for label, tree in (("old", old), ("new", new)):
+                            runs[label].append(cell(tree, args, name, defense))
+                    o = statistics.median(r["ms"] for r in runs["old"])
+                    n = statistics.median(r["ms"] for r in runs["new"])
+                    same = runs["old"][0]["theta_sum"] == runs["new"][0]["theta_sum"]
+                    print(f"{name:<13} {defense:<8} {o:>7.2f}  {n:>7.2f}  {o / n:>8.2f}x   {'yes' if same else 'no'}",
+                          flush=True)  # fmt: skip
+        finally:
+            subprocess.run(["git", "-C", str(new), "worktree", "remove", "--force", str(old)], check=False)
+
+
+if __name__ == "__main__":
+    main()
