@@ -5,8 +5,9 @@ bought, on the cells of paper 000's Figure 4 grid.
 fresh processes that alternate between the two trees (``--repeats`` each, medians), every process at
 one torch thread. A cell: the grid's settings (``configs/grids/figure4-converged.yaml``: FISM d = 64,
 Adam, e = 0.01, compiled default pass) under gradient ascent at ``--byzantine``; ``--warmup`` rounds,
-then ``--rounds`` timed. The last column says whether both trees ended on the same model (the sum of
-theta; changes that keep the arithmetic keep it exactly).
+then ``--rounds`` timed. Each process runs from its tree's folder and checks that it imported fedrec
+from there. The last column says whether both trees ended on the same model (the sum of theta;
+changes that keep the arithmetic keep it exactly).
 
     FEDREC_DATA_DIR=... python benchmarks/bench_versions.py --old 1727ad0 [--datasets ml100k citeulike-a]
 """
@@ -40,14 +41,19 @@ start = time.perf_counter()
 for _ in range(rounds):
     run.step()
 ms = (time.perf_counter() - start) / rounds * 1e3
-print(json.dumps({"ms": ms, "theta_sum": float(run.server.theta.double().sum())}))
+import fedrec
+print(json.dumps({"ms": ms, "theta_sum": float(run.server.theta.double().sum()), "path": fedrec.__file__}))
 """
 
 
 def cell(tree: Path, args, name: str, defense: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", CELL, name, defense, str(args.byzantine), str(args.warmup), str(args.rounds)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    # run from the tree itself: ``python -c`` puts the working directory first on sys.path
+    out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True)
+    path = json.loads(out.stdout.strip().splitlines()[-1])["path"]
+    if not Path(path).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"the cell imported fedrec from {path}, not from {tree}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
