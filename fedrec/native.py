@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno")
 
@@ -42,3 +43,13 @@ def library(source: str) -> ctypes.CDLL | None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # a loaded library stays mapped
     return None
+
+
+def load(source: str, signatures: dict[str, tuple[Any, list[Any]]]) -> ctypes.CDLL | None:
+    """``library(source)`` with each named function's ctypes result and argument types set, or None."""
+    lib = library(source)
+    if lib is not None:
+        for name, (restype, argtypes) in signatures.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+    return lib

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from fedrec.native import library
+from fedrec.native import load
 
 Tensor = torch.Tensor
 CHUNK = 8  # steps a torch call applies
@@ -129,35 +129,17 @@ CATCHUP(fedrec_catchup_f64, row_f64, double)
 @functools.lru_cache(maxsize=1)
 def native() -> Any:
     """The C replay compiled for this process (fedrec.native), or None where no C compiler works."""
-    handle = library(_C)
-    if handle is None:
-        return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    p, i64, f64, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    signatures = {}
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        fn = getattr(handle, f"fedrec_replay_{suffix}")
-        fn.restype = None
-        fn.argtypes = [p, p, p, p, p, p, i64, i64, real, real, real, ctypes.c_double, ctypes.c_int, i64]
-        fn = getattr(handle, f"fedrec_catchup_{suffix}")
-        fn.restype = i64
-        fn.argtypes = [
-            p,
-            p,
-            p,
-            p,
-            p,
-            i64,
-            i64,
-            i64,
-            i64,
-            p,
-            real,
-            real,
-            real,
-            ctypes.c_double,
-            ctypes.c_int,
-            i64,
-        ]
-    return handle
+        signatures[f"fedrec_replay_{suffix}"] = (
+            None,
+            [p, p, p, p, p, p, i64, i64, real, real, real, f64, flag, i64],
+        )
+        signatures[f"fedrec_catchup_{suffix}"] = (
+            i64, [p, p, p, p, p, i64, i64, i64, i64, p, real, real, real, f64, flag, i64],
+        )  # fmt: skip
+    return load(_C, signatures)
 
 
 def uses_v(rule: Any, dtype: torch.dtype) -> bool:

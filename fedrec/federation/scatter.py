@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fedrec.native import library
+from fedrec.native import load
 
 Tensor = torch.Tensor
 
@@ -43,13 +43,9 @@ int64_t fedrec_scatter_f32(float *D, int64_t n, int64_t d, const int64_t *idx, c
 
 @functools.lru_cache(maxsize=1)
 def native() -> Any:
-    lib = library(_C)
-    if lib is None:
-        return None
+    """The C scatter compiled for this process (fedrec.native), or None."""
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.fedrec_scatter_f32.restype = i64
-    lib.fedrec_scatter_f32.argtypes = [p, i64, i64, p, p, p, i64, p, i64, p]
-    return lib
+    return load(_C, {"fedrec_scatter_f32": (i64, [p, i64, i64, p, p, p, i64, p, i64, p])})
 
 
 def scatter_terms(D: Tensor, idx: Tensor, owner: Tensor, w: Tensor, X: Tensor) -> bool:

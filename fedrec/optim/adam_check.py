@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fedrec.native import library
+from fedrec.native import load
 from fedrec.optim.adam import Adam
 from fedrec.optim.base import SLACK, Rows, Tensor, tiny, unit_roundoff
 
@@ -86,14 +86,16 @@ int64_t fedrec_adam_check_f32(
 @functools.lru_cache(maxsize=1)
 def native() -> Any:
     """The C check compiled for this process (fedrec.native), or None."""
-    lib = library(_C)
-    if lib is None:
-        return None
     p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    fn = lib.fedrec_adam_check_f32
-    fn.restype = i64
-    fn.argtypes = [p, p, p, i64, p, i64, i64, p, p, p, *[f64] * 7, ctypes.c_float, ctypes.c_int, p, p, p, p]
-    return lib
+    return load(
+        _C,
+        {
+            "fedrec_adam_check_f32": (
+                i64,
+                [p, p, p, i64, p, i64, i64, p, p, p, *[f64] * 7, ctypes.c_float, ctypes.c_int, p, p, p, p],
+            )
+        },
+    )
 
 
 def applies(rule: Any, tables: Rows, rows: Tensor, up: Rows) -> bool:
