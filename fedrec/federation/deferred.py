@@ -107,9 +107,8 @@ class DeferredStore:
             self._eta = grown
         if self.adam:
             self._eta[p] = self.rule.step_size(t)  # rounded to the tables' dtype, as the pass rounds it
-            if (
-                self._eta.device.type == "cpu"
-            ):  # the stored value (a subnormal rounds up to 2x): only the C loop reads it
+            # the stored value (a subnormal rounds up 2x); only the C catch-up, on the CPU, reads it
+            if self._eta.device.type == "cpu":
                 self._eta_max = max(self._eta_max, abs(float(self._eta[p])))
         self.rounds.append(t)
 
