@@ -7,7 +7,7 @@ The same float64 operations in the same order as ``Adam.reconstruct_and_verify``
 (fedrec.optim.base), each an IEEE operation (fedrec.native: no contraction, no fast-math): the
 gradient is bit-identical to the eager reconstruction and every verdict the eager one, not merely
 within the check's slack (tests/test_fused.py). inductor's kernel of the same function makes four
-loops with float64 buffers between them, 3-4x the time (``benchmarks/bench_c_loops.py``).
+loops with float64 buffers between them, 2-5x the time (``benchmarks/bench_c_loops.py``).
 
 Only float32 tables and uploads on the CPU; everything else takes the compiled or eager function.
 """

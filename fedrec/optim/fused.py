@@ -81,8 +81,8 @@ def row_checks(
 class RuleCheck:
     """``row_checks`` of one rule, fused when asked and possible (see the module docstring). Adam's
     float32 checks on the CPU take one C loop (fedrec.optim.adam_check) whether or not ``fused`` is
-    asked: the eager function's values, bit for bit, in a quarter of inductor's time (``native=False``
-    turns it off, for the tests that compare the ways).
+    asked: the eager function's values, bit for bit, in a half to a fifth of inductor's time
+    (``native=False`` turns it off, for the tests that compare the ways).
 
     ``mode``: ``"native"`` once the C loop ran, ``"compiled"`` once a compiled call succeeded,
     ``"eager"`` when not asked (or not yet called), ``"eager (reason)"`` when compilation was asked for
