@@ -142,6 +142,7 @@ def native() -> Any:
     return load(_C, signatures)
 
 
+@functools.lru_cache(maxsize=64)  # asked on every catch-up (several a round); rules are frozen
 def uses_v(rule: Any, dtype: torch.dtype) -> bool:
     """Whether the frozen-theta bound may use ``v + eps`` (``b1^2 <= b2`` in the tables' dtype, with a
     margin), else only ``eps`` (the module docstring)."""
