@@ -361,7 +361,10 @@ def sq_lp_distances(
             flat = blk.reshape(v.n, -1)
             acc += torch.cdist(flat, flat, p=p).pow(p)
     acc.fill_diagonal_(0.0)
-    return acc.pow(2.0 / p)
+    # torch's pow rounds a tensor's last partial SIMD vector on another path than the whole vectors, so
+    # equal inputs at (i, j) and (j, i) can come out a bit apart: keep the upper triangle's for both
+    upper = torch.triu(acc.pow(2.0 / p), 1)
+    return upper + upper.T
 
 
 DISTANCES = {"l2": sq_distances, "linf": sq_linf_distances}
