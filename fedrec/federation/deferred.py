@@ -62,7 +62,8 @@ class DeferredStore:
     current while its epoch is the store's)."""
 
     def __init__(self, tables: dict[str, Tensor], rule: Any) -> None:
-        self.tables = tables
+        with torch.inference_mode(False):  # a round's tables are inference tensors: no write counter
+            self.tables = {k: x.clone() if x.is_inference() else x for k, x in tables.items()}
         self.rule = rule
         theta = tables["theta"]
         self.clock = torch.zeros(theta.shape[0], dtype=torch.int64, device=theta.device)

@@ -46,8 +46,9 @@ def _upgrade_records(sd: Any) -> Any:
 
 def _own(x, copy: bool = False):
     """``x``, or a copy of it when it is a view of a larger tensor (fedrec.federation.stacked) or
-    ``copy``."""
-    return x if x._base is None and not copy else x.clone()
+    ``copy``. The storage's size says it (an inference tensor's view, as a round makes, has no ``_base``)."""
+    view = x._base is not None or x.untyped_storage().nbytes() > x.numel() * x.element_size()
+    return x.clone() if view or copy else x
 
 
 class RunCheckpointing:

@@ -165,7 +165,11 @@ class RunStack:
     # -- a round -----------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """One round of every run (``FederatedRun.step``, stacked)."""
+        """One round of every run (``FederatedRun.step``, stacked; under ``torch.inference_mode`` as it)."""
+        with torch.inference_mode():
+            self._step()
+
+    def _step(self) -> None:
         runs, t = self.runs, self.server.t + 1
         check_round_budget(t, runs[0].total_rounds)
         if any(
