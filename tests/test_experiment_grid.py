@@ -26,7 +26,7 @@ from fedrec.cli import app
 from fedrec.config import load_config
 from fedrec.data import synthetic
 from fedrec.experiments.grid import STANDARD_KEYS, GridError, load_grid
-from fedrec.optim import adam_check
+from fedrec.optim import adam_check, adam_pass
 from fedrec.optim.fused import compiler_available
 
 VOLATILE = ["wall_s", "run_dir"]  # what may differ between two runs of the same grid
@@ -675,7 +675,8 @@ def test_cells_that_compile_run_compiled_from_the_warmed_forkserver(tmp_path: Pa
         assert res.exit_code == 0, res.output
         summaries = [json.loads(p.read_text()) for p in out.glob("runs/*/summary.json")]
         # Adam's default pass compiles; its float32 check is the C loop either way (fedrec.optim.adam_check)
-        assert {s["default_pass"] for s in summaries} == {"compiled" if compiled else "eager"}
+        fused_pass = "native" if adam_pass.native() is not None else "compiled"  # fedrec.optim.adam_pass
+        assert {s["default_pass"] for s in summaries} == {fused_pass if compiled else "eager"}
         check = "native" if adam_check.native() is not None else "compiled" if compiled else "eager"
         assert {s["rule_check"] for s in summaries} == {check}
         tables[compiled] = _table(out).drop(columns=["cell", "run.compile"], errors="ignore")

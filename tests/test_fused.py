@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import fedrec.optim.fused as fused_mod
 from fedrec.federation.simulation import COMPILE_ROUNDS, fuse_verification
-from fedrec.optim import RULES, adam_check, make_rule
+from fedrec.optim import RULES, adam_check, adam_pass, make_rule
 from fedrec.optim.fused import DefaultPass, RuleCheck, compiler_available, row_checks
 
 needs_compiler = pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for torch.compile")
@@ -201,7 +201,7 @@ def test_compiled_default_pass_gives_the_eager_default_rows(name, dtype):
     import torch._dynamo
 
     rule = make_rule(name)
-    pass_ = DefaultPass(rule, fused=True)
+    pass_ = DefaultPass(rule, fused=True, native=False)  # inductor's kernel (the C pass: below)
     u = torch.finfo(dtype).eps / 2
     frames = torch._dynamo.utils.counters["frames"]["ok"]
     for seed in range(6):  # theta near the step too (seed 2 at this shape: a few ulps of theta)
@@ -240,7 +240,7 @@ def test_a_failing_compiler_falls_back_to_the_eager_default_pass_with_one_warnin
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    pass_ = DefaultPass(rule, fused=True)
+    pass_ = DefaultPass(rule, fused=True, native=False)  # inductor's way (the C pass compiles no kernel)
     tables, _, _, t = problem(rule, 0)
     with pytest.warns(RuntimeWarning, match="fused default pass unavailable"):
         got = pass_(tables, t)
@@ -282,7 +282,8 @@ def test_a_run_with_the_compiled_check_is_the_eager_run(monkeypatch):
         return run
 
     eager, fused = run_of(False), run_of(True)
-    assert default_pass(fused.rule, fused.limits.fused).mode == "compiled"
+    want_pass = "native" if adam_pass.native() is not None else "compiled"
+    assert default_pass(fused.rule, fused.limits.fused).mode == want_pass
     torch.testing.assert_close(fused.server.theta, eager.server.theta, rtol=1e-5, atol=1e-7)
     assert torch.equal(eager.records["reason"], fused.records["reason"])
     monkeypatch.setattr(server_mod, "default_pass", lambda rule, fused: DefaultPass(rule, False))
@@ -333,3 +334,65 @@ def test_the_c_check_applies_only_to_inputs_it_can_read():
         pass
 
     assert not adam_check.applies(Custom(), tables, rows, up)
+
+
+needs_cc = pytest.mark.skipif(adam_pass.native() is None, reason="no C compiler for the C default pass")
+
+
+@needs_compiler
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_c_default_pass_is_the_compiled_kernel_bit_for_bit(dtype):
+    """fedrec.optim.adam_pass: theta, m and v equal inductor's kernel's bit for bit, round after round
+    (the step size an input), on rows near the step, moments at +0 and -0, subnormal and huge moments,
+    row counts that are no multiple of a vector and a non-contiguous table; mode ``native``."""
+    rule = make_rule("adam")
+    c_pass, kernel = DefaultPass(rule, fused=True), DefaultPass(rule, fused=True, native=False)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    for seed, (n_rows, d) in enumerate([(37, 8), (5, 67), (300, 64)]):
+        gen = torch.Generator().manual_seed(seed)
+        theta = torch.randn(n_rows, d, generator=gen, dtype=torch.float64).to(dtype)
+        tables = {"theta": theta, **rule.init_state(theta)}
+        for t in range(1, 4):
+            tables = rule.client_step(dict(tables), torch.randn(n_rows, d, generator=gen, dtype=dtype), t)
+        tiny = torch.finfo(dtype).tiny
+        tables["m"][0, :4] = torch.tensor([0.0, -0.0, tiny / 4, -1e30], dtype=dtype)
+        tables["v"][0, :4] = torch.tensor([0.0, 0.0, tiny / 8, 1e30], dtype=dtype)
+        tables["theta"][1] = 1e-3 * tables["m"][1]
+        for t in range(4, 9):
+            got, want = c_pass(tables, t), kernel(tables, t)
+            assert (c_pass.mode, kernel.mode) == ("native", "compiled")
+            for k in want:  # as bit patterns: -0 against +0 and NaN payloads count
+                assert got[k].dtype == dtype and got[k].shape == want[k].shape
+                assert torch.equal(got[k].contiguous().view(bits), want[k].contiguous().view(bits)), (k, t)
+            assert all(got[k].data_ptr() != tables[k].data_ptr() for k in got)  # new tables
+            tables = got
+    wide = {k: x.t().contiguous().t() for k, x in tables.items()}  # column-major: the same values
+    got, want = c_pass(wide, 9), kernel(tables, 9)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@needs_cc
+def test_the_c_default_pass_only_takes_adam_itself_on_the_cpu():
+    """A subclass of Adam (it may change the step), another rule, or tables of mixed dtypes or shapes
+    keep the torch pass; ``native=False`` too."""
+    from dataclasses import dataclass
+
+    from fedrec.optim.adam import Adam
+
+    @dataclass(frozen=True)
+    class Louder(Adam):
+        pass
+
+    theta = torch.randn(6, 4)
+    for rule in (Louder(eta=0.01), make_rule("momentum")):
+        assert not adam_pass.applies(rule, {"theta": theta, **rule.init_state(theta)})
+    rule = make_rule("adam")
+    tables = {"theta": theta, **rule.init_state(theta)}
+    assert adam_pass.applies(rule, tables)
+    assert not adam_pass.applies(rule, {**tables, "m": tables["m"].double()})
+    assert not adam_pass.applies(rule, {**tables, "v": tables["v"][:3]})
+    assert not adam_pass.applies(rule, {**tables, "extra": theta})
+    pass_ = DefaultPass(rule, fused=True, native=False)
+    pass_(tables, 2)
+    assert pass_.mode != "native"

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from fedrec.optim import adam_check
+from fedrec.optim import adam_check, adam_pass
 from fedrec.optim.base import Rows, Tensor
 
 MIN_ROWS = 2
@@ -135,10 +135,13 @@ class DefaultPass:
     The step size goes in as a 0-dim tensor, so one kernel serves every round. Shapes are static, each
     (shape, dtype, device) with a code object of its own: dynamo caches at most 8 variants per code
     object, and a process that runs many table shapes (tests, a notebook) must not push the pass past
-    that into silent eager runs. ``mode`` as ``RuleCheck``'s."""
+    that into silent eager runs. ``mode`` as ``RuleCheck``'s. Adam's tables on the CPU take one C loop
+    instead when fused is asked (fedrec.optim.adam_pass: the compiled kernel's values bit for bit,
+    without its start-up; ``native=False`` turns it off, for the tests that compare the ways)."""
 
-    def __init__(self, rule: Any, fused: bool) -> None:
+    def __init__(self, rule: Any, fused: bool, native: bool = True) -> None:
         self.rule = rule
+        self.native = native
         self.fused = fused and hasattr(rule, "default_step") and compiler_available()
         if self.fused or not fused:
             self.mode = "eager"
@@ -151,6 +154,9 @@ class DefaultPass:
     def __call__(self, tables: Rows, t: int) -> Rows:
         if not self.fused:
             return self.rule.default_rows(tables, t)
+        if self.native and adam_pass.applies(self.rule, tables):
+            self.mode = "native"
+            return adam_pass.adam_default_pass(self.rule, tables, self.rule.step_size(t))
         theta = tables["theta"]
         # a fill kernel, not a copy from host memory (which would be a host sync on a GPU)
         eta_t = torch.full((), self.rule.step_size(t), dtype=torch.float64, device=theta.device)
