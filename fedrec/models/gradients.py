@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.models.batch import UserBatch
+from fedrec.models.bpr_native import bpr_row_gradients_native
 from fedrec.models.layout import TableLayout
 
 Tensor = torch.Tensor
@@ -64,7 +65,14 @@ def bpr_row_gradients(
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """``(dL/dW [K, d], dL/du [B, d] or None, L [B])``: the gradient of each client's loss
     (``bpr_objective``) w.r.t. its own copies ``W`` of its touched rows, listed by the sorted keys
-    ``owner * n_rows + row`` (``touched_rows``), w.r.t. MF's user vectors, and the loss itself."""
+    ``owner * n_rows + row`` (``touched_rows``), w.r.t. MF's user vectors, and the loss itself.
+    Float32 rows on the CPU take one C loop (fedrec.models.bpr_native: the same formulas, to float32
+    rounding, ~5x faster)."""
+    fast = bpr_row_gradients_native(
+        W, keys, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors, flip=flip
+    )
+    if fast is not None:
+        return fast
     terms = sample_terms(W, keys, layout, batch, neg, gamma=gamma, user_vectors=user_vectors, flip=flip)
     gW, g_user = assemble_row_gradients(terms, W, batch.size, lam=lam, user_vectors=user_vectors)
     return gW, g_user, with_l2(terms.client_loss(batch.size), W, keys, layout, lam, user_vectors)
