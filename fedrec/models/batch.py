@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedrec.models.negatives_native import redraw_positives
+
 
 @dataclass(frozen=True)
 class CSRTensors:
@@ -49,7 +51,7 @@ class UserBatch:
         return self.users.shape[0]
 
     def counts(self) -> torch.Tensor:
-        return self.ptr[1:] - self.ptr[:-1]
+        return torch.diff(self.ptr)  # ptr[1:] - ptr[:-1] in one operation
 
 
 def gather_users(csr: CSRTensors, users: torch.Tensor) -> UserBatch:
@@ -75,8 +77,10 @@ def sample_negatives(
     device = batch.items.device
     if bool((batch.counts() >= n_items).any()):
         raise ValueError("a user has interacted with every item: no negative can be sampled")
-    keys = batch.owner * n_items + batch.items  # sorted: owners ascend, items ascend within a user
     out = torch.randint(n_items, (batch.items.shape[0], n_neg), generator=generator, device=device)
+    if redraw_positives(batch.ptr, batch.items, out, n_items, generator, max_rounds):
+        return out  # the rounds below as C loops, the same draws (fedrec.models.negatives_native)
+    keys = batch.owner * n_items + batch.items  # sorted: owners ascend, items ascend within a user
     owner = batch.owner[:, None].expand_as(out)
     bad = _is_positive(keys, owner * n_items + out)
     for _ in range(max_rounds):

@@ -1,0 +1,56 @@
+"""The rejection rounds of ``sample_negatives`` as C loops (fedrec.models.negatives_native) give the torch
+loop's negatives bit for bit and leave the generator where it leaves it (the same draws, in the same
+order), on batches where most draws hit a positive; the loop's limit still raises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fedrec.models.batch as batch_mod
+from fedrec.models import UserBatch, sample_negatives
+from fedrec.models.negatives_native import native
+
+pytestmark = pytest.mark.skipif(native() is None, reason="no C compiler for the negatives' loop")
+
+
+def batch_of(seed: int, B: int, n_items: int, dense: float) -> UserBatch:
+    gen = torch.Generator().manual_seed(seed)
+    hi = max(1, min(n_items - 1, int(dense * n_items)))
+    counts = torch.randint(0, hi + 1, (B,), generator=gen)
+    items = [torch.randperm(n_items, generator=gen)[: int(c)].sort().values for c in counts]
+    ptr = torch.zeros(B + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    owner = torch.repeat_interleave(torch.arange(B), counts)
+    return UserBatch(users=torch.arange(B), ptr=ptr, items=torch.cat(items), owner=owner)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    B=st.integers(1, 8),
+    n_items=st.integers(2, 40),
+    dense=st.sampled_from([0.1, 0.5, 0.9, 1.0]),
+    n_neg=st.integers(1, 4),
+)
+def test_the_c_rounds_draw_what_the_torch_loop_draws(seed, B, n_items, dense, n_neg):
+    batch = batch_of(seed, B, n_items, dense)
+    g_c, g_torch = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
+    got = sample_negatives(batch, n_items, n_neg, g_c)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(batch_mod, "redraw_positives", lambda *a: False)  # the torch loop
+        want = sample_negatives(batch, n_items, n_neg, g_torch)
+    assert torch.equal(got, want)
+    assert torch.equal(g_c.get_state(), g_torch.get_state())
+    for h in range(batch.items.shape[0]):  # and they are negatives: not a positive of their user
+        b = int(batch.owner[h])
+        own = set(batch.items[batch.ptr[b] : batch.ptr[b + 1]].tolist())
+        assert not own & set(got[h].tolist())
+
+
+def test_the_round_limit_still_raises():
+    batch = batch_of(0, 3, 200, 0.99)  # users holding almost every item: most draws are redrawn
+    with pytest.raises(RuntimeError, match="did not finish"):
+        sample_negatives(batch, 200, 4, torch.Generator().manual_seed(0), max_rounds=1)
