@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from fedrec.config import WEIGHTINGS
+from fedrec.federation.validate_native import value_checks
 from fedrec.optim.base import finite_rows
 from fedrec.optim.fused import rule_check
 from fedrec.protocol import REASONS, ServerState, Upload, UploadBatch
@@ -285,6 +286,16 @@ def _mark(code: torch.Tensor, flag: torch.Tensor, name: str) -> None:
     code.copy_(torch.where((code == 0) & flag, CODE[name], code))
 
 
+VALUE_CHECKS = (
+    "non-finite",
+    "row-out-of-range",
+    "rows-unsorted-or-duplicated",
+    "n-examples-invalid",
+    "n-examples-absurd",
+)
+VALUE_CODES = tuple(CODE[r] for r in VALUE_CHECKS)
+
+
 def validate(
     uploads: UploadBatch,
     *,
@@ -304,8 +315,21 @@ def validate(
     first decides what each claim weighs: ``effective_examples``)."""
     n = uploads.n
     device = uploads.rows.device
-    owner = uploads.owner()
     code = torch.zeros(n, dtype=torch.int64, device=device) if codes is None else codes.clone()
+    ne = uploads.n_examples
+    tables = [uploads.theta, *uploads.state.values()]
+    cap = min(max_examples, INT64[1])
+    # the checks below in one C pass where it applies (fedrec.federation.validate_native)
+    if not value_checks(code, uploads.ptr, uploads.rows, tables, ne, n_rows, cap, VALUE_CODES):
+        _value_checks(code, uploads, n_rows, max_examples)
+    if max_weight_share is None:
+        return code
+    return weight_share(code, ne, max_weight_share, min_uploads_for_share)
+
+
+def _value_checks(code: torch.Tensor, uploads: UploadBatch, n_rows: int, max_examples: int) -> None:
+    """``validate``'s value checks in torch, into ``code`` in place."""
+    n, ne, owner = uploads.n, uploads.n_examples, uploads.owner()
     finite = finite_rows(uploads.theta)
     for x in uploads.state.values():
         finite &= finite_rows(x)
@@ -317,12 +341,8 @@ def validate(
         _per_upload_any(same & (uploads.rows[1:] <= uploads.rows[:-1]), owner[1:], n),
         "rows-unsorted-or-duplicated",
     )
-    ne = uploads.n_examples
     _mark(code, ne < 1, "n-examples-invalid")
     _mark(code, (ne > max_examples) | (ne > uploads.counts()), "n-examples-absurd")
-    if max_weight_share is None:
-        return code
-    return weight_share(code, ne, max_weight_share, min_uploads_for_share)
 
 
 def weight_share(
