@@ -91,7 +91,7 @@ class UploadBatch:
         return int(self.client_ids.shape[0])
 
     def counts(self) -> torch.Tensor:
-        return self.ptr[1:] - self.ptr[:-1]
+        return torch.diff(self.ptr)  # ptr[1:] - ptr[:-1] in one operation (a round asks ~10 times)
 
     def owner(self) -> torch.Tensor:
         """The upload index of every listed row: ``[K]``."""
