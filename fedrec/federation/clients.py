@@ -23,6 +23,7 @@ from fedrec.models import (
     touched_rows,
 )
 from fedrec.models.gradients import assemble_row_gradients, bpr_row_gradients, sample_terms, with_l2
+from fedrec.optim import adam_step
 from fedrec.protocol import ServerState, UploadBatch
 
 
@@ -119,9 +120,20 @@ def client_gradients(
 def honest_uploads(
     server: ServerState, rule, grads: ClientGradients, batch: UserBatch, t: int
 ) -> UploadBatch:
-    """One optimizer step per client from the global state at its rows (Eq. 2-6 for Adam)."""
+    """One optimizer step per client from the global state at its rows (Eq. 2-6 for Adam; Adam's float32
+    step on the CPU as one C loop that gathers the rows too, torch's values bit for bit:
+    fedrec.optim.adam_step)."""
     rows = grads.rows
-    new = rule.client_step(server.rows_at(rows), grads.g, t)
+    if server.deferred is None:
+        tables, at = server.current_tables(rows), rows
+    else:  # a deferred state catches the rows up and hands them over gathered
+        tables = server.rows_at(rows)
+        at = torch.arange(rows.shape[0], device=rows.device)
+    if adam_step.applies(rule, tables, at, grads.g):
+        new = adam_step.adam_client_step(rule, tables, at, grads.g, t)
+    else:
+        prev = tables if server.deferred is not None else server.rows_at(rows)
+        new = rule.client_step(prev, grads.g, t)
     return UploadBatch(
         client_ids=batch.users,
         ptr=grads.ptr,
