@@ -29,13 +29,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); ms a round, medians of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); ms a round, medians of {args.repeats}"
+    )
     for name in args.datasets:
         data, kind = load(name)
         split = split_per_user(data, seed=0)
         cfg = Config()
         cfg.federated.fraction, cfg.federated.rounds, cfg.run.compile = 0.01, 10**6, True
-        runs = {way: FederatedRun.create(cfg, split, torch.device("cpu")) for way in ("autograd on", "inference")}
+        runs = {
+            way: FederatedRun.create(cfg, split, torch.device("cpu")) for way in ("autograd on", "inference")
+        }
 
         def step(way: str, run: FederatedRun) -> None:
             if way == "inference":
@@ -56,7 +60,9 @@ def main() -> None:
                 times[way].append((time.perf_counter() - start) / args.rounds * 1e3)
         on, off = (statistics.median(times[w]) for w in runs)
         same = torch.equal(runs["autograd on"].server.theta, runs["inference"].server.theta)
-        print(f"{name} ({kind}): autograd on {on:.2f} ms, inference mode {off:.2f} ms, {on / off:.2f}x; same tables: {same}")
+        print(
+            f"{name} ({kind}): autograd on {on:.2f} ms, inference mode {off:.2f} ms, {on / off:.2f}x; same tables: {same}"
+        )
 
 
 if __name__ == "__main__":

@@ -440,3 +440,19 @@ def test_catch_up_takes_any_shape_of_row_ids():
     grid.catch_up(ids)
     assert torch.equal(flat.clock, grid.clock) and int(grid.clock[11]) == 5
     assert all(torch.equal(flat.tables[k], grid.tables[k]) for k in tables)
+
+
+def test_a_store_made_from_a_rounds_tables_keeps_ordinary_ones():
+    """Tables made under the round's inference mode keep no write counter; the store copies them into
+    ordinary tensors, so its foreign-write check still works."""
+    rule = make_rule("adam")
+    with torch.inference_mode():
+        tables = _tables(rule, 10, 4, torch.Generator().manual_seed(0))
+    assert tables["theta"].is_inference()
+    store = D.DeferredStore(tables, rule)
+    assert not any(x.is_inference() for x in store.tables.values())
+    assert all(torch.equal(store.tables[k], tables[k]) for k in tables)
+    store.check_own()
+    store.tables["theta"].add_(1.0)
+    with pytest.raises(D.ForeignWrite):
+        store.check_own()

@@ -276,6 +276,63 @@ class Scribbler(_Attacker):
         return self.honest(ctx)
 
 
+@dataclasses.dataclass(frozen=True)
+class LateScribbler(Scribbler):
+    """``Scribbler`` from round 3 on (tables a round made, not the run's first), and, ``sneaky``, inside an
+    inference mode of its own (where torch does not refuse in-place writes into inference tensors)."""
+
+    sneaky: bool = False
+
+    def __call__(self, ctx):
+        if ctx.t < 3:
+            return self.honest(ctx)
+        if self.sneaky:
+            with torch.inference_mode():
+                return super().__call__(ctx)
+        return super().__call__(ctx)
+
+
+@pytest.mark.parametrize("sneaky", [False, True])
+@pytest.mark.parametrize("how", ["row-view", "table", "moment"])
+def test_a_write_into_tables_a_round_made_is_stopped_too(how, sneaky):
+    """Rounds run under torch.inference_mode; the tables they make stay ordinary tensors (their writes
+    counted), so a later round's write is refused as the first round's is, even one made under the
+    attack's own inference mode."""
+    run = _attacked_run(LateScribbler(how, sneaky), rounds=5)
+    with pytest.raises(RuntimeError, match="attack 'scribbler' wrote into the global state"):
+        run.run()
+    assert run.server.t == 2  # the round that wrote changed nothing the run kept
+
+
+def test_an_attack_may_write_into_and_differentiate_its_own_context():
+    """The context's own tensors are the attack's (copies outside the round's inference mode): writing
+    into its gradient in place is no write into the state, and autograd works against them and against
+    the tables it reads; so does a user's autograd through the run's tables after the run."""
+
+    @dataclasses.dataclass(frozen=True)
+    class OwnWriter(_Attacker):
+        name = "own-writer"
+
+        def __call__(self, ctx):
+            from fedrec.attacks import upload_from_gradient
+
+            g = ctx.g
+            g.mul_(-1.0)
+            x = torch.ones_like(g, requires_grad=True)
+            (x * g).sum().backward()
+            w = torch.ones(ctx.server.dim, requires_grad=True)
+            (ctx.server.theta @ w).sum().backward()
+            assert x.grad is not None and w.grad is not None
+            return upload_from_gradient(ctx, ctx.rows, ctx.ptr, g)
+
+    run = _attacked_run(OwnWriter(), rounds=5)
+    run.run()
+    assert run.server.t == 5 and not run.server.theta.is_inference()
+    w = torch.ones(run.server.dim, requires_grad=True)
+    (run.server.theta @ w).sum().backward()
+    torch.testing.assert_close(w.grad, run.server.theta.sum(0))
+
+
 def test_an_attack_that_rebinds_the_contexts_tables_leaves_the_run_alone():
     """Rebinding ``ctx.server.theta`` (no in-place write to count) changes the attack's own copy of the
     state object, never the run's."""

@@ -81,16 +81,20 @@ def _aggregated(
             raise ValueError("a deferred state aggregates one run (runs stacked in one table are dense)")
         return _aggregated_deferred(server, pieces, rule, t)
     prev = {"theta": server.theta, **server.state}
-    default = default_pass(rule, fused)(prev, t)
-    new = {}
-    for key, D in default.items():
-        # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
-        if D.data_ptr() == prev[key].data_ptr():
-            D = D.clone()
-        _add_terms(D, pieces, key, server.dtype, lambda idx, offset: idx + offset if offset else idx)
-        for r in keep_old:
-            D[r * n_rows : (r + 1) * n_rows] = prev[key][r * n_rows : (r + 1) * n_rows]
-        new[key] = D
+    # outside the round's inference mode (a few large operations: nothing to save), so the new tables
+    # are ordinary tensors: torch counts writes into them (run_attack refuses an attack that wrote) and
+    # a user may differentiate through them
+    with torch.inference_mode(False):
+        default = default_pass(rule, fused)(prev, t)
+        new = {}
+        for key, D in default.items():
+            # a rule may return the global tensor itself (e.g. AdaGrad's r); never write into it
+            if D.data_ptr() == prev[key].data_ptr() or D.is_inference():
+                D = D.clone()
+            _add_terms(D, pieces, key, server.dtype, lambda idx, offset: idx + offset if offset else idx)
+            for r in keep_old:
+                D[r * n_rows : (r + 1) * n_rows] = prev[key][r * n_rows : (r + 1) * n_rows]
+            new[key] = D
     theta = new.pop("theta")
     return ServerState(theta=theta, state=new, t=t)
 

@@ -278,6 +278,7 @@ def run_attack(attack, ctx: AttackContext) -> UploadBatch:
     store = server.deferred
     if store is None:
         view = ServerState(server.theta, dict(server.state), server.t)
+        # a round's tables are ordinary tensors (server._aggregated makes them outside inference mode)
         tables = [x for x in (server.theta, *server.state.values()) if not x.is_inference()]
         before = [x._version for x in tables]
     else:
@@ -289,10 +290,15 @@ def run_attack(attack, ctx: AttackContext) -> UploadBatch:
         "context and returns uploads (clone what it changes)"
     )
     try:
-        # outside the round's inference mode: a table a round made is an inference tensor, which
-        # refuses an in-place write there (it keeps no write counter); the run's first tables count
+        # outside the round's inference mode, on copies of the context's own tensors (the round made
+        # them inference tensors, which refuse in-place writes and autograd there): the attack may
+        # change or differentiate what is its own, as it could before rounds ran in inference mode
         with torch.inference_mode(False):
-            out = attack(dataclasses.replace(ctx, server=view))
+            fields = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx) if f.name != "server"}
+            own = {
+                k: v.clone() for k, v in fields.items() if isinstance(v, torch.Tensor) and v.is_inference()
+            }
+            out = attack(dataclasses.replace(ctx, server=view, **own))
     except ForeignWrite as err:  # it wrote, then read rows through the store
         raise refused from err
     except RuntimeError as err:
@@ -437,10 +443,11 @@ class FederatedRun(RunCheckpointing):
         The clients' side comes from ``collector`` when one is set (the Flower ServerApp's), else from
         this process (``collect``).
 
-        The round runs under ``torch.inference_mode`` (no autograd bookkeeping on its ~600 small
-        operations: 1.1-1.2x a round on ML-100K, benchmarks/bench_inference_mode.py), so the tables it
-        makes are inference tensors: read them freely, ``clone()`` one to write into it or to
-        differentiate through it outside a round."""
+        The round runs under ``torch.inference_mode`` (no autograd bookkeeping on its ~350 small
+        operations; benchmarks/bench_inference_mode.py). The tables it makes are ordinary tensors
+        (fedrec.federation.server), attacks run outside it on copies of their context (``run_attack``);
+        the round's own outputs (``on_round``'s uploads, gradients, decision) are inference tensors:
+        ``clone()`` one to write into it or to differentiate it."""
         with torch.inference_mode():
             self._step()
 
