@@ -131,6 +131,10 @@ def test_rows_or_items_the_keys_do_not_hold_are_refused():
     bad[0, 0] = layout.n_items
     with pytest.raises(ValueError, match="not in the batch's keys"):
         bpr_row_gradients_native(W, keys, layout, batch, bad, **kw)
+    # a ptr that does not cover the batch's entries is not read past them: the torch way runs (None)
+    for ptr in (torch.tensor([0, 1000]), batch.ptr + 1, batch.ptr.flip(0)):
+        broken = UserBatch(batch.users[: ptr.shape[0] - 1], ptr, batch.items, batch.owner)
+        assert bpr_row_gradients_native(W, keys, layout, broken, neg, **kw) is None
     # where the loop does not apply, the torch way runs (None): float64, a user-vector-less MF batch
     assert bpr_row_gradients_native(W.double(), keys, layout, batch, neg, **kw) is None
     mf = TableLayout.for_model("mf", layout.n_items)

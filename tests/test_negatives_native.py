@@ -54,3 +54,14 @@ def test_the_round_limit_still_raises():
     batch = batch_of(0, 3, 200, 0.99)  # users holding almost every item: most draws are redrawn
     with pytest.raises(RuntimeError, match="did not finish"):
         sample_negatives(batch, 200, 4, torch.Generator().manual_seed(0), max_rounds=1)
+
+
+def test_a_batch_the_loop_cannot_read_keeps_the_torch_loop():
+    """An empty ``ptr`` (no user) and a ``ptr`` that does not end at the entries are left to torch."""
+    from fedrec.models.negatives_native import redraw_positives
+
+    out = torch.zeros(3, 2, dtype=torch.int64)
+    gen = torch.Generator().manual_seed(0)
+    assert not redraw_positives(torch.zeros(0, dtype=torch.int64), torch.arange(3), out, 10, gen, 5)
+    assert not redraw_positives(torch.tensor([0, 2]), torch.arange(3), out, 10, gen, 5)
+    assert torch.equal(out, torch.zeros(3, 2, dtype=torch.int64))

@@ -53,32 +53,45 @@ def forged(seed: int, n: int, d: int, n_rows: int) -> UploadBatch:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    seed=st.integers(0, 2**20), n=st.integers(0, 9), d=st.sampled_from([1, 3, 16, 19]), preset=st.booleans()
+    seed=st.integers(0, 2**20),
+    n=st.integers(0, 9),
+    d=st.sampled_from([1, 3, 16, 19]),
+    preset=st.booleans(),
+    n_rows=st.sampled_from([12, 13, 2**40]),
+    max_examples=st.sampled_from([0, 3, 6, 2**62]),
+    strided=st.booleans(),
 )
-def test_the_c_pass_decides_as_the_torch_checks(seed, n, d, preset):
+def test_the_c_pass_decides_as_the_torch_checks(seed, n, d, preset, n_rows, max_examples, strided):
     up = forged(seed, n, d, n_rows=12)
+    if strided:  # a table that is a strided view, as an attack may send
+        up.theta = torch.cat([up.theta, up.theta], 1)[:, ::2]
     start = torch.zeros(n, dtype=torch.int64)
     if preset and n:
         start[0] = 99  # a code set earlier (receive, admit) stays
     want = start.clone()
-    _value_checks(want, up, 12, 6)
+    _value_checks(want, up, n_rows, max_examples)
     got = start.clone()
     tables = [up.theta, *up.state.values()]
-    assert value_checks(got, up.ptr, up.rows, tables, up.n_examples, 12, 6, VALUE_CODES)
+    assert value_checks(got, up.ptr, up.rows, tables, up.n_examples, n_rows, max_examples, VALUE_CODES)
     assert torch.equal(got, want), (got, want)
-    # and validate() (the weight share after) gives the same either way
-    assert torch.equal(
-        validate(up, n_rows=12, max_examples=6, codes=start),
-        _torch_validate(up, start),
-    )
 
 
-def _torch_validate(up, start):
-    from fedrec.federation.validate import weight_share
+def test_validate_takes_the_c_pass_where_it_applies(monkeypatch):
+    """``validate`` (value checks, then the weight share) gives the torch checks' codes through the C
+    pass: the torch checks do not run for float32 uploads on the CPU."""
+    import fedrec.federation.validate as validate_mod
 
-    code = start.clone()
-    _value_checks(code, up, 12, 6)
-    return weight_share(code, up.n_examples, 0.9, 5)
+    up = forged(7, 9, 5, n_rows=12)
+    start = torch.zeros(9, dtype=torch.int64)
+    want = start.clone()
+    _value_checks(want, up, 12, 6)
+    want = validate_mod.weight_share(want, up.n_examples, 0.9, 5)
+
+    def torch_checks(*a, **k):
+        raise AssertionError("the torch checks ran")
+
+    monkeypatch.setattr(validate_mod, "_value_checks", torch_checks)
+    assert torch.equal(validate(up, n_rows=12, max_examples=6, codes=start), want)
 
 
 def test_other_dtypes_and_broken_pointers_keep_the_torch_checks():

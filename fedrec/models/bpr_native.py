@@ -70,18 +70,21 @@ static int64_t lower(const int64_t *keys, int64_t K, int64_t key) {
 /* W [K, d]: each client's copy of its touched rows, listed by the sorted keys owner * n_rows + row.
    FISM when q_off >= 0 (P rows at p_off + item, Q rows at q_off + item), MF otherwise (U [B, d]).
    Writes g [K, d] (zeroed here), g_user [B, d] (MF), loss [B]; work [4 d] scratch.
-   Returns 0, or -1 (outputs undefined) when an item, a negative or a row is not where it must be. */
+   Returns 0, -1 (outputs undefined) when an item, a negative or a row is not where it must be, or -2
+   (nothing read past ptr) when ptr does not rise from 0 to H, the number of entries. */
 int64_t fedrec_bpr_grad_f32(const float *W, int64_t K, int64_t d, const int64_t *keys, int64_t n_rows,
                             int64_t B, const int64_t *ptr, const int64_t *items, const int64_t *neg,
                             int64_t n_neg, int64_t n_items, int64_t p_off, int64_t q_off,
                             const float *U, double gamma, double lam, double sign,
-                            float *g, float *g_user, float *loss, float *work) {
+                            float *g, float *g_user, float *loss, float *work, int64_t H) {
+    if (ptr[0] != 0 || ptr[B] != H) return -2;
+    for (int64_t b = 0; b < B; ++b)
+        if (ptr[b + 1] < ptr[b]) return -2;
     memset(g, 0, sizeof(float) * (size_t)(K * d));
     float *S = work, *G = work + d, *u_pos = work + 2 * d, *u_n = work + 3 * d;
     for (int64_t b = 0; b < B; ++b) {
         const int64_t lo = lower(keys, K, b * n_rows), hi = lower(keys, K, (b + 1) * n_rows);
         const int64_t h0 = ptr[b], h1 = ptr[b + 1], n = h1 - h0;
-        if (h0 < 0 || h1 < h0) return -1;
         double lb = 0.0;
         const float *u_neg = u_n;   /* FISM: c- S; MF: the user vector */
         float cp = 0.0f;
@@ -177,7 +180,7 @@ int64_t fedrec_bpr_grad_f32(const float *W, int64_t K, int64_t d, const int64_t 
 def native() -> Any:
     """The C loop compiled for this process (fedrec.native), or None."""
     p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    args = [p, i64, i64, p, i64, i64, p, p, p, i64, i64, i64, i64, p, f64, f64, f64, p, p, p, p]
+    args = [p, i64, i64, p, i64, i64, p, p, p, i64, i64, i64, i64, p, f64, f64, f64, p, p, p, p, i64]
     return load(_C, {"fedrec_bpr_grad_f32": (i64, args)})
 
 
@@ -214,7 +217,7 @@ def bpr_row_gradients_native(
     keys, ptr, items = (x.to(torch.int64).contiguous() for x in (keys, batch.ptr, batch.items))
     neg = neg.to(torch.int64).contiguous()
     U = user_vectors.contiguous() if mf else None
-    if keys.shape[0] != W.shape[0] or ptr.shape[0] != B + 1 or (mf and U.shape != (B, d)):
+    if keys.shape[0] != W.shape[0] or ptr.shape != (B + 1,) or (mf and U.shape != (B, d)) or items.dim() != 1:
         return None
     g = torch.empty_like(W)
     g_user = torch.empty(B, d, dtype=W.dtype) if mf else None
@@ -226,8 +229,10 @@ def bpr_row_gradients_native(
         W.data_ptr(), W.shape[0], d, keys.data_ptr(), layout.n_rows, B, ptr.data_ptr(), items.data_ptr(),
         neg.data_ptr(), neg.shape[1], layout.n_items, p_off, q_off, U.data_ptr() if mf else None,
         float(gamma), float(lam), -1.0 if flip else 1.0, g.data_ptr(),
-        g_user.data_ptr() if mf else None, loss.data_ptr(), work.data_ptr(),
+        g_user.data_ptr() if mf else None, loss.data_ptr(), work.data_ptr(), items.shape[0],
     )  # fmt: skip
+    if status == -2:  # a batch whose ptr does not cover its entries: the torch way says what is wrong
+        return None
     if status < 0:
         raise ValueError("BPR gradient: a positive or negative item, or its row, is not in the batch's keys")
     return g, g_user, loss

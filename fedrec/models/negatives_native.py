@@ -98,6 +98,8 @@ def redraw_positives(
         or out.dim() != 2
         or out.shape[0] != items.shape[0]
         or ptr.dim() != 1
+        or ptr.shape[0] < 1
+        or items.dim() != 1
     ):
         return False
     B, H, n_neg = ptr.shape[0] - 1, items.shape[0], out.shape[1]
