@@ -7,7 +7,8 @@ one torch thread. A cell: the grid's settings (``configs/grids/figure4-converged
 Adam, e = 0.01, compiled default pass) under gradient ascent at ``--byzantine``; ``--warmup`` rounds,
 then ``--rounds`` timed. Each process runs from its tree's folder and checks that it imported fedrec
 from there. The last column says whether both trees ended on the same model (the sum of theta;
-changes that keep the arithmetic keep it exactly).
+changes that keep the arithmetic keep it exactly; otherwise how far apart the sums are, relative).
+``--lr 0.001 --init-std 1.0``: the grid's paper settings (the Figure 4 measurement of RESULTS.md).
 
     FEDREC_DATA_DIR=... python benchmarks/bench_versions.py --old 1727ad0 [--datasets ml100k citeulike-a]
 """
@@ -31,6 +32,8 @@ from fedrec.federation.simulation import FederatedRun
 name, defense, byz, warmup, rounds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 cfg = Config()
 cfg.federated.fraction, cfg.federated.rounds, cfg.run.compile = 0.01, 10**6, True
+if len(sys.argv) > 6:  # the paper's settings (--lr, --init-std)
+    cfg.train.lr, cfg.model.init_std = float(sys.argv[6]), float(sys.argv[7])
 if byz > 0:
     cfg.attack.name, cfg.attack.fraction = "gradient-ascent", byz
 cfg.defense.name = defense
@@ -49,6 +52,8 @@ print(json.dumps({"ms": ms, "theta_sum": float(run.server.theta.double().sum()),
 def cell(tree: Path, args, name: str, defense: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", CELL, name, defense, str(args.byzantine), str(args.warmup), str(args.rounds)]
+    if args.lr is not None:
+        cmd += [str(args.lr), str(args.init_std)]
     # run from the tree itself: ``python -c`` puts the working directory first on sys.path
     out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True)
     path = json.loads(out.stdout.strip().splitlines()[-1])["path"]
@@ -66,6 +71,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--lr", type=float, default=None, help="train.lr (with --init-std; the grid's paper settings: 0.001)"
+    )
+    ap.add_argument("--init-std", type=float, default=1.0, help="model.init_std with --lr")
     args = ap.parse_args()
     new = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="fedrec-old-") as tmp:
@@ -88,9 +97,11 @@ def main() -> None:
                             runs[label].append(cell(tree, args, name, defense))
                     o = statistics.median(r["ms"] for r in runs["old"])
                     n = statistics.median(r["ms"] for r in runs["new"])
-                    same = runs["old"][0]["theta_sum"] == runs["new"][0]["theta_sum"]
-                    print(f"{name:<13} {defense:<8} {o:>7.2f}  {n:>7.2f}  {o / n:>8.2f}x   {'yes' if same else 'no'}",
-                          flush=True)  # fmt: skip
+                    a, b = runs["old"][0]["theta_sum"], runs["new"][0]["theta_sum"]
+                    same = "yes" if a == b else f"no (sums {abs(a - b) / max(abs(a), 1e-300):.1e} apart)"
+                    print(
+                        f"{name:<13} {defense:<8} {o:>7.2f}  {n:>7.2f}  {o / n:>8.2f}x   {same}", flush=True
+                    )
         finally:
             subprocess.run(["git", "-C", str(new), "worktree", "remove", "--force", str(old)], check=False)
 
