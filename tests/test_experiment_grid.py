@@ -706,6 +706,31 @@ def test_the_warm_up_loads_the_compiler_and_leaves_the_forkserver_safe_to_fork()
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_the_forkserver_preload_compiles_every_c_loop_once() -> None:
+    """fedrec.experiments.preload_native: the forkserver's preload leaves every C loop's ``native()``
+    answered (loaded, or None without a compiler), so forked cells compile none of them again."""
+    code = (
+        "from fedrec.experiments.cell import PRELOAD\n"
+        "for name in PRELOAD:\n    __import__(name)\n"
+        "from fedrec.experiments.preload_native import LOOPS\n"
+        "assert all(m.native.cache_info().currsize == 1 for m in LOOPS)\n"
+        "import fedrec.native\n"
+        "assert fedrec.native.library.cache_info().currsize == len(LOOPS)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # and LOOPS is every module that compiles one (a new loop must be added there)
+    from fedrec.experiments.preload_native import LOOPS
+
+    root = Path(__file__).resolve().parents[1] / "fedrec"
+    compiling = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts)
+        for p in root.rglob("*.py")
+        if "from fedrec.native import load" in p.read_text()
+    }
+    assert compiling == {m.__name__ for m in LOOPS}
+
+
 @pytest.mark.parametrize("compile_", [True, False])
 def test_the_forkserver_is_warmed_exactly_when_a_cell_compiles(tmp_path: Path, monkeypatch, compile_) -> None:
     import fedrec.experiments.grid as grid_mod

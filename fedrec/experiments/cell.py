@@ -34,7 +34,13 @@ LOCK = ".lock"
 # tables of a run that a restart from round 0 rewrites; stale ones must not outlive a dropped checkpoint
 RUN_TABLES = ("metrics.parquet", "rounds.parquet", "detection.parquet")
 # what the forkserver imports once for every cell
-PRELOAD = ["fedrec.experiments.cell", "fedrec.federation.runner", "fedrec.config"]
+# fedrec.experiments.preload_native: the C loops compiled once, inherited by every cell
+PRELOAD = [
+    "fedrec.experiments.cell",
+    "fedrec.federation.runner",
+    "fedrec.config",
+    "fedrec.experiments.preload_native",
+]
 
 log = logging.getLogger("fedrec.experiments.cell")
 
