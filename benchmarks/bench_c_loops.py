@@ -1,8 +1,13 @@
 """fedrec's C loops against the torch ways they replace, measured in one run, with a check that each
 gives the same values: the server's rule check of Adam uploads (fedrec.optim.adam_check; against
 inductor's compiled kernel, the way before it, and the eager function), the aggregation's scatter
-(fedrec.federation.scatter; against ``index_select`` / sub / mul / ``index_add_``) and a deferred
-store's catch-up (fedrec.federation.replay; against the torch replay).
+(fedrec.federation.scatter; against ``index_select`` / sub / mul / ``index_add_``), a deferred
+store's catch-up (fedrec.federation.replay; against the torch replay), Adam's default pass over the
+table (fedrec.optim.adam_pass; against inductor's kernel and eager), Adam's client step at the listed
+rows (fedrec.optim.adam_step), the upload value checks (fedrec.federation.validate_native), and, on a
+synthetic batch of ``K / 100`` FISM clients, the BPR gradient (fedrec.models.bpr_native; the same to
+float32 rounding: the largest difference is printed) and the negatives' rejection rounds
+(fedrec.models.negatives_native).
 
 Paper settings: d = 64, float32 tables of ``--rows`` rows (Last.fm's 35,264 by default), ``K`` listed
 rows a round (ML-100K lists ~2,500, Citeulike-a ~6,000) spread over ``K / 100`` uploads.
@@ -123,6 +128,130 @@ def catch_up(K, tables, rows, seconds, lag: int = 40) -> str:
     )
 
 
+def default_pass(tables, seconds) -> str:
+    from fedrec.optim.fused import DefaultPass
+
+    rule = make_rule("adam")
+    ways = {"C": DefaultPass(rule, True)}
+    if compiler_available():
+        ways["compiled"] = DefaultPass(rule, True, native=False)
+    ways["eager"] = DefaultPass(rule, False)
+    outs = {name: p(tables, 9) for name, p in ways.items()}
+    ms = {name: per_call(lambda p=p: p(tables, 9), seconds) * 1e3 for name, p in ways.items()}
+    ref = outs.get("compiled")
+    same = (
+        ways["C"].mode == "native" and ref is not None and all(torch.equal(outs["C"][k], ref[k]) for k in ref)
+    )
+    comp = ms.get("compiled", float("nan"))
+    return (
+        f"default pass {tables['theta'].shape[0]:>6} rows  C {ms['C']:7.3f} ms  compiled {comp:7.3f} ms"
+        f" ({comp / ms['C']:5.2f}x)  eager {ms['eager']:7.3f} ms ({ms['eager'] / ms['C']:5.2f}x)"
+        f"  the compiled kernel's values: {'yes' if same else 'NO'}"
+    )
+
+
+def client_step(K, tables, rows, seconds) -> str:
+    from fedrec.optim import adam_step
+
+    rule = make_rule("adam")
+    g = torch.randn(K, tables["theta"].shape[1], generator=torch.Generator().manual_seed(1)) * 1e-2
+
+    def torch_way():
+        return rule.client_step({k: x.index_select(0, rows) for k, x in tables.items()}, g, 5)
+
+    def c_way():
+        return adam_step.adam_client_step(rule, tables, rows, g, 5)
+
+    a, b = torch_way(), c_way()
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    t_ms, c_ms = per_call(torch_way, seconds) * 1e3, per_call(c_way, seconds) * 1e3
+    return (
+        f"client step {K:>6}  C {c_ms:7.3f} ms  torch {t_ms:7.3f} ms ({t_ms / c_ms:5.2f}x)"
+        f"  same values: {'yes' if same else 'NO'}"
+    )
+
+
+def value_checks(K, rows, owner, up, seconds) -> str:
+    import fedrec.federation.validate as validate_mod
+    from fedrec.protocol import UploadBatch
+
+    n_up = int(owner.max()) + 1
+    ptr = torch.zeros(n_up + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(owner, minlength=n_up), 0, out=ptr[1:])
+    batch = UploadBatch(torch.arange(n_up), ptr, rows, up["theta"], {"m": up["m"], "v": up["v"]},
+                        torch.full((n_up,), 10, dtype=torch.int64))  # fmt: skip
+    tables = [batch.theta, *batch.state.values()]
+
+    def c_way():
+        code = torch.zeros(n_up, dtype=torch.int64)
+        assert validate_mod.value_checks(
+            code, ptr, rows, tables, batch.n_examples, 10**6, 10**6, validate_mod.VALUE_CODES
+        )
+        return code
+
+    def torch_way():
+        code = torch.zeros(n_up, dtype=torch.int64)
+        validate_mod._value_checks(code, batch, 10**6, 10**6)
+        return code
+
+    same = torch.equal(c_way(), torch_way())
+    t_ms, c_ms = per_call(torch_way, seconds) * 1e3, per_call(c_way, seconds) * 1e3
+    return (
+        f"value checks {K:>5}  C {c_ms:7.3f} ms  torch {t_ms:7.3f} ms ({t_ms / c_ms:5.2f}x)"
+        f"  same verdicts: {'yes' if same else 'NO'}"
+    )
+
+
+def client_side(K, seconds) -> list[str]:
+    import fedrec.models.batch as batch_mod
+    from fedrec.data import synthetic
+    from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives, touched_rows
+    from fedrec.models.bpr_native import bpr_row_gradients_native
+    from fedrec.models.gradients import assemble_row_gradients, sample_terms, with_l2
+
+    n_clients = max(1, K // 100)
+    inter = synthetic(max(200, 4 * n_clients), 3000, mean_items=33, seed=0)
+    csr = CSRTensors.from_interactions(inter)
+    layout = TableLayout.for_model("fism", csr.n_items)
+    batch = gather_users(csr, torch.arange(n_clients))
+    neg = sample_negatives(batch, csr.n_items, 1, torch.Generator().manual_seed(0))
+    owner, rows = touched_rows(batch, neg, layout)
+    keys = owner * layout.n_rows + rows
+    W = torch.randn(rows.shape[0], 64, generator=torch.Generator().manual_seed(2)) * 0.1
+
+    def torch_grad():
+        terms = sample_terms(W, keys, layout, batch, neg, gamma=1.0)
+        g, _ = assemble_row_gradients(terms, W, batch.size, lam=1e-4)
+        return g, with_l2(terms.client_loss(batch.size), W, keys, layout, 1e-4)
+
+    def c_grad():
+        return bpr_row_gradients_native(W, keys, layout, batch, neg, gamma=1.0, lam=1e-4)
+
+    gap = float((torch_grad()[0] - c_grad()[0]).abs().max())
+    t_ms, c_ms = per_call(torch_grad, seconds) * 1e3, per_call(c_grad, seconds) * 1e3
+    out = [
+        f"gradient {rows.shape[0]:>8}  C {c_ms:7.3f} ms  torch {t_ms:7.3f} ms ({t_ms / c_ms:5.2f}x)"
+        f"  {n_clients} clients; largest difference {gap:.1e}"
+    ]
+
+    def draw(native: bool):
+        saved = batch_mod.redraw_positives
+        if not native:
+            batch_mod.redraw_positives = lambda *a: False
+        try:
+            return sample_negatives(batch, csr.n_items, 1, torch.Generator().manual_seed(3))
+        finally:
+            batch_mod.redraw_positives = saved
+
+    same = torch.equal(draw(True), draw(False))
+    t_ms, c_ms = per_call(lambda: draw(False), seconds) * 1e3, per_call(lambda: draw(True), seconds) * 1e3
+    out.append(
+        f"negatives {batch.items.shape[0]:>7}  C {c_ms:7.3f} ms  torch {t_ms:7.3f} ms ({t_ms / c_ms:5.2f}x)"
+        f"  same draws: {'yes' if same else 'NO'}"
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--K", type=int, nargs="+", default=[2500, 6000, 20000])
@@ -131,11 +260,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), table {args.rows:,} x {args.dim}")
-    for K in args.K:
+    for i, K in enumerate(args.K):
         _, tables, rows, owner, up, w = problem(K, args.rows, args.dim)
+        if i == 0:  # the whole table: once
+            print(default_pass(tables, args.seconds))
         print(rule_check(K, tables, rows, up, args.seconds))
         print(scatter(K, tables, rows, owner, up, w, args.seconds))
         print(catch_up(K, tables, rows, args.seconds))
+        print(client_step(K, tables, rows, args.seconds))
+        print(value_checks(K, rows, owner, up, args.seconds))
+        for line in client_side(K, args.seconds):
+            print(line)
 
 
 if __name__ == "__main__":

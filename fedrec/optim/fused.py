@@ -21,6 +21,10 @@ of an unlisted row (``default_rows``, equal to a zero-gradient client step bit f
 fedrec.optim.base), which the defenses' parameter space, the attacks and the reference use, and an
 honest client's upload, computed the way the tolerances count.
 
+Adam's float32 check and Adam's default pass run as C loops instead where a C compiler is found
+(fedrec.optim.adam_check: the eager check's values; fedrec.optim.adam_pass: the compiled pass's values,
+bit for bit), so an Adam run on the CPU needs inductor for neither.
+
 ``RuleCheck(rule, fused=True)`` compiles on first use and falls back to the eager function, with one
 warning, where compilation is not possible (no C++ compiler, an inductor error). Batches of fewer
 than two rows take the eager path: torch specialises sizes 0 and 1, and a client must not be able to
