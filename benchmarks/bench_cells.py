@@ -29,7 +29,7 @@ DEFENSES = ["none", "a-rfrs", "krum", "rfa", "trmean"]
 def cell_ms(split, defense: str, deferred: bool, args) -> tuple[float, torch.Tensor]:
     cfg = Config()
     cfg.federated.fraction, cfg.federated.rounds = 0.01, 10**6
-    cfg.train.lr, cfg.model.init_std, cfg.run.compile, cfg.run.deferred = 0.01, 0.1, True, deferred
+    cfg.train.lr, cfg.model.init_std, cfg.run.compile, cfg.run.deferred = args.lr, args.init_std, True, deferred
     cfg.attack.name, cfg.attack.fraction = args.attack, args.byzantine if args.attack != "none" else 0.0
     cfg.defense.name = defense
     run = FederatedRun.create(cfg, split, torch.device("cpu"))
@@ -50,10 +50,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=0.01, help="the paper's grid: 0.001")
+    ap.add_argument("--init-std", type=float, default=0.1, help="the paper's grid: 1.0")
     args = ap.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); attack {args.attack} at "
-        f"{args.byzantine:.0%}, {args.warmup} rounds of warm-up, {args.rounds} timed, medians of {args.repeats}"
+        f"{args.byzantine:.0%}, lr {args.lr}, init N(0, {args.init_std}^2), {args.warmup} rounds of warm-up, {args.rounds} timed, medians of {args.repeats}"
     )
     print("dataset       rows     defense   dense ms  deferred ms  dense / deferred  same tables")
     for name in args.datasets:

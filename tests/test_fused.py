@@ -396,3 +396,125 @@ def test_the_c_default_pass_only_takes_adam_itself_on_the_cpu():
     pass_ = DefaultPass(rule, fused=True, native=False)
     pass_(tables, 2)
     assert pass_.mode != "native"
+
+
+def pass_then_scatter(rule, tables, t, idx, owner, w, X):
+    """The two-step way the fused loop replaces: the C default pass, then the torch scatter per key."""
+    out = DefaultPass(rule, fused=True)(tables, t)
+    for k, D in out.items():
+        D.index_add_(0, idx, (X[k] - D.index_select(0, idx)) * w[owner][:, None])
+    return out
+
+
+@needs_cc
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(1, 40),
+    uploads=st.integers(0, 8),
+    d=st.sampled_from([1, 3, 16, 64, 70]),
+    specials=st.booleans(),
+    double=st.booleans(),
+)
+@settings(max_examples=80, deadline=None)
+def test_the_pass_with_terms_is_the_pass_then_the_scatter_bit_for_bit(seed, n, uploads, d, specials, double):
+    """fedrec.optim.adam_pass.adam_pass_with_terms: rows listed by several uploads (their terms added in
+    upload order, each from the default), rows listed by none, no uploads at all, NaN, infinities, -0
+    and zero weights; float32 and float64; the inputs untouched; mode ``native``."""
+    dtype = torch.float64 if double else torch.float32
+    bits = torch.int64 if double else torch.int32
+    rule = make_rule("adam")
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(n, d, generator=gen, dtype=dtype)
+    tables = rule.client_step(
+        {"theta": theta, **rule.init_state(theta)}, torch.randn(n, d, generator=gen, dtype=dtype), 1
+    )
+    counts = torch.randint(0, n + 1, (uploads,), generator=gen)
+    idx = (
+        torch.cat([torch.randperm(n, generator=gen)[: int(c)] for c in counts])
+        if uploads
+        else torch.zeros(0, dtype=torch.int64)
+    )
+    owner = torch.repeat_interleave(torch.arange(uploads), counts)
+    X = {
+        k: torch.randn(idx.shape[0], d, generator=gen, dtype=dtype) * 10 ** float(j)
+        for j, k in enumerate(tables)
+    }
+    w = torch.rand(uploads, generator=gen, dtype=dtype)
+    w = w / w.sum()
+    if specials and idx.numel():
+        X["theta"][0, 0] = float("nan")
+        X["m"][-1, -1] = float("inf")
+        X["v"][0, -1] = -0.0
+        w[0] = 0.0
+    before = {k: x.clone() for k, x in tables.items()}
+    want = pass_then_scatter(rule, tables, 2, idx, owner, w, X)
+    pass_ = DefaultPass(rule, fused=True)
+    got = pass_.with_terms(tables, 2, idx, owner, w, X)
+    assert got is not None and pass_.mode == "native"
+    for k in want:
+        assert torch.equal(got[k].view(bits), want[k].view(bits)), k
+        assert torch.equal(tables[k].view(bits), before[k].view(bits))
+
+
+@needs_cc
+def test_the_pass_with_terms_refuses_rows_outside_and_leaves_other_ways_alone():
+    """A row or an owner outside raises before anything is written; shapes or dtypes that do not fit,
+    another rule, or an unfused pass give None (the caller scatters after the pass)."""
+    rule = make_rule("adam")
+    theta = torch.randn(5, 4)
+    tables = {"theta": theta, **rule.init_state(theta)}
+    pass_ = DefaultPass(rule, fused=True)
+    X = {k: torch.ones(3, 4) for k in tables}
+    w = torch.tensor([0.5, 0.5])
+    for idx, owner in (([0, 5, 1], [0, 0, 1]), ([0, -1, 1], [0, 0, 1]), ([0, 1, 2], [0, 0, 2])):
+        with pytest.raises(IndexError):
+            pass_.with_terms(tables, 2, torch.tensor(idx), torch.tensor(owner), w, X)
+    ok = (torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]))
+    assert pass_.with_terms(tables, 2, *ok, w.double(), X) is None
+    assert pass_.with_terms(tables, 2, *ok, w, {**X, "m": X["m"].double()}) is None
+    assert pass_.with_terms(tables, 2, *ok, w, {**X, "v": X["v"][:2]}) is None
+    assert pass_.with_terms(tables, 2, *ok, w, {"theta": X["theta"]}) is None
+    assert DefaultPass(rule, fused=False).with_terms(tables, 2, *ok, w, X) is None
+    assert DefaultPass(rule, fused=True, native=False).with_terms(tables, 2, *ok, w, X) is None
+    momentum = make_rule("momentum")
+    assert DefaultPass(momentum, fused=True).with_terms(tables, 2, *ok, w, X) is None
+
+
+@needs_cc
+@pytest.mark.parametrize("defense", ["none", "krum", "a-rfrs"])
+def test_a_run_aggregating_in_the_fused_pass_is_the_run_that_scatters_after_it(monkeypatch, defense):
+    """A compiled run's server folds the scatter into the C default pass (``DefaultPass.with_terms``,
+    called by fedrec.federation.server); the run equals the one that passes and then scatters, bit for
+    bit in every table and record, under gradient ascent and a defense that rejects some uploads."""
+    from fedrec.config import Config
+    from fedrec.data import split_per_user, synthetic
+    from fedrec.federation.simulation import FederatedRun
+
+    split = split_per_user(synthetic(80, 50, seed=2), seed=0)
+    calls = []
+    fold = DefaultPass.with_terms
+
+    def counted(self, *args):
+        out = fold(self, *args)
+        calls.append(out is not None)
+        return out
+
+    def run_of() -> FederatedRun:
+        cfg = Config()
+        cfg.model.dim, cfg.federated.fraction, cfg.run.compile = 8, 0.3, True
+        cfg.attack.name, cfg.attack.fraction, cfg.defense.name = "gradient-ascent", 0.3, defense
+        run = FederatedRun.create(cfg, split, torch.device("cpu"))
+        for _ in range(6):
+            run.step()
+        return run
+
+    monkeypatch.setattr(DefaultPass, "with_terms", counted)
+    folded = run_of()
+    assert calls and all(calls)  # every round aggregated in the one loop
+    monkeypatch.setattr(DefaultPass, "with_terms", lambda self, *args: None)
+    two_steps = run_of()
+    for k, x in {"theta": two_steps.server.theta, **two_steps.server.state}.items():
+        y = folded.server.theta if k == "theta" else folded.server.state[k]
+        assert torch.equal(x.view(torch.int32), y.view(torch.int32)), k
+    for k, rec in two_steps.records.items():  # NaN where a slot has no score: equal as NaN
+        torch.testing.assert_close(rec, folded.records[k], rtol=0, atol=0, equal_nan=True, msg=k)

@@ -85,6 +85,16 @@ def _aggregated(
     # are ordinary tensors: torch counts writes into them (run_attack refuses an attack that wrote) and
     # a user may differentiate through them
     with torch.inference_mode(False):
+        if len(pieces) == 1 and pieces[0][0] is not None and pieces[0][2] == 0 and not keep_old:
+            # one run's weighted uploads: the default pass and the scatter in one C loop, where it applies
+            uploads, weights, _ = pieces[0]
+            X = {"theta": uploads.theta, **uploads.state}
+            new = default_pass(rule, fused).with_terms(
+                prev, t, uploads.rows, uploads.owner(), weights.to(server.dtype), X
+            )
+            if new is not None:
+                theta = new.pop("theta")
+                return ServerState(theta=theta, state=new, t=t)
         default = default_pass(rule, fused)(prev, t)
         new = {}
         for key, D in default.items():

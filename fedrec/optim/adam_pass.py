@@ -11,6 +11,13 @@ tables are those of inductor's kernel bit for bit (``tests/test_fused.py``), wit
 (tracing, compiling or loading a kernel in each process: ~1 s a grid cell) or its Python wrapper
 (~0.2 ms a call, a twentieth of an ML-100K round). The pass is memory-bound: three tables read, three
 written, one pass.
+
+``adam_pass_with_terms`` is the same pass with the server's aggregation folded in (fedrec.federation
+.server, the module docstring there): each listed row, right after its default, takes its uploads'
+terms ``w_e (X_e - D)``, every term from the default before any is added and the terms added in upload
+order, the float operations of the scatter (fedrec.federation.scatter) in its order. So the tables are
+the pass-then-scatter ones bit for bit (``tests/test_fused.py``), and a listed row is read and written
+once, while it is in cache, instead of a second time after the whole table has streamed past.
 """
 
 from __future__ import annotations
@@ -44,6 +51,49 @@ void NAME(const T *restrict th, const T *restrict m, const T *restrict v, T *res
 
 PASS(fedrec_adam_pass_f32, float, sqrtf)
 PASS(fedrec_adam_pass_f64, double, sqrt)
+
+/* The pass, then at each listed row its terms: entry e (row idx[e], weight w[owner[e]], uploaded rows
+   X?[e]) adds w (X - D) to the row's default D, the entries of a row in increasing e (a linked list:
+   head[row], next[e]). Returns 0, or -1 (nothing written) when a row lies outside [0, n) or an owner
+   outside [0, nw). buf: 3 d scratch values (the row's defaults, from which every term is taken). */
+#define PASS_TERMS(NAME, T, SQRT)                                                                \
+int64_t NAME(const T *restrict th, const T *restrict m, const T *restrict v, T *restrict oth,    \
+             T *restrict om, T *restrict ov, int64_t n, int64_t d, T eta, T b1, T b2, T eps,     \
+             const int64_t *idx, const int64_t *owner, const T *w, int64_t nw,                   \
+             const T *restrict xth, const T *restrict xm, const T *restrict xv, int64_t K,       \
+             int64_t *head, int64_t *next, T *restrict buf) {                                    \
+    for (int64_t e = 0; e < K; ++e)                                                             \
+        if (idx[e] < 0 || idx[e] >= n || owner[e] < 0 || owner[e] >= nw) return -1;             \
+    for (int64_t r = 0; r < n; ++r) head[r] = -1;                                               \
+    for (int64_t e = K - 1; e >= 0; --e) { next[e] = head[idx[e]]; head[idx[e]] = e; }          \
+    T *restrict dth = buf, *restrict dm = buf + d, *restrict dv = buf + 2 * d;                  \
+    for (int64_t r = 0; r < n; ++r) {                                                           \
+        const int64_t o = r * d;                                                                \
+        for (int64_t c = 0; c < d; ++c) {                                                       \
+            T m2 = m[o + c] * b1, v2 = v[o + c] * b2;                                           \
+            T s = m2 / SQRT(v2 + eps);                                                          \
+            oth[o + c] = th[o + c] - eta * s;                                                   \
+            om[o + c] = m2;                                                                     \
+            ov[o + c] = v2;                                                                     \
+        }                                                                                       \
+        int64_t e = head[r];                                                                    \
+        if (e < 0) continue;                                                                    \
+        for (int64_t c = 0; c < d; ++c) { dth[c] = oth[o + c]; dm[c] = om[o + c]; dv[c] = ov[o + c]; } \
+        for (; e >= 0; e = next[e]) {                                                           \
+            const T we = w[owner[e]];                                                           \
+            const T *a = xth + e * d, *b = xm + e * d, *q = xv + e * d;                         \
+            for (int64_t c = 0; c < d; ++c) {                                                   \
+                oth[o + c] = oth[o + c] + (a[c] - dth[c]) * we;                                 \
+                om[o + c] = om[o + c] + (b[c] - dm[c]) * we;                                    \
+                ov[o + c] = ov[o + c] + (q[c] - dv[c]) * we;                                    \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    return 0;                                                                                   \
+}
+
+PASS_TERMS(fedrec_adam_pass_terms_f32, float, sqrtf)
+PASS_TERMS(fedrec_adam_pass_terms_f64, double, sqrt)
 """
 
 KEYS = ("theta", "m", "v")
@@ -56,6 +106,10 @@ def native() -> Any:
     sig = {}
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         sig[f"fedrec_adam_pass_{suffix}"] = (None, [p, p, p, p, p, p, i64, real, real, real, real])
+        sig[f"fedrec_adam_pass_terms_{suffix}"] = (
+            i64,
+            [p, p, p, p, p, p, i64, i64, real, real, real, real, p, p, p, i64, p, p, p, i64, p, p, p],
+        )
     return load(_C, sig)
 
 
@@ -85,4 +139,44 @@ def adam_default_pass(rule: Adam, tables: Rows, eta_t: float) -> Rows:
         *(src[k].data_ptr() for k in KEYS), *(out[k].data_ptr() for k in KEYS), src["theta"].numel(),
         float(eta_t), rule.b1, rule.b2, rule.eps,
     )  # fmt: skip
+    return out
+
+
+def adam_pass_with_terms(
+    rule: Adam, tables: Rows, eta_t: float, idx: torch.Tensor, owner: torch.Tensor, w: torch.Tensor, X: Rows
+) -> Rows | None:
+    """``adam_default_pass`` and then, at each entry ``e``, ``D[idx[e]] += w[owner[e]] (X[e] - D[idx[e]])``
+    (``D`` the default before any term; the terms of a row in entry order) for every key, in one pass
+    (the module docstring): ``tables`` ``[n, d]``, ``idx`` and ``owner`` ``[K]``, ``w`` per owner, ``X``
+    ``[K, d]`` per key, all of the tables' dtype. None (nothing done) where the shapes or dtypes do not
+    fit; a row or owner outside raises IndexError before anything is written."""
+    src = {k: tables[k].contiguous() for k in KEYS}
+    theta = src["theta"]
+    dtype = theta.dtype
+    if theta.dim() != 2 or set(X) != set(KEYS) or w.dim() != 1 or w.dtype != dtype or w.device.type != "cpu":
+        return None
+    n, d = theta.shape
+    K = idx.shape[0]
+    xs = {k: X[k].contiguous() for k in KEYS}
+    if (
+        any(x.shape != (K, d) or x.dtype != dtype or x.device.type != "cpu" for x in xs.values())
+        or idx.shape != (K,)
+        or owner.shape != (K,)
+        or idx.device.type != "cpu"
+        or owner.device.type != "cpu"
+    ):
+        return None
+    idx, owner, w = idx.to(torch.int64).contiguous(), owner.to(torch.int64).contiguous(), w.contiguous()
+    out = {k: torch.empty_like(x, memory_format=torch.contiguous_format) for k, x in src.items()}
+    links = torch.empty(n + K, dtype=torch.int64)
+    buf = torch.empty(3 * d, dtype=dtype)
+    lib = native()
+    fn = lib.fedrec_adam_pass_terms_f32 if dtype == torch.float32 else lib.fedrec_adam_pass_terms_f64
+    status = fn(
+        *(src[k].data_ptr() for k in KEYS), *(out[k].data_ptr() for k in KEYS), n, d,
+        float(eta_t), rule.b1, rule.b2, rule.eps, idx.data_ptr(), owner.data_ptr(), w.data_ptr(), w.shape[0],
+        *(xs[k].data_ptr() for k in KEYS), K, links.data_ptr(), links.data_ptr() + 8 * n, buf.data_ptr(),
+    )  # fmt: skip
+    if status < 0:
+        raise IndexError(f"aggregation: a row outside [0, {n}) or an owner outside [0, {w.shape[0]})")
     return out

@@ -184,6 +184,18 @@ class DefaultPass:
         self.mode = "compiled"
         return out
 
+    def with_terms(self, tables: Rows, t: int, idx: Tensor, owner: Tensor, w: Tensor, X: Rows) -> Rows | None:
+        """The pass and then the aggregation's terms ``D[idx[e]] += w[owner[e]] (X[e] - D[idx[e]])``
+        (fedrec.federation.server) in one C loop, where this pass is the native one (Adam's float
+        tables on the CPU, fused asked); None where it is not, and the caller scatters after ``__call__``.
+        The same tables bit for bit either way (fedrec.optim.adam_pass)."""
+        if not (self.fused and self.native and adam_pass.applies(self.rule, tables)):
+            return None
+        out = adam_pass.adam_pass_with_terms(self.rule, tables, self.rule.step_size(t), idx, owner, w, X)
+        if out is not None:
+            self.mode = "native"
+        return out
+
 
 @functools.lru_cache(maxsize=64)
 def default_pass(rule: Any, fused: bool) -> DefaultPass:
