@@ -29,7 +29,12 @@ DEFENSES = ["none", "a-rfrs", "krum", "rfa", "trmean"]
 def cell_ms(split, defense: str, deferred: bool, args) -> tuple[float, torch.Tensor]:
     cfg = Config()
     cfg.federated.fraction, cfg.federated.rounds = 0.01, 10**6
-    cfg.train.lr, cfg.model.init_std, cfg.run.compile, cfg.run.deferred = args.lr, args.init_std, True, deferred
+    cfg.train.lr, cfg.model.init_std, cfg.run.compile, cfg.run.deferred = (
+        args.lr,
+        args.init_std,
+        True,
+        deferred,
+    )
     cfg.attack.name, cfg.attack.fraction = args.attack, args.byzantine if args.attack != "none" else 0.0
     cfg.defense.name = defense
     run = FederatedRun.create(cfg, split, torch.device("cpu"))
