@@ -205,3 +205,77 @@ def test_linf_krum_sees_one_extreme_coordinate_that_l2_krum_does_not() -> None:
     assert bool(multi_krum_outliers(v, 2, 3.0, distance="l2").accepted[8])
     linf = multi_krum_outliers(v, 2, 3.0, distance="linf").accepted
     assert (~linf).nonzero().flatten().tolist() == [8]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(0, 6),
+    d=st.sampled_from([1, 3, 8, 17, 64]),
+    double=st.booleans(),
+    specials=st.booleans(),
+)
+def test_the_c_distances_are_the_torch_ones(seed: int, b: int, d: int, double: bool, specials: bool) -> None:
+    """fedrec.federation.forged_native against ``torch_distance``: uploads listing rows the client has,
+    rows it has not, none at all; float32 and float64; to float64 round-off (other summation order). An
+    infinite reconstructed value gives an infinite distance, a NaN gives NaN."""
+    from fedrec.federation import forged_native
+    from fedrec.federation.forged import torch_distance
+
+    if forged_native.native() is None:
+        pytest.skip("no C compiler for the C distances")
+    dtype = torch.float64 if double else torch.float32
+    n_rows = 15
+    gen = torch.Generator().manual_seed(seed)
+
+    def segments():
+        rows = [
+            sorted(
+                torch.randperm(n_rows, generator=gen)[
+                    : int(torch.randint(0, 6, (1,), generator=gen))
+                ].tolist()
+            )
+            for _ in range(b)
+        ]
+        counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+        ptr = torch.zeros(b + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        flat = torch.tensor([r for rs in rows for r in rs], dtype=torch.int64)
+        owner = torch.repeat_interleave(torch.arange(b), counts)
+        return ptr, flat, owner
+
+    uptr, urows, uowner = segments()
+    optr, orows, _ = segments()
+    rec = (torch.randn(urows.shape[0], d, generator=gen, dtype=torch.float64) * 10).to(dtype)
+    g = torch.randn(orows.shape[0], d, generator=gen, dtype=torch.float64).to(dtype)
+    got = forged_native.distances(uptr, urows, rec, optr, orows, g)
+    want = torch_distance(b, n_rows, uowner, urows, rec, optr, orows, g)
+    assert got is not None and got.dtype == torch.float64 and got.shape == (b,)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if specials and urows.numel():
+        i = int(uowner[0])
+        rec[0, 0] = float("inf")
+        assert torch.isinf(forged_native.distances(uptr, urows, rec, optr, orows, g)[i])
+        rec[0, 0] = float("nan")
+        assert torch.isnan(forged_native.distances(uptr, urows, rec, optr, orows, g)[i])
+
+
+def test_the_c_distances_leave_unsorted_or_malformed_rows_to_torch() -> None:
+    """Rows not strictly increasing within an upload, or a ptr that does not end at the row count: None
+    (the torch way runs); nothing else is read."""
+    from fedrec.federation import forged_native
+
+    if forged_native.native() is None:
+        pytest.skip("no C compiler for the C distances")
+    ptr, rec, g = torch.tensor([0, 2]), torch.ones(2, 3), torch.ones(2, 3)
+    assert forged_native.distances(ptr, torch.tensor([0, 1]), rec, ptr, torch.tensor([1, 2]), g) is not None
+    assert forged_native.distances(ptr, torch.tensor([1, 0]), rec, ptr, torch.tensor([1, 2]), g) is None
+    assert forged_native.distances(ptr, torch.tensor([1, 1]), rec, ptr, torch.tensor([1, 2]), g) is None
+    assert (
+        forged_native.distances(ptr, torch.tensor([0, 1]), rec, torch.tensor([0, 3]), torch.tensor([1, 2]), g)
+        is None
+    )
+    assert (
+        forged_native.distances(torch.tensor([0, 1]), torch.tensor([0, 1]), rec, ptr, torch.tensor([1, 2]), g)
+        is None
+    )

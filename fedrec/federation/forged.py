@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from fedrec.defenses.spaces import rows_of, uploaded
+from fedrec.federation import forged_native
 from fedrec.protocol import ServerState, UploadBatch
 
 Tensor = torch.Tensor
@@ -31,13 +32,24 @@ def forged_distance(
     (paper 000 Eq. 2 for Adam; zero at unlisted rows), ``g_i`` client ``i``'s own honest gradient
     (``rows[ptr[i]:ptr[i+1]]``, zero elsewhere). Both row lists are sorted within each client.
 
-    Summed without cancellation: ``|g~|^2`` off the client's own rows plus ``|g~ - g|^2`` on them.
+    One C pass where it applies (fedrec.federation.forged_native: the rows merged, float64 sums in fixed
+    lanes), else ``torch_distance``: ``|g~|^2`` in total, less ``|g~|^2`` at the client's own rows,
+    plus ``|g~ - g|^2`` there; the two agree to float64 round-off.
     ``rec``: ``g~`` at ``uploads.rows`` when the server already reconstructed it (its rule check)."""
     b, n_rows = uploads.n, server.n_rows
     if rec is None:
         rec = rule.reconstruct(rows_of(server, uploads.rows), uploaded(uploads), t)
+    made = forged_native.distances(uploads.ptr, uploads.rows, rec, ptr, rows, g)
+    if made is not None:  # one C pass (fedrec.federation.forged_native)
+        return made
+    return torch_distance(b, n_rows, uploads.owner(), uploads.rows, rec, ptr, rows, g)
+
+
+def torch_distance(
+    b: int, n_rows: int, up_owner: Tensor, up_rows: Tensor, rec: Tensor, ptr: Tensor, rows: Tensor, g: Tensor
+) -> Tensor:
+    """``forged_distance``'s sums in torch operations (where the C pass does not apply)."""
     rec = rec.to(torch.float64)
-    up_owner = uploads.owner()
     own_owner = torch.repeat_interleave(
         torch.arange(b, device=rows.device), ptr.diff(), output_size=rows.shape[0]
     )
@@ -45,7 +57,7 @@ def forged_distance(
     total = segment_sq_norms(up_owner, rec, b)
     if rec.shape[0] == 0:
         return (total + segment_sq_norms(own_owner, g, b)).sqrt()
-    key_up = up_owner * n_rows + uploads.rows
+    key_up = up_owner * n_rows + up_rows
     key_own = own_owner * n_rows + rows
     pos = torch.searchsorted(key_up, key_own).clamp(max=key_up.shape[0] - 1)
     hit = (key_up[pos] == key_own)[:, None]

@@ -52,17 +52,14 @@ int64_t fedrec_adam_check_f32(
         const float *restrict th = th_up + k * d, *restrict m = m_up + k * d, *restrict v = v_up + k * d;
         float *restrict g = g_out + k * d;
         int neg = 0, big = 0, bad = 0;
-        for (int64_t c = 0; c < d; ++c) {                        /* Eq. (2) solved for g, the bound */
-            const double gd = ((double)m[c] - b1 * (double)mb[c]) / c1;
-            const float gf = (float)gd;
-            g[c] = gf;
-            neg |= !(v[c] >= 0);                                 /* amin(v) >= 0 fails: < 0 or NaN */
-            big |= !(fabsf(gf) <= max_grad);                     /* amax(|g|) <= max_grad fails */
-        }
-        if (verify) {
-            for (int64_t c = 0; c < d; ++c) {                    /* Eq. (3) and (5)-(6), their tolerances */
-                const double M = m[c], V = v[c], TH = th[c], MB = mb[c];
+        if (verify) {                                            /* one loop: gd is computed once */
+            for (int64_t c = 0; c < d; ++c) {                    /* Eq. (2) solved for g, the bound, */
+                const double M = m[c], V = v[c], TH = th[c], MB = mb[c];   /* Eq. (3), (5)-(6) */
                 const double gd = (M - b1 * MB) / c1;
+                const float gf = (float)gd;
+                g[c] = gf;
+                neg |= !(v[c] >= 0);                             /* amin(v) >= 0 fails: < 0 or NaN */
+                big |= !(fabsf(gf) <= max_grad);                 /* amax(|g|) <= max_grad fails */
                 const double dg = (u3 * (fabs(M) + b1x2 * fabs(MB)) + tn3) / c1;
                 const double err_v = V - (b2 * (double)vb[c] + (c2 * gd) * gd);
                 const double tol_v = (u4 * fabs(V) + tn3) + (c2 * (2 * fabs(gd) + dg)) * dg;
@@ -72,6 +69,14 @@ int64_t fedrec_adam_check_f32(
                 bad |= !(fabsf(th[c]) < INFINITY) | !(fabsf(m[c]) < INFINITY) | !(fabsf(v[c]) < INFINITY);
                 bad |= !(fabs(err_v) <= slack * tol_v) | !(fabs(err_t) <= slack * tol_t);
                 bad |= !(fabs(err_v) < INFINITY) | !(fabs(err_t) < INFINITY);  /* inf / inf is NaN there */
+            }
+        } else {
+            for (int64_t c = 0; c < d; ++c) {                    /* Eq. (2) solved for g, the bound */
+                const double gd = ((double)m[c] - b1 * (double)mb[c]) / c1;
+                const float gf = (float)gd;
+                g[c] = gf;
+                neg |= !(v[c] >= 0);
+                big |= !(fabsf(gf) <= max_grad);
             }
         }
         domain[k] = (uint8_t)neg;
