@@ -341,15 +341,18 @@ needs_cc = pytest.mark.skipif(adam_pass.native() is None, reason="no C compiler 
 
 @needs_compiler
 @needs_cc
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_c_default_pass_is_the_compiled_kernel_bit_for_bit(dtype):
+def test_the_c_default_pass_is_the_compiled_kernel_bit_for_bit(dtype, stream, monkeypatch):
     """fedrec.optim.adam_pass: theta, m and v equal inductor's kernel's bit for bit, round after round
     (the step size an input), on rows near the step, moments at +0 and -0, subnormal and huge moments,
-    row counts that are no multiple of a vector and a non-contiguous table; mode ``native``."""
+    row counts that are no multiple of a vector or of the streamed chunk and a non-contiguous table;
+    written with plain and with streaming stores; mode ``native``."""
+    monkeypatch.setattr(adam_pass, "STREAM_BYTES", 0 if stream else 1 << 62)
     rule = make_rule("adam")
     c_pass, kernel = DefaultPass(rule, fused=True), DefaultPass(rule, fused=True, native=False)
     bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
-    for seed, (n_rows, d) in enumerate([(37, 8), (5, 67), (300, 64)]):
+    for seed, (n_rows, d) in enumerate([(37, 8), (5, 67), (300, 64), (1001, 5)]):
         gen = torch.Generator().manual_seed(seed)
         theta = torch.randn(n_rows, d, generator=gen, dtype=torch.float64).to(dtype)
         tables = {"theta": theta, **rule.init_state(theta)}
@@ -414,12 +417,16 @@ def pass_then_scatter(rule, tables, t, idx, owner, w, X):
     d=st.sampled_from([1, 3, 16, 64, 70]),
     specials=st.booleans(),
     double=st.booleans(),
+    stream=st.booleans(),
 )
 @settings(max_examples=80, deadline=None)
-def test_the_pass_with_terms_is_the_pass_then_the_scatter_bit_for_bit(seed, n, uploads, d, specials, double):
+def test_the_pass_with_terms_is_the_pass_then_the_scatter_bit_for_bit(
+    seed, n, uploads, d, specials, double, stream
+):
     """fedrec.optim.adam_pass.adam_pass_with_terms: rows listed by several uploads (their terms added in
     upload order, each from the default), rows listed by none, no uploads at all, NaN, infinities, -0
-    and zero weights; float32 and float64; the inputs untouched; mode ``native``."""
+    and zero weights; float32 and float64; plain and streaming stores; the inputs untouched; mode
+    ``native``."""
     dtype = torch.float64 if double else torch.float32
     bits = torch.int64 if double else torch.int32
     rule = make_rule("adam")
@@ -449,7 +456,12 @@ def test_the_pass_with_terms_is_the_pass_then_the_scatter_bit_for_bit(seed, n, u
     before = {k: x.clone() for k, x in tables.items()}
     want = pass_then_scatter(rule, tables, 2, idx, owner, w, X)
     pass_ = DefaultPass(rule, fused=True)
-    got = pass_.with_terms(tables, 2, idx, owner, w, X)
+    saved = adam_pass.STREAM_BYTES
+    adam_pass.STREAM_BYTES = 0 if stream else 1 << 62  # streaming stores (rows of 8k floats) or plain
+    try:
+        got = pass_.with_terms(tables, 2, idx, owner, w, X)
+    finally:
+        adam_pass.STREAM_BYTES = saved
     assert got is not None and pass_.mode == "native"
     for k in want:
         assert torch.equal(got[k].view(bits), want[k].view(bits)), k
