@@ -279,3 +279,52 @@ def test_the_c_distances_leave_unsorted_or_malformed_rows_to_torch() -> None:
         forged_native.distances(torch.tensor([0, 1]), torch.tensor([0, 1]), rec, ptr, torch.tensor([1, 2]), g)
         is None
     )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_forged_distance_of_picked_uploads_is_that_of_the_taken_batch(seed: int) -> None:
+    """``pick`` measures ``uploads.take(pick)`` without the copy: the same distances bit for bit, with
+    the gradients given or reconstructed; a pick outside the batch is left to the torch way (IndexError)."""
+    from fedrec.federation import forged_native
+    from fedrec.protocol import UploadBatch
+
+    n_rows, d = 12, 3
+    rule, server = _adam_state(n_rows, d, seed)
+    gen = torch.Generator().manual_seed(seed + 7)
+    client_rows = [sorted(torch.randperm(n_rows, generator=gen)[: 1 + i % 4].tolist()) for i in range(5)]
+    g = torch.randn(sum(map(len, client_rows)), d, generator=gen, dtype=torch.float64)
+    ctx = _ctx(rule, server, client_rows, g)
+    uploads = upload_from_gradient(ctx, ctx.rows, ctx.ptr, torch.randn_like(g))
+    rec = torch.randn(uploads.rows.shape[0], d, generator=gen, dtype=torch.float64)
+    pick = torch.tensor([3, 0, 3])
+    own = UploadBatch(ctx.client_ids, ctx.ptr, ctx.rows, g, {}, ctx.n_examples).take(pick)
+    with_rec = UploadBatch(uploads.client_ids, uploads.ptr, uploads.rows, rec, {}, uploads.n_examples).take(
+        pick
+    )
+    for known in (rec, None):
+        got = forged_distance(
+            server, rule, ctx.t, uploads, own.ptr, own.rows, own.theta, rec=known, pick=pick
+        )
+        taken = uploads.take(pick)
+        want = forged_distance(
+            server,
+            rule,
+            ctx.t,
+            taken,
+            own.ptr,
+            own.rows,
+            own.theta,
+            rec=None if known is None else with_rec.theta,
+        )
+        assert torch.equal(got, want)
+    if forged_native.native() is not None:
+        assert (
+            forged_native.distances(
+                uploads.ptr, uploads.rows, rec, own.ptr, own.rows, own.theta, torch.tensor([0, 5, 1])
+            )
+            is None
+        )
+    with pytest.raises(IndexError):
+        forged_distance(
+            server, rule, ctx.t, uploads, own.ptr, own.rows, own.theta, rec=rec, pick=torch.tensor([0, 5, 1])
+        )

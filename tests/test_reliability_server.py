@@ -254,3 +254,46 @@ def test_rounds_without_byzantine_clients_run_under_a_dense_attack():
         rows=torch.zeros(0, dtype=torch.int64), g=torch.zeros(0, 3), generator=torch.Generator(),
     )  # fmt: skip
     assert dense_upload_from_gradient(ctx, torch.zeros(0, 5, 3)).n == 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_admit_takes_its_short_way_only_where_it_is_the_general_one(seed: int) -> None:
+    """``admit``'s way for a round where each sampled client sent one upload (ids a permutation of the
+    slots) gives what the general way (``_admit_any``) gives on the same batch, and batches with a
+    duplicate, an unsampled id, a missing client or a ``client-id`` code take the general way."""
+    from fedrec.federation.validate import CODE, REASONS, _admit_any, admit
+    from fedrec.protocol import UploadBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 7, (1,), generator=gen))
+    sampled = torch.randperm(20, generator=gen)[:n].sort().values
+    kind = seed % 5
+    ids = sampled[torch.randperm(n, generator=gen)]
+    if kind == 1:  # a duplicate in place of one client
+        ids = ids.clone()
+        ids[-1] = ids[0]
+    elif kind == 2:  # an unsampled id
+        ids = ids.clone()
+        ids[0] = 99
+    elif kind == 3:  # a missing client, or one more upload
+        ids = ids[:-1] if n > 1 else torch.cat([ids, ids])
+    N = ids.shape[0]
+    counts = torch.randint(0, 4, (N,), generator=gen)
+    ptr = torch.zeros(N + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    K = int(ptr[-1])
+    batch = UploadBatch(
+        client_ids=ids, ptr=ptr, rows=torch.arange(K), theta=torch.randn(K, 3, generator=gen),
+        state={"m": torch.randn(K, 3, generator=gen)}, n_examples=counts + 1,
+    )  # fmt: skip
+    codes = torch.randint(0, 3, (N,), generator=gen) * (seed % 2)
+    if kind == 4:
+        codes = codes.clone()
+        codes[0] = CODE["client-id"]
+    got = admit(batch, codes, sampled)
+    want = _admit_any(batch, codes, sampled, torch.zeros(len(REASONS), dtype=torch.int64))
+    for a, b in ((got[0], want[0]),):
+        for f in ("client_ids", "ptr", "rows", "theta", "n_examples"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+        assert torch.equal(a.state["m"], b.state["m"])
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])

@@ -26,23 +26,30 @@ def segment_sq_norms(owner: Tensor, values: Tensor, n: int) -> Tensor:
 
 def forged_distance(
     server: ServerState, rule, t: int, uploads: UploadBatch, ptr: Tensor, rows: Tensor, g: Tensor,
-    rec: Tensor | None = None,
+    rec: Tensor | None = None, pick: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
     """``[b]`` float64 ``|g~_i - g_i|``: ``g~_i`` the gradient the server reconstructs from upload ``i``
     (paper 000 Eq. 2 for Adam; zero at unlisted rows), ``g_i`` client ``i``'s own honest gradient
     (``rows[ptr[i]:ptr[i+1]]``, zero elsewhere). Both row lists are sorted within each client.
+    ``pick``: the uploads of ``uploads`` to measure, in order (``uploads.take(pick)``, without the copy
+    where the C pass applies).
 
     One C pass where it applies (fedrec.federation.forged_native: the rows merged, float64 sums in fixed
     lanes), else ``torch_distance``: ``|g~|^2`` in total, less ``|g~|^2`` at the client's own rows,
     plus ``|g~ - g|^2`` there; the two agree to float64 round-off.
     ``rec``: ``g~`` at ``uploads.rows`` when the server already reconstructed it (its rule check)."""
-    b, n_rows = uploads.n, server.n_rows
     if rec is None:
+        if pick is not None:
+            uploads, pick = uploads.take(pick), None
         rec = rule.reconstruct(rows_of(server, uploads.rows), uploaded(uploads), t)
-    made = forged_native.distances(uploads.ptr, uploads.rows, rec, ptr, rows, g)
+    made = forged_native.distances(uploads.ptr, uploads.rows, rec, ptr, rows, g, pick)
     if made is not None:  # one C pass (fedrec.federation.forged_native)
         return made
-    return torch_distance(b, n_rows, uploads.owner(), uploads.rows, rec, ptr, rows, g)
+    if pick is not None:
+        with_rec = UploadBatch(uploads.client_ids, uploads.ptr, uploads.rows, rec, {}, uploads.n_examples)
+        with_rec = with_rec.take(pick)
+        uploads, rec = with_rec, with_rec.theta
+    return torch_distance(uploads.n, server.n_rows, uploads.owner(), uploads.rows, rec, ptr, rows, g)
 
 
 def torch_distance(

@@ -28,6 +28,7 @@ _C = r"""
 #include <math.h>
 #include <stdint.h>
 
+/* 1 when ptr rises from 0 to K and the rows of each segment are strictly increasing */
 static int rising(const int64_t *ptr, int64_t b, int64_t K, const int64_t *rows) {
     if (ptr[0] != 0 || ptr[b] != K) return 0;
     for (int64_t i = 0; i < b; ++i) {
@@ -51,18 +52,21 @@ static int rising(const int64_t *ptr, int64_t b, int64_t K, const int64_t *rows)
 #define A_ONLY(k) ((double)a[k])
 #define G_ONLY(k) ((double)gg[k])
 
-/* out[i] = sqrt(sum over the merged rows of upload i of (a - g)^2), a the reconstructed row (0 where the
-   upload does not list it), g the client's own (0 where it has none). Returns 0, or -1 (nothing
-   written) when a ptr does not rise from 0 to its K or rows are not strictly increasing. */
+/* out[i] = sqrt(sum over the merged rows of upload pick[i] and client i of (a - g)^2), a the
+   reconstructed row (0 where the upload does not list it), g the client's own (0 where it has none).
+   Returns 0, or -1 (nothing written) when a ptr does not rise from 0 to its K, rows are not strictly
+   increasing, or a pick lies outside [0, nu). */
 #define DIST(NAME, T)                                                                            \
-int64_t NAME(double *out, int64_t b, const int64_t *uptr, const int64_t *urows, int64_t K,       \
-             const T *rec, const int64_t *optr, const int64_t *orows, int64_t Ko, const T *g,    \
-             int64_t d) {                                                                        \
-    if (!rising(uptr, b, K, urows) || !rising(optr, b, Ko, orows)) return -1;                   \
+int64_t NAME(double *out, int64_t b, const int64_t *pick, int64_t nu, const int64_t *uptr,        \
+             const int64_t *urows, int64_t K, const T *rec, const int64_t *optr,                 \
+             const int64_t *orows, int64_t Ko, const T *g, int64_t d) {                          \
+    if (!rising(uptr, nu, K, urows) || !rising(optr, b, Ko, orows)) return -1;                  \
+    for (int64_t i = 0; i < b; ++i)                                                             \
+        if (pick[i] < 0 || pick[i] >= nu) return -1;                                            \
     for (int64_t i = 0; i < b; ++i) {                                                           \
         double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
-        int64_t p = uptr[i], q = optr[i];                                                       \
-        const int64_t pe = uptr[i + 1], qe = optr[i + 1];                                       \
+        int64_t p = uptr[pick[i]], q = optr[i];                                                 \
+        const int64_t pe = uptr[pick[i] + 1], qe = optr[i + 1];                                 \
         while (p < pe || q < qe) {                                                              \
             const int take_a = p < pe && (q >= qe || urows[p] <= orows[q]);                     \
             const int take_g = q < qe && (p >= pe || orows[q] <= urows[p]);                     \
@@ -89,23 +93,26 @@ DIST(fedrec_forged_f64, double)
 def native() -> Any:
     """The C pass compiled for this process (fedrec.native), or None."""
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    args = [p, i64, p, p, i64, p, p, p, i64, p, i64]
+    args = [p, i64, p, i64, p, p, i64, p, p, p, i64, p, i64]
     return load(_C, {"fedrec_forged_f32": (i64, args), "fedrec_forged_f64": (i64, args)})
 
 
 def distances(
-    uptr: Tensor, urows: Tensor, rec: Tensor, optr: Tensor, orows: Tensor, g: Tensor
+    uptr: Tensor, urows: Tensor, rec: Tensor, optr: Tensor, orows: Tensor, g: Tensor, pick: Tensor | None = None
 ) -> Tensor | None:
-    """``[b]`` float64 ``|g~_i - g_i|`` (the module docstring): upload ``i``'s reconstructed rows
-    ``rec[uptr[i]:uptr[i+1]]`` at ``urows``, its client's own ``g[optr[i]:optr[i+1]]`` at ``orows``;
-    None where the C pass does not apply."""
+    """``[b]`` float64 ``|g~_i - g_i|`` (the module docstring): the reconstructed rows ``rec`` at
+    ``urows`` of upload ``pick[i]`` (segments ``uptr``; ``pick`` default ``0 .. b-1``), client ``i``'s
+    own ``g[optr[i]:optr[i+1]]`` at ``orows``; None where the C pass does not apply."""
     lib = native()
-    b = uptr.shape[0] - 1
-    ints = (uptr, urows, optr, orows)
+    b = optr.shape[0] - 1
+    if pick is None:
+        pick = torch.arange(max(b, 0))
+    ints = (uptr, urows, optr, orows, pick)
     if (
         lib is None
         or b < 0
-        or optr.shape[0] != b + 1
+        or uptr.shape[0] < 1
+        or pick.shape != (b,)
         or any(x.device.type != "cpu" or x.dtype != torch.int64 or x.dim() != 1 for x in ints)
         or any(x.device.type != "cpu" or x.dim() != 2 or not x.is_floating_point() for x in (rec, g))
         or rec.shape[1] != g.shape[1]
@@ -115,11 +122,12 @@ def distances(
         return None
     dtype = torch.float32 if rec.dtype == g.dtype == torch.float32 else torch.float64
     rec, g = rec.to(dtype).contiguous(), g.to(dtype).contiguous()
-    uptr, urows, optr, orows = (x.contiguous() for x in ints)
+    uptr, urows, optr, orows, pick = (x.contiguous() for x in ints)
     out = torch.empty(b, dtype=torch.float64)
     fn = lib.fedrec_forged_f32 if dtype == torch.float32 else lib.fedrec_forged_f64
     status = fn(
-        out.data_ptr(), b, uptr.data_ptr(), urows.data_ptr(), urows.shape[0], rec.data_ptr(),
-        optr.data_ptr(), orows.data_ptr(), orows.shape[0], g.data_ptr(), rec.shape[1],
+        out.data_ptr(), b, pick.data_ptr(), uptr.shape[0] - 1, uptr.data_ptr(), urows.data_ptr(),
+        urows.shape[0], rec.data_ptr(), optr.data_ptr(), orows.data_ptr(), orows.shape[0], g.data_ptr(),
+        rec.shape[1],
     )  # fmt: skip
     return out if status == 0 else None

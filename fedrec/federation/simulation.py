@@ -515,16 +515,9 @@ class FederatedRun(RunCheckpointing):
             n_examples=ctx.n_examples,
         ).select(usable)
         picked, up = idx[usable], out.uploads
-        if out.grads is not None and bool(out.checked[picked].all()):
-            # the rule check reconstructed them already: carry them through the take as "theta"
-            with_grads = UploadBatch(up.client_ids, up.ptr, up.rows, out.grads, {}, up.n_examples).take(
-                picked
-            )
-            made = forged_distance(
-                self.server, self.rule, t, with_grads, own.ptr, own.rows, own.theta, rec=with_grads.theta
-            )
-        else:
-            made = forged_distance(self.server, self.rule, t, up.take(picked), own.ptr, own.rows, own.theta)
+        # the rule check's gradients where it reconstructed them all already
+        rec = out.grads if out.grads is not None and bool(out.checked[picked].all()) else None
+        made = forged_distance(self.server, self.rule, t, up, own.ptr, own.rows, own.theta, rec=rec, pick=picked)
         res = torch.full((idx.shape[0],), float("nan"), dtype=torch.float64, device=idx.device)
         res[usable] = made
         return res
