@@ -297,3 +297,36 @@ def test_admit_takes_its_short_way_only_where_it_is_the_general_one(seed: int) -
             assert torch.equal(getattr(a, f), getattr(b, f)), f
         assert torch.equal(a.state["m"], b.state["m"])
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_rule_check_names_the_first_check_an_upload_fails(fused: bool) -> None:
+    """``check_rule``: of the state domain, the rule's equations and the gradient bound, an upload's code
+    is the first it fails, whichever of its rows fail which (the C check of Adam and the torch one)."""
+    from fedrec.federation.validate import CODE, check_rule
+    from fedrec.optim import make_rule
+    from fedrec.protocol import ServerState, UploadBatch
+
+    rule = make_rule("adam")
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(6, 4, generator=gen)
+    server = ServerState(theta, rule.init_state(theta), 3)
+    rows = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])  # five uploads: rows 0-1, 2, 3, 4-5, 0-1
+    ptr = torch.tensor([0, 2, 3, 4, 6, 8])
+    g = torch.randn(8, 4, generator=gen)
+    g[1] = 1e6  # upload 0, its second row: past the bound
+    g[3] = 1e6  # upload 2: past the bound
+    g[4] = 1e6  # upload 3, first row: past the bound
+    prev = {"theta": theta[rows], **{k: x[rows] for k, x in server.state.items()}}
+    up = rule.client_step(prev, g, 4)
+    up["v"][0, 0] = -1.0  # upload 0, first row: outside the state domain (and past the bound on row 1)
+    up["theta"][2, 1] += 1.0  # upload 1: breaks the rule's equations only
+    up["theta"][5, 0] += 1.0  # upload 3, second row: breaks the equations (first row past the bound)
+    batch = UploadBatch(
+        torch.arange(5), ptr, rows, up["theta"], {"m": up["m"], "v": up["v"]}, torch.full((5,), 2)
+    )
+    codes, _ = check_rule(
+        server, batch, rule, 4, torch.zeros(5, dtype=torch.int64), max_grad=1e4, verify=True, fused=fused
+    )
+    want = ["state-domain", "rule-verify", "magnitude", "rule-verify", None]
+    assert codes.tolist() == [0 if w is None else CODE[w] for w in want]

@@ -416,9 +416,12 @@ def check_rule(
         tables, rows = server.rows_at(rows), torch.arange(rows.shape[0], device=rows.device)
     up = {"theta": sub.theta, **sub.state}
     domain, broken, too_big, g = rule_check(rule, fused)(tables, rows, up, t, max_grad, verify)
-    _mark(sub_code, _per_upload_any(domain, owner, sub.n), "state-domain")
-    _mark(sub_code, _per_upload_any(broken, owner, sub.n), "rule-verify")
-    _mark(sub_code, _per_upload_any(too_big, owner, sub.n), "magnitude")
+    # an upload's code: the first of the three checks that one of its rows fails, in this order
+    fails = torch.zeros(3, sub.n, dtype=torch.int64, device=code.device)
+    fails.index_add_(1, owner, torch.stack([domain, broken, too_big]).long())
+    sub_code = torch.where(fails[2] > 0, CODE["magnitude"], sub_code)
+    sub_code = torch.where(fails[1] > 0, CODE["rule-verify"], sub_code)
+    sub_code = torch.where(fails[0] > 0, CODE["state-domain"], sub_code)
     code[valid] = sub_code
     if sub.rows.shape[0] != uploads.rows.shape[0]:  # some uploads were not checked: zero rows for them
         full = torch.zeros(uploads.rows.shape[0], g.shape[1], dtype=g.dtype, device=g.device)
