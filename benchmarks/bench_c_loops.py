@@ -7,7 +7,9 @@ table (fedrec.optim.adam_pass; against inductor's kernel and eager), Adam's clie
 rows (fedrec.optim.adam_step), the upload value checks (fedrec.federation.validate_native), and, on a
 synthetic batch of ``K / 100`` FISM clients, the BPR gradient (fedrec.models.bpr_native; the same to
 float32 rounding: the largest difference is printed) and the negatives' rejection rounds
-(fedrec.models.negatives_native).
+(fedrec.models.negatives_native); and the default pass with the scatter folded in, its tables written
+with streaming and with plain stores (fedrec.optim.adam_pass), and the forged distances
+(fedrec.federation.forged_native).
 
 Paper settings: d = 64, float32 tables of ``--rows`` rows (Last.fm's 35,264 by default), ``K`` listed
 rows a round (ML-100K lists ~2,500, Citeulike-a ~6,000) spread over ``K / 100`` uploads.
@@ -154,6 +156,81 @@ def default_pass(tables, seconds) -> str:
     )
 
 
+def pass_with_terms(K, tables, rows, owner, up, w, seconds) -> str:
+    """The default pass with the scatter folded in (fedrec.optim.adam_pass.adam_pass_with_terms), its
+    tables written with streaming stores and with plain ones, against the pass and then the C scatter."""
+    from fedrec.optim import adam_pass
+    from fedrec.optim.fused import DefaultPass
+
+    rule = make_rule("adam")
+    pass_ = DefaultPass(rule, True)
+    saved = adam_pass.STREAM_BYTES
+
+    def fused(stream: bool):
+        adam_pass.STREAM_BYTES = 0 if stream else 1 << 62
+        try:
+            return pass_.with_terms(tables, 9, rows, owner, w, up)
+        finally:
+            adam_pass.STREAM_BYTES = saved
+
+    def two_steps():
+        out = pass_(tables, 9)
+        for k, D in out.items():
+            assert scatter_mod.scatter_terms(D, rows, owner, w, up[k])
+        return out
+
+    ways = {
+        "fused, streamed": lambda: fused(True),
+        "fused, plain": lambda: fused(False),
+        "pass + scatter": two_steps,
+    }
+    outs = {name: fn() for name, fn in ways.items()}
+    same = all(torch.equal(o[k], outs["pass + scatter"][k]) for o in outs.values() for k in o)
+    for fn in ways.values():  # the allocator's pages warm for every way (see default_pass)
+        per_call(fn, seconds / 4)
+    ms = {name: per_call(fn, seconds) * 1e3 for name, fn in ways.items()}
+    base = ms["pass + scatter"]
+    cells = "  ".join(f"{name} {v:7.3f} ms ({base / v:4.2f}x)" for name, v in ms.items())
+    return f"pass + terms {K:>6}  {cells}  same values: {'yes' if same else 'NO'}"
+
+
+def forged(K, rows, owner, up, seconds) -> str:
+    """The forged distances (fedrec.federation.forged_native) against the torch sums, a client's own
+    rows every other row of its upload's, the others moved by one."""
+    from fedrec.federation import forged_native
+    from fedrec.federation.forged import torch_distance
+
+    n_up = int(owner.max()) + 1
+    counts = torch.bincount(owner, minlength=n_up)
+    uptr = torch.zeros(n_up + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=uptr[1:])
+    n_rows = int(rows.max()) + 2
+    segs = []
+    for i in range(n_up):
+        mine = rows[uptr[i] : uptr[i + 1]]
+        alt = torch.arange(mine.shape[0]) % 2 == 1
+        segs.append(torch.where(alt, (mine + 1) % n_rows, mine).unique())  # sorted, unique
+    own_rows = torch.cat(segs)
+    own_counts = torch.tensor([x.shape[0] for x in segs], dtype=torch.int64)
+    optr = torch.zeros(n_up + 1, dtype=torch.int64)
+    torch.cumsum(own_counts, 0, out=optr[1:])
+    g = up["m"][: own_rows.shape[0]].contiguous()
+    rec = up["theta"]
+
+    def c_way():
+        return forged_native.distances(uptr, rows, rec, optr, own_rows, g)
+
+    def torch_way():
+        return torch_distance(n_up, n_rows, owner, rows, rec, optr, own_rows, g)
+
+    diff = float((c_way() - torch_way()).abs().max() / torch_way().abs().max())
+    c_ms, t_ms = per_call(c_way, seconds) * 1e3, per_call(torch_way, seconds) * 1e3
+    return (
+        f"forged      {K:>6}  C {c_ms:7.3f} ms  torch {t_ms:7.3f} ms ({t_ms / c_ms:5.2f}x)"
+        f"  largest relative difference {diff:.1e}"
+    )
+
+
 def client_step(K, tables, rows, seconds) -> str:
     from fedrec.optim import adam_step
 
@@ -270,6 +347,8 @@ def main() -> None:
             print(default_pass(tables, args.seconds))
         print(rule_check(K, tables, rows, up, args.seconds))
         print(scatter(K, tables, rows, owner, up, w, args.seconds))
+        print(pass_with_terms(K, tables, rows, owner, up, w, args.seconds))
+        print(forged(K, rows, owner, up, args.seconds))
         print(catch_up(K, tables, rows, args.seconds))
         print(client_step(K, tables, rows, args.seconds))
         print(value_checks(K, rows, owner, up, args.seconds))

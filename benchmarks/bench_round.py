@@ -93,7 +93,7 @@ def bench(name: str, device: torch.device, seconds: float, compile_: bool | None
     grads = client_gradients(run.server.theta, run.layout, batch, neg, gamma=1.0, lam=1e-4)
     uploads = honest_uploads(run.server, run.rule, grads, batch, t)
     w = aggregation_weights(uploads.n_examples, torch.ones(uploads.n, dtype=torch.bool, device=device))
-    dense = timed(lambda: aggregate(run.server, uploads, w, run.rule, t), device, seconds)
+    dense = timed(lambda: aggregate(run.server, uploads, w, run.rule, t, run.limits.fused), device, seconds)
     tables = [run.server.theta, *run.server.state.values()]
     copy = timed(lambda: [x.clone() for x in tables], device, seconds)
     return {

@@ -98,7 +98,13 @@ def native() -> Any:
 
 
 def distances(
-    uptr: Tensor, urows: Tensor, rec: Tensor, optr: Tensor, orows: Tensor, g: Tensor, pick: Tensor | None = None
+    uptr: Tensor,
+    urows: Tensor,
+    rec: Tensor,
+    optr: Tensor,
+    orows: Tensor,
+    g: Tensor,
+    pick: Tensor | None = None,
 ) -> Tensor | None:
     """``[b]`` float64 ``|g~_i - g_i|`` (the module docstring): the reconstructed rows ``rec`` at
     ``urows`` of upload ``pick[i]`` (segments ``uptr``; ``pick`` default ``0 .. b-1``), client ``i``'s

@@ -26,12 +26,15 @@ def aggregation_weights(n_examples: torch.Tensor, accepted: torch.Tensor) -> tor
     return torch.where(total > 0, n / total.clamp(min=1e-300), n)
 
 
-def aggregate(server: ServerState, uploads: UploadBatch, weights: torch.Tensor, rule, t: int) -> ServerState:
+def aggregate(
+    server: ServerState, uploads: UploadBatch, weights: torch.Tensor, rule, t: int, fused: bool = False
+) -> ServerState:
     """The round-``t`` global state from the uploads with the given weights (zero weight = ignored).
 
     ``weights`` must sum to 1 over the accepted uploads; when all are 0 the caller keeps the old state.
+    ``fused``: as ``apply_decision``'s.
     """
-    return _aggregated(server, [(uploads, weights, None)], rule, t, 0)
+    return _aggregated(server, [(uploads, weights, 0)], rule, t, server.n_rows, fused=fused)
 
 
 def apply_decision(

@@ -517,7 +517,9 @@ class FederatedRun(RunCheckpointing):
         picked, up = idx[usable], out.uploads
         # the rule check's gradients where it reconstructed them all already
         rec = out.grads if out.grads is not None and bool(out.checked[picked].all()) else None
-        made = forged_distance(self.server, self.rule, t, up, own.ptr, own.rows, own.theta, rec=rec, pick=picked)
+        made = forged_distance(
+            self.server, self.rule, t, up, own.ptr, own.rows, own.theta, rec=rec, pick=picked
+        )
         res = torch.full((idx.shape[0],), float("nan"), dtype=torch.float64, device=idx.device)
         res[usable] = made
         return res
