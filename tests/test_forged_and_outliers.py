@@ -279,6 +279,10 @@ def test_the_c_distances_leave_unsorted_or_malformed_rows_to_torch() -> None:
         forged_native.distances(torch.tensor([0, 1]), torch.tensor([0, 1]), rec, ptr, torch.tensor([1, 2]), g)
         is None
     )
+    # an interior offset past the rows (ptr reaches K only at its end): refused before any row is read
+    wide, two = torch.tensor([0, 1000, 2]), torch.tensor([0, 1, 2])
+    assert forged_native.distances(wide, torch.tensor([0, 1]), rec, two, torch.tensor([1, 2]), g) is None
+    assert forged_native.distances(two, torch.tensor([0, 1]), rec, wide, torch.tensor([1, 2]), g) is None
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -490,6 +490,9 @@ def test_the_pass_with_terms_refuses_rows_outside_and_leaves_other_ways_alone():
     assert DefaultPass(rule, fused=True, native=False).with_terms(tables, 2, *ok, w, X) is None
     momentum = make_rule("momentum")
     assert DefaultPass(momentum, fused=True).with_terms(tables, 2, *ok, w, X) is None
+    # called directly, tables that do not fit each other are refused too (nothing read past them)
+    assert adam_pass.adam_pass_with_terms(rule, {**tables, "m": tables["m"].double()}, 0.1, *ok, w, X) is None
+    assert adam_pass.adam_pass_with_terms(rule, {**tables, "v": tables["v"][:2]}, 0.1, *ok, w, X) is None
 
 
 @needs_cc

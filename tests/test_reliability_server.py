@@ -290,7 +290,21 @@ def test_admit_takes_its_short_way_only_where_it_is_the_general_one(seed: int) -
     if kind == 4:
         codes = codes.clone()
         codes[0] = CODE["client-id"]
-    got = admit(batch, codes, sampled)
+    import fedrec.federation.validate as validate_mod
+
+    general = []
+
+    def counted(*args):
+        general.append(1)
+        return _admit_any(*args)
+
+    validate_mod._admit_any = counted
+    try:
+        got = admit(batch, codes, sampled)
+    finally:
+        validate_mod._admit_any = _admit_any
+    # the short way exactly where each sampled client sent one upload and none has a client-id code
+    assert bool(general) == (kind != 0)
     want = _admit_any(batch, codes, sampled, torch.zeros(len(REASONS), dtype=torch.int64))
     for a, b in ((got[0], want[0]),):
         for f in ("client_ids", "ptr", "rows", "theta", "n_examples"):

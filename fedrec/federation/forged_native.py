@@ -7,8 +7,9 @@ round (a tenth of an attacked Citeulike-a round); this reads each value once.
 The sum is taken in eight fixed lanes (column ``c`` into lane ``c mod 8``, the lanes added in order at
 the end), so it is the same on every call and needs no cancellation (the torch way subtracts the
 squares at the client's own rows from the total): the two agree to float64 round-off
-(``tests/test_forged_and_outliers.py``), not bit for bit. An infinite gradient gives an infinite
-distance (the torch way's ``inf - inf`` made it NaN), a NaN gives NaN. Where it does not apply (other
+(``tests/test_forged_and_outliers.py``), not bit for bit. An infinite reconstructed value gives an
+infinite distance (the torch way's ``inf - inf`` made it NaN) unless the client's own gradient is
+infinite at the same entry (``inf - inf``: NaN), and a NaN gives NaN. Where it does not apply (other
 devices, row lists that are not strictly increasing, no C compiler) the caller's torch way runs.
 """
 
@@ -28,14 +29,15 @@ _C = r"""
 #include <math.h>
 #include <stdint.h>
 
-/* 1 when ptr rises from 0 to K and the rows of each segment are strictly increasing */
+/* 1 when ptr rises from 0 to K and the rows of each segment are strictly increasing (the offsets are
+   all checked before any row is read) */
 static int rising(const int64_t *ptr, int64_t b, int64_t K, const int64_t *rows) {
     if (ptr[0] != 0 || ptr[b] != K) return 0;
-    for (int64_t i = 0; i < b; ++i) {
+    for (int64_t i = 0; i < b; ++i)
         if (ptr[i + 1] < ptr[i]) return 0;
+    for (int64_t i = 0; i < b; ++i)
         for (int64_t e = ptr[i] + 1; e < ptr[i + 1]; ++e)
             if (rows[e] <= rows[e - 1]) return 0;
-    }
     return 1;
 }
 

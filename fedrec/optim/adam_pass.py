@@ -239,6 +239,8 @@ def adam_pass_with_terms(
     (the module docstring): ``tables`` ``[n, d]``, ``idx`` and ``owner`` ``[K]``, ``w`` per owner, ``X``
     ``[K, d]`` per key, all of the tables' dtype. None (nothing done) where the shapes or dtypes do not
     fit; a row or owner outside raises IndexError before anything is written."""
+    if not applies(rule, tables):  # theta, m and v of one shape and float dtype on the CPU
+        return None
     src = {k: tables[k].contiguous() for k in KEYS}
     theta = src["theta"]
     dtype = theta.dtype
