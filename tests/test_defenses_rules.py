@@ -781,6 +781,36 @@ def test_gram_by_pairs_and_by_blocks_equal_the_dense_product(seed, n, n_rows, d,
 
 
 @settings(max_examples=40, deadline=None)
+@given(**LISTINGS, double=st.booleans())
+def test_the_c_gram_is_the_torch_pairs_way_and_makes_its_choice(
+    seed, n, n_rows, d, density, attacker, double
+):
+    """fedrec.defenses.gram_native: the torch pairs way's matrix to float64 round-off, exactly symmetric,
+    for float32 and float64 values; with ``auto`` it leaves the matrix to the blocks way exactly where
+    the torch way would (``_use_pairs``); a row or owner outside raises before anything is written."""
+    from fedrec.defenses import gram_native
+    from fedrec.defenses.vectors import _by_row, _gram_pairs_torch, _use_pairs
+
+    if gram_native.native() is None:
+        pytest.skip("no C compiler for the C Gram matrix")
+    x = sparse_table(seed, n, n_rows, d, density=density, dense=(0,) if attacker else ())
+    v = ClientVectors.from_dense(x.to(F64 if double else torch.float32))
+    by_row = _by_row(v)
+    want = _gram_pairs_torch(v, by_row)
+    got = gram_native.gram_pairs(v.rows, v.owner(), v.values, v.n, v.n_rows, auto=False)
+    scale = 1e-13 * (1.0 + float(want.diagonal().abs().max())) if n else 0.0
+    assert got is not None and torch.allclose(got, want, rtol=1e-13, atol=scale)
+    assert torch.equal(got, got.T)
+    auto = gram_native.gram_pairs(v.rows, v.owner(), v.values, v.n, v.n_rows, auto=True)
+    assert (auto is not None) == _use_pairs(v, by_row, "auto", "gram", 8)
+    if v.rows.numel():
+        with pytest.raises(IndexError):
+            gram_native.gram_pairs(v.rows, v.owner(), v.values, v.n, int(v.rows.max()), auto=False)
+        with pytest.raises(IndexError):
+            gram_native.gram_pairs(v.rows, v.owner() + v.n, v.values, v.n, v.n_rows, auto=False)
+
+
+@settings(max_examples=40, deadline=None)
 @given(**LISTINGS, p=st.sampled_from([1.0, 1.5, 3.0, math.inf]))
 def test_lp_distances_by_pairs_and_by_blocks_equal_the_literal_ones(
     seed, n, n_rows, d, density, attacker, p

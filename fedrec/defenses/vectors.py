@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from fedrec.defenses import gram_native
+
 Tensor = torch.Tensor
 
 BLOCK_ELEMENTS = 1 << 22
@@ -193,12 +195,18 @@ def gram(v: ClientVectors, block_rows: int | None = None, method: str = "auto") 
     * ``blocks``: ``G += X_blk X_blk^T`` over dense blocks ``X_blk [n, B * d]`` of the union of listed
       rows: ``n^2 M d`` multiplications (M the union's size) at BLAS speed, for dense listings.
 
-    ``auto`` takes ``pairs`` when ``8 sum_r c_r^2 < n^2 M``. ``block_rows``: the dense blocks' size."""
+    ``auto`` takes ``pairs`` when ``8 sum_r c_r^2 < n^2 M``. ``block_rows``: the dense blocks' size. On the
+    CPU the pairs way is one C pass (fedrec.defenses.gram_native; the torch way's matrix to float64
+    round-off, ``_gram_pairs_torch``)."""
     if method not in ("auto", "pairs", "blocks"):
         raise ValueError(f"gram: method must be auto, pairs or blocks, got {method!r}")
     g = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     if v.rows.shape[0] == 0:
         return g
+    if method != "blocks":  # the pairs way as one C pass where it applies (fedrec.defenses.gram_native)
+        fast = gram_native.gram_pairs(v.rows, v.owner(), v.values, v.n, v.n_rows, auto=method == "auto")
+        if fast is not None:
+            return fast
     by_row = _by_row(v)
     if not _use_pairs(v, by_row, method, "gram", 8):
         for _, blk in dense_blocks(v, block_rows, torch.float64):
@@ -207,6 +215,12 @@ def gram(v: ClientVectors, block_rows: int | None = None, method: str = "auto") 
         # BLAS need not round <x_i, x_j> and <x_j, x_i> alike (MKL's AVX-512 dgemm does not at some
         # shapes): the upper triangle, mirrored, so that the rules see one value per pair
         return g.triu() + g.triu(1).T
+    return _gram_pairs_torch(v, by_row)
+
+
+def _gram_pairs_torch(v: ClientVectors, by_row: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """``gram``'s pairs way in torch operations (any device; the C pass's matrix to round-off)."""
+    g = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     values, owner, counts = by_row
     flat = g.view(-1)
     for left, right in _row_pairs(counts, v.d):
