@@ -418,15 +418,16 @@ def pass_then_scatter(rule, tables, t, idx, owner, w, X):
     specials=st.booleans(),
     double=st.booleans(),
     stream=st.booleans(),
+    kept=st.booleans(),
 )
 @settings(max_examples=80, deadline=None)
 def test_the_pass_with_terms_is_the_pass_then_the_scatter_bit_for_bit(
-    seed, n, uploads, d, specials, double, stream
+    seed, n, uploads, d, specials, double, stream, kept
 ):
     """fedrec.optim.adam_pass.adam_pass_with_terms: rows listed by several uploads (their terms added in
     upload order, each from the default), rows listed by none, no uploads at all, NaN, infinities, -0
-    and zero weights; float32 and float64; plain and streaming stores; the inputs untouched; mode
-    ``native``."""
+    and zero weights; float32 and float64; plain and streaming stores; only the kept owners' terms, the
+    others' rows outside the table and their values NaN, unread; the inputs untouched; mode ``native``."""
     dtype = torch.float64 if double else torch.float32
     bits = torch.int64 if double else torch.int32
     rule = make_rule("adam")
@@ -453,13 +454,19 @@ def test_the_pass_with_terms_is_the_pass_then_the_scatter_bit_for_bit(
         X["m"][-1, -1] = float("inf")
         X["v"][0, -1] = -0.0
         w[0] = 0.0
+    keep = None
+    if kept and uploads:  # only these owners' terms count; the others' rows may lie outside, unread
+        keep = torch.rand(uploads, generator=gen) < 0.5
+        idx = torch.where(keep[owner], idx, idx + 10**6)
+        X = {k: torch.where(keep[owner][:, None], x, float("nan")) for k, x in X.items()}
     before = {k: x.clone() for k, x in tables.items()}
-    want = pass_then_scatter(rule, tables, 2, idx, owner, w, X)
+    sel = slice(None) if keep is None else keep[owner]
+    want = pass_then_scatter(rule, tables, 2, idx[sel], owner[sel], w, {k: x[sel] for k, x in X.items()})
     pass_ = DefaultPass(rule, fused=True)
     saved = adam_pass.STREAM_BYTES
     adam_pass.STREAM_BYTES = 0 if stream else 1 << 62  # streaming stores (rows of 8k floats) or plain
     try:
-        got = pass_.with_terms(tables, 2, idx, owner, w, X)
+        got = pass_.with_terms(tables, 2, idx, owner, w, X, keep)
     finally:
         adam_pass.STREAM_BYTES = saved
     assert got is not None and pass_.mode == "native"

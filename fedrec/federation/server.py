@@ -46,7 +46,32 @@ def apply_decision(
     pass compiled (``run.compile``; fedrec.optim.fused.DefaultPass)."""
     if decision.aggregate is None and not bool(decision.accepted.any()):  # a host sync, defended path only
         return server.advanced(t)
+    if decision.aggregate is None and server.deferred is None:
+        # the accepted uploads' terms folded into the C default pass, read in place (no selection copy)
+        folded = _folded(server, uploads, decision.weights, rule, t, fused, decision.accepted)
+        if folded is not None:
+            return folded
     return apply_decisions(server, [(uploads, decision)], rule, t, server.n_rows, fused)
+
+
+def _folded(
+    server: ServerState, uploads: UploadBatch, weights: torch.Tensor, rule, t: int, fused: bool,
+    keep: torch.Tensor | None = None,
+) -> ServerState | None:  # fmt: skip
+    """``X_new = D + scatter(...)`` for one run's weighted uploads (those of ``keep``, all where None) in one
+    C loop (``DefaultPass.with_terms``: the default pass with the terms added at each listed row); None
+    where that loop does not apply."""
+    prev = {"theta": server.theta, **server.state}
+    X = {"theta": uploads.theta, **uploads.state}
+    # outside the round's inference mode: the new tables are ordinary tensors (see _aggregated)
+    with torch.inference_mode(False):
+        new = default_pass(rule, fused).with_terms(
+            prev, t, uploads.rows, uploads.owner(), weights.to(server.dtype), X, keep
+        )
+    if new is None:
+        return None
+    theta = new.pop("theta")
+    return ServerState(theta=theta, state=new, t=t)
 
 
 def apply_decisions(
@@ -87,17 +112,12 @@ def _aggregated(
     # outside the round's inference mode (a few large operations: nothing to save), so the new tables
     # are ordinary tensors: torch counts writes into them (run_attack refuses an attack that wrote) and
     # a user may differentiate through them
+    if len(pieces) == 1 and pieces[0][0] is not None and pieces[0][2] == 0 and not keep_old:
+        # one run's weighted uploads: the default pass and the scatter in one C loop, where it applies
+        folded = _folded(server, pieces[0][0], pieces[0][1], rule, t, fused)
+        if folded is not None:
+            return folded
     with torch.inference_mode(False):
-        if len(pieces) == 1 and pieces[0][0] is not None and pieces[0][2] == 0 and not keep_old:
-            # one run's weighted uploads: the default pass and the scatter in one C loop, where it applies
-            uploads, weights, _ = pieces[0]
-            X = {"theta": uploads.theta, **uploads.state}
-            new = default_pass(rule, fused).with_terms(
-                prev, t, uploads.rows, uploads.owner(), weights.to(server.dtype), X
-            )
-            if new is not None:
-                theta = new.pop("theta")
-                return ServerState(theta=theta, state=new, t=t)
         default = default_pass(rule, fused)(prev, t)
         new = {}
         for key, D in default.items():

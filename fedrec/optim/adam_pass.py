@@ -98,19 +98,23 @@ PASS(fedrec_adam_pass_f64, double, sqrt)
 
 /* The pass, then at each listed row its terms: entry e (row idx[e], weight w[owner[e]], uploaded rows
    X?[e]) adds w (X - D) to the row's default D, the entries of a row in increasing e (a linked list:
-   head[row], next[e]). Returns 0, or -1 (nothing written) when a row lies outside [0, n) or an owner
-   outside [0, nw). buf: 6 d scratch values (a row's defaults, from which every term is taken, and,
+   head[row], next[e]); keep (per owner; NULL: all) leaves the entries of the other owners out, unread.
+   Returns 0, or -1 (nothing written) when a kept entry's row lies outside [0, n) or an owner outside
+   [0, nw). buf: 6 d scratch values (a row's defaults, from which every term is taken, and,
    streaming, the row as it is built). */
 #define PASS_TERMS(NAME, T, SQRT)                                                                \
 int64_t NAME(const T *restrict th, const T *restrict m, const T *restrict v, T *restrict oth,    \
              T *restrict om, T *restrict ov, int64_t n, int64_t d, T eta, T b1, T b2, T eps,     \
              const int64_t *idx, const int64_t *owner, const T *w, int64_t nw,                   \
              const T *restrict xth, const T *restrict xm, const T *restrict xv, int64_t K,       \
-             int64_t *head, int64_t *next, T *restrict buf, int stream) {                        \
-    for (int64_t e = 0; e < K; ++e)                                                             \
-        if (idx[e] < 0 || idx[e] >= n || owner[e] < 0 || owner[e] >= nw) return -1;             \
+             int64_t *head, int64_t *next, T *restrict buf, int stream, const uint8_t *keep) {   \
+    for (int64_t e = 0; e < K; ++e) {                                                           \
+        if (owner[e] < 0 || owner[e] >= nw) return -1;                                          \
+        if ((!keep || keep[owner[e]]) && (idx[e] < 0 || idx[e] >= n)) return -1;                \
+    }                                                                                           \
     for (int64_t r = 0; r < n; ++r) head[r] = -1;                                               \
-    for (int64_t e = K - 1; e >= 0; --e) { next[e] = head[idx[e]]; head[idx[e]] = e; }          \
+    for (int64_t e = K - 1; e >= 0; --e)                                                        \
+        if (!keep || keep[owner[e]]) { next[e] = head[idx[e]]; head[idx[e]] = e; }              \
     stream = stream && CAN_STREAM && ALIGNED(oth) && ALIGNED(om) && ALIGNED(ov)                 \
              && (d * (int64_t)sizeof(T)) % 32 == 0;                                             \
     T *restrict dth = buf, *restrict dm = buf + d, *restrict dv = buf + 2 * d;                  \
@@ -164,35 +168,9 @@ def native() -> Any:
             None,
             [p, p, p, p, p, p, i64, real, real, real, real, ctypes.c_int],
         )
-        sig[f"fedrec_adam_pass_terms_{suffix}"] = (
-            i64,
-            [
-                p,
-                p,
-                p,
-                p,
-                p,
-                p,
-                i64,
-                i64,
-                real,
-                real,
-                real,
-                real,
-                p,
-                p,
-                p,
-                i64,
-                p,
-                p,
-                p,
-                i64,
-                p,
-                p,
-                p,
-                ctypes.c_int,
-            ],
-        )
+        # the tables (6), n, d, eta, b1, b2, eps, idx, owner, w, nw, X (3), K, head, next, buf, stream, keep
+        terms = [p] * 6 + [i64, i64] + [real] * 4 + [p, p, p, i64, p, p, p, i64, p, p, p, ctypes.c_int, p]
+        sig[f"fedrec_adam_pass_terms_{suffix}"] = (i64, terms)
     return load(_C, sig)
 
 
@@ -232,13 +210,16 @@ def streams(out: Rows) -> int:
 
 
 def adam_pass_with_terms(
-    rule: Adam, tables: Rows, eta_t: float, idx: torch.Tensor, owner: torch.Tensor, w: torch.Tensor, X: Rows
-) -> Rows | None:
+    rule: Adam, tables: Rows, eta_t: float, idx: torch.Tensor, owner: torch.Tensor, w: torch.Tensor, X: Rows,
+    keep: torch.Tensor | None = None,
+) -> Rows | None:  # fmt: skip
     """``adam_default_pass`` and then, at each entry ``e``, ``D[idx[e]] += w[owner[e]] (X[e] - D[idx[e]])``
     (``D`` the default before any term; the terms of a row in entry order) for every key, in one pass
     (the module docstring): ``tables`` ``[n, d]``, ``idx`` and ``owner`` ``[K]``, ``w`` per owner, ``X``
-    ``[K, d]`` per key, all of the tables' dtype. None (nothing done) where the shapes or dtypes do not
-    fit; a row or owner outside raises IndexError before anything is written."""
+    ``[K, d]`` per key, all of the tables' dtype; ``keep`` (bool per owner) adds only the kept owners'
+    entries (the others are not read: what selecting the kept uploads first gives, without the copy).
+    None (nothing done) where the shapes or dtypes do not fit; a kept row or an owner outside raises
+    IndexError before anything is written."""
     if not applies(rule, tables):  # theta, m and v of one shape and float dtype on the CPU
         return None
     src = {k: tables[k].contiguous() for k in KEYS}
@@ -255,9 +236,14 @@ def adam_pass_with_terms(
         or owner.shape != (K,)
         or idx.device.type != "cpu"
         or owner.device.type != "cpu"
+        or (
+            keep is not None
+            and (keep.shape != w.shape or keep.dtype != torch.bool or keep.device.type != "cpu")
+        )
     ):
         return None
     idx, owner, w = idx.to(torch.int64).contiguous(), owner.to(torch.int64).contiguous(), w.contiguous()
+    kept = None if keep is None else keep.to(torch.uint8).contiguous()
     out = {k: torch.empty_like(x, memory_format=torch.contiguous_format) for k, x in src.items()}
     links = torch.empty(n + K, dtype=torch.int64)
     buf = torch.empty(6 * d, dtype=dtype)
@@ -267,7 +253,7 @@ def adam_pass_with_terms(
         *(src[k].data_ptr() for k in KEYS), *(out[k].data_ptr() for k in KEYS), n, d,
         float(eta_t), rule.b1, rule.b2, rule.eps, idx.data_ptr(), owner.data_ptr(), w.data_ptr(), w.shape[0],
         *(xs[k].data_ptr() for k in KEYS), K, links.data_ptr(), links.data_ptr() + 8 * n, buf.data_ptr(),
-        streams(out),
+        streams(out), None if kept is None else kept.data_ptr(),
     )  # fmt: skip
     if status < 0:
         raise IndexError(f"aggregation: a row outside [0, {n}) or an owner outside [0, {w.shape[0]})")

@@ -184,14 +184,18 @@ class DefaultPass:
         self.mode = "compiled"
         return out
 
-    def with_terms(self, tables: Rows, t: int, idx: Tensor, owner: Tensor, w: Tensor, X: Rows) -> Rows | None:
+    def with_terms(
+        self, tables: Rows, t: int, idx: Tensor, owner: Tensor, w: Tensor, X: Rows, keep: Tensor | None = None
+    ) -> Rows | None:
         """The pass and then the aggregation's terms ``D[idx[e]] += w[owner[e]] (X[e] - D[idx[e]])``
         (fedrec.federation.server) in one C loop, where this pass is the native one (Adam's float
         tables on the CPU, fused asked); None where it is not, and the caller scatters after ``__call__``.
-        The same tables bit for bit either way (fedrec.optim.adam_pass)."""
+        The same tables bit for bit either way (fedrec.optim.adam_pass). ``keep``: the owners whose
+        terms count (bool per owner; None: all)."""
         if not (self.fused and self.native and adam_pass.applies(self.rule, tables)):
             return None
-        out = adam_pass.adam_pass_with_terms(self.rule, tables, self.rule.step_size(t), idx, owner, w, X)
+        step = self.rule.step_size(t)
+        out = adam_pass.adam_pass_with_terms(self.rule, tables, step, idx, owner, w, X, keep)
         if out is not None:
             self.mode = "native"
         return out
