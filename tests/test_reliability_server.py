@@ -7,7 +7,6 @@ bought by a claimed ``n_examples``)."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import pytest
@@ -345,60 +344,3 @@ def test_the_rule_check_names_the_first_check_an_upload_fails(fused: bool) -> No
     )
     want = ["state-domain", "rule-verify", "magnitude", "rule-verify", None]
     assert codes.tolist() == [0 if w is None else CODE[w] for w in want]
-
-
-@pytest.mark.parametrize("seed", range(30))
-def test_admit_parts_is_admit_of_the_concatenated_parts(seed: int) -> None:
-    """``admit_parts`` gathers the slots from the parts (``receive_parts``) without concatenating them;
-    its result is ``admit``'s on the concatenation, field by field, where each sampled client sent one
-    upload over two or three parts (ids permuted across them) and where one did not (a duplicate, an
-    unsampled id, a missing client), and for one part."""
-    from fedrec.federation.validate import REASONS, admit, admit_parts
-    from fedrec.protocol import UploadBatch
-
-    gen = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(1, 9, (1,), generator=gen))
-    sampled = torch.randperm(30, generator=gen)[:n].sort().values
-    ids = sampled[torch.randperm(n, generator=gen)]
-    if seed % 4 == 1:
-        ids = torch.cat([ids, ids[:1]])  # a duplicate
-    elif seed % 4 == 2:
-        ids = torch.cat([ids[:-1], torch.tensor([99])])  # an unsampled id in place of a client
-    cuts = sorted(torch.randint(0, ids.shape[0] + 1, (1 + seed % 2,), generator=gen).tolist())
-    bounds = [0, *cuts, ids.shape[0]]
-    parts, codes = [], []
-    for lo, hi in itertools.pairwise(bounds):
-        counts = torch.randint(0, 4, (hi - lo,), generator=gen)
-        ptr = torch.zeros(hi - lo + 1, dtype=torch.int64)
-        torch.cumsum(counts, 0, out=ptr[1:])
-        K = int(ptr[-1])
-        parts.append(
-            UploadBatch(
-                client_ids=ids[lo:hi],
-                ptr=ptr,
-                rows=torch.randint(0, 50, (K,), generator=gen),
-                theta=torch.randn(K, 3, generator=gen),
-                state={"m": torch.randn(K, 3, generator=gen)},
-                n_examples=counts + 1,
-            )
-        )
-        codes.append(torch.randint(0, 3, (hi - lo,), generator=gen) * (seed % 3 == 0))
-    batch = parts[0]
-    for p in parts[1:]:
-        batch = batch.cat(p)
-    want = admit(batch, torch.cat(codes), sampled)
-    import fedrec.federation.validate as validate_mod
-
-    gathered = []
-    plain = validate_mod._gathered
-    validate_mod._gathered = lambda *a: gathered.append(1) or plain(*a)
-    try:
-        got = admit_parts(parts, codes, sampled)
-    finally:
-        validate_mod._gathered = plain
-    assert bool(gathered) == (seed % 4 in (0, 3) and len(parts) > 1)  # the gather exactly where it applies
-    for f in ("client_ids", "ptr", "rows", "theta", "n_examples"):
-        assert torch.equal(getattr(got[0], f), getattr(want[0], f)), f
-    assert torch.equal(got[0].state["m"], want[0].state["m"])
-    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
-    assert got[2].shape == (len(REASONS),)

@@ -3,8 +3,8 @@
 ``server_round`` is the only way a round's uploads reach the global state: the simulation, the
 camouflage demo and the tests call it (and the Flower adapter will)::
 
-    parts, codes = receive_parts(messages)     # types, layouts, shapes: malformed -> placeholder
-    admitted, codes, refused = admit_parts(...)  # one upload per sampled client
+    batch, codes = receive(messages)           # types, layouts, shapes: malformed -> placeholder
+    admitted, codes, refused = admit(...)      # one upload per sampled client
     codes = validate(...)                      # values: finite, rows, n_examples
     codes, grads = check_rule(...)             # state domain, rule verifier, gradient bound
     n_eff = effective_examples(...)            # what a claimed n_i can weigh; weight share
@@ -26,10 +26,10 @@ import torch
 from fedrec.config import WEIGHTINGS
 from fedrec.federation.server import apply_decision
 from fedrec.federation.validate import (
-    admit_parts,
+    admit,
     check_rule,
     effective_examples,
-    receive_parts,
+    receive,
     validate,
     weight_share,
     why_missing,
@@ -135,8 +135,8 @@ def admitted_uploads(
     """The first stages of a round (receive, admit, validate): one upload per sampled slot, its reason
     code so far, and the count of refused uploads by reason."""
     device, dtype = server.device, server.dtype
-    parts, codes = receive_parts(messages, limits.d, rule.state_names, device, dtype)
-    admitted, codes, refused = admit_parts(parts, codes, sampled)
+    batch, codes = receive(messages, limits.d, rule.state_names, device, dtype)
+    admitted, codes, refused = admit(batch, codes, sampled)
     if absent is not None:
         codes = why_missing(codes, sampled, *absent)
     codes = validate(

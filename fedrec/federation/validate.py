@@ -160,22 +160,6 @@ def receive(
 
     A malformed ``UploadBatch`` becomes one placeholder per id it declares when its ``client_ids`` can
     be read, else it counts as one upload with reason ``client-id`` (it cannot be attributed)."""
-    parts, codes = receive_parts(messages, d, state_names, device, dtype)
-    batch = parts[0]
-    for p in parts[1:]:
-        batch = batch.cat(p)
-    return batch, torch.cat(codes)
-
-
-def receive_parts(
-    messages: Sequence[Upload | UploadBatch] | UploadBatch,
-    d: int,
-    state_names: tuple[str, ...],
-    device: torch.device,
-    dtype,
-) -> tuple[list[UploadBatch], list[torch.Tensor]]:
-    """``receive`` before the concatenation: the messages' batches (at least one) and their codes, for
-    ``admit_parts``, which gathers the slots from them without concatenating them first."""
     if isinstance(messages, UploadBatch):
         messages = [messages]
     parts: list[UploadBatch] = []
@@ -227,9 +211,13 @@ def receive_parts(
         singles.append(msg)
     flush()
     if not parts:
-        empty = empty_batch(torch.zeros(0, dtype=torch.int64), d, state_names, dtype, device)
-        return [empty], [torch.zeros(0, dtype=torch.int64, device=device)]
-    return parts, codes
+        return empty_batch(torch.zeros(0, dtype=torch.int64), d, state_names, dtype, device), torch.zeros(
+            0, dtype=torch.int64, device=device
+        )
+    batch = parts[0]
+    for p in parts[1:]:
+        batch = batch.cat(p)
+    return batch, torch.cat(codes)
 
 
 def admit(
@@ -257,59 +245,6 @@ def admit(
             admitted.client_ids = sampled.clone()
             return admitted, codes.index_select(0, order), refused
     return _admit_any(batch, codes, sampled, refused)
-
-
-def admit_parts(
-    parts: list[UploadBatch], codes: list[torch.Tensor], sampled: torch.Tensor
-) -> tuple[UploadBatch, torch.Tensor, torch.Tensor]:
-    """``admit`` of the concatenation of ``parts`` (``receive_parts``). Where each sampled client sent
-    one upload over the parts (the simulation's honest batch and its attack's), the slots are gathered
-    from the parts directly, each value copied once (concatenating, then reordering copied it twice);
-    otherwise the parts are concatenated and ``admit`` runs. The same result either way."""
-    if len(parts) == 1:
-        return admit(parts[0], codes[0], sampled)
-    device, n = sampled.device, sampled.shape[0]
-    ids = torch.cat([p.client_ids for p in parts])
-    code = torch.cat(codes)
-    if device.type == "cpu" and ids.shape[0] == n and n > 0:
-        order = torch.argsort(ids)
-        if torch.equal(ids.index_select(0, order), sampled) and not bool((code == CODE["client-id"]).any()):
-            refused = torch.zeros(len(REASONS), dtype=torch.int64, device=device)
-            return _gathered(parts, order, sampled), code.index_select(0, order), refused
-    batch = parts[0]
-    for p in parts[1:]:
-        batch = batch.cat(p)
-    return admit(batch, code, sampled)
-
-
-def _gathered(parts: list[UploadBatch], order: torch.Tensor, sampled: torch.Tensor) -> UploadBatch:
-    """``cat(parts).take(order)`` for a permutation ``order`` of the parts' uploads, with ``client_ids``
-    ``sampled``: each part's rows copied once to where the take puts them."""
-    device = order.device
-    N = order.shape[0]
-    slot = torch.empty_like(order)
-    slot[order] = torch.arange(N, device=device)  # the slot of each upload, in the parts' order
-    counts = torch.cat([p.counts() for p in parts])
-    ptr = torch.zeros(N + 1, dtype=torch.int64, device=device)
-    torch.cumsum(counts.index_select(0, order), 0, out=ptr[1:])
-    K = sum(p.rows.shape[0] for p in parts)
-    first = parts[0]
-    rows = torch.empty(K, dtype=first.rows.dtype, device=device)
-    theta = torch.empty(K, first.theta.shape[1], dtype=first.theta.dtype, device=device)
-    state = {k: torch.empty(K, x.shape[1], dtype=x.dtype, device=device) for k, x in first.state.items()}
-    u = 0
-    for p in parts:
-        Kp = p.rows.shape[0]
-        # entry e of upload i (this part's) lands at ptr[slot] + (e - p.ptr[i])
-        shift = ptr.index_select(0, slot[u : u + p.n]) - p.ptr[:-1]
-        dest = torch.repeat_interleave(shift, p.counts(), output_size=Kp) + torch.arange(Kp, device=device)
-        rows.index_copy_(0, dest, p.rows)
-        theta.index_copy_(0, dest, p.theta.to(theta.dtype))
-        for k, x in state.items():
-            x.index_copy_(0, dest, p.state[k].to(x.dtype))
-        u += p.n
-    n_examples = torch.cat([p.n_examples for p in parts]).index_select(0, order)
-    return UploadBatch(sampled.clone(), ptr, rows, theta, state, n_examples)
 
 
 def _admit_any(
