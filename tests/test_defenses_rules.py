@@ -803,6 +803,15 @@ def test_the_c_gram_is_the_torch_pairs_way_and_makes_its_choice(
     assert torch.equal(got, got.T)
     auto = gram_native.gram_pairs(v.rows, v.owner(), v.values, v.n, v.n_rows, auto=True)
     assert (auto is not None) == _use_pairs(v, by_row, "auto", "gram", 8)
+    if v.rows.numel():  # gram() itself takes the C pass for the pairs way
+        calls = []
+        plain = gram_native.gram_pairs
+        gram_native.gram_pairs = lambda *a, **k: calls.append(1) or plain(*a, **k)
+        try:
+            assert torch.equal(gram(v, method="pairs"), got)
+        finally:
+            gram_native.gram_pairs = plain
+        assert calls
     if v.rows.numel():
         with pytest.raises(IndexError):
             gram_native.gram_pairs(v.rows, v.owner(), v.values, v.n, int(v.rows.max()), auto=False)

@@ -457,7 +457,7 @@ def test_the_pass_with_terms_is_the_pass_then_the_scatter_bit_for_bit(
     keep = None
     if kept and uploads:  # only these owners' terms count; the others' rows may lie outside, unread
         keep = torch.rand(uploads, generator=gen) < 0.5
-        idx = torch.where(keep[owner], idx, idx + 10**6)
+        idx = torch.where(keep[owner], idx, torch.where(idx % 2 == 0, idx + 10**6, -1 - idx))
         X = {k: torch.where(keep[owner][:, None], x, float("nan")) for k, x in X.items()}
     before = {k: x.clone() for k, x in tables.items()}
     sel = slice(None) if keep is None else keep[owner]
@@ -540,3 +540,57 @@ def test_a_run_aggregating_in_the_fused_pass_is_the_run_that_scatters_after_it(m
         assert torch.equal(x.view(torch.int32), y.view(torch.int32)), k
     for k, rec in two_steps.records.items():  # NaN where a slot has no score: equal as NaN
         torch.testing.assert_close(rec, folded.records[k], rtol=0, atol=0, equal_nan=True, msg=k)
+
+
+@needs_cc
+@pytest.mark.parametrize("seed", range(12))
+def test_apply_decision_folds_the_accepted_uploads_as_selecting_them_would(seed):
+    """fedrec.federation.server.apply_decision hands the pass the whole batch and the accepted mask; the
+    state is the one of the accepted uploads selected first (``apply_decisions``) bit for bit, with
+    rejected uploads whose rows lie outside the table, whose values are NaN and whose weights are not
+    0, accepted ones of weight 0, float32 and float64."""
+    import fedrec.federation.server as server_mod
+    from fedrec.protocol import Decision, ServerState, UploadBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if seed % 2 else torch.float32
+    rule = make_rule("adam")
+    n_rows, d, n = 30, 8, 6
+    theta = torch.randn(n_rows, d, generator=gen, dtype=dtype)
+    tables = rule.client_step(
+        {"theta": theta, **rule.init_state(theta)}, torch.randn(n_rows, d, generator=gen, dtype=dtype), 1
+    )
+    server = ServerState(tables["theta"], {"m": tables["m"], "v": tables["v"]}, 1)
+    counts = torch.randint(0, 6, (n,), generator=gen)
+    ptr = torch.zeros(n + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    rows = torch.cat([torch.randperm(n_rows, generator=gen)[: int(c)].sort().values for c in counts])
+    owner = torch.repeat_interleave(torch.arange(n), counts)
+    accepted = torch.rand(n, generator=gen) < 0.6
+    accepted[0] = True
+    rows = torch.where(accepted[owner], rows, rows + 10**6)  # a rejected upload's rows: outside
+    X = {k: torch.randn(rows.shape[0], d, generator=gen, dtype=dtype) for k in ("theta", "m", "v")}
+    X = {k: torch.where(accepted[owner][:, None], x, float("nan")) for k, x in X.items()}
+    X["v"] = X["v"].abs()
+    weights = torch.rand(n, generator=gen, dtype=torch.float64)
+    weights[1] = 0.0
+    uploads = UploadBatch(torch.arange(n), ptr, rows, X["theta"], {"m": X["m"], "v": X["v"]}, counts + 1)
+    decision = Decision(
+        weights, accepted, torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.int64)
+    )
+    calls = []
+    folded = server_mod._folded
+    server_mod._folded = lambda *a, **k: (
+        calls.append(k.get("keep", a[6] if len(a) > 6 else None)) or folded(*a, **k)
+    )
+    try:
+        got = server_mod.apply_decision(server, uploads, decision, rule, 2, fused=True)
+    finally:
+        server_mod._folded = folded
+    assert calls and calls[0] is accepted  # the whole batch went in, with the mask
+    want = server_mod.apply_decisions(server, [(uploads, decision)], rule, 2, n_rows, fused=True)
+    bits = torch.int64 if dtype == torch.float64 else torch.int32
+    for k in ("theta", "m", "v"):
+        a = got.theta if k == "theta" else got.state[k]
+        b = want.theta if k == "theta" else want.state[k]
+        assert torch.equal(a.view(bits), b.view(bits)), k
