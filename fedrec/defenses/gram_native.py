@@ -2,12 +2,12 @@
 ``pairs`` way) as one C pass: the entries linked by row, and for every row each unordered pair of its
 entries' dot product (float64, eight fixed lanes) added to both cells of the pair. Krum, the geometric
 median (RFA), MDA and SignGuard take their distances from this matrix; in torch the pairs way is ~15
-operations over ``[P, d]`` float64 copies of the pairs, a sixth of an ML-100K round under Krum.
+operations over ``[P, d]`` float64 copies of the pairs, a fifth of an ML-100K round under Krum.
 
 The same matrix as the torch way to float64 round-off (another summation order;
 ``tests/test_defenses_rules.py``) while the products and sums stay finite (float64 values past ~1e154
-overflow either way, and the two ways may then differ in where inf or NaN appear), exactly symmetric (a pair's product goes to both cells in the same
-order). With ``method="auto"`` the C pass makes the torch way's choice itself (``8 sum_r c_r^2 < n^2 M``,
+overflow either way, and the two ways may then differ in where inf or NaN appear), exactly symmetric
+(a pair's product goes to both cells in the same order). With ``method="auto"`` the C pass makes the torch way's choice itself (``8 sum_r c_r^2 < n^2 M``,
 integers) and leaves dense listings to the blocks way. Where it does not apply (other devices or
 dtypes, no C compiler) the torch way runs.
 """

@@ -200,15 +200,15 @@ def gram(v: ClientVectors, block_rows: int | None = None, method: str = "auto") 
     round-off, ``_gram_pairs_torch``)."""
     if method not in ("auto", "pairs", "blocks"):
         raise ValueError(f"gram: method must be auto, pairs or blocks, got {method!r}")
-    g = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     if v.rows.shape[0] == 0:
-        return g
+        return torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
     if method != "blocks":  # the pairs way as one C pass where it applies (fedrec.defenses.gram_native)
         fast = gram_native.gram_pairs(v.rows, v.owner(), v.values, v.n, v.n_rows, auto=method == "auto")
         if fast is not None:
             return fast
     by_row = _by_row(v)
     if not _use_pairs(v, by_row, method, "gram", 8):
+        g = torch.zeros(v.n, v.n, dtype=torch.float64, device=v.device)
         for _, blk in dense_blocks(v, block_rows, torch.float64):
             flat = blk.reshape(v.n, -1)
             g.addmm_(flat, flat.T)

@@ -108,15 +108,15 @@ def _aggregated(
         if keep_old or n_rows != server.n_rows:
             raise ValueError("a deferred state aggregates one run (runs stacked in one table are dense)")
         return _aggregated_deferred(server, pieces, rule, t)
-    prev = {"theta": server.theta, **server.state}
-    # outside the round's inference mode (a few large operations: nothing to save), so the new tables
-    # are ordinary tensors: torch counts writes into them (run_attack refuses an attack that wrote) and
-    # a user may differentiate through them
     if len(pieces) == 1 and pieces[0][0] is not None and pieces[0][2] == 0 and not keep_old:
         # one run's weighted uploads: the default pass and the scatter in one C loop, where it applies
         folded = _folded(server, pieces[0][0], pieces[0][1], rule, t, fused)
         if folded is not None:
             return folded
+    prev = {"theta": server.theta, **server.state}
+    # outside the round's inference mode (a few large operations: nothing to save), so the new tables
+    # are ordinary tensors: torch counts writes into them (run_attack refuses an attack that wrote) and
+    # a user may differentiate through them
     with torch.inference_mode(False):
         default = default_pass(rule, fused)(prev, t)
         new = {}

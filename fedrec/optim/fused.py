@@ -192,8 +192,9 @@ class DefaultPass:
         tables on the CPU, fused asked); None where it is not, and the caller scatters after ``__call__``.
         The same tables bit for bit either way (fedrec.optim.adam_pass). ``keep``: the owners whose
         terms count (bool per owner; None: all)."""
-        if not (self.fused and self.native and adam_pass.applies(self.rule, tables)):
+        if not (self.fused and self.native):
             return None
+        # None where the C loop does not take these tables (adam_pass.applies) or uploads
         step = self.rule.step_size(t)
         out = adam_pass.adam_pass_with_terms(self.rule, tables, step, idx, owner, w, X, keep)
         if out is not None:
