@@ -53,6 +53,12 @@ class ServerState:
         """The whole tables, of which the caller reads ``rows`` only (a gather of its own)."""
         return {"theta": self.theta, **self.state}
 
+    def tables_for(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Tables holding ``rows``' current values and where they are in them: ``current_tables(rows)``
+        and ``rows`` (the caller gathers), or, where the state cannot lend its tables (a deferred state a
+        later round moved), ``rows_at(rows)`` and ``0 .. len - 1``."""
+        return self.current_tables(rows), rows
+
     def advanced(self, t: int) -> ServerState:
         """The same tables at round ``t`` (a round that changed nothing)."""
         return ServerState(theta=self.theta, state=self.state, t=t)

@@ -456,3 +456,103 @@ def test_a_store_made_from_a_rounds_tables_keeps_ordinary_ones():
     store.tables["theta"].add_(1.0)
     with pytest.raises(D.ForeignWrite):
         store.check_own()
+
+
+def _round_inputs(gen: torch.Generator, n: int, d: int, K: int, nw: int, dtype):
+    rule = make_rule("adam", eta=0.05)
+    tables = _tables(rule, n, d, gen, dtype)
+    idx = torch.randint(0, n, (K,), generator=gen)  # repeats: a row listed by several uploads
+    owner = torch.sort(torch.randint(0, nw, (K,), generator=gen)).values
+    w = torch.rand(nw, generator=gen, dtype=dtype)
+    X = {
+        k: x.index_select(0, idx) + torch.randn(K, d, generator=gen, dtype=dtype) * 1e-2
+        for k, x in tables.items()
+    }
+    X["v"] = X["v"].abs()
+    return rule, tables, idx, owner, w, X
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), passes=st.integers(0, 30), K=st.integers(0, 60), masked=st.booleans())
+def test_the_c_round_write_is_the_dense_pass_with_its_terms_bit_for_bit(dtype, seed, passes, K, masked):
+    """A deferred round written by the C loop (``round_rows_native``: catch-up, the round's default,
+    the kept uploads' terms, at the listed rows only), then every row caught up, equals the dense pass
+    with the terms folded in (``adam_pass_with_terms``) over the caught-up tables, bit for bit; the
+    values it hands back as the state before the round are the caught-up rows; its scratch is left
+    all -1."""
+    from fedrec.optim.adam_pass import adam_pass_with_terms
+
+    gen = torch.Generator().manual_seed(seed)
+    n, d, nw = 30, 7, 5
+    rule, tables, idx, owner, w, X = _round_inputs(gen, n, d, K, nw, dtype)
+    keep = torch.rand(nw, generator=gen) < 0.6 if masked else None
+    store = D.DeferredStore({k: x.clone() for k, x in tables.items()}, rule)
+    rounds = list(range(2, 2 + passes))
+    for t in rounds:
+        store.log_pass(t)
+    store.clock.copy_(torch.randint(0, passes + 1, (n,), generator=gen))
+    clock0 = store.clock.clone()
+    t = 2 + passes
+    # the dense way: every row caught up to the passes before the round, then the pass with the terms
+    dense = D.DeferredStore({k: x.clone() for k, x in store.tables.items()}, rule)
+    for p in rounds:
+        dense.log_pass(p)
+    dense.clock.copy_(clock0)
+    dense.catch_up(None)
+    before_all = {k: x.clone() for k, x in dense.tables.items()}
+    want = adam_pass_with_terms(rule, dense.tables, rule.step_size(t), idx, owner, w, X, keep)
+    assert store.write_terms(t, idx, owner, w, X, keep)
+    rows, before = store.before[2], store.before[3]
+    listed = idx if keep is None else idx[keep[owner]]
+    assert torch.equal(torch.sort(rows).values, torch.unique(listed))
+    for k in ("theta", "m", "v"):
+        assert torch.equal(before[k], before_all[k].index_select(0, rows))
+    assert bool((store._head == -1).all())
+    store.catch_up(None)
+    for k in ("theta", "m", "v"):
+        assert torch.equal(store.tables[k], want[k]), k
+
+
+def test_the_c_round_write_refuses_an_index_outside_and_writes_nothing():
+    """A kept entry's row outside the table, or an owner outside the weights: IndexError, and the
+    tables, the clocks, the log and the scratch are as they were; a refused upload's bad row is not read."""
+    gen = torch.Generator().manual_seed(1)
+    rule, tables, idx, owner, w, X = _round_inputs(gen, 20, 4, 12, 3, torch.float32)
+    store = D.DeferredStore({k: x.clone() for k, x in tables.items()}, rule)
+    for t in (1, 2, 3):
+        store.log_pass(t)
+    snapshot = ({k: x.clone() for k, x in store.tables.items()}, store.clock.clone(), store.passes)
+    for bad_idx, bad_owner in ((idx.clone(), owner), (idx, owner.clone())):
+        if bad_idx is not idx:
+            bad_idx[5] = 20
+        else:
+            bad_owner[-1] = 3
+        with pytest.raises(IndexError):
+            store.write_terms(4, bad_idx, bad_owner, w, X)
+        assert all(torch.equal(store.tables[k], snapshot[0][k]) for k in snapshot[0])
+        assert torch.equal(store.clock, snapshot[1]) and store.passes == snapshot[2]
+        assert bool((store._head == -1).all())
+    bad_idx = idx.clone()
+    bad_idx[owner == 1] = 10**6  # only upload 1 lists the bad row, and it is not kept
+    assert store.write_terms(4, bad_idx, owner, w, X, torch.tensor([True, False, True]))
+
+
+def test_a_deferred_round_reads_the_tables_in_place():
+    """The client step and the rule check read a current deferred state's tables in place (their C
+    loops gather the rows): ``tables_for`` lends the store's tables and the rows; a state a later round
+    moved hands over gathered copies instead, with the same values."""
+    cfg = Config()
+    cfg.run.deferred, cfg.federated.rounds = True, 5
+    data = synthetic(60, 80, seed=0, mean_items=6)
+    run = FederatedRun.create(cfg, split_per_user(data, seed=0), torch.device("cpu"))
+    run.step()
+    old = run.server
+    rows = torch.tensor([0, 3, 7])
+    tables, at = old.tables_for(rows)
+    assert tables["theta"].data_ptr() == old.deferred.tables["theta"].data_ptr() and torch.equal(at, rows)
+    want = {k: x.index_select(0, rows).clone() for k, x in tables.items()}
+    run.step()
+    gathered, at = old.tables_for(rows)
+    assert torch.equal(at, torch.arange(3))
+    assert all(torch.equal(gathered[k], want[k]) for k in want)

@@ -124,15 +124,11 @@ def honest_uploads(
     step on the CPU as one C loop that gathers the rows too, torch's values bit for bit:
     fedrec.optim.adam_step)."""
     rows = grads.rows
-    if server.deferred is None:
-        tables, at = server.current_tables(rows), rows
-    else:  # a deferred state catches the rows up and hands them over gathered
-        tables = server.rows_at(rows)
-        at = torch.arange(rows.shape[0], device=rows.device)
+    tables, at = server.tables_for(rows)  # a deferred state catches the rows up first
     if adam_step.applies(rule, tables, at, grads.g):
         new = adam_step.adam_client_step(rule, tables, at, grads.g, t)
     else:
-        prev = tables if server.deferred is not None else server.rows_at(rows)
+        prev = {k: x.index_select(0, at) for k, x in tables.items()}
         new = rule.client_step(prev, grads.g, t)
     return UploadBatch(
         client_ids=batch.users,

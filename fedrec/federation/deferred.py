@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from fedrec.federation.replay import catch_up_native, replay
+from fedrec.federation.replay import catch_up_native, replay, round_rows_native
 from fedrec.optim.adam import Adam
 from fedrec.protocol import ServerState
 
@@ -76,6 +76,7 @@ class DeferredStore:
         self.before: tuple[int, int, Tensor, dict[str, Tensor]] | None = None
         self._pending: dict[str, Tensor] = {}
         self.adam = type(rule) is Adam and set(tables) == {"theta", "m", "v"}
+        self._head: Tensor | None = None  # write_terms' per-row scratch, all -1 between calls
         self._versions = self.versions()
 
     def versions(self) -> list[int]:
@@ -200,6 +201,34 @@ class DeferredStore:
         th, m, v = replay(before["theta"], before["m"], before["v"], one, first, eta, self.rule)
         return {"theta": th, "m": m, "v": v}
 
+    def write_terms(
+        self, t: int, idx: Tensor, owner: Tensor, w: Tensor, X: dict[str, Tensor], keep: Tensor | None = None
+    ) -> bool:
+        """Round ``t`` in one C loop (``replay.round_rows_native``), in place: at each row a kept upload
+        lists (``keep``: bool per upload, None: all), the row caught up, its default for the round and
+        the terms ``w_i (X_i - D)`` (fedrec.federation.server), what ``gather_for_round``, the terms and
+        ``write`` give, with no gathers or copies; the round's pass logged for every other row. False
+        (nothing done) where the loop does not apply; an index outside raises before any write."""
+        if not self.adam:
+            return False
+        self.check_own()
+        n = self.clock.shape[0]
+        if self._head is None:
+            self._head = torch.full((n,), -1, dtype=torch.int64, device=self.clock.device)
+        target = self.passes
+        out = round_rows_native(
+            self.tables, self.clock, self._head, target, self._eta, self._eta_max, self.rule,
+            self.rule.step_size(t), idx, owner, w, X, keep,
+        )  # fmt: skip
+        if out is None:
+            return False
+        rows, before = out
+        self.before = (self.epoch, target, rows, before)
+        self._pending = {}
+        self.log_pass(t)
+        self.epoch += 1
+        return True
+
     def state(self, t: int) -> DeferredState:
         """The store's current state, at round ``t``."""
         return DeferredState(self, t)
@@ -274,6 +303,7 @@ class DeferredState(ServerState):
             s.catch_up(rows, self._passes)
             return {k: x.index_select(0, rows) for k, x in s.tables.items()}
         _, passes, written, vals = s.before
+        written, order = torch.sort(written)  # the C round lists its rows unsorted
         pos = torch.searchsorted(written, rows).clamp(max=max(written.shape[0] - 1, 0))
         hit = (
             written.index_select(0, pos) == rows
@@ -283,9 +313,15 @@ class DeferredState(ServerState):
         s.catch_up(rows[~hit], passes)
         out = {k: x.index_select(0, rows) for k, x in s.tables.items()}
         if written.numel():
+            at = order.index_select(0, pos[hit])
             for k, x in out.items():
-                x[hit] = vals[k].index_select(0, pos[hit])
+                x[hit] = vals[k].index_select(0, at)
         return out
+
+    def tables_for(self, rows: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        if self._where() == "current":  # the rows caught up in place: the caller gathers them itself
+            return self.current_tables(rows), rows
+        return self.rows_at(rows), torch.arange(rows.shape[0], device=rows.device)
 
     def current_tables(self, rows: Tensor) -> dict[str, Tensor]:
         """The store's tables with ``rows`` caught up: only those rows may be read (the client gather

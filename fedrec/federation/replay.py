@@ -117,12 +117,98 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, const int64_t *idx, int64_t n, i
     return behind;                                                                               \
 }
 
+/* A deferred round's write, in place at the rows its kept entries list: entry e (row idx[e], weight
+   w[owner[e]], uploaded rows x?[e]) counts when keep is NULL or keep[owner[e]]. Each listed row is caught
+   up to `target` passes, copied to rows_out / b? (the state before the round, in the order rows_out
+   lists them), stepped by the round's pass (step size eta_t) into D, and takes its entries' terms
+   w (X - D) in increasing e: the IEEE operations of the dense pass with the terms folded in
+   (fedrec.optim.adam_pass, PASS_TERMS), in its order. Then clock[row] = target + 1. head (n_table
+   entries) is -1 on entry and on return; next has K. Returns the number of rows written, or -1 (nothing
+   written) when a kept entry's row lies outside [0, n_table) or an owner outside [0, nw). buf: 3 d. */
+/* restrict parameters (disjoint memory), so these loops vectorise without alias checks */
+#define ROW_OPS(T, SQRT)                                                                          \
+static inline void copy_##T(T *restrict dst, const T *restrict src, int64_t d) {                 \
+    for (int64_t c = 0; c < d; ++c) dst[c] = src[c];                                             \
+}                                                                                                \
+static inline void step_##T(T *restrict dth, T *restrict dm, T *restrict dv, const T *restrict t, \
+                            const T *restrict mm, const T *restrict vv, int64_t d, T eta, T b1,  \
+                            T b2, T eps) {                                                       \
+    for (int64_t c = 0; c < d; ++c) {                                                            \
+        T m2 = mm[c] * b1, v2 = vv[c] * b2;                                                      \
+        T s = m2 / SQRT(v2 + eps);                                                               \
+        dth[c] = t[c] - eta * s;                                                                 \
+        dm[c] = m2;                                                                              \
+        dv[c] = v2;                                                                              \
+    }                                                                                            \
+}                                                                                                \
+static inline void terms_##T(T *restrict r, const T *restrict x, const T *restrict D, T we,      \
+                             int64_t d) {                                                        \
+    for (int64_t c = 0; c < d; ++c) r[c] = r[c] + (x[c] - D[c]) * we;                            \
+}
+ROW_OPS(float, sqrtf)
+ROW_OPS(double, sqrt)
+
+#define ROUND(NAME, ROWFN, T, SQRT)                                                               \
+int64_t NAME(T *th, T *m, T *v, int64_t *clock, int64_t n_table, int64_t d, int64_t target,     \
+             const T *eta, T b1, T b2, T eps, double eta_max, int use_v, int64_t every, T eta_t, \
+             const int64_t *idx, const int64_t *owner, const T *w, int64_t nw,                   \
+             const T *xth, const T *xm, const T *xv, int64_t K, const uint8_t *keep,             \
+             int64_t *head, int64_t *next, int64_t *rows_out, T *bth, T *bm, T *bv,              \
+             T *restrict buf) {                                                                  \
+    for (int64_t e = 0; e < K; ++e) {                                                           \
+        if (owner[e] < 0 || owner[e] >= nw) return -1;                                          \
+        if ((!keep || keep[owner[e]]) && (idx[e] < 0 || idx[e] >= n_table)) return -1;          \
+    }                                                                                           \
+    int64_t nr = 0;                                                                             \
+    for (int64_t e = K - 1; e >= 0; --e) {                                                      \
+        if (keep && !keep[owner[e]]) continue;                                                  \
+        const int64_t r = idx[e];                                                               \
+        if (head[r] < 0) rows_out[nr++] = r;                                                    \
+        next[e] = head[r];                                                                      \
+        head[r] = e;                                                                            \
+    }                                                                                           \
+    T *restrict dth = buf, *restrict dm = buf + d, *restrict dv = buf + 2 * d;                  \
+    for (int64_t j = 0; j < nr; ++j) {                                                          \
+        const int64_t r = rows_out[j], c0 = clock[r];                                           \
+        T *rt = th + r * d, *rm = m + r * d, *rv = v + r * d;                                   \
+        if (c0 < target) {                                                                      \
+            int zero = 1;                                                                       \
+            for (int64_t c = 0; c < d && zero; ++c)                                             \
+                zero = rm[c] == 0 && !signbit(rm[c]) && rv[c] == 0 && !signbit(rv[c]);          \
+            if (!zero)                                                                          \
+                ROWFN(rt, rm, rv, eta + c0, target - c0, d, b1, b2, eps, eta_max, use_v, every); \
+        }                                                                                       \
+        if (j + 1 < nr) { /* the next row's lines on their way while this one is computed */    \
+            const int64_t o = rows_out[j + 1] * d;                                              \
+            for (int64_t c = 0; c < d; c += 64 / (int64_t)sizeof(T)) {                          \
+                __builtin_prefetch(th + o + c, 1); __builtin_prefetch(m + o + c, 1);            \
+                __builtin_prefetch(v + o + c, 1);                                               \
+            }                                                                                   \
+        }                                                                                       \
+        T *ot = bth + j * d, *om = bm + j * d, *ov = bv + j * d;                                \
+        copy_##T(ot, rt, d); copy_##T(om, rm, d); copy_##T(ov, rv, d);                          \
+        step_##T(dth, dm, dv, ot, om, ov, d, eta_t, b1, b2, eps);                               \
+        copy_##T(rt, dth, d); copy_##T(rm, dm, d); copy_##T(rv, dv, d);                         \
+        for (int64_t e = head[r]; e >= 0; e = next[e]) {                                        \
+            const T we = w[owner[e]];                                                           \
+            terms_##T(rt, xth + e * d, dth, we, d);                                             \
+            terms_##T(rm, xm + e * d, dm, we, d);                                               \
+            terms_##T(rv, xv + e * d, dv, we, d);                                               \
+        }                                                                                       \
+        head[r] = -1;                                                                           \
+        clock[r] = target + 1;                                                                  \
+    }                                                                                           \
+    return nr;                                                                                  \
+}
+
 ROW(row_f32, float, sqrtf, fabsf, nextafterf)
 ROW(row_f64, double, sqrt, fabs, nextafter)
 REPLAY(fedrec_replay_f32, row_f32, float)
 REPLAY(fedrec_replay_f64, row_f64, double)
 CATCHUP(fedrec_catchup_f32, row_f32, float)
 CATCHUP(fedrec_catchup_f64, row_f64, double)
+ROUND(fedrec_round_rows_f32, row_f32, float, sqrtf)
+ROUND(fedrec_round_rows_f64, row_f64, double, sqrt)
 """
 
 
@@ -139,6 +225,13 @@ def native() -> Any:
         signatures[f"fedrec_catchup_{suffix}"] = (
             i64, [p, p, p, p, p, i64, i64, i64, i64, p, real, real, real, f64, flag, i64],
         )  # fmt: skip
+        # tables (3), clock, n_table, d, target, eta, b1, b2, eps, eta_max, use_v, every, eta_t,
+        # idx, owner, w, nw, X (3), K, keep, head, next, rows_out, before (3), buf
+        signatures[f"fedrec_round_rows_{suffix}"] = (
+            i64,
+            [p, p, p, p, i64, i64, i64, p, real, real, real, f64, flag, i64, real, p, p, p, i64, p, p, p, i64]
+            + [p] * 8,
+        )
     return load(_C, signatures)
 
 
@@ -167,19 +260,9 @@ def catch_up_native(
     that were behind, or None where the C loop does not apply (no compiler, not the CPU, another dtype
     or layout); an index outside the table raises IndexError before anything is written."""
     th, m, v = tables["theta"], tables["m"], tables["v"]
-    lib = native()
-    if (
-        lib is None
-        or th.device.type != "cpu"
-        or th.dtype not in (torch.float32, torch.float64)
-        or not (th.dtype == m.dtype == v.dtype == eta.dtype)
-        or not all(x.is_contiguous() for x in (th, m, v, clock, eta))
-        or clock.dtype != torch.int64
-        or target > eta.shape[0]
-        or rows.device.type != "cpu"
-        or rows.dtype not in (torch.int64, torch.int32)
-    ):
+    if not _native_fits(tables, clock, target, eta, rows):
         return None
+    lib = native()
     rows = rows.reshape(-1).to(torch.int64).contiguous()
     fn = lib.fedrec_catchup_f32 if th.dtype == torch.float32 else lib.fedrec_catchup_f64
     behind = fn(
@@ -190,6 +273,84 @@ def catch_up_native(
     if behind < 0:
         raise IndexError(f"catch-up: a row index outside [0, {th.shape[0]})")
     return int(behind)
+
+
+def round_rows_native(
+    tables: dict[str, Tensor], clock: Tensor, head: Tensor, target: int, eta: Tensor, eta_max: float,
+    rule: Any, eta_t: float, idx: Tensor, owner: Tensor, w: Tensor, X: dict[str, Tensor],
+    keep: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]] | None:  # fmt: skip
+    """A deferred round's write as one C loop, in place (fedrec.federation.deferred, ``DeferredStore
+    .write_terms``): each row that a kept entry lists (entry ``e``: row ``idx[e]``, weight
+    ``w[owner[e]]``, uploaded values ``X[key][e]``; ``keep`` bool per owner, None: all) is caught up to
+    ``target`` passes, stepped by the round's default pass (step size ``eta_t``) into ``D``, and takes
+    ``w_e (X_e - D)`` from its entries in entry order: what the dense pass with the terms folded in
+    (fedrec.optim.adam_pass) computes at that row, bit for bit; its clock becomes ``target + 1``.
+    ``head``: ``[n_table]`` int64 scratch, all -1 (left so). Returns the rows written (in the loop's order)
+    and their values before the round, or None where the loop does not apply (as ``catch_up_native``,
+    or ``X`` / ``w`` not of the tables' dtype and shape); a kept row or an owner outside raises
+    IndexError before anything is written."""
+    th = tables["theta"]
+    if not _native_fits(tables, clock, target, eta, idx):
+        return None
+    n, d = th.shape
+    K = idx.shape[0]
+    keys = ("theta", "m", "v")
+    xs = {k: X[k].contiguous() for k in keys} if set(X) == set(keys) else None
+    if (
+        xs is None
+        or any(x.shape != (K, d) or x.dtype != th.dtype or x.device.type != "cpu" for x in xs.values())
+        or idx.shape != (K,)
+        or owner.shape != (K,)
+        or owner.device.type != "cpu"
+        or w.dim() != 1
+        or w.dtype != th.dtype
+        or w.device.type != "cpu"
+        or head.shape != (n,)
+        or head.dtype != torch.int64
+        or not head.is_contiguous()
+        or (
+            keep is not None
+            and (keep.shape != w.shape or keep.dtype != torch.bool or keep.device.type != "cpu")
+        )
+    ):
+        return None
+    idx, owner, w = idx.to(torch.int64).contiguous(), owner.to(torch.int64).contiguous(), w.contiguous()
+    kept = None if keep is None else keep.to(torch.uint8).contiguous()
+    links = torch.empty(2 * K, dtype=torch.int64)  # next, then the rows written
+    before = {k: torch.empty((K, d), dtype=th.dtype) for k in keys}
+    buf = torch.empty(3 * d, dtype=th.dtype)
+    lib = native()
+    fn = lib.fedrec_round_rows_f32 if th.dtype == torch.float32 else lib.fedrec_round_rows_f64
+    T = tables
+    nr = fn(
+        T["theta"].data_ptr(), T["m"].data_ptr(), T["v"].data_ptr(), clock.data_ptr(), n, d, target,
+        eta.data_ptr(), rule.b1, rule.b2, rule.eps, eta_max, int(uses_v(rule, th.dtype)), FREEZE_EVERY,
+        float(eta_t), idx.data_ptr(), owner.data_ptr(), w.data_ptr(), w.shape[0],
+        *(xs[k].data_ptr() for k in keys), K, None if kept is None else kept.data_ptr(),
+        head.data_ptr(), links.data_ptr(), links.data_ptr() + 8 * K,
+        *(before[k].data_ptr() for k in keys), buf.data_ptr(),
+    )  # fmt: skip
+    if nr < 0:
+        raise IndexError(f"aggregation: a row outside [0, {n}) or an owner outside [0, {w.shape[0]})")
+    return links[K : K + nr], {k: x[:nr] for k, x in before.items()}
+
+
+def _native_fits(tables: dict[str, Tensor], clock: Tensor, target: int, eta: Tensor, rows: Tensor) -> bool:
+    """Whether the C loops apply to these tables (``catch_up_native``'s conditions)."""
+    th, m, v = tables["theta"], tables["m"], tables["v"]
+    return not (
+        native() is None
+        or th.device.type != "cpu"
+        or th.dtype not in (torch.float32, torch.float64)
+        or not (th.dtype == m.dtype == v.dtype == eta.dtype)
+        or not (th.shape == m.shape == v.shape and th.dim() == 2)
+        or not all(x.is_contiguous() for x in (th, m, v, clock, eta))
+        or clock.dtype != torch.int64
+        or target > eta.shape[0]
+        or rows.device.type != "cpu"
+        or rows.dtype not in (torch.int64, torch.int32)
+    )
 
 
 def replay_steps(

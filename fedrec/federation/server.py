@@ -46,9 +46,14 @@ def apply_decision(
     pass compiled (``run.compile``; fedrec.optim.fused.DefaultPass)."""
     if decision.aggregate is None and not bool(decision.accepted.any()):  # a host sync, defended path only
         return server.advanced(t)
-    if decision.aggregate is None and server.deferred is None:
-        # the accepted uploads' terms folded into the C default pass, read in place (no selection copy)
-        folded = _folded(server, uploads, decision.weights, rule, t, fused, decision.accepted)
+    if decision.aggregate is None:
+        # the accepted uploads' terms folded into the C default pass, read in place (no selection copy);
+        # deferred: the listed rows alone, in place
+        folded = (
+            _folded(server, uploads, decision.weights, rule, t, fused, decision.accepted)
+            if server.deferred is None
+            else _written_deferred(server, uploads, decision.weights, t, decision.accepted)
+        )
         if folded is not None:
             return folded
     return apply_decisions(server, [(uploads, decision)], rule, t, server.n_rows, fused)
@@ -72,6 +77,19 @@ def _folded(
         return None
     theta = new.pop("theta")
     return ServerState(theta=theta, state=new, t=t)
+
+
+def _written_deferred(
+    server: ServerState, uploads: UploadBatch, weights: torch.Tensor, t: int, keep: torch.Tensor | None = None
+) -> ServerState | None:
+    """``_aggregated_deferred`` for one run's weighted uploads (those of ``keep``, all where None) in one C
+    loop in place (``DeferredStore.write_terms``); None where that loop does not apply."""
+    server.require_current()  # the round writes in place: a what-if round must step a clone()
+    store = server.deferred
+    X = {"theta": uploads.theta, **uploads.state}
+    if not store.write_terms(t, uploads.rows, uploads.owner(), weights.to(server.dtype), X, keep):
+        return None
+    return store.state(t)
 
 
 def apply_decisions(
@@ -136,6 +154,10 @@ def _aggregated_deferred(server: ServerState, pieces, rule, t: int) -> ServerSta
     """``_aggregated`` on a deferred state (fedrec.federation.deferred): the default ``D`` and the
     scatter at the listed rows only, written in place; every other row takes round ``t``'s default
     pass when it is next read. The same terms added in the same order as the dense way."""
+    if len(pieces) == 1 and pieces[0][0] is not None:
+        written = _written_deferred(server, pieces[0][0], pieces[0][1], t)
+        if written is not None:
+            return written
     server.require_current()  # the round writes in place: a what-if round must step a clone()
     store = server.deferred
     listed = []

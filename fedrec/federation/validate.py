@@ -410,10 +410,7 @@ def check_rule(
     owner = sub.owner()
     sub_code = torch.zeros(sub.n, dtype=torch.int64, device=code.device)
     rows = sub.rows
-    if server.deferred is None:
-        tables = server.current_tables(rows)  # the check's kernel gathers the rows itself
-    else:  # a deferred state reads only the listed rows (fedrec.federation.deferred)
-        tables, rows = server.rows_at(rows), torch.arange(rows.shape[0], device=rows.device)
+    tables, rows = server.tables_for(rows)  # the check's kernel gathers the rows itself
     up = {"theta": sub.theta, **sub.state}
     domain, broken, too_big, g = rule_check(rule, fused)(tables, rows, up, t, max_grad, verify)
     # an upload's code: the first of the three checks that one of its rows fails, in this order
