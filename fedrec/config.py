@@ -221,8 +221,10 @@ class RunConfig:
     # at least COMPILE_ROUNDS rounds where a C++ compiler is found; true / false force it
     compile: bool | None = None
     # the server's default pass deferred (fedrec/federation/deferred.py): a round costs the rows it
-    # touches, not the catalog; rows are caught up when read (every row before an evaluation)
-    deferred: bool = False
+    # touches, not the catalog; rows are caught up when read (every row before an evaluation). Unset ->
+    # deferred where the tables are large (DEFER_BYTES) and the result is the dense pass's bit for bit
+    # (Adam's C pass on the CPU, run.compile resolved on); true / false force it
+    deferred: bool | None = None
 
 
 @dataclass

@@ -150,7 +150,7 @@ def _split():
     return SPLIT
 
 
-def _run(deferred: bool, compiled: bool, rounds: int, **keys) -> FederatedRun:
+def _run(deferred: bool | None, compiled: bool, rounds: int, **keys) -> FederatedRun:
     cfg = Config()
     cfg.model.dim, cfg.federated.fraction, cfg.federated.rounds = 8, 0.05, 400
     cfg.run.compile, cfg.run.deferred = compiled, deferred
@@ -556,3 +556,45 @@ def test_a_deferred_round_reads_the_tables_in_place():
     gathered, at = old.tables_for(rows)
     assert torch.equal(at, torch.arange(3))
     assert all(torch.equal(gathered[k], want[k]) for k in want)
+
+
+@needs_compiler
+def test_unset_defers_where_the_result_is_the_dense_passes_bit_for_bit(monkeypatch):
+    """``run.deferred`` unset defers Adam's compiled pass on the CPU over tables of at least
+    ``DEFER_BYTES``, and nothing else: not an eager pass (whose square root rounds differently), not
+    another rule, not small tables; set, it is obeyed either way."""
+    cases = [  # (run.compile, optimizer, run.deferred, DEFER_BYTES, deferred?)
+        (True, "adam", None, 0, True),
+        (True, "adam", None, 10**12, False),
+        (False, "adam", None, 0, False),
+        (True, "momentum", None, 0, False),
+        (True, "adam", False, 0, False),
+        (False, "momentum", True, 10**12, True),
+    ]
+    for compiled, optimizer, setting, size, want in cases:
+        monkeypatch.setattr(D, "DEFER_BYTES", size)
+        run = _run(setting, compiled, 0, **{"train.optimizer": optimizer})
+        assert (run.server.deferred is not None) is want, (compiled, optimizer, setting, size)
+    # the papers' tables: ML-100K's (3,364 rows) dense, Last.fm's (35,264 rows) deferred, at d = 64
+    rule = make_rule("adam", eta=0.01)
+    monkeypatch.undo()
+    assert not D.auto_deferred(rule, True, 3364, 64, torch.device("cpu"))
+    assert D.auto_deferred(rule, True, 35264, 64, torch.device("cpu"))
+    assert not D.auto_deferred(rule, True, 35264, 64, torch.device("meta"))
+
+
+@needs_compiler
+def test_unset_goes_dense_after_a_round_reads_the_whole_table(monkeypatch):
+    """An attack that uploads every row makes a deferred round catch every row up; with ``run.deferred``
+    unset the run goes on with the dense pass from there, and ends on the dense run's tables bit for bit."""
+    monkeypatch.setattr(D, "DEFER_BYTES", 0)
+    keys = {"attack.name": "poison", "attack.params": {"kind": "inflate-dense"}, "attack.fraction": 0.3}
+    auto = _run(None, True, 0, **keys)
+    assert auto.server.deferred is not None
+    dense = _run(False, True, 30, **keys)
+    for _ in range(30):
+        auto.step()
+    assert auto.server.deferred is None
+    assert torch.equal(auto.server.theta, dense.server.theta)
+    for k in dense.server.state:
+        assert torch.equal(auto.server.state[k], dense.server.state[k])

@@ -378,6 +378,42 @@ class DeferredState(ServerState):
     __hash__ = object.__hash__
 
 
+DEFER_BYTES = 8 << 20
+"""``run.deferred`` unset: tables (theta and the states together) at least this large defer their pass.
+Measured (docs/RESULTS.md section 27, one thread, the 2-core machine): ML-100K's 2.6 MB tables 0.97x the
+dense round, Last.fm's 27 MB 1.36x faster, Citeulike-a's 26 MB 1.09x, Citeulike-t's 40 MB 1.25x; past
+the caches the dense pass streams every row through memory, a deferred round only the rows it reads."""
+
+
+def auto_deferred(rule: Any, fused: bool, n_rows: int, d: int, device: torch.device) -> bool:
+    """What ``run.deferred`` unset chooses: deferred where it changes the time and nothing else. The
+    deferred rows equal the dense ones bit for bit where the dense pass is Adam's C loop (``fused``, the
+    CPU, float32; fedrec.optim.adam_pass) and the catch-up is the C one (fedrec.federation.replay); there,
+    tables of at least ``DEFER_BYTES`` defer. A run whose rounds read the whole table (an attack that
+    uploads every row) goes back to the dense pass after the first such round (FederatedRun)."""
+    from fedrec.federation.replay import native as replay_native
+    from fedrec.optim import adam_pass
+    from fedrec.optim.fused import compiler_available
+
+    tables = (1 + len(rule.state_names)) * n_rows * d * 4
+    return (
+        type(rule) is Adam
+        and fused
+        and torch.device(device).type == "cpu"
+        and tables >= DEFER_BYTES
+        and compiler_available()
+        and adam_pass.native() is not None
+        and replay_native() is not None
+    )
+
+
+def dense_state(server: ServerState) -> ServerState:
+    """A deferred state's tables as a plain dense state (every row caught up; the store is not used after)."""
+    if server.deferred is None:
+        return server
+    return ServerState(theta=server.theta, state=dict(server.state), t=server.t)
+
+
 def server_state(theta: Tensor, state: dict[str, Tensor], t: int, rule: Any, deferred: bool) -> ServerState:
     """A run's global state: a ``DeferredState`` when ``run.deferred``, else the plain dense one."""
     if deferred:

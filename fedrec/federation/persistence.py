@@ -85,11 +85,9 @@ class RunCheckpointing:
             sd = {**sd, "saga": None}
         self._check_state_dict(sd)
         # a deferred state writes its tables in place: it must own them (not share a state dict's)
-        own = self.cfg.run.deferred
+        own = self.server.deferred is not None  # the run's choice (run.deferred, or unset: its size)
         state = {k: v.to(self.device, copy=own) for k, v in sd["state"].items()}
-        self.server = server_state(
-            sd["theta"].to(self.device, copy=own), state, sd["t"], self.rule, self.cfg.run.deferred
-        )
+        self.server = server_state(sd["theta"].to(self.device, copy=own), state, sd["t"], self.rule, own)
         if sd["private"] is not None:
             p = sd["private"]
             self.private = PrivateState(

@@ -35,7 +35,7 @@ from fedrec.federation.clients import (
     private_step,
     sample_clients,
 )
-from fedrec.federation.deferred import ForeignWrite, server_state
+from fedrec.federation.deferred import ForeignWrite, auto_deferred, dense_state, server_state
 from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.persistence import RunCheckpointing
 from fedrec.federation.pipeline import ServerLimits, server_round
@@ -96,7 +96,7 @@ COMPILE_ROUNDS = 2000
 saved on ML-100K; benchmarks/bench_round.py)."""
 
 
-def fuse_verification(setting: bool | None, rounds: int) -> bool:
+def fuse_verification(setting: bool | None, rounds: float) -> bool:
     """Whether the server's rule check is to be compiled (``run.compile``; fedrec.optim.fused). Asked
     for where no compiler is found, the check runs eager and summary.json's ``rule_check`` says why."""
     if setting is not None:
@@ -106,7 +106,13 @@ def fuse_verification(setting: bool | None, rounds: int) -> bool:
 
 def compiles(cfg: Config) -> bool:
     """Whether a run of ``cfg`` compiles its rule check (a federated run; ``fuse_verification``)."""
-    return cfg.train.mode == "federated" and fuse_verification(cfg.run.compile, planned_rounds(cfg.federated))
+    return cfg.train.mode == "federated" and fuse_verification(cfg.run.compile, asked_rounds(cfg.federated))
+
+
+def asked_rounds(f: FederatedConfig) -> float:
+    """``planned_rounds``, or inf where ``epochs / fraction`` overflows (refused by check_round_size)."""
+    rounds = f.rounds if f.rounds is not None else f.epochs / f.fraction
+    return math.ceil(rounds) if math.isfinite(rounds) else rounds
 
 
 def planned_rounds(f: FederatedConfig) -> int:
@@ -364,7 +370,11 @@ class FederatedRun(RunCheckpointing):
         rule = make_optimizer_rule(cfg)
         init_gen = torch.Generator().manual_seed(cfg.train.seed)
         theta = layout.init(cfg.model.dim, std=cfg.model.init_std, generator=init_gen, device=device)
-        server = server_state(theta, rule.init_state(theta), 0, rule, cfg.run.deferred)
+        deferred = cfg.run.deferred
+        if deferred is None:  # unset: where it pays and the tables stay those of the dense pass bit for bit
+            fused = fuse_verification(cfg.run.compile, asked_rounds(cfg.federated))  # as ``limits``
+            deferred = auto_deferred(rule, fused, layout.n_rows, cfg.model.dim, device)
+        server = server_state(theta, rule.init_state(theta), 0, rule, deferred)
         private = None
         if cfg.model.name == "mf":
             u = (torch.randn(split.train.n_users, cfg.model.dim, generator=init_gen) * cfg.model.init_std).to(
@@ -468,12 +478,20 @@ class FederatedRun(RunCheckpointing):
             limits=self.limits, seed=self.cfg.defense.seed, absent=got.absent,
         )  # fmt: skip
         self.conclude(t, clients, byz, got, out)
-        if store is not None and store.full_catch_ups > full_reads and not self._warned_full_read:
-            self._warned_full_read = True  # a dense attack (every row uploaded) or defense reads it all
-            log.warning(
-                "run.deferred: round %d read the whole table (attack %s, defense %s); such rounds catch "
-                "every row up and cost more than the dense pass", t, self.cfg.attack.name, self.cfg.defense.name,
-            )  # fmt: skip
+        if store is not None and store.full_catch_ups > full_reads:
+            # a dense attack (every row uploaded) or defense read it all: such rounds cost more deferred
+            if self.cfg.run.deferred is None:  # deferred for speed only: the dense pass from here on
+                self.server = dense_state(self.server)
+                log.info(
+                    "run.deferred unset: round %d read the whole table (attack %s, defense %s); the run "
+                    "goes on with the dense pass", t, self.cfg.attack.name, self.cfg.defense.name,
+                )  # fmt: skip
+            elif not self._warned_full_read:
+                self._warned_full_read = True
+                log.warning(
+                    "run.deferred: round %d read the whole table (attack %s, defense %s); such rounds catch "
+                    "every row up and cost more than the dense pass", t, self.cfg.attack.name, self.cfg.defense.name,
+                )  # fmt: skip
 
     def conclude(self, t: int, clients: torch.Tensor, byz: torch.Tensor, got: Collected, out) -> None:
         """The end of round ``t``: the forged distances (from the state before the round), the new
