@@ -594,3 +594,66 @@ def test_apply_decision_folds_the_accepted_uploads_as_selecting_them_would(seed)
         a = got.theta if k == "theta" else got.state[k]
         b = want.theta if k == "theta" else want.state[k]
         assert torch.equal(a.view(bits), b.view(bits)), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), K=st.integers(0, 50), t=st.integers(1, 500))
+def test_the_theta_deltas_are_the_uploads_minus_the_c_pass_bit_for_bit(dtype, seed, K, t):
+    """A defense's ``theta`` space on Adam's tables (``adam_theta_deltas``): each listed entry's upload
+    minus the theta of the C default pass at its row, the pass's own operations, bit for bit; the tables
+    are read, not written; not Adam, another dtype or a bad shape: None; a row outside: IndexError."""
+    if adam_pass.native() is None:
+        pytest.skip("no C compiler")
+    gen = torch.Generator().manual_seed(seed)
+    rule = make_rule("adam", eta=0.05)
+    n, d = 40, 6
+    tables = {
+        "theta": torch.randn(n, d, generator=gen, dtype=dtype),
+        "m": torch.randn(n, d, generator=gen, dtype=dtype) * 1e-2,
+        "v": torch.rand(n, d, generator=gen, dtype=dtype) * 1e-4,
+    }
+    before = {k: x.clone() for k, x in tables.items()}
+    idx = torch.randint(0, n, (K,), generator=gen)
+    x = torch.randn(K, d, generator=gen, dtype=dtype)
+    got = adam_pass.adam_theta_deltas(rule, tables, t, idx, x)
+    D = adam_pass.adam_default_pass(rule, tables, rule.step_size(t))["theta"]
+    assert torch.equal(got, x - D.index_select(0, idx))
+    assert all(torch.equal(tables[k], before[k]) for k in tables)
+    assert adam_pass.adam_theta_deltas(make_rule("sgd", eta=0.05), tables, t, idx, x) is None
+    assert adam_pass.adam_theta_deltas(rule, tables, t, idx, x.to(torch.float16)) is None
+    assert adam_pass.adam_theta_deltas(rule, tables, t, idx[:-1] if K else idx, x[:, :-1]) is None
+    if K:
+        bad = idx.clone()
+        bad[-1] = n
+        with pytest.raises(IndexError):
+            adam_pass.adam_theta_deltas(rule, tables, t, bad, x)
+
+
+def test_the_theta_space_is_the_torch_way_to_rounding():
+    """The defenses' ``theta`` space from the C deltas equals the torch way (``default_rows`` over the
+    gathered rows) to float32 rounding (the eager pass fuses its last multiply-add)."""
+    from fedrec.defenses import spaces
+    from fedrec.protocol import ServerState, UploadBatch
+
+    gen = torch.Generator().manual_seed(3)
+    rule = make_rule("adam", eta=0.01)
+    n, d, K = 50, 8, 30
+    server = ServerState(
+        torch.randn(n, d, generator=gen),
+        {"m": torch.randn(n, d, generator=gen) * 1e-2, "v": torch.rand(n, d, generator=gen) * 1e-4},
+        t=4,
+    )
+    rows = torch.sort(torch.randperm(n, generator=gen)[:K]).values
+    up = UploadBatch(
+        client_ids=torch.tensor([0, 1]), ptr=torch.tensor([0, 12, K]), rows=rows,
+        theta=torch.randn(K, d, generator=gen), state={"m": torch.zeros(K, d), "v": torch.zeros(K, d)},
+        n_examples=torch.tensor([3, 4]),
+    )  # fmt: skip
+    got = spaces.space_vectors("theta", server, up, rule, 5).values
+    prev = server.rows_at(rows)
+    want = up.theta - rule.default_rows(prev, 5)["theta"]
+    torch.testing.assert_close(
+        got, want, rtol=0, atol=4 * torch.finfo(torch.float32).eps * want.abs().max().item()
+    )
+    assert not torch.equal(got, torch.zeros_like(got))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from fedrec.defenses.vectors import ClientVectors
+from fedrec.optim import adam_pass
 from fedrec.protocol import ServerState, UploadBatch
 
 SPACES = ("gradient", "theta", "momentum", "upload")
@@ -40,6 +41,11 @@ def space_vectors(
     n_rows = server.n_rows
     if space == "gradient" and grads is not None:
         return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=grads, n_rows=n_rows)
+    if space == "theta":  # Adam on the CPU: one C loop reads the listed rows in place (adam_pass)
+        tables, at = server.tables_for(uploads.rows)
+        values = adam_pass.adam_theta_deltas(rule, tables, t, at, uploads.theta)
+        if values is not None:
+            return ClientVectors(ptr=uploads.ptr, rows=uploads.rows, values=values, n_rows=n_rows)
     prev = rows_of(server, uploads.rows)
     up = uploaded(uploads)
     if space == "gradient":

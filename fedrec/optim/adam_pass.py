@@ -149,6 +149,31 @@ int64_t NAME(const T *restrict th, const T *restrict m, const T *restrict v, T *
 
 PASS_TERMS(fedrec_adam_pass_terms_f32, float, sqrtf)
 PASS_TERMS(fedrec_adam_pass_terms_f64, double, sqrt)
+
+/* The uploads' theta as deltas from the round's default: out[e] = x[e] - D[idx[e]], D the pass's theta
+   (the operations of DEFAULTS, in its order) at row idx[e]; tables read in place, nothing written to
+   them. Returns 0, or -1 (nothing written) when a row lies outside [0, n). */
+#define THETA_DELTAS(NAME, T, SQRT)                                                              \
+int64_t NAME(const T *restrict th, const T *restrict m, const T *restrict v, int64_t n,          \
+             int64_t d, T eta, T b1, T b2, T eps, const int64_t *idx, int64_t K,                 \
+             const T *restrict x, T *restrict out) {                                             \
+    for (int64_t e = 0; e < K; ++e)                                                             \
+        if (idx[e] < 0 || idx[e] >= n) return -1;                                               \
+    for (int64_t e = 0; e < K; ++e) {                                                           \
+        const int64_t o = idx[e] * d;                                                           \
+        const T *restrict a = x + e * d;                                                        \
+        T *restrict r = out + e * d;                                                            \
+        for (int64_t c = 0; c < d; ++c) {                                                       \
+            T m2 = m[o + c] * b1, v2 = v[o + c] * b2;                                           \
+            T s = m2 / SQRT(v2 + eps);                                                          \
+            r[c] = a[c] - (th[o + c] - eta * s);                                                \
+        }                                                                                       \
+    }                                                                                           \
+    return 0;                                                                                   \
+}
+
+THETA_DELTAS(fedrec_adam_theta_deltas_f32, float, sqrtf)
+THETA_DELTAS(fedrec_adam_theta_deltas_f64, double, sqrt)
 """
 
 KEYS = ("theta", "m", "v")
@@ -171,6 +196,11 @@ def native() -> Any:
         # the tables (6), n, d, eta, b1, b2, eps, idx, owner, w, nw, X (3), K, head, next, buf, stream, keep
         terms = [p] * 6 + [i64, i64] + [real] * 4 + [p, p, p, i64, p, p, p, i64, p, p, p, ctypes.c_int, p]
         sig[f"fedrec_adam_pass_terms_{suffix}"] = (i64, terms)
+        # theta, m, v, n, d, eta, b1, b2, eps, idx, K, x, out
+        sig[f"fedrec_adam_theta_deltas_{suffix}"] = (
+            i64,
+            [p, p, p, i64, i64, real, real, real, real, p, i64, p, p],
+        )
     return load(_C, sig)
 
 
@@ -257,4 +287,37 @@ def adam_pass_with_terms(
     )  # fmt: skip
     if status < 0:
         raise IndexError(f"aggregation: a row outside [0, {n}) or an owner outside [0, {w.shape[0]})")
+    return out
+
+
+def adam_theta_deltas(
+    rule: Any, tables: Rows, t: int, idx: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor | None:
+    """``x[e] - D[idx[e]]`` with ``D`` the theta of round ``t``'s ``adam_default_pass`` (the same
+    operations, bit for bit), read at the listed rows of ``tables`` in place: the uploads' parameters as
+    deltas from the round's default, a defense's ``theta`` space (fedrec.defenses.spaces). ``x`` ``[K, d]``
+    of the tables' dtype; None where the loop does not apply (not Adam, not the CPU, another dtype or
+    shape); a row outside the table raises IndexError."""
+    if not applies(rule, tables):
+        return None
+    src = {k: tables[k].contiguous() for k in KEYS}
+    theta = src["theta"]
+    if theta.dim() != 2 or x.dtype != theta.dtype or x.device.type != "cpu" or idx.device.type != "cpu":
+        return None
+    n, d = theta.shape
+    K = idx.shape[0]
+    if x.shape != (K, d) or idx.shape != (K,):
+        return None
+    idx, x = idx.to(torch.int64).contiguous(), x.contiguous()
+    out = torch.empty((K, d), dtype=theta.dtype)
+    lib = native()
+    fn = (
+        lib.fedrec_adam_theta_deltas_f32 if theta.dtype == torch.float32 else lib.fedrec_adam_theta_deltas_f64
+    )
+    status = fn(
+        *(src[k].data_ptr() for k in KEYS), n, d, float(rule.step_size(t)), rule.b1, rule.b2, rule.eps,
+        idx.data_ptr(), K, x.data_ptr(), out.data_ptr(),
+    )  # fmt: skip
+    if status < 0:
+        raise IndexError(f"theta deltas: a row outside [0, {n})")
     return out
