@@ -104,7 +104,8 @@ class DeferredStore:
         """Pass ``passes + 1`` is round ``t``'s (every row takes it, now or when next read)."""
         p = self.passes
         if p >= self._eta.shape[0]:
-            grown = torch.zeros(2 * self._eta.shape[0], dtype=self._eta.dtype, device=self._eta.device)
+            with torch.inference_mode(False):  # the store's own tensor: written outside rounds too
+                grown = torch.zeros(2 * self._eta.shape[0], dtype=self._eta.dtype, device=self._eta.device)
             grown[:p] = self._eta
             self._eta = grown
         if self.adam:
@@ -214,7 +215,8 @@ class DeferredStore:
         self.check_own()
         n = self.clock.shape[0]
         if self._head is None:
-            self._head = torch.full((n,), -1, dtype=torch.int64, device=self.clock.device)
+            with torch.inference_mode(False):
+                self._head = torch.full((n,), -1, dtype=torch.int64, device=self.clock.device)
         target = self.passes
         out = round_rows_native(
             self.tables, self.clock, self._head, target, self._eta, self._eta_max, self.rule,

@@ -48,6 +48,13 @@ int64_t fedrec_adam_check_f32(
     const double tn_theta = (2 + eta_t) * tn;
     for (int64_t k = 0; k < K; ++k) {
         const int64_t r = rows[k];
+        if (k + 2 < K) {  /* a later row's global values on their way from memory while this one is checked */
+            const int64_t o = rows[k + 2] * d;
+            for (int64_t c = 0; c < d; c += 16) {
+                __builtin_prefetch(th_tab + o + c); __builtin_prefetch(m_tab + o + c);
+                __builtin_prefetch(v_tab + o + c);
+            }
+        }
         const float *restrict thb = th_tab + r * d, *restrict mb = m_tab + r * d, *restrict vb = v_tab + r * d;
         const float *restrict th = th_up + k * d, *restrict m = m_up + k * d, *restrict v = v_up + k * d;
         float *restrict g = g_out + k * d;

@@ -96,6 +96,19 @@ void NAME(const T *restrict th, const T *restrict m, const T *restrict v, T *res
 PASS(fedrec_adam_pass_f32, float, sqrtf)
 PASS(fedrec_adam_pass_f64, double, sqrt)
 
+/* restrict parameters (disjoint memory): these loops vectorise; written inline in the pass, the
+   compiler could not prove a row's buffers apart and ran them one element at a time */
+#define ROW_OPS(T)                                                                                \
+static inline void copy_##T(T *restrict dst, const T *restrict src, int64_t d) {                 \
+    for (int64_t c = 0; c < d; ++c) dst[c] = src[c];                                             \
+}                                                                                                \
+static inline void terms_##T(T *restrict r, const T *restrict x, const T *restrict D, T we,      \
+                             int64_t d) {                                                        \
+    for (int64_t c = 0; c < d; ++c) r[c] = r[c] + (x[c] - D[c]) * we;                            \
+}
+ROW_OPS(float)
+ROW_OPS(double)
+
 /* The pass, then at each listed row its terms: entry e (row idx[e], weight w[owner[e]], uploaded rows
    X?[e]) adds w (X - D) to the row's default D, the entries of a row in increasing e (a linked list:
    head[row], next[e]); keep (per owner; NULL: all) leaves the entries of the other owners out, unread.
@@ -126,15 +139,12 @@ int64_t NAME(const T *restrict th, const T *restrict m, const T *restrict v, T *
         DEFAULTS(T, SQRT, rt, rm, rv, o, d)                                                     \
         int64_t e = head[r];                                                                    \
         if (e >= 0) {                                                                           \
-            for (int64_t c = 0; c < d; ++c) { dth[c] = rt[c]; dm[c] = rm[c]; dv[c] = rv[c]; }    \
+            copy_##T(dth, rt, d); copy_##T(dm, rm, d); copy_##T(dv, rv, d);                     \
             for (; e >= 0; e = next[e]) {                                                       \
                 const T we = w[owner[e]];                                                       \
-                const T *a = xth + e * d, *b = xm + e * d, *q = xv + e * d;                     \
-                for (int64_t c = 0; c < d; ++c) {                                               \
-                    rt[c] = rt[c] + (a[c] - dth[c]) * we;                                       \
-                    rm[c] = rm[c] + (b[c] - dm[c]) * we;                                        \
-                    rv[c] = rv[c] + (q[c] - dv[c]) * we;                                        \
-                }                                                                               \
+                terms_##T(rt, xth + e * d, dth, we, d);                                         \
+                terms_##T(rm, xm + e * d, dm, we, d);                                           \
+                terms_##T(rv, xv + e * d, dv, we, d);                                           \
             }                                                                                   \
         }                                                                                       \
         if (stream) {                                                                           \
@@ -160,6 +170,11 @@ int64_t NAME(const T *restrict th, const T *restrict m, const T *restrict v, int
     for (int64_t e = 0; e < K; ++e)                                                             \
         if (idx[e] < 0 || idx[e] >= n) return -1;                                               \
     for (int64_t e = 0; e < K; ++e) {                                                           \
+        if (e + 2 < K) /* a later row on its way from memory */                                 \
+            for (int64_t c = 0; c < d; c += 64 / (int64_t)sizeof(T)) {                          \
+                const int64_t q = idx[e + 2] * d + c;                                           \
+                __builtin_prefetch(th + q); __builtin_prefetch(m + q); __builtin_prefetch(v + q);  \
+            }                                                                                   \
         const int64_t o = idx[e] * d;                                                           \
         const T *restrict a = x + e * d;                                                        \
         T *restrict r = out + e * d;                                                            \

@@ -38,6 +38,10 @@ int64_t fedrec_adam_moments_f32(const float *m, const float *v, int64_t n, int64
     for (int64_t k = 0; k < K; ++k)
         if (idx[k] < 0 || idx[k] >= n) return -1;
     for (int64_t k = 0; k < K; ++k) {
+        if (k + 2 < K)  /* a later row on its way from memory while this one is computed */
+            for (int64_t c = 0; c < d; c += 16) {
+                __builtin_prefetch(m + idx[k + 2] * d + c); __builtin_prefetch(v + idx[k + 2] * d + c);
+            }
         const float *restrict mb = m + idx[k] * d, *restrict vb = v + idx[k] * d, *restrict gk = g + k * d;
         float *restrict omk = om + k * d, *restrict ovk = ov + k * d, *restrict owk = ow + k * d;
         for (int64_t c = 0; c < d; ++c) {
@@ -56,6 +60,8 @@ int64_t fedrec_adam_theta_f32(const float *th, int64_t n, int64_t d, const int64
     for (int64_t k = 0; k < K; ++k)
         if (idx[k] < 0 || idx[k] >= n) return -1;
     for (int64_t k = 0; k < K; ++k) {
+        if (k + 2 < K)
+            for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(th + idx[k + 2] * d + c);
         const float *restrict tb = th + idx[k] * d, *restrict mk = m + k * d;
         float *restrict wk = w + k * d;
         for (int64_t c = 0; c < d; ++c) wk[c] = fmaf(-eta, mk[c] / wk[c], tb[c]);
