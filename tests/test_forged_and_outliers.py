@@ -18,7 +18,7 @@ from fedrec.data import split_per_user, synthetic
 from fedrec.defenses.krum import multi_krum, multi_krum_outliers, outlier_keep
 from fedrec.defenses.vectors import ClientVectors, select_lowest, sq_linf_distances
 from fedrec.federation.detection import detection_summary, forged_rates
-from fedrec.federation.forged import forged_distance
+from fedrec.federation.forged import forged_distance, segment_sq_norms
 from fedrec.federation.simulation import FederatedRun
 from fedrec.optim import Adam
 from fedrec.protocol import ServerState
@@ -332,3 +332,31 @@ def test_forged_distance_of_picked_uploads_is_that_of_the_taken_batch(seed: int)
         forged_distance(
             server, rule, ctx.t, uploads, own.ptr, own.rows, own.theta, rec=rec, pick=torch.tensor([0, 5, 1])
         )
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 7), K=st.integers(0, 40), d=st.integers(1, 70))
+def test_the_c_segment_norms_are_the_torch_ones(seed: int, n: int, K: int, d: int) -> None:
+    """``segment_sq_norms`` (the round record's gradient norms, the torch forged distances) from the C
+    loop equals the torch way (float64 squares summed per row, added per owner) to float64 round-off,
+    for float32 and float64 rows; an owner outside raises; other inputs take the torch way."""
+    from fedrec.federation import forged_native
+
+    if forged_native.native() is None:
+        pytest.skip("no C compiler")
+    gen = torch.Generator().manual_seed(seed)
+    owner = torch.randint(0, n, (K,), generator=gen)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(K, d, generator=gen, dtype=dtype) * 10
+        got = forged_native.sq_norms(owner, x, n)
+        want = torch.zeros(n, dtype=torch.float64).index_add_(0, owner, x.double().pow(2).sum(1))
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+        assert torch.equal(segment_sq_norms(owner, x, n), got)
+    assert forged_native.sq_norms(owner, torch.zeros(K, d, dtype=torch.float16), n) is None
+    if K:
+        with pytest.raises(IndexError):
+            forged_native.sq_norms(torch.full((K,), n), torch.zeros(K, d), n)
+    hand = forged_native.sq_norms(
+        torch.tensor([1, 0, 1]), torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]), 3
+    )
+    assert hand.tolist() == [1.0, 29.0, 0.0]

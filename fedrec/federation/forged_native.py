@@ -88,6 +88,28 @@ int64_t NAME(double *out, int64_t b, const int64_t *pick, int64_t nu, const int6
 
 DIST(fedrec_forged_f32, float)
 DIST(fedrec_forged_f64, double)
+
+/* out[owner[e]] += sum over row e's columns of x^2 (float64, the eight lanes of ADD), in entry order;
+   out [n] zeroed here. Returns 0, or -1 (nothing written) when an owner lies outside [0, n). */
+#define ONLY(k) ((double)a[k])
+#define SQ(NAME, T)                                                                              \
+int64_t NAME(double *out, int64_t n, const int64_t *owner, int64_t K, const T *x, int64_t d) {   \
+    for (int64_t e = 0; e < K; ++e)                                                             \
+        if (owner[e] < 0 || owner[e] >= n) return -1;                                           \
+    for (int64_t i = 0; i < n; ++i) out[i] = 0;                                                 \
+    for (int64_t e = 0; e < K; ++e) {                                                           \
+        double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
+        const T *a = x + e * d;                                                                 \
+        ADD(ONLY)                                                                               \
+        double s = 0;                                                                           \
+        for (int j = 0; j < 8; ++j) s += lane[j];                                               \
+        out[owner[e]] += s;                                                                     \
+    }                                                                                           \
+    return 0;                                                                                   \
+}
+
+SQ(fedrec_sq_norms_f32, float)
+SQ(fedrec_sq_norms_f64, double)
 """
 
 
@@ -96,7 +118,37 @@ def native() -> Any:
     """The C pass compiled for this process (fedrec.native), or None."""
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     args = [p, i64, p, i64, p, p, i64, p, p, p, i64, p, i64]
-    return load(_C, {"fedrec_forged_f32": (i64, args), "fedrec_forged_f64": (i64, args)})
+    sq = [p, i64, p, i64, p, i64]  # out, n, owner, K, x, d
+    return load(
+        _C,
+        {
+            "fedrec_forged_f32": (i64, args), "fedrec_forged_f64": (i64, args),
+            "fedrec_sq_norms_f32": (i64, sq), "fedrec_sq_norms_f64": (i64, sq),
+        },
+    )  # fmt: skip
+
+
+def sq_norms(owner: Tensor, values: Tensor, n: int) -> Tensor | None:
+    """``[n]`` float64: per owner the sum of its rows' squares (``segment_sq_norms``), each row summed in
+    the eight lanes of the distances (equal to the torch way to float64 round-off); None where the C loop
+    does not apply (not the CPU, not float32 / float64 ``[K, d]`` values, no compiler)."""
+    lib = native()
+    if (
+        lib is None
+        or owner.device.type != "cpu"
+        or owner.dtype != torch.int64
+        or values.device.type != "cpu"
+        or values.dtype not in (torch.float32, torch.float64)
+        or values.dim() != 2
+        or owner.shape != values.shape[:1]
+    ):
+        return None
+    owner, values = owner.contiguous(), values.contiguous()
+    out = torch.empty(n, dtype=torch.float64)
+    fn = lib.fedrec_sq_norms_f32 if values.dtype == torch.float32 else lib.fedrec_sq_norms_f64
+    if fn(out.data_ptr(), n, owner.data_ptr(), owner.shape[0], values.data_ptr(), values.shape[1]) < 0:
+        raise IndexError(f"segment norms: an owner outside [0, {n})")
+    return out
 
 
 def distances(
