@@ -598,3 +598,21 @@ def test_unset_goes_dense_after_a_round_reads_the_whole_table(monkeypatch):
     assert torch.equal(auto.server.theta, dense.server.theta)
     for k in dense.server.state:
         assert torch.equal(auto.server.state[k], dense.server.state[k])
+
+
+def test_the_stores_own_tensors_stay_writable_outside_a_round():
+    """The pass log grown and the write's scratch made during a round (inference mode) are ordinary
+    tensors: the store goes on outside inference mode (a caller's own ``aggregate``) without an error."""
+    rule = make_rule("adam", eta=0.05)
+    gen = torch.Generator().manual_seed(0)
+    store = D.DeferredStore(_tables(rule, 10, 3, gen), rule)
+    rows, owner, w = torch.tensor([1, 4]), torch.tensor([0, 0]), torch.ones(1)
+    X = {k: x.index_select(0, rows).clone() for k, x in store.tables.items()}
+    with torch.inference_mode():
+        for t in range(1, 20):  # past the log's first 16 entries: it grows
+            store.log_pass(t)
+        assert store.write_terms(20, rows, owner, w, X)
+    assert not store._eta.is_inference() and not store._head.is_inference()
+    store.log_pass(21)
+    assert store.write_terms(22, rows, owner, w, X)
+    assert store.passes == 22
