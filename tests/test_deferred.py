@@ -188,13 +188,18 @@ def test_a_deferred_run_is_the_dense_run(case):
 
 
 @needs_compiler
-def test_compiled_deferred_run_is_the_compiled_dense_run_bit_for_bit():
+@pytest.mark.parametrize(
+    "case", ["none", "a-rfrs under alie", "camouflage, krum", "median under gradient ascent"]
+)
+def test_compiled_deferred_run_is_the_compiled_dense_run_bit_for_bit(case):
     """The compiled dense pass (DefaultPass) and the replay make the same IEEE operations in the same
     order; rows frozen and decayed on their tails give the same bits: 150 rounds of a 400-item catalog
-    agree exactly."""
-    dense, lazy = _run(False, True, 150), _run(True, True, 150)
+    agree exactly, with the defenses' rejections (the C round write of the accepted uploads only, and
+    a coordinate-wise aggregate's deltas) and the same verdicts."""
+    dense, lazy = _run(False, True, 150, **CASES[case]), _run(True, True, 150, **CASES[case])
     store = lazy.server.deferred
     assert int((store.passes - store.clock).max()) > 2 * R.FREEZE_EVERY  # long lags were replayed
+    assert torch.equal(dense.records["reason"], lazy.records["reason"])
     assert torch.equal(dense.server.theta, lazy.server.theta)
     for k in dense.server.state:
         assert torch.equal(dense.server.state[k], lazy.server.state[k])
@@ -533,9 +538,53 @@ def test_the_c_round_write_refuses_an_index_outside_and_writes_nothing():
         assert all(torch.equal(store.tables[k], snapshot[0][k]) for k in snapshot[0])
         assert torch.equal(store.clock, snapshot[1]) and store.passes == snapshot[2]
         assert bool((store._head == -1).all())
+    owner = owner.clone()
+    owner[4:6] = 1  # upload 1 lists two entries, whose rows lie outside the table; it is not kept
     bad_idx = idx.clone()
-    bad_idx[owner == 1] = 10**6  # only upload 1 lists the bad row, and it is not kept
-    assert store.write_terms(4, bad_idx, owner, w, X, torch.tensor([True, False, True]))
+    bad_idx[owner == 1] = 10**6
+    keep = torch.tensor([True, False, True])
+    want = {k: x.clone() for k, x in store.tables.items()}
+    assert store.write_terms(4, bad_idx, owner, w, X, keep)
+    written = store.before[2]
+    assert torch.equal(torch.sort(written).values, torch.unique(idx[owner != 1]))
+    # the kept uploads alone, as the dense pass with their terms takes them
+    from fedrec.optim.adam_pass import adam_pass_with_terms
+
+    dense = D.DeferredStore(want, rule)
+    for t in (1, 2, 3):
+        dense.log_pass(t)
+    dense.catch_up(None)
+    full = adam_pass_with_terms(rule, dense.tables, rule.step_size(4), idx, owner, w, X, keep)
+    store.catch_up(None)
+    assert all(torch.equal(store.tables[k], full[k]) for k in full)
+
+
+def test_the_c_round_write_leaves_uploads_that_alias_the_tables_to_the_gathering_way():
+    """Uploads that are views of the store's own tables (a direct caller's) would be read after the loop
+    wrote them: the C loop declines them (None), and the gathering way, which copies first, takes them."""
+    gen = torch.Generator().manual_seed(2)
+    rule, tables, _, owner, w, _ = _round_inputs(gen, 20, 4, 6, 2, torch.float32)
+    store = D.DeferredStore({k: x.clone() for k, x in tables.items()}, rule)
+    rows = torch.arange(3, 9)
+    aliased = {k: x[3:9] for k, x in store.tables.items()}
+    assert (
+        R.round_rows_native(
+            store.tables,
+            store.clock,
+            torch.full((20,), -1),
+            0,
+            store._eta,
+            0.0,
+            rule,
+            0.01,
+            rows,
+            owner,
+            w,
+            aliased,
+        )
+        is None
+    )
+    assert not store.write_terms(1, rows, owner, w, aliased)
 
 
 def test_a_deferred_round_reads_the_tables_in_place():
@@ -616,3 +665,21 @@ def test_the_stores_own_tensors_stay_writable_outside_a_round():
     store.log_pass(21)
     assert store.write_terms(22, rows, owner, w, X)
     assert store.passes == 22
+
+
+def test_the_theta_space_of_a_deferred_state_is_the_dense_ones():
+    """A defense's ``theta`` space read from a deferred state (its tables lent in place while current, the
+    rows gathered once a later round moved it) equals the same space read from the dense state."""
+    from fedrec.defenses.spaces import space_vectors
+
+    dense, lazy = _run(False, True, 20), _run(True, True, 20)
+    captured = {}
+    lazy.on_round = lambda run, out: captured.setdefault("up", out.uploads)
+    lazy.step()
+    dense.step()
+    up, t = captured["up"], lazy.server.t
+    state_before = lazy.server  # current: lends its tables
+    want = space_vectors("theta", dense.server, up, dense.rule, t + 1).values
+    assert torch.equal(space_vectors("theta", state_before, up, lazy.rule, t + 1).values, want)
+    lazy.step()  # now the state before the round: rows gathered (or refused when two rounds old)
+    assert torch.equal(space_vectors("theta", state_before, up, lazy.rule, t + 1).values, want)

@@ -62,13 +62,15 @@ class DeferredStore:
     current while its epoch is the store's)."""
 
     def __init__(self, tables: dict[str, Tensor], rule: Any) -> None:
-        with torch.inference_mode(False):  # a round's tables are inference tensors: no write counter
-            self.tables = {k: x.clone() if x.is_inference() else x for k, x in tables.items()}
-        self.rule = rule
         theta = tables["theta"]
-        self.clock = torch.zeros(theta.shape[0], dtype=torch.int64, device=theta.device)
+        # ordinary tensors even when made during a round (inference tensors have no write counter and
+        # refuse in-place writes outside inference mode, where a caller's own aggregate may write them)
+        with torch.inference_mode(False):
+            self.tables = {k: x.clone() if x.is_inference() else x for k, x in tables.items()}
+            self.clock = torch.zeros(theta.shape[0], dtype=torch.int64, device=theta.device)
+            self._eta = torch.zeros(16, dtype=theta.dtype, device=theta.device)
+        self.rule = rule
         self.rounds: list[int] = []
-        self._eta = torch.zeros(16, dtype=theta.dtype, device=theta.device)
         self._eta_max = 0.0  # a bound on every logged step size (the C catch-up's freeze test)
         self.epoch = 0
         self.full_catch_ups = 0  # reads of the whole table (tests assert a round makes none)
@@ -410,10 +412,12 @@ def auto_deferred(rule: Any, fused: bool, n_rows: int, d: int, device: torch.dev
 
 
 def dense_state(server: ServerState) -> ServerState:
-    """A deferred state's tables as a plain dense state (every row caught up; the store is not used after)."""
+    """A deferred state's tables as a plain dense state, every row caught up: copies, so that a round
+    stepped later from an older state of the store (a hook's what-if round) cannot write into the run's
+    tables."""
     if server.deferred is None:
         return server
-    return ServerState(theta=server.theta, state=dict(server.state), t=server.t)
+    return server.clone()
 
 
 def server_state(theta: Tensor, state: dict[str, Tensor], t: int, rule: Any, deferred: bool) -> ServerState:

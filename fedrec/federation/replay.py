@@ -148,7 +148,7 @@ static inline void terms_##T(T *restrict r, const T *restrict x, const T *restri
 ROW_OPS(float, sqrtf)
 ROW_OPS(double, sqrt)
 
-#define ROUND(NAME, ROWFN, T, SQRT)                                                               \
+#define ROUND(NAME, ROWFN, T)                                                               \
 int64_t NAME(T *th, T *m, T *v, int64_t *clock, int64_t n_table, int64_t d, int64_t target,     \
              const T *eta, T b1, T b2, T eps, double eta_max, int use_v, int64_t every, T eta_t, \
              const int64_t *idx, const int64_t *owner, const T *w, int64_t nw,                   \
@@ -207,8 +207,8 @@ REPLAY(fedrec_replay_f32, row_f32, float)
 REPLAY(fedrec_replay_f64, row_f64, double)
 CATCHUP(fedrec_catchup_f32, row_f32, float)
 CATCHUP(fedrec_catchup_f64, row_f64, double)
-ROUND(fedrec_round_rows_f32, row_f32, float, sqrtf)
-ROUND(fedrec_round_rows_f64, row_f64, double, sqrt)
+ROUND(fedrec_round_rows_f32, row_f32, float)
+ROUND(fedrec_round_rows_f64, row_f64, double)
 """
 
 
@@ -315,6 +315,9 @@ def round_rows_native(
         )
     ):
         return None
+    storages = {x.untyped_storage().data_ptr() for x in tables.values()}
+    if any(x.untyped_storage().data_ptr() in storages for x in xs.values()):
+        return None  # uploads that are views of the tables would be read after the loop wrote them
     idx, owner, w = idx.to(torch.int64).contiguous(), owner.to(torch.int64).contiguous(), w.contiguous()
     kept = None if keep is None else keep.to(torch.uint8).contiguous()
     links = torch.empty(2 * K, dtype=torch.int64)  # next, then the rows written
