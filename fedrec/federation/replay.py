@@ -44,7 +44,7 @@ _C = r"""
 #include <stdint.h>
 
 /* one row's lag steps from the step sizes e[0..n-1]; every operation its own IEEE rounding */
-#define ROW(NAME, T, SQRT, FABS, NEXT)                                                            \
+#define ROW_DIRECT(NAME, T, SQRT, FABS, NEXT)                                                     \
 static void NAME(T *t, T *mm, T *vv, const T *e, int64_t n, int64_t d, T b1, T b2, T eps,        \
                  double eta_max, int use_v, int64_t every) {                                     \
     int64_t k = 0;                                                                               \
@@ -78,6 +78,68 @@ static void NAME(T *t, T *mm, T *vv, const T *e, int64_t n, int64_t d, T b1, T b
             int zero = 1;                                                                        \
             for (int64_t c = 0; c < d; ++c) zero &= (mm[c] == 0) & (vv[c] == 0);                 \
             if (zero) break;                                                                     \
+        }                                                                                        \
+    }                                                                                            \
+}
+
+/* The same steps, B columns at a time held in local arrays (registers) through all n steps: a column's
+   steps are its own (element-wise), so blocks may freeze one by one, each on the row's bound restricted
+   to its columns, and the values are those of ROW_DIRECT. The frozen tail (m and v multiplied, a
+   dependency chain per value) runs from registers instead of through memory every step; zero checks
+   at another cadence change nothing (0 and -0 stay themselves). Rows too short to reach a freeze
+   check take ROW_DIRECT. Padding columns hold 0, which every step leaves 0 (0 / sqrt(eps) = 0). */
+#define ROW(NAME, DIRECT, T, SQRT, FABS, NEXT, B)                                                 \
+static void NAME(T *t, T *mm, T *vv, const T *e, int64_t n, int64_t d, T b1, T b2, T eps,        \
+                 double eta_max, int use_v, int64_t every) {                                     \
+    if (n < every) {                                                                             \
+        DIRECT(t, mm, vv, e, n, d, b1, b2, eps, eta_max, use_v, every);                          \
+        return;                                                                                  \
+    }                                                                                            \
+    for (int64_t c0 = 0; c0 < d; c0 += B) {                                                      \
+        const int64_t w = d - c0 < B ? d - c0 : B;                                               \
+        T lt[B], lm[B], lv[B];                                                                   \
+        for (int64_t c = 0; c < B; ++c) {                                                        \
+            lt[c] = c < w ? t[c0 + c] : 0;                                                       \
+            lm[c] = c < w ? mm[c0 + c] : 0;                                                      \
+            lv[c] = c < w ? vv[c0 + c] : 0;                                                      \
+        }                                                                                        \
+        int64_t k = 0;                                                                           \
+        int frozen = 0;                                                                          \
+        for (; k < n && !frozen; ++k) {                                                          \
+            const T ek = e[k];                                                                   \
+            for (int64_t c = 0; c < B; ++c) {                                                    \
+                T m2 = lm[c] * b1, v2 = lv[c] * b2;                                              \
+                T s = m2 / SQRT(v2 + eps);                                                       \
+                lt[c] = lt[c] - ek * s;                                                          \
+                lm[c] = m2;                                                                      \
+                lv[c] = v2;                                                                      \
+            }                                                                                    \
+            if ((k + 1) % every == 0) {                                                          \
+                frozen = 1;                                                                      \
+                for (int64_t c = 0; c < w && frozen; ++c) {                                      \
+                    T a = FABS(lt[c]);                                                           \
+                    double ulp = (double)(NEXT(a, (T)INFINITY) - a);                             \
+                    double ww = use_v ? (double)lv[c] + (double)eps : (double)eps;               \
+                    frozen = lv[c] >= 0 && isfinite(ulp) &&                                      \
+                             (double)FABS(lm[c]) * eta_max / sqrt(ww) < ulp / 8;                 \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        while (k < n) { /* frozen: theta stays, m and v still step */                           \
+            const int64_t stop = n - k < 256 ? n : k + 256;                                      \
+            for (; k < stop; ++k)                                                                \
+                for (int64_t c = 0; c < B; ++c) {                                                \
+                    lm[c] = lm[c] * b1;                                                          \
+                    lv[c] = lv[c] * b2;                                                          \
+                }                                                                                \
+            int zero = 1; /* all zero: so is every later step */                                \
+            for (int64_t c = 0; c < B; ++c) zero &= (lm[c] == 0) & (lv[c] == 0);                 \
+            if (zero) break;                                                                     \
+        }                                                                                        \
+        for (int64_t c = 0; c < w; ++c) {                                                        \
+            t[c0 + c] = lt[c];                                                                   \
+            mm[c0 + c] = lm[c];                                                                  \
+            vv[c0 + c] = lv[c];                                                                  \
         }                                                                                        \
     }                                                                                            \
 }
@@ -201,8 +263,10 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, int64_t n_table, int64_t d, int6
     return nr;                                                                                  \
 }
 
-ROW(row_f32, float, sqrtf, fabsf, nextafterf)
-ROW(row_f64, double, sqrt, fabs, nextafter)
+ROW_DIRECT(direct_f32, float, sqrtf, fabsf, nextafterf)
+ROW_DIRECT(direct_f64, double, sqrt, fabs, nextafter)
+ROW(row_f32, direct_f32, float, sqrtf, fabsf, nextafterf, 64)
+ROW(row_f64, direct_f64, double, sqrt, fabs, nextafter, 32)
 REPLAY(fedrec_replay_f32, row_f32, float)
 REPLAY(fedrec_replay_f64, row_f64, double)
 CATCHUP(fedrec_catchup_f32, row_f32, float)
