@@ -49,19 +49,23 @@ _C = r"""
 #include <math.h>
 #include <stdint.h>
 
+/* one zero-gradient step of one value: m = b1 m, v = b2 v, theta -= e m / sqrt(v + eps) */
+#define STEP(T, SQRT, TH, M, V, E)                                                                \
+    {                                                                                            \
+        T m2 = (M) * b1, v2 = (V) * b2;                                                          \
+        T s = m2 / SQRT(v2 + eps);                                                               \
+        (TH) = (TH) - (E) * s;                                                                   \
+        (M) = m2;                                                                                \
+        (V) = v2;                                                                                \
+    }
+
 /* one row's n steps from the step sizes e[0..n-1] in place, every operation its own IEEE rounding
    (rows too short to reach a freeze check: no check, no tail) */
 #define ROW_DIRECT(NAME, T, SQRT)                                                                 \
 static void NAME(T *t, T *mm, T *vv, const T *e, int64_t n, int64_t d, T b1, T b2, T eps) {     \
     for (int64_t k = 0; k < n; ++k) {                                                            \
         const T ek = e[k];                                                                       \
-        for (int64_t c = 0; c < d; ++c) {                                                        \
-            T m2 = mm[c] * b1, v2 = vv[c] * b2;                                                  \
-            T s = m2 / SQRT(v2 + eps);                                                           \
-            t[c] = t[c] - ek * s;                                                                \
-            mm[c] = m2;                                                                          \
-            vv[c] = v2;                                                                          \
-        }                                                                                        \
+        for (int64_t c = 0; c < d; ++c) STEP(T, SQRT, t[c], mm[c], vv[c], ek)                   \
     }                                                                                            \
 }
 
@@ -90,13 +94,7 @@ static void NAME(T *t, T *mm, T *vv, const T *e, int64_t n, int64_t d, T b1, T b
         int frozen = 0;                                                                          \
         for (; k < n && !frozen; ++k) {                                                          \
             const T ek = e[k];                                                                   \
-            for (int64_t c = 0; c < B; ++c) {                                                    \
-                T m2 = lm[c] * b1, v2 = lv[c] * b2;                                              \
-                T s = m2 / SQRT(v2 + eps);                                                       \
-                lt[c] = lt[c] - ek * s;                                                          \
-                lm[c] = m2;                                                                      \
-                lv[c] = v2;                                                                      \
-            }                                                                                    \
+            for (int64_t c = 0; c < B; ++c) STEP(T, SQRT, lt[c], lm[c], lv[c], ek)               \
             if ((k + 1) % every == 0) {                                                          \
                 frozen = 1;                                                                      \
                 for (int64_t c = 0; c < w && frozen; ++c) {                                      \
