@@ -91,3 +91,38 @@ def test_rows_outside_and_other_rules_or_dtypes():
     assert not adam_step.applies(rule, {k: x.double() for k, x in tables.items()}, rows, g.double())
     assert not adam_step.applies(rule, tables, rows, g[:1])
     assert not adam_step.applies(rule, tables, rows.int(), g)
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_an_attacks_rule_consistent_upload_is_the_eager_step_bit_for_bit(deferred, monkeypatch):
+    """``upload_from_gradient`` (every gradient attack's upload) takes the C client step on Adam's
+    float32 tables, reading the rows in place (a deferred state catches them up first): the eager
+    ``client_step`` on the gathered rows, bit for bit; a float64 gradient takes the eager step itself."""
+    from fedrec.attacks import AttackContext, upload_from_gradient
+    from fedrec.federation.deferred import server_state
+
+    if adam_step.native() is None:
+        pytest.skip("no C compiler")
+    rule = make_rule("adam", eta=0.01)
+    gen = torch.Generator().manual_seed(4)
+    n, d = 30, 8
+    theta = torch.randn(n, d, generator=gen)
+    state = {"m": torch.randn(n, d, generator=gen) * 1e-2, "v": torch.rand(n, d, generator=gen) * 1e-4}
+    server = server_state(theta.clone(), {k: x.clone() for k, x in state.items()}, 5, rule, deferred)
+    rows = torch.tensor([1, 4, 9, 2, 4, 29])
+    ptr = torch.tensor([0, 3, 6])
+    g = torch.randn(6, d, generator=gen)
+    ctx = AttackContext(
+        server=server, t=6, rule=rule, client_ids=torch.tensor([7, 8]), n_examples=torch.tensor([3, 3]),
+        ptr=ptr, rows=rows, g=g, generator=gen,
+    )  # fmt: skip
+    want = rule.client_step({"theta": theta[rows], **{k: x[rows] for k, x in state.items()}}, g, 6)
+    calls = []
+    c_step = adam_step.adam_client_step
+    monkeypatch.setattr(adam_step, "adam_client_step", lambda *a: calls.append(1) or c_step(*a))
+    for grad in (g, g.double()):
+        up = upload_from_gradient(ctx, rows, ptr, grad)
+        assert torch.equal(up.theta, want["theta"]) or grad.dtype == torch.float64
+        assert torch.equal(up.state["m"], want["m"]) or grad.dtype == torch.float64
+        torch.testing.assert_close(up.theta, want["theta"])
+    assert calls == [1]  # the float32 gradient took the C step, the float64 one the eager step

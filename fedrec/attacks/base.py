@@ -24,7 +24,7 @@ from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 
-from fedrec.optim import Rule
+from fedrec.optim import Rule, adam_step
 from fedrec.protocol import ServerState, UploadBatch
 from fedrec.registry import Registry, check_params
 
@@ -175,8 +175,16 @@ class GradientAttack(AttackBase):
 def upload_from_gradient(ctx: AttackContext, rows: Tensor, ptr: Tensor, g: Tensor) -> UploadBatch:
     """The rule-consistent path: client ``i`` takes one step of ``ctx.rule`` from the global state at
     ``rows[ptr[i]:ptr[i+1]]`` with the (crafted) gradient ``g`` there (cast to the state's dtype), as
-    an honest client would (paper 000 Algorithm 2; Eq. 2-6 for Adam)."""
-    new = ctx.rule.client_step(ctx.prev(rows), g, ctx.t)
+    an honest client would (paper 000 Algorithm 2; Eq. 2-6 for Adam). Adam's float32 step on the CPU
+    is the clients' C loop (fedrec.optim.adam_step: the eager step's values bit for bit), reading the
+    rows in place."""
+    new = None
+    if isinstance(rows, Tensor) and rows.dtype in (torch.int64, torch.int32) and rows.dim() == 1:
+        tables, at = ctx.server.tables_for(rows)
+        if adam_step.applies(ctx.rule, tables, at, g):
+            new = adam_step.adam_client_step(ctx.rule, tables, at, g, ctx.t)
+    if new is None:
+        new = ctx.rule.client_step(ctx.prev(rows), g, ctx.t)
     return UploadBatch(
         client_ids=ctx.client_ids,
         ptr=ptr,
