@@ -124,5 +124,6 @@ def test_an_attacks_rule_consistent_upload_is_the_eager_step_bit_for_bit(deferre
         up = upload_from_gradient(ctx, rows, ptr, grad)
         assert torch.equal(up.theta, want["theta"]) or grad.dtype == torch.float64
         assert torch.equal(up.state["m"], want["m"]) or grad.dtype == torch.float64
+        assert torch.equal(up.state["v"], want["v"]) or grad.dtype == torch.float64
         torch.testing.assert_close(up.theta, want["theta"])
     assert calls == [1]  # the float32 gradient took the C step, the float64 one the eager step

@@ -644,6 +644,7 @@ def test_unset_goes_dense_after_a_round_reads_the_whole_table(monkeypatch):
     for _ in range(30):
         auto.step()
     assert auto.server.deferred is None
+    assert not any(x.is_inference() for x in (auto.server.theta, *auto.server.state.values()))
     assert torch.equal(auto.server.theta, dense.server.theta)
     for k in dense.server.state:
         assert torch.equal(auto.server.state[k], dense.server.state[k])

@@ -417,7 +417,8 @@ def dense_state(server: ServerState) -> ServerState:
     tables."""
     if server.deferred is None:
         return server
-    return server.clone()
+    with torch.inference_mode(False):  # called inside a round: the run's tables stay ordinary tensors
+        return server.clone()
 
 
 def server_state(theta: Tensor, state: dict[str, Tensor], t: int, rule: Any, deferred: bool) -> ServerState:
