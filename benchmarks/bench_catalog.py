@@ -15,6 +15,11 @@ pass is timed only up to ``--dense-max-items`` (a dense round at a million items
 and the warm-up would take most of an hour). The last line is the ratio the issue asks about: the
 largest catalog's deferred round over the smallest catalog's dense (default) round. ``eval catch-up``
 is what an evaluation or a checkpoint adds in a deferred run: every row brought up to date.
+
+``--chunks K``: every run is built and warmed up first, then the runs are timed in K chunks of
+``--seconds / K`` each, taking turns (the order reversed every other chunk), and the medians are
+printed: on a host whose speed drifts over minutes, runs timed one after the other a minute apart
+disagree by more than the ratio being measured.
 """
 
 from __future__ import annotations
@@ -72,12 +77,17 @@ def main() -> None:
     ap.add_argument("--attack", default="none", help="an attack of `fedrec attacks` (its defaults)")
     ap.add_argument("--byzantine", type=float, default=0.3, help="share of Byzantine clients with --attack")
     ap.add_argument("--defense", default="none")
+    ap.add_argument("--chunks", type=int, default=0, help="time the live runs in K alternating chunks")
     args = ap.parse_args()
     attacked = f"{args.attack} at {args.byzantine:.0%}" if args.attack != "none" else "no attack"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), FISM d = 64, Adam, e = 0.01;"
         f" {attacked}, defense {args.defense}"
     )
+    if args.chunks:
+        print("deferred  items        rows       clients  round ms")
+        chunked(args)
+        return
     print("deferred  items        rows       clients  round ms  x first  eval catch-up ms")
     first: dict[str, float] = {}
     last = None
@@ -112,6 +122,45 @@ def main() -> None:
         print(
             f"deferred round at {last[1]:,} items / dense round at {args.items[0]:,} items:"
             f" {last[2] / first['off']:.2f}x"
+        )
+
+
+def make_run(args, split, mode: str) -> FederatedRun:
+    cfg = Config()
+    cfg.federated.fraction, cfg.federated.rounds = 0.01, 10**6
+    cfg.run.compile, cfg.run.deferred = args.compile == "on", mode == "on"
+    cfg.attack.name, cfg.defense.name = args.attack, args.defense
+    cfg.attack.fraction = args.byzantine if args.attack != "none" else 0.0
+    run = FederatedRun.create(cfg, split, torch.device("cpu"))
+    for _ in range(args.warmup):
+        run.step()
+    return run
+
+
+def chunked(args) -> None:
+    """``--chunks``: every run live at once, timed in alternating chunks (the module docstring)."""
+    runs: dict[tuple[str, int], FederatedRun] = {}
+    for n_items in args.items:
+        split = split_per_user(zipf_interactions(args.users, n_items, args.mean_items), seed=0)
+        for mode in args.deferred:
+            if not (mode == "off" and n_items > args.dense_max_items):
+                runs[(mode, n_items)] = make_run(args, split, mode)
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
+    for c in range(args.chunks):
+        for key in list(runs) if c % 2 == 0 else list(reversed(runs)):
+            times[key].append(steady_round_seconds(runs[key], args.seconds / args.chunks))
+    med = {key: float(np.median(t)) for key, t in times.items()}
+    for (mode, n_items), run in runs.items():
+        print(
+            f"{mode:<8}  {n_items:>9,}  {run.server.n_rows:>9,}  {run.per_round:>7}"
+            f"  {med[(mode, n_items)] * 1e3:>8.2f}  (median of {args.chunks} chunks)"
+        )
+    big, small = ("on", max(args.items)), ("off", min(args.items))
+    if big in med and small in med:
+        pairs = [b / s for b, s in zip(times[big], times[small], strict=True)]
+        print(
+            f"deferred round at {big[1]:,} items / dense round at {small[1]:,} items: {med[big] / med[small]:.2f}x"
+            f" (medians; chunk by chunk {min(pairs):.2f}-{max(pairs):.2f}x)"
         )
 
 
