@@ -40,12 +40,15 @@ from typing import Any
 import torch
 
 from fedrec.native import load
+from fedrec.optim.adam_pass import ROW_HELPERS
 
 Tensor = torch.Tensor
 CHUNK = 8  # steps a torch call applies
 FREEZE_EVERY = 16  # steps between checks for frozen rows
 
-_C = r"""
+_C = (
+    ROW_HELPERS
+    + r"""
 #include <math.h>
 #include <stdint.h>
 
@@ -59,14 +62,20 @@ _C = r"""
         (V) = v2;                                                                                \
     }
 
+/* one step of a row's d values in place (restrict: theta, m and v are disjoint, so it vectorises) */
+#define STEPS(T, SQRT)                                                                            \
+static inline void steps_##T(T *restrict t, T *restrict mm, T *restrict vv, int64_t d, T e, T b1, \
+                             T b2, T eps) {                                                      \
+    for (int64_t c = 0; c < d; ++c) STEP(T, SQRT, t[c], mm[c], vv[c], e)                        \
+}
+STEPS(float, sqrtf)
+STEPS(double, sqrt)
+
 /* one row's n steps from the step sizes e[0..n-1] in place, every operation its own IEEE rounding
    (rows too short to reach a freeze check: no check, no tail) */
-#define ROW_DIRECT(NAME, T, SQRT)                                                                 \
+#define ROW_DIRECT(NAME, T)                                                                       \
 static void NAME(T *t, T *mm, T *vv, const T *e, int64_t n, int64_t d, T b1, T b2, T eps) {     \
-    for (int64_t k = 0; k < n; ++k) {                                                            \
-        const T ek = e[k];                                                                       \
-        for (int64_t c = 0; c < d; ++c) STEP(T, SQRT, t[c], mm[c], vv[c], ek)                   \
-    }                                                                                            \
+    for (int64_t k = 0; k < n; ++k) steps_##T(t, mm, vv, d, e[k], b1, b2, eps);                  \
 }
 
 /* One row's lag steps, B columns at a time held in local arrays (registers) through all n steps. Every
@@ -168,29 +177,6 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, const int64_t *idx, int64_t n, i
    (fedrec.optim.adam_pass, PASS_TERMS), in its order. Then clock[row] = target + 1. head (n_table
    entries) is -1 on entry and on return; next has K. Returns the number of rows written, or -1 (nothing
    written) when a kept entry's row lies outside [0, n_table) or an owner outside [0, nw). buf: 3 d. */
-/* restrict parameters (disjoint memory), so these loops vectorise without alias checks */
-#define ROW_OPS(T, SQRT)                                                                          \
-static inline void copy_##T(T *restrict dst, const T *restrict src, int64_t d) {                 \
-    for (int64_t c = 0; c < d; ++c) dst[c] = src[c];                                             \
-}                                                                                                \
-static inline void step_##T(T *restrict dth, T *restrict dm, T *restrict dv, const T *restrict t, \
-                            const T *restrict mm, const T *restrict vv, int64_t d, T eta, T b1,  \
-                            T b2, T eps) {                                                       \
-    for (int64_t c = 0; c < d; ++c) {                                                            \
-        T m2 = mm[c] * b1, v2 = vv[c] * b2;                                                      \
-        T s = m2 / SQRT(v2 + eps);                                                               \
-        dth[c] = t[c] - eta * s;                                                                 \
-        dm[c] = m2;                                                                              \
-        dv[c] = v2;                                                                              \
-    }                                                                                            \
-}                                                                                                \
-static inline void terms_##T(T *restrict r, const T *restrict x, const T *restrict D, T we,      \
-                             int64_t d) {                                                        \
-    for (int64_t c = 0; c < d; ++c) r[c] = r[c] + (x[c] - D[c]) * we;                            \
-}
-ROW_OPS(float, sqrtf)
-ROW_OPS(double, sqrt)
-
 #define ROUND(NAME, ROWFN, T)                                                               \
 int64_t NAME(T *th, T *m, T *v, int64_t *clock, int64_t n_table, int64_t d, int64_t target,     \
              const T *eta, T b1, T b2, T eps, double eta_max, int use_v, int64_t every, T eta_t, \
@@ -228,9 +214,9 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, int64_t n_table, int64_t d, int6
                 __builtin_prefetch(v + o + c, 1);                                               \
             }                                                                                   \
         }                                                                                       \
-        T *ot = bth + j * d, *om = bm + j * d, *ov = bv + j * d;                                \
-        copy_##T(ot, rt, d); copy_##T(om, rm, d); copy_##T(ov, rv, d);                          \
-        step_##T(dth, dm, dv, ot, om, ov, d, eta_t, b1, b2, eps);                               \
+        copy_##T(bth + j * d, rt, d); copy_##T(bm + j * d, rm, d); copy_##T(bv + j * d, rv, d);  \
+        copy_##T(dth, rt, d); copy_##T(dm, rm, d); copy_##T(dv, rv, d);                         \
+        steps_##T(dth, dm, dv, d, eta_t, b1, b2, eps);                                          \
         copy_##T(rt, dth, d); copy_##T(rm, dm, d); copy_##T(rv, dv, d);                         \
         for (int64_t e = head[r]; e >= 0; e = next[e]) {                                        \
             const T we = w[owner[e]];                                                           \
@@ -244,8 +230,8 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, int64_t n_table, int64_t d, int6
     return nr;                                                                                  \
 }
 
-ROW_DIRECT(direct_f32, float, sqrtf)
-ROW_DIRECT(direct_f64, double, sqrt)
+ROW_DIRECT(direct_f32, float)
+ROW_DIRECT(direct_f64, double)
 ROW(row_f32, direct_f32, float, sqrtf, fabsf, nextafterf, 64)
 ROW(row_f64, direct_f64, double, sqrt, fabs, nextafter, 32)
 REPLAY(fedrec_replay_f32, row_f32, float)
@@ -255,6 +241,7 @@ CATCHUP(fedrec_catchup_f64, row_f64, double)
 ROUND(fedrec_round_rows_f32, row_f32, float)
 ROUND(fedrec_round_rows_f64, row_f64, double)
 """
+)
 
 
 @functools.lru_cache(maxsize=1)

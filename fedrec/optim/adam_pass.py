@@ -32,7 +32,28 @@ from fedrec.native import load
 from fedrec.optim.adam import Adam
 from fedrec.optim.base import Rows
 
-_C = r"""
+ROW_HELPERS = r"""
+#include <stdint.h>
+
+/* A row's copy and its terms r += (x - D) w, with restrict parameters (disjoint memory) so that the
+   loops vectorise: written inline in a loop over rows, the compiler could not prove a row's buffers
+   apart and ran them one element at a time. Shared by this pass and the deferred round write
+   (fedrec.federation.replay), whose terms must be these operations. */
+#define ROW_OPS(T)                                                                                \
+static inline void copy_##T(T *restrict dst, const T *restrict src, int64_t d) {                 \
+    for (int64_t c = 0; c < d; ++c) dst[c] = src[c];                                             \
+}                                                                                                \
+static inline void terms_##T(T *restrict r, const T *restrict x, const T *restrict D, T we,      \
+                             int64_t d) {                                                        \
+    for (int64_t c = 0; c < d; ++c) r[c] = r[c] + (x[c] - D[c]) * we;                            \
+}
+ROW_OPS(float)
+ROW_OPS(double)
+"""
+
+_C = (
+    ROW_HELPERS
+    + r"""
 #include <math.h>
 #include <stdint.h>
 
@@ -95,19 +116,6 @@ void NAME(const T *restrict th, const T *restrict m, const T *restrict v, T *res
 
 PASS(fedrec_adam_pass_f32, float, sqrtf)
 PASS(fedrec_adam_pass_f64, double, sqrt)
-
-/* restrict parameters (disjoint memory): these loops vectorise; written inline in the pass, the
-   compiler could not prove a row's buffers apart and ran them one element at a time */
-#define ROW_OPS(T)                                                                                \
-static inline void copy_##T(T *restrict dst, const T *restrict src, int64_t d) {                 \
-    for (int64_t c = 0; c < d; ++c) dst[c] = src[c];                                             \
-}                                                                                                \
-static inline void terms_##T(T *restrict r, const T *restrict x, const T *restrict D, T we,      \
-                             int64_t d) {                                                        \
-    for (int64_t c = 0; c < d; ++c) r[c] = r[c] + (x[c] - D[c]) * we;                            \
-}
-ROW_OPS(float)
-ROW_OPS(double)
 
 /* The pass, then at each listed row its terms: entry e (row idx[e], weight w[owner[e]], uploaded rows
    X?[e]) adds w (X - D) to the row's default D, the entries of a row in increasing e (a linked list:
@@ -190,6 +198,7 @@ int64_t NAME(const T *restrict th, const T *restrict m, const T *restrict v, int
 THETA_DELTAS(fedrec_adam_theta_deltas_f32, float, sqrtf)
 THETA_DELTAS(fedrec_adam_theta_deltas_f64, double, sqrt)
 """
+)
 
 KEYS = ("theta", "m", "v")
 # new tables of at least this many bytes (theta, m and v together) are written with streaming stores:
