@@ -96,14 +96,7 @@ def main() -> None:
         for mode in args.deferred:
             if mode == "off" and n_items > args.dense_max_items:
                 continue
-            cfg = Config()
-            cfg.federated.fraction, cfg.federated.rounds = 0.01, 10**6
-            cfg.run.compile, cfg.run.deferred = args.compile == "on", mode == "on"
-            cfg.attack.name, cfg.defense.name = args.attack, args.defense
-            cfg.attack.fraction = args.byzantine if args.attack != "none" else 0.0
-            run = FederatedRun.create(cfg, split, torch.device("cpu"))
-            for _ in range(args.warmup):
-                run.step()
+            run = make_run(args, split, mode)
             sec = steady_round_seconds(run, args.seconds)
             first.setdefault(mode, sec)
             last = (mode, n_items, sec)
