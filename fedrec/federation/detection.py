@@ -34,17 +34,14 @@ def _rates(tp: int, fp: int, byz: int, honest: int) -> dict[str, float]:
 
 
 def per_round(rounds: pd.DataFrame) -> pd.DataFrame:
-    """One row per round: counts and rates."""
-    r = rounds.assign(rej=~rounds.accepted.astype(bool), byz=rounds.byzantine.astype(bool))
-    g = r.groupby("t")
-    out = pd.DataFrame(
-        {
-            "byzantine": g.byz.sum(),
-            "honest": g.byz.size() - g.byz.sum(),
-            "rejected_byzantine": g.apply(lambda x: int((x.rej & x.byz).sum()), include_groups=False),
-            "rejected_honest": g.apply(lambda x: int((x.rej & ~x.byz).sum()), include_groups=False),
-        }
-    ).reset_index()
+    """One row per round: counts and rates. One grouped sum over per-upload flags (a Python call per
+    round, as ``groupby().apply`` makes, took ~1.7 s of a 10,000-round cell's end)."""
+    rej, byz = ~rounds.accepted.astype(bool), rounds.byzantine.astype(bool)
+    flags = pd.DataFrame(
+        {"t": rounds.t, "byzantine": byz, "honest": ~byz, "rejected_byzantine": rej & byz,
+         "rejected_honest": rej & ~byz}
+    )  # fmt: skip
+    out = flags.groupby("t").sum().astype("int64").reset_index()
     rejected = out.rejected_byzantine + out.rejected_honest
     out["precision"] = out.rejected_byzantine / rejected.where(rejected > 0)
     out["recall"] = out.rejected_byzantine / out.byzantine.where(out.byzantine > 0)
@@ -52,9 +49,10 @@ def per_round(rounds: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def detection_summary(rounds: pd.DataFrame, f: int) -> dict[str, Any]:
-    """Pooled rates over all rounds and over the rounds with at most ``f`` Byzantine clients."""
-    pr = per_round(rounds)
+def detection_summary(rounds: pd.DataFrame, f: int, pr: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Pooled rates over all rounds and over the rounds with at most ``f`` Byzantine clients; ``pr``:
+    ``per_round(rounds)`` where the caller has it."""
+    pr = per_round(rounds) if pr is None else pr
 
     def pooled(frame: pd.DataFrame) -> dict[str, float]:
         return _rates(

@@ -111,7 +111,7 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         rows = list(run.metric_rows)
         final = run.evaluate()
         run.metric_rows = rows
-    run.save(run_dir)
+        run.save(run_dir)  # otherwise the loop saved at its last round already
     cfg = run.cfg
     rounds = run.rounds_frame()
     detection = per_round(rounds)
@@ -138,7 +138,7 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "defense_params": dict(cfg.defense.params),  # with attack.params: what tells two variants apart
         "byzantine_clients": int(run.byzantine.sum()),
         "flat_coordinatewise_sparsity": run.sparsity.summary(),  # issue 16; None unless a flat cw rule
-        "detection": detection_summary(rounds, run.f),
+        "detection": detection_summary(rounds, run.f, detection),
         "rejected": {str(k): int(v) for k, v in rounds.reason.astype(str).value_counts().items() if k},
         "refused_uploads": run.refused_counts(),  # uploads that filled no client's slot, by reason
         "server_limits": {
