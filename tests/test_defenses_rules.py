@@ -444,6 +444,47 @@ def c_alpha(n: int, b: int) -> float:
     return (2 - 2 * alpha) / (1 - 2 * alpha)
 
 
+@pytest.mark.parametrize("case", range(30))
+def test_weiszfeld_c_loop_equals_the_torch_loop(case: int) -> None:
+    """fedrec.defenses.weiszfeld_native against the torch steps it replaces, from the same start: the
+    weights and distances to float64 round-off, the same verdict and, with tol > 0, the same step count,
+    on spread inputs, a far outlier cluster (1e3), a scaled attack (1e8), equal inputs
+    and a NaN Gram entry (NaN everywhere after it, as in torch)."""
+    from fedrec.defenses.geomed import _EPS64, _distances, _steps_torch
+    from fedrec.defenses.weiszfeld_native import native, weiszfeld_steps
+
+    assert native() is not None  # CI has a C compiler: the C loop must be what runs
+    rng = np.random.default_rng(case)
+    n, dim = int(rng.integers(2, 60)), int(rng.integers(1, 70))
+    pts = rng.normal(size=(n, dim))
+    if case % 3 == 1:
+        pts[: (n - 1) // 2] *= 1e3 if case % 2 else 1e8
+    if case % 10 == 5:
+        pts[1:] = pts[0]
+    g = torch.tensor(pts @ pts.T)
+    if case == 29:
+        g[0, 1] = g[1, 0] = math.nan
+    alpha = torch.tensor(rng.random(n) + 0.1)
+    alpha = alpha / alpha.sum()
+    diag = g.diagonal()
+    root = diag.clamp_min(0.0).sqrt()
+    beta = alpha.clone()
+    r = _distances(g, diag, beta)
+    tol = [0.0, 1e-6, 1e-3][case % 3]
+    args = (g, alpha, diag, root, beta, r, 1e-6, tol**2 * float(r.median()) ** 2, 64 * _EPS64 * (n + 1), 40)
+    b_c, r_c, it_c, conv_c = weiszfeld_steps(*args)
+    b_t, r_t, it_t, conv_t = _steps_torch(*args)
+    assert torch.equal(beta, alpha) and conv_c == conv_t  # the start is the caller's, not written
+    if tol > 0:  # tol 0 stops at the rounding floor, which two summation orders reach a step or two apart
+        assert it_c == it_t
+    if case == 29:
+        assert b_c.isnan().all() and b_t.isnan().all()
+        return
+    assert torch.allclose(b_c, b_t, rtol=1e-9, atol=1e-15)
+    scale = float(r_t.abs().max()) + float(root.max())
+    assert torch.allclose(r_c, r_t, rtol=1e-9, atol=1e-7 * scale)
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

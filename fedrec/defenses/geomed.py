@@ -52,6 +52,7 @@ import torch
 
 from fedrec.defenses.base import RuleResult, RuleSpec, register_rule
 from fedrec.defenses.vectors import ClientVectors, gram, sq_distances_from_gram
+from fedrec.defenses.weiszfeld_native import weiszfeld_steps
 
 MAX_ITER = 100_000  # Weiszfeld steps on the n x n Gram matrix: ~10 us each
 
@@ -105,10 +106,6 @@ def weiszfeld_gram(
     diag = g.diagonal()
     root = diag.clamp_min(0.0).sqrt()
 
-    def distances(beta: Tensor) -> Tensor:
-        gb = g @ beta
-        return (beta @ gb - 2.0 * gb + diag).clamp_min(0.0).sqrt()
-
     # start: the medoid, moved off it by Vardi and Zhang's step unless it is optimal
     dist = sq_distances_from_gram(g).sqrt()
     k = torch.argmin(dist @ alpha)  # ties: the lowest index
@@ -126,7 +123,7 @@ def weiszfeld_gram(
     beta = onehot_k + move / r_norm.clamp_min(_TINY64) * c
     scale = _weighted_median(dk, alpha)
 
-    r = distances(beta)
+    r = _distances(g, diag, beta)
     converged = False
     iterations = 0
     if bool(r_norm <= eta):
@@ -135,18 +132,22 @@ def weiszfeld_gram(
         # (its copies within nu share its weight as their alpha shares: exact for equal inputs)
         max_iter, converged = 0, True
         beta = alpha * near / eta
-        r = distances(beta)
-    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
-        step = alpha / r.clamp_min(nu)
-        new_beta = step / step.sum()
-        delta = new_beta - beta
-        step2 = (delta @ g @ delta).clamp_min(0.0)
-        floor2 = 64.0 * _EPS64 * (n + 1) * (delta.abs() @ root) ** 2
-        beta = new_beta
-        r = distances(beta)
-        if bool(step2 <= (tol * scale) ** 2 + floor2):
-            converged = True
-            break
+        r = _distances(g, diag, beta)
+    if max_iter > 0:
+        args = (
+            g,
+            alpha,
+            diag,
+            root,
+            beta,
+            r,
+            nu,
+            float((tol * scale) ** 2),
+            64.0 * _EPS64 * (n + 1),
+            max_iter,
+        )
+        steps = weiszfeld_steps(*args)  # one C loop; the torch loop where it does not apply
+        beta, r, iterations, converged = steps if steps is not None else _steps_torch(*args)
     info: dict[str, Any] = {
         "iterations": iterations,
         "converged": converged,
@@ -156,6 +157,35 @@ def weiszfeld_gram(
         "medoid": k,
     }
     return beta, info
+
+
+def _distances(g: Tensor, diag: Tensor, beta: Tensor) -> Tensor:
+    """``|z - x_i|`` for ``z = sum_j beta_j x_j`` from the Gram matrix (the module docstring)."""
+    gb = g @ beta
+    return (beta @ gb - 2.0 * gb + diag).clamp_min(0.0).sqrt()
+
+
+def _steps_torch(
+    g: Tensor, alpha: Tensor, diag: Tensor, root: Tensor, beta: Tensor, r: Tensor, nu: float, thresh: float,
+    floor_c: float, max_iter: int,
+) -> tuple[Tensor, Tensor, int, bool]:  # fmt: skip
+    """Up to ``max_iter`` smoothed Weiszfeld steps from ``beta``, ``r``, stopping when the step is at most
+    ``thresh = (tol s)^2`` plus the Gram floor ``floor_c (|delta| . root)^2`` (``floor_c = 64 eps
+    (n + 1)``): the new ``beta``, ``r``, the steps taken and whether the test was met
+    (fedrec.defenses.weiszfeld_native is the same loop in C)."""
+    iterations, converged = 0, False
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
+        step = alpha / r.clamp_min(nu)
+        new_beta = step / step.sum()
+        delta = new_beta - beta
+        step2 = (delta @ g @ delta).clamp_min(0.0)
+        floor2 = floor_c * (delta.abs() @ root) ** 2
+        beta = new_beta
+        r = _distances(g, diag, beta)
+        if bool(step2 <= thresh + floor2):
+            converged = True
+            break
+    return beta, r, iterations, converged
 
 
 def _gap_bound(g: Tensor, alpha: Tensor, beta: Tensor, r: Tensor, nu: float) -> Tensor:

@@ -844,10 +844,10 @@ def run_grid(
         proc.start()
         running.append(_Running(cell, proc, time.perf_counter(), start))
 
-    def reap(r: _Running) -> None:
+    def reap(r: _Running, ended: float) -> None:
         nonlocal finished
         run_dir = grid.run_dir(r.cell)
-        wall = time.perf_counter() - r.start
+        wall = ended - r.start
         info = _cell_info(run_dir)
         rc = r.proc.exitcode
         if finished_summary(run_dir) is not None:
@@ -878,10 +878,15 @@ def run_grid(
             while todo and len(running) < jobs:
                 launch(todo.pop(0))
             multiprocessing.connection.wait([r.proc.sentinel for r in running])
-            for r in [r for r in running if r.proc.exitcode is not None]:
+            ended = time.perf_counter()
+            done = [r for r in running if r.proc.exitcode is not None]
+            for r in done:
                 running.remove(r)
                 r.proc.join()
-                reap(r)
+            while todo and len(running) < jobs:  # the next cells start before the table is rewritten
+                launch(todo.pop(0))
+            for r in done:
+                reap(r, ended)
     except BaseException:  # Ctrl-C or a bug here: stop the cells (their checkpoints stay for a rerun)
         for r in running:
             r.proc.terminate()

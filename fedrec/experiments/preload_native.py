@@ -5,14 +5,14 @@ machine, ~3 minutes over a 320-cell grid run two at a time). Where no C compiler
 
 from __future__ import annotations
 
-from fedrec.defenses import gram_native
+from fedrec.defenses import gram_native, weiszfeld_native
 from fedrec.federation import forged_native, replay, scatter, validate_native
 from fedrec.models import bpr_native, negatives_native
 from fedrec.optim import adam_check, adam_pass, adam_step
 
 LOOPS = (
     adam_check, adam_pass, adam_step, scatter, replay, validate_native, forged_native, gram_native, bpr_native,
-    negatives_native,
+    negatives_native, weiszfeld_native,
 )  # fmt: skip
 
 

@@ -154,6 +154,15 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, const int64_t *idx, int64_t n, i
         if (idx[i] < 0 || idx[i] >= n_table) return -1;                                          \
     int64_t behind = 0;                                                                          \
     for (int64_t i = 0; i < n; ++i) {                                                            \
+        /* a later row's clock, then (when it is behind) its lines on their way while this one steps */ \
+        if (i + 4 < n) __builtin_prefetch(clock + idx[i + 4]);                                   \
+        if (i + 2 < n && clock[idx[i + 2]] < target) {                                           \
+            const int64_t o = idx[i + 2] * d;                                                    \
+            for (int64_t c = 0; c < d; c += 64 / (int64_t)sizeof(T)) {                           \
+                __builtin_prefetch(th + o + c, 1); __builtin_prefetch(m + o + c, 1);             \
+                __builtin_prefetch(v + o + c, 1);                                                \
+            }                                                                                    \
+        }                                                                                        \
         int64_t r = idx[i], c0 = clock[r];                                                       \
         if (c0 >= target) continue;                                                              \
         ++behind;                                                                                \
