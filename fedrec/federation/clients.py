@@ -62,6 +62,7 @@ def client_gradients(
     local: LocalSamples | None = None,
     saga: SagaTable | None = None,
     row_offset: torch.Tensor | None = None,
+    touched: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ClientGradients:
     """The gradient of each client's loss w.r.t. its own copy of its touched rows (and user vector).
 
@@ -70,8 +71,9 @@ def client_gradients(
     ``J / b``, on every positive's rows and the chosen samples' negatives; with ``saga``, the SAGA message over every row of the client's
     fixed samples (the table is refreshed). ``loss`` stays the full loss at the global parameters.
     ``row_offset [B]``: where each client's table starts in ``theta`` (runs stacked in one table,
-    ``fedrec.federation.stacked``); the returned rows are then rows of the stacked table."""
-    owner, rows = touched_rows(batch, neg, layout)
+    ``fedrec.federation.stacked``); the returned rows are then rows of the stacked table. ``touched``:
+    ``touched_rows(batch, neg, layout)`` where the caller has it."""
+    owner, rows = touched if touched is not None else touched_rows(batch, neg, layout)
     keys = owner * layout.n_rows + rows  # sorted: touched_rows returns sorted unique pairs
     if row_offset is not None:
         rows = rows + row_offset.index_select(0, owner)
@@ -219,9 +221,11 @@ def client_round(
     local = None
     if local_batch is not None or saga is not None:
         local = local_samples(train, batch, local_batch, batch_key)
+    touched = touched_rows(batch, neg, layout)
     # a deferred state catches up the rows the clients read and no others
-    theta = server.current_tables(touched_rows(batch, neg, layout)[1] if server.deferred else None)["theta"]
+    theta = server.current_tables(touched[1] if server.deferred else None)["theta"]
     grads = client_gradients(
         theta, layout, batch, neg, gamma=gamma, lam=lam, user_vectors=user_vectors, local=local, saga=saga,
+        touched=touched,
     )  # fmt: skip
     return ClientRound(clients, batch, neg, grads, honest_uploads(server, rule, grads, batch, t), local)
