@@ -910,3 +910,30 @@ def test_another_grid_into_the_same_out_replaced_its_results(
     res = _experiment(edited, "--out", out)
     assert res.exit_code == 0, res.output
     assert "8 done, 0 to run" in res.stderr
+
+
+def test_a_cell_that_cannot_start_still_leaves_the_finished_ones_recorded(
+    grid_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grid starts the next cells before it records the ones that ended (their table write would
+    delay the start); when starting one fails (a full disk while preparing its folder), the cell that
+    ended is still recorded: its cell.json done with its wall time, its line printed."""
+    import fedrec.experiments.grid as grid_module
+
+    real, calls = grid_module._prepare_dir, []
+
+    def flaky(grid, cell):
+        calls.append(cell.name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(grid, cell)
+
+    monkeypatch.setattr(grid_module, "_prepare_dir", flaky)
+    out = tmp_path / "full-disk-start"
+    res = _experiment(
+        grid_file, "--out", out, "--set", "attack.fraction=0.2", "--set", "defense.name=none", "--jobs", 1
+    )
+    assert res.exit_code != 0 and len(calls) == 2
+    first = json.loads((out / "runs" / calls[0] / "cell.json").read_text())
+    assert first["status"] == "done" and first["wall_s"] > 0 and first["attempts"] == 1
+    assert f"[1/2] {calls[0]}: P@5" in res.output

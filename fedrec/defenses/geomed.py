@@ -39,8 +39,9 @@ a rounding error of about ``1e-16 * max_i G_ii``, i.e. a relative error of about
 ``1e-8 * |x| / |z - x_i|`` in the distance: negligible for deltas and gradients (centred at the common
 default by construction), worth knowing for inputs that share a large common offset. One step costs
 ``O(n^2)`` after the ``O(n^2 K d)`` Gram matrix; the median itself is ``weighted_sum(v, beta)`` and lies
-in the convex hull of the inputs (RESAM Lemma 8) by construction. The stopping test reads one scalar
-per iteration from the device, the only host synchronisation in the loop.
+in the convex hull of the inputs (RESAM Lemma 8) by construction. On the CPU the steps run as one C
+loop (fedrec.defenses.weiszfeld_native: the same steps to float64 round-off); elsewhere the stopping
+test reads one scalar per iteration from the device, the only host synchronisation in the loop.
 """
 
 from __future__ import annotations

@@ -883,10 +883,12 @@ def run_grid(
             for r in done:
                 running.remove(r)
                 r.proc.join()
-            while todo and len(running) < jobs:  # the next cells start before the table is rewritten
-                launch(todo.pop(0))
-            for r in done:
-                reap(r, ended)
+            try:  # the next cells start before the table is rewritten
+                while todo and len(running) < jobs:
+                    launch(todo.pop(0))
+            finally:  # a launch that fails (a full disk) still records the cells that ended
+                for r in done:
+                    reap(r, ended)
     except BaseException:  # Ctrl-C or a bug here: stop the cells (their checkpoints stay for a rerun)
         for r in running:
             r.proc.terminate()
