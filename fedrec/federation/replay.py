@@ -71,6 +71,17 @@ static inline void steps_##T(T *restrict t, T *restrict mm, T *restrict vv, int6
 STEPS(float, sqrtf)
 STEPS(double, sqrt)
 
+/* a row's lines of the three tables on their way (to be written) while another row is computed */
+#define PREFETCH(T)                                                                               \
+static inline void prefetch_##T(const T *th, const T *m, const T *v, int64_t o, int64_t d) {     \
+    for (int64_t c = 0; c < d; c += 64 / (int64_t)sizeof(T)) {                                   \
+        __builtin_prefetch(th + o + c, 1); __builtin_prefetch(m + o + c, 1);                     \
+        __builtin_prefetch(v + o + c, 1);                                                        \
+    }                                                                                            \
+}
+PREFETCH(float)
+PREFETCH(double)
+
 /* one row's n steps from the step sizes e[0..n-1] in place, every operation its own IEEE rounding
    (rows too short to reach a freeze check: no check, no tail) */
 #define ROW_DIRECT(NAME, T)                                                                       \
@@ -156,13 +167,7 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, const int64_t *idx, int64_t n, i
     for (int64_t i = 0; i < n; ++i) {                                                            \
         /* a later row's clock, then (when it is behind) its lines on their way while this one steps */ \
         if (i + 4 < n) __builtin_prefetch(clock + idx[i + 4]);                                   \
-        if (i + 2 < n && clock[idx[i + 2]] < target) {                                           \
-            const int64_t o = idx[i + 2] * d;                                                    \
-            for (int64_t c = 0; c < d; c += 64 / (int64_t)sizeof(T)) {                           \
-                __builtin_prefetch(th + o + c, 1); __builtin_prefetch(m + o + c, 1);             \
-                __builtin_prefetch(v + o + c, 1);                                                \
-            }                                                                                    \
-        }                                                                                        \
+        if (i + 2 < n && clock[idx[i + 2]] < target) prefetch_##T(th, m, v, idx[i + 2] * d, d); \
         int64_t r = idx[i], c0 = clock[r];                                                       \
         if (c0 >= target) continue;                                                              \
         ++behind;                                                                                \
@@ -216,13 +221,7 @@ int64_t NAME(T *th, T *m, T *v, int64_t *clock, int64_t n_table, int64_t d, int6
             if (!zero)                                                                          \
                 ROWFN(rt, rm, rv, eta + c0, target - c0, d, b1, b2, eps, eta_max, use_v, every); \
         }                                                                                       \
-        if (j + 1 < nr) { /* the next row's lines on their way while this one is computed */    \
-            const int64_t o = rows_out[j + 1] * d;                                              \
-            for (int64_t c = 0; c < d; c += 64 / (int64_t)sizeof(T)) {                          \
-                __builtin_prefetch(th + o + c, 1); __builtin_prefetch(m + o + c, 1);            \
-                __builtin_prefetch(v + o + c, 1);                                               \
-            }                                                                                   \
-        }                                                                                       \
+        if (j + 1 < nr) prefetch_##T(th, m, v, rows_out[j + 1] * d, d); /* the next row's */     \
         copy_##T(bth + j * d, rt, d); copy_##T(bm + j * d, rm, d); copy_##T(bv + j * d, rv, d);  \
         copy_##T(dth, rt, d); copy_##T(dm, rm, d); copy_##T(dv, rv, d);                         \
         steps_##T(dth, dm, dv, d, eta_t, b1, b2, eps);                                          \
