@@ -135,18 +135,8 @@ def weiszfeld_gram(
         beta = alpha * near / eta
         r = _distances(g, diag, beta)
     if max_iter > 0:
-        args = (
-            g,
-            alpha,
-            diag,
-            root,
-            beta,
-            r,
-            nu,
-            float((tol * scale) ** 2),
-            64.0 * _EPS64 * (n + 1),
-            max_iter,
-        )
+        thresh, floor_c = float((tol * scale) ** 2), 64.0 * _EPS64 * (n + 1)
+        args = (g, alpha, diag, root, beta, r, nu, thresh, floor_c, max_iter)
         steps = weiszfeld_steps(*args)  # one C loop; the torch loop where it does not apply
         beta, r, iterations, converged = steps if steps is not None else _steps_torch(*args)
     info: dict[str, Any] = {
