@@ -23,6 +23,7 @@ from fedrec.models import (
     sample_negatives,
     sample_negatives_keyed,
 )
+from fedrec.models.batch import mix64, mix64_int
 from fedrec.optim import make_rule
 from fedrec.protocol import ServerState
 
@@ -191,6 +192,23 @@ def test_keyed_negatives_do_not_depend_on_the_rest_of_the_batch(seed, n_neg):
     assert int(whole.min()) >= 0 and int(whole.max()) < inter.n_items
     other = sample_negatives_keyed(gather_users(csr, users), inter.n_items, n_neg, round_key(seed, 4))
     assert not torch.equal(other, whole)  # a new round, new draws
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.integers(-(2**63), 2**63 - 1))
+def test_the_round_key_mixes_as_the_int64_tensor_mix64(x):
+    """``mix64_int`` (Python integers, the round key's) against ``mix64`` on an int64 tensor; SplitMix64's
+    finaliser of 0 by hand."""
+    assert mix64_int(x) == int(mix64(torch.tensor([x], dtype=torch.int64))[0])
+    assert mix64_int(0) == -2152535657050944081  # 0xE220A8397B1DCDAF, SplitMix64's first output of seed 0
+
+
+def test_every_seed_the_config_allows_has_round_keys():
+    """A seed near the config's bound (2^62) once overflowed the int64 tensor the key was built in."""
+    seed = 2**62 - 1
+    keys = {round_key(seed + k, t) for k in (0, 2, 3, 4, 5) for t in range(3)}
+    assert len(keys) == 15 and all(-(2**63) <= k < 2**63 for k in keys)
+    assert round_key(7, 11) == int(mix64(torch.tensor([7 * 1_000_003 + 11], dtype=torch.int64))[0])
 
 
 def test_keyed_negatives_are_uniform_over_non_positives():

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from fedrec.defenses import gram_native, weiszfeld_native
 from fedrec.federation import forged_native, replay, scatter, validate_native
-from fedrec.models import bpr_native, negatives_native
+from fedrec.models import bpr_native, gather_native, negatives_native, touched_native
 from fedrec.optim import adam_check, adam_pass, adam_step
 
 LOOPS = (
     adam_check, adam_pass, adam_step, scatter, replay, validate_native, forged_native, gram_native, bpr_native,
-    negatives_native, weiszfeld_native,
+    negatives_native, weiszfeld_native, touched_native, gather_native,
 )  # fmt: skip
 
 

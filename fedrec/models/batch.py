@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedrec.models.gather_native import gather_users_native
 from fedrec.models.negatives_native import redraw_positives
 
 
@@ -55,7 +56,16 @@ class UserBatch:
 
 
 def gather_users(csr: CSRTensors, users: torch.Tensor) -> UserBatch:
-    """Slice the rows ``users`` out of ``csr`` (vectorised segment gather)."""
+    """Slice the rows ``users`` out of ``csr`` (vectorised segment gather; on the CPU two C loops,
+    fedrec.models.gather_native, the same tensors)."""
+    native = gather_users_native(csr.indptr, csr.indices, users)
+    if native is not None:
+        return UserBatch(users=users, ptr=native[0], items=native[1], owner=native[2])
+    return gather_users_torch(csr, users)
+
+
+def gather_users_torch(csr: CSRTensors, users: torch.Tensor) -> UserBatch:
+    """``gather_users`` as torch operations (any device)."""
     starts = csr.indptr[users]
     counts = csr.indptr[users + 1] - starts
     ptr = torch.zeros(users.shape[0] + 1, dtype=torch.int64, device=users.device)
@@ -120,9 +130,21 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
+def mix64_int(x: int) -> int:
+    """``mix64`` of one integer, taken modulo 2^64, in Python's integers: the int64 ``mix64`` gives on
+    it (without a dozen torch operations on a one-element tensor, ~50 us a round)."""
+    mask = (1 << 64) - 1
+    x = (x + _GOLDEN) & mask
+    x = ((x ^ (x >> 30)) * _M1) & mask
+    x = ((x ^ (x >> 27)) * _M2) & mask
+    return _signed(x ^ (x >> 31))
+
+
 def round_key(seed: int, t: int) -> int:
-    """The key of round ``t`` under ``seed``: an int64 that keyed draws of that round start from."""
-    return int(mix64(torch.tensor([seed * 1_000_003 + t], dtype=torch.int64))[0])
+    """The key of round ``t`` under ``seed``: an int64 that keyed draws of that round start from.
+    ``seed * 1_000_003 + t`` is taken modulo 2^64, so every seed the config allows (below 2^62) has a
+    key; where it fits in an int64 the key is ``mix64`` of it."""
+    return mix64_int(seed * 1_000_003 + t)
 
 
 def keyed_below(h: torch.Tensor, n: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fedrec.models.batch import UserBatch
 from fedrec.models.layout import TableLayout
+from fedrec.models.touched_native import touched_rows_native
 
 
 def bpr_loss_per_user(y_pos: torch.Tensor, y_neg: torch.Tensor, owner: torch.Tensor, n_users: int):
@@ -21,8 +22,17 @@ def touched_rows(
     """The rows of the stacked table each user's loss touches, as sorted unique ``(owner, row)`` pairs.
 
     FISM: the P rows of its positives and negatives and the Q rows of its history; MF: P rows only.
-    These are exactly the rows a client lists in its upload (DESIGN.md section 3).
+    These are exactly the rows a client lists in its upload (DESIGN.md section 3). On the CPU one C
+    loop finds them (fedrec.models.touched_native), the same pairs.
     """
+    native = touched_rows_native(batch.ptr, batch.items, neg, layout)
+    return native if native is not None else touched_rows_torch(batch, neg, layout)
+
+
+def touched_rows_torch(
+    batch: UserBatch, neg: torch.Tensor, layout: TableLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``touched_rows`` as torch operations (any device): one ``unique`` over the round's keys."""
     n_neg = neg.shape[1]
     rows = [layout.row("P", batch.items), layout.row("P", neg.reshape(-1))]
     owners = [batch.owner, batch.owner.repeat_interleave(n_neg)]
