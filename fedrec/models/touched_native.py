@@ -1,13 +1,14 @@
 """``touched_rows`` (fedrec.models.bpr) as one C loop over a batch's users, for int64 batches on the CPU.
 
 torch finds a round's touched ``(owner, row)`` pairs with ~10 operations and a sort of the whole round's
-keys (``torch.unique``): ~70-85 us on an ML-100K round of 9 users, 3 % of its time. A user's rows are
-three runs: the P rows of its positives and the Q rows of its positives (each ascending: items are
-sorted within a user) and the P rows of its negatives (unsorted). Here the negatives' run is sorted
-(a bottom-up merge sort: no recursion, ``O(m log m)`` whatever the draws) and the three runs merged,
-equal rows once, so the pairs come out sorted by owner, then row, and unique: ``torch.unique``'s
-result, element for element (``tests/test_touched_native.py``). Owners are read from ``ptr``, which
-``UserBatch.owner`` repeats.
+keys (``torch.unique``), ~3 % of an ML-100K round. A user's rows are three runs: the P rows of its
+positives and the Q rows of its positives (each ascending: items are sorted within a user, which the
+loop checks) and the P rows of its negatives (unsorted). Per user, the cheaper of two ways: where its
+rows are many against the table (ML-100K), they are set as bits of a zeroed bitmap and read back in
+order; otherwise the negatives' run is sorted (a bottom-up merge sort: no recursion, ``O(m log m)``
+whatever the draws) and the three runs merged. Either way equal rows come out once, so the pairs are
+sorted by owner, then row, and unique: ``torch.unique``'s result, element for element
+(``tests/test_touched_native.py``). Owners are read from ``ptr``, which ``UserBatch.owner`` repeats.
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ def touched_rows_native(
     out = torch.empty(2, H * (n_neg + 2), dtype=torch.int64)
     n = lib.fedrec_touched_rows(
         ptr.data_ptr(), ptr.shape[0] - 1, items.data_ptr(), H, neg.data_ptr(), n_neg, layout.ranges["P"][0],
-        q_off, layout.n_rows, PATHS[path], scratch[0].data_ptr(), scratch[1].data_ptr(), bits.data_ptr(), out[0].data_ptr(),
-        out[1].data_ptr(),
+        q_off, layout.n_rows, PATHS[path], scratch[0].data_ptr(), scratch[1].data_ptr(), bits.data_ptr(),
+        out[0].data_ptr(), out[1].data_ptr(),
     )  # fmt: skip
     if n < 0:
         return None
