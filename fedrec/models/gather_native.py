@@ -1,8 +1,8 @@
 """``gather_users`` (fedrec.models.batch) as two C loops, for int64 CSR tensors and user ids on the CPU.
 
 torch slices a round's users out of the CSR matrix with ~12 operations (a cumulative sum, a
-``repeat_interleave``, three gathers and the arithmetic between them): ~40-60 us on an ML-100K round
-of 9 users. Here one loop writes ``ptr`` and returns the number of entries, and after the allocation a
+``repeat_interleave``, three gathers and the arithmetic between them), each a dispatch on a round's
+few users. Here one loop writes ``ptr`` and returns the number of entries, and after the allocation a
 second copies each user's slice of ``indices`` and writes its owner: the same three tensors, element
 for element (``tests/test_gather_native.py``).
 """
