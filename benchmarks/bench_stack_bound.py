@@ -13,7 +13,8 @@ times faster. The bound is generous: the torch kernels that are also per-run ari
 a sort, the random draws) count as removable, and section 20 of docs/RESULTS.md measured stacked
 tables that leave the cache making each element dearer, not cheaper. Measured in one run per dataset:
 ``T`` over ``--rounds`` rounds as they run, then ``C`` over as many with every exported function of
-fedrec's C loops (``fedrec.experiments.preload_native.LOOPS``) wrapped by a timer.
+fedrec's C loops (``fedrec.experiments.preload_native.LOOPS``) wrapped by a timer; the three dearest are
+printed under each row.
 
     OMP_NUM_THREADS=1 FEDREC_DATA_DIR=... python benchmarks/bench_stack_bound.py [--datasets ml100k ...]
         [--attack gradient-ascent --byzantine 0.3] [--defense none] [--stack 15] [--rounds 400] [--json]
@@ -25,6 +26,7 @@ RecBole's embedded copy), else a synthetic stand-in of the same shape, and the o
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import re
 import time
@@ -37,25 +39,27 @@ from fedrec.data import split_per_user
 from fedrec.experiments.preload_native import LOOPS
 from fedrec.federation.simulation import FederatedRun
 
-EXPORTED = re.compile(r"\b(fedrec_\w+)\s*\([^;{]*\)\s*\{")
+EXPORTED = re.compile(r"\bfedrec_\w+")  # every name; macro-made ones (fedrec_catchup_f32) appear in full too
 
 
-def wrap_loops(spent: list[float]) -> list[tuple[object, str, object]]:
-    """Every exported C function of every loop module timed into ``spent[0]``; returns what to undo."""
+def wrap_loops(spent: collections.Counter) -> list[tuple[object, str, object]]:
+    """Every exported C function of every loop module timed into ``spent[name]``; returns what to undo."""
     saved = []
     for module in LOOPS:
         lib = module.native()
         if lib is None:
             continue
         for name in sorted(set(EXPORTED.findall(module._C))):
-            fn = getattr(lib, name)
+            fn = getattr(lib, name, None)  # None: a macro's prefix (fedrec_catchup_), not a symbol
+            if fn is None:
+                continue
 
-            def timed(*a, _fn=fn):
+            def timed(*a, _fn=fn, _name=name):
                 start = time.perf_counter()
                 try:
                     return _fn(*a)
                 finally:
-                    spent[0] += time.perf_counter() - start
+                    spent[_name] += time.perf_counter() - start
 
             saved.append((lib, name, fn))
             setattr(lib, name, timed)
@@ -76,7 +80,7 @@ def measure(name: str, args) -> dict:
     for _ in range(args.rounds):
         run.step()
     alone = (time.perf_counter() - start) / args.rounds
-    spent = [0.0]
+    spent: collections.Counter = collections.Counter()
     saved = wrap_loops(spent)
     try:
         start = time.perf_counter()
@@ -86,12 +90,13 @@ def measure(name: str, args) -> dict:
     finally:
         for lib, fname, fn in saved:
             setattr(lib, fname, fn)
-    c = min(spent[0] / args.rounds, alone)
+    c = min(sum(spent.values()) / args.rounds, alone)
+    top = {k: v / args.rounds * 1e3 for k, v in spent.most_common(3)}
     R = args.stack
     return {
         "dataset": name, "source": source, "attack": args.attack, "defense": args.defense,
         "clients_per_round": run.per_round, "ms_round_alone": alone * 1e3, "ms_round_timed": wrapped * 1e3,
-        "ms_in_c_loops": c * 1e3, "c_share": c / alone, "stack": R,
+        "ms_in_c_loops": c * 1e3, "ms_top_c_loops": top, "c_share": c / alone, "stack": R,
         "bound_for_stack": R * alone / (R * c + alone - c), "bound_any_stack": alone / c if c > 0 else None,
     }  # fmt: skip
 
@@ -124,6 +129,10 @@ def main() -> None:
             f"{r['dataset']:<13} {r['source'][:10]:<10} {r['clients_per_round']:>8} {r['ms_round_alone']:>9.2f}"
             f" {r['ms_in_c_loops']:>8.2f} {r['c_share']:>8.0%} {r['bound_for_stack']:>17.2f}x"
             f" {r['bound_any_stack']:>16.2f}x"
+        )
+        print(
+            "  "
+            + ", ".join(f"{k.removeprefix('fedrec_')} {v:.2f} ms" for k, v in r["ms_top_c_loops"].items())
         )
 
 
