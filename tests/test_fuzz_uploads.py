@@ -19,11 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import torch
 
 from fedrec.attacks import ATTACKS, AttackContext, make_attack
 from fedrec.data import synthetic
-from fedrec.defenses import DEFENSES, assumed_f
+from fedrec.defenses import DEFENSES, assumed_f, make_defense
 from fedrec.federation.clients import client_gradients, honest_uploads
 from fedrec.federation.pipeline import ServerLimits, rule_generator, server_round
 from fedrec.federation.reference import densify, reference_defended_round
@@ -409,6 +410,43 @@ def test_fuzzer_other_optimizers():
     report = fuzz(rounds=6, seed=1, defenses=("none", "a-rfrs", "krum", "cw-median", "rfa"),
                   optimizers=("sgd", "momentum", "adagrad", "rmsprop"))  # fmt: skip
     assert not report["problems"], "\n".join(report["problems"][:20])
+
+
+# (defense, params, f, the fewest valid uploads it runs on): 2 trim + 1, Multi-Krum's m, Krum*'s q,
+# Bulyan's 4 f + 3 as MixTailor's only member
+NEEDS_MORE = [
+    ("trmean", {"trim": 3}, 1, 7),
+    ("a-rfrs", {"m": 7}, 1, 7),
+    ("krum-star", {"q": 7}, 0, 7),
+    ("momentum-krum", {"m": 6}, 1, 6),
+    ("grad-mixtailor", {"classes": ["bulyan"]}, 1, 7),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "f", "fewest"), NEEDS_MORE)
+def test_invalid_uploads_below_what_the_rule_parameters_need_refuse_the_round(name, params, f, fewest):
+    """Parameters that pass at the full round (config validation tries them at n = 8) raised in the
+    round once Byzantine clients made enough uploads invalid (NaN): the rule saw fewer than its
+    parameters need. Now the round refuses them as too few, and runs the rule from that many up."""
+    defense = make_defense(name, params)
+    defense.try_params(PER_ROUND, f)  # what config validation checks
+    assert defense.fewest(f) == fewest
+    for invalid in range(PER_ROUND):
+        world = World(seed=invalid)
+        _, _, batch = world.honest(1)
+        ups = [batch.upload(i) for i in range(batch.n)]
+        ups = [
+            _with(u, theta=torch.full_like(u.theta, float("nan"))) if i < invalid else u
+            for i, u in enumerate(ups)
+        ]
+        out = server_round(
+            world.server, ups, sampled=torch.tensor([u.client_id for u in ups]), rule=world.rule,
+            defense=defense, t=1, f=f, limits=world.limits,
+        )  # fmt: skip
+        valid = PER_ROUND - invalid
+        reasons = out.decision.reasons[invalid:]
+        assert bool((reasons == TOO_FEW).all()) == (valid < fewest)
+        assert bool(torch.isfinite(out.state.theta).all())
 
 
 if __name__ == "__main__":

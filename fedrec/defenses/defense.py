@@ -38,6 +38,8 @@ from fedrec.protocol import REASONS, Decision, ServerState, UploadBatch
 
 CODE = {name: i for i, name in enumerate(REASONS)}
 SCOPES = ("flat", "item")
+FEWEST_SEARCH = 4096  # round sizes tried above the rule's min_n(f) for the fewest it runs on with its params
+_FEWEST: dict[tuple, int] = {}  # (preset, params, f) -> Defense.fewest
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,27 @@ class Defense:
         if self.pre is None:
             return RULES[self.rule]
         return compose(self.pre, self.rule, self.params.get("s", 2))
+
+    def fewest(self, f: int) -> int:
+        """The fewest valid uploads the rule runs on at this ``f`` with its ``params``: the rule's
+        ``min_n(f)``, or more where a parameter asks for more (a trim of ``trim`` values per side needs
+        ``2 trim + 1``, Multi-Krum's ``m`` and Krum*'s ``q`` need as many, a MixTailor pool its
+        smallest member's). Config validation tries the parameters at the full round size, but a
+        round's invalid uploads, which Byzantine clients choose, shrink the set the rule sees: a round
+        with fewer than this many is refused (``too-few-uploads``), never a crash. Found once per preset
+        and ``f`` by trying the rule on tiny problems (``try_params``), upward from ``min_n(f)``."""
+        key = (self.name, self.rule, self.space, self.scope, self.pre, repr(sorted(self.params.items())), f)
+        if key not in _FEWEST:
+            least = self.spec.min_n(f)
+            for n in range(least, least + FEWEST_SEARCH):
+                try:
+                    self.try_params(n, f)
+                except ValueError:
+                    continue
+                least = n
+                break
+            _FEWEST[key] = least  # none found: the rule's own min_n, and its own error where it fails
+        return _FEWEST[key]
 
     def try_params(self, n: int | None = None, f: int = 1) -> None:
         """Run the rule once on a small random problem of ``n`` clients (default: a tiny one) with
@@ -133,7 +156,7 @@ class Defense:
         weights_sub = sub.n_examples.to(torch.float64)
         accepted_sub = torch.ones(sub.n, dtype=torch.bool, device=device)
         aggregate, info = None, {}
-        if sub.n > 0 and sub.n < spec.min_n(f):
+        if sub.n > 0 and sub.n < self.fewest(f):
             accepted_sub = torch.zeros_like(accepted_sub)
             codes[keep] = CODE["too-few-uploads"]
         elif sub.n > 0:

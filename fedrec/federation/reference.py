@@ -276,7 +276,7 @@ def reference_defended_round(
     keys = ("theta", *rule.state_names)
     spec = defense.spec
     unchanged = ServerState(server.theta, server.state, t), torch.zeros(uploads.n, dtype=torch.bool)
-    if not idx or len(idx) < spec.min_n(f):
+    if not idx or len(idx) < defense.fewest(f):  # what the rule's parameters need (Defense.fewest)
         return unchanged
     accepted, weights = [True] * len(idx), list(n_ex)
     start = None if rng is None else rng.get_state()
