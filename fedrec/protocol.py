@@ -212,6 +212,11 @@ class UploadBatch:
         )
 
 
+# The largest |theta| an upload or a checkpoint may hold: honest values stay within a few units (theta^0 ~
+# N(0, init_std^2), init_std <= 1e3), and below it the squares a defense sums over a round's coordinates
+# (1e30 each, ~1e7 of them) and the model's scores stay finite in float32.
+THETA_MAX = 1e15
+
 REASONS: tuple[str, ...] = (
     "",  # accepted
     "shape",  # wrong shapes or dtypes, missing state
@@ -229,7 +234,7 @@ REASONS: tuple[str, ...] = (
     "duplicate-client",  # a second upload for a sampled client (the first one counts)
     "missing",  # a sampled client sent no upload
     "state-domain",  # a state no honest client can hold (Adam's v, AdaGrad / RMSProp's r below 0)
-    "magnitude",  # a reconstructed gradient beyond the server's bound (defense.max_grad)
+    "magnitude",  # a reconstructed gradient beyond defense.max_grad (or, unverified, |theta| past THETA_MAX)
     # a transport's reasons (the Flower deployment): why a sampled client's upload never came
     "no-reply",  # its node did not reply before the round's deadline, or no node holds the client
     "node-error",  # its node replied with an error (the ClientApp raised, or the node went away)

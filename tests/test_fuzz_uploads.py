@@ -30,7 +30,7 @@ from fedrec.federation.pipeline import ServerLimits, rule_generator, server_roun
 from fedrec.federation.reference import densify, reference_defended_round
 from fedrec.models import CSRTensors, TableLayout, gather_users, sample_negatives
 from fedrec.optim import make_rule
-from fedrec.protocol import REASONS, ServerState, Upload, UploadBatch
+from fedrec.protocol import REASONS, THETA_MAX, ServerState, Upload, UploadBatch
 
 D, N_USERS, N_ITEMS, PER_ROUND = 4, 24, 30, 8
 FILTERED, TOO_FEW = REASONS.index("filtered"), REASONS.index("too-few-uploads")
@@ -447,6 +447,27 @@ def test_invalid_uploads_below_what_the_rule_parameters_need_refuse_the_round(na
         reasons = out.decision.reasons[invalid:]
         assert bool((reasons == TOO_FEW).all()) == (valid < fewest)
         assert bool(torch.isfinite(out.state.theta).all())
+
+
+def test_unverified_theta_past_its_bound_is_rejected_and_the_state_stays_finite():
+    """With ``defense.verify`` off only the reconstructed gradient was bounded: uploads of theta at
+    -3.4e38 (round 1) then +3.4e38 (round 2), with rule-consistent moments, were accepted and the
+    aggregate's difference from the default overflowed to inf in the global theta."""
+    world = World(seed=3)
+    limits = dataclasses.replace(world.limits, verify=False)
+    server = world.server
+    for t, value in ((1, -3.4e38), (2, 3.4e38), (3, 0.5e15)):
+        _, _, batch = world.honest(t)
+        ups = [batch.upload(i) for i in range(batch.n)]
+        forged = [_with(u, theta=torch.full_like(u.theta, value)) for u in ups[:3]]
+        out = server_round(
+            server, forged + ups[3:], sampled=torch.tensor([u.client_id for u in ups]), rule=world.rule,
+            defense=DEFENSES["none"], t=t, f=0, limits=limits,
+        )  # fmt: skip
+        rejected = out.decision.reasons[:3] == REASONS.index("magnitude")
+        assert bool(rejected.all()) == (abs(value) > THETA_MAX)  # below the bound: accepted, unverified
+        server = world.server = out.state
+        assert all(bool(torch.isfinite(x).all()) for x in (server.theta, *server.state.values()))
 
 
 if __name__ == "__main__":

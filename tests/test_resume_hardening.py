@@ -131,6 +131,14 @@ def _bad_reason(sd):
     sd["records"]["reason"] = torch.full_like(sd["records"]["reason"], 999)
 
 
+def _huge_theta(sd):  # finite, but the model's scores overflow: every honest upload was non-finite
+    sd["theta"] = torch.full_like(sd["theta"], 3e38)
+
+
+def _huge_m(sd):  # finite, but the next step's bias correction overflows (the same stall)
+    sd["state"]["m"] = torch.full_like(sd["state"]["m"], 3.4e38)
+
+
 def _setter(key, value):
     def set_(sd):
         sd[key] = value
@@ -148,6 +156,10 @@ def _setter(key, value):
         (_no_records, "without its round records"),
         (_bad_reason, "records.reason: codes outside"),
         (_setter("metric_rows", [{"x": 1}]), "metric_rows: malformed row"),
+        (_setter("metric_rows", [{"t": 0, "metric": "x", "k": 2**80, "value": 1.0}]), "malformed row"),
+        (_setter("metric_rows", [{"t": 0, "metric": "x", "k": 1, "value": 2**80}]), "malformed row"),
+        (_huge_theta, "theta: values beyond 1e+15"),
+        (_huge_m, "tables: values too large to take another step"),
         (_setter("seconds", "abc"), "seconds: 'abc'"),
         (_setter("t", True), "round True outside"),
     ],
@@ -159,6 +171,10 @@ def _setter(key, value):
         "no-records",
         "reason",
         "metric-row",
+        "metric-k-past-int64",
+        "metric-value-past-int64",
+        "huge-theta",
+        "huge-m",
         "clock",
         "bool-t",
     ],
@@ -261,6 +277,17 @@ def test_resuming_a_finished_run_is_a_noop(run_dir):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "already finished at round 12" in lines[0], res.output
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"x"', "[" * 100_000, "{", "\udcff"])
+def test_a_finished_run_with_a_damaged_summary_writes_it_again(run_dir, finished, text):
+    """Resuming a finished run whose summary.json was not a JSON object raised AttributeError (or
+    RecursionError) with a traceback; the summary comes from the checkpoint, so it is written again."""
+    (run_dir / "summary.json").write_text(text, errors="surrogateescape")
+    res = invoke("train", "--resume", str(run_dir), "--json")
+    assert res.exit_code == 0, res.output
+    want = json.loads((finished / "summary.json").read_text())["metrics"]
+    assert json.loads((run_dir / "summary.json").read_text())["metrics"] == want
 
 
 def test_killed_before_summary_finishes_without_duplicate_rows(run_dir, finished):

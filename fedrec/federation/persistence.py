@@ -24,7 +24,7 @@ from fedrec.federation.checkpoint import (
 from fedrec.federation.clients import PrivateState
 from fedrec.federation.deferred import server_state
 from fedrec.federation.recorder import RoundRecorder
-from fedrec.protocol import REASONS
+from fedrec.protocol import REASONS, THETA_MAX
 from fedrec.runs import _atomic
 
 
@@ -151,6 +151,28 @@ class RunCheckpointing:
             raise CheckpointError(f"checkpoint: round {t} without its round records")
         self._check_values(sd, t)
 
+    def _check_next_step(self, sd: dict[str, Any], t: int) -> None:
+        """Finite but huge states (an m of 3e38) passed every check above, then overflowed in the next
+        step's bias correction: every honest upload was non-finite from then on and nothing was ever
+        accepted again. Refused unless the tables take round ``t + 1`` finite both ways: the default
+        (zero-gradient) step and a client step at ``defense.max_grad`` in every coordinate."""
+        g = float(self.cfg.defense.max_grad)
+        parts = [("", sd["theta"], sd["state"], t + 1)]
+        if sd["private"] is not None:  # a user's own step count may be 1: the largest bias correction
+            parts.append(("private ", sd["private"]["u"], sd["private"]["state"], 1))
+        for prefix, theta, state, step_t in parts:
+            if not state or not theta.is_floating_point():
+                continue
+            prev = {"theta": theta, **state}
+            full = torch.full_like(theta, g)
+            for step in (self.rule.default_rows(prev, step_t), self.rule.client_step(prev, full, step_t)):
+                bad = next((k for k, x in step.items() if not bool(torch.isfinite(x).all())), None)
+                if bad is not None:
+                    raise CheckpointError(
+                        f"checkpoint {prefix}tables: values too large to take another step ({bad} would "
+                        f"be infinite at step {step_t})"
+                    )
+
     def _check_values(self, sd: dict[str, Any], t: int) -> None:
         """What a structurally sound but crafted checkpoint could still carry: non-finite or
         out-of-domain tables (a NaN model, or a negative second moment that makes every honest upload
@@ -176,6 +198,12 @@ class RunCheckpointing:
             for where in (f"state.{name}", f"private.state.{name}"):
                 if where in tables and bool((tables[where] < 0).any()):
                     raise CheckpointError(f"checkpoint {where}: negative values (the rule keeps it >= 0)")
+        for where in ("theta", "private.u"):
+            if where in tables and bool((tables[where].abs() > THETA_MAX).any()):
+                raise CheckpointError(
+                    f"checkpoint {where}: values beyond {THETA_MAX:g} (no run's model holds them)"
+                )
+        self._check_next_step(sd, t)
         for key in ("sample_gen", "neg_gen", "attack_gen"):
             try:
                 torch.Generator(device=getattr(self, key).device).set_state(sd[key])
@@ -185,7 +213,8 @@ class RunCheckpointing:
             if not (
                 isinstance(row, dict) and set(row) == {"t", "metric", "k", "value"}
                 and type(row["t"]) is int and 0 <= row["t"] <= t and isinstance(row["metric"], str)
-                and type(row["k"]) is int and row["k"] >= 1 and type(row["value"]) in (int, float)
+                and type(row["k"]) is int and 1 <= row["k"] < 2**31
+                and (type(row["value"]) is float or (type(row["value"]) is int and abs(row["value"]) < 2**63))
             ):  # fmt: skip
                 raise CheckpointError(f"checkpoint metric_rows: malformed row {row!r:.80}")
         seconds = sd["seconds"]

@@ -98,9 +98,22 @@ def resume_federated(
     if sd is not None:
         run.restore_from(ckpt, sd)
         if run.server.t >= run.total_rounds and (run_dir / "summary.json").is_file():
-            raise RunFinished(run_dir, read_summary(run_dir))
+            summary = _readable_summary(run_dir)
+            if summary is not None:
+                raise RunFinished(run_dir, summary)
+            log.warning("%s: summary.json unreadable; writing it again from the checkpoint", run_dir)
         log.info("%s: resuming at round %d of %d", run_dir, run.server.t, run.total_rounds)
     return _finish(run, run_dir, progress), run_dir
+
+
+def _readable_summary(run_dir: Path) -> dict[str, Any] | None:
+    """summary.json as a mapping, or None where it is not one (damaged, edited, not JSON): a finished
+    run's summary is derived from its checkpoint, so resuming writes it again instead of failing."""
+    try:
+        summary = read_summary(run_dir)
+    except (ValueError, RecursionError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from fedrec.config import WEIGHTINGS
 from fedrec.federation.validate_native import value_checks
 from fedrec.optim.base import finite_rows
 from fedrec.optim.fused import rule_check
-from fedrec.protocol import REASONS, ServerState, Upload, UploadBatch
+from fedrec.protocol import REASONS, THETA_MAX, ServerState, Upload, UploadBatch
 
 CODE = {name: i for i, name in enumerate(REASONS)}
 INT64 = (-(2**63), 2**63 - 1)
@@ -390,7 +390,8 @@ def check_rule(
     """What the optimizer rule allows, on the uploads still valid: non-negative states
     (``rule.nonnegative``: Adam's v, AdaGrad's and RMSProp's r are sums of squares), the rule's
     remaining equations (``rule.verify`` <= 1, paper 000 footnote 2; when ``verify``) and a finite
-    reconstructed gradient of at most ``max_grad`` in every coordinate.
+    reconstructed gradient of at most ``max_grad`` in every coordinate; without ``verify``, also
+    ``|theta| <= THETA_MAX`` (two unverified uploads at -3e38 and +3e38 made the aggregate infinite).
 
     Why both: a rule-consistent upload is determined by its gradient, so bounding the gradient bounds
     everything it can do to the state (Adam moves theta by at most ``eta_t * |m| / sqrt(v + eps)``,
@@ -413,6 +414,8 @@ def check_rule(
     tables, rows = server.tables_for(rows)  # the check's kernel gathers the rows itself
     up = {"theta": sub.theta, **sub.state}
     domain, broken, too_big, g = rule_check(rule, fused)(tables, rows, up, t, max_grad, verify)
+    if not verify:  # theta is then no step of a bounded gradient: bound it alone (the aggregate stays finite)
+        too_big = too_big | (sub.theta.abs() > THETA_MAX).any(dim=1)
     # an upload's code: the first of the three checks that one of its rows fails, in this order
     fails = torch.zeros(3, sub.n, dtype=torch.int64, device=code.device)
     fails.index_add_(1, owner, torch.stack([domain, broken, too_big]).long())
