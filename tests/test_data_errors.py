@@ -255,3 +255,22 @@ def test_unicode_digits_and_nul_bytes_were_read_as_ids(tmp_path: Path, fname, co
     with pytest.raises(DataError) as info:
         parser(path)
     _check(info.value, path, line, [needle])
+
+
+@pytest.mark.parametrize(
+    ("parser", "fname", "content", "line"),
+    [
+        (parse_lastfm, "user_artists.dat", HEAD + "1\t2\t3\r\n\t\t\r\n4\t5\t6\r\n", 3),
+        (parse_ml100k, "u.data", UDATA_OK + "\x0b\n" + UDATA_OK, 2),
+        (parse_inter, "x.inter", "user_id:token\titem_id:token\n1\t2\n\t\n3\t4\n", 3),
+    ],
+    ids=["tabs lastfm", "vertical tab u.data", "tab .inter"],
+)
+def test_a_line_of_whitespace_the_parser_does_not_skip_is_named(tmp_path: Path, parser, fname, content, line):
+    """pandas skips a line of spaces, not one of tabs or a vertical tab; the diagnosis skipped them all,
+    so the error ("could not parse") said neither where nor why."""
+    path = tmp_path / fname
+    path.write_text(content, encoding="utf-8", newline="")
+    with pytest.raises(DataError) as info:
+        parser(path)
+    _check(info.value, path, line, ["a line of only whitespace"])

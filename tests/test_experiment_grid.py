@@ -937,3 +937,30 @@ def test_a_cell_that_cannot_start_still_leaves_the_finished_ones_recorded(
     first = json.loads((out / "runs" / calls[0] / "cell.json").read_text())
     assert first["status"] == "done" and first["wall_s"] > 0 and first["attempts"] == 1
     assert f"[1/2] {calls[0]}: P@5" in res.output
+
+
+def test_a_value_with_dots_gives_cell_names_the_cells_accept(tmp_path: Path) -> None:
+    """A data folder written with ``..`` became a cell name with ``..`` in it, which the cell's own
+    config check refuses: every such cell failed."""
+    from fedrec.runs import run_name_problem
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = tmp_path / "dots.yaml"
+    doc = {"set": {"train.mode": "federated", "federated.rounds": 2, "data.dataset": "ml100k"},
+           "grid": {"data.data_dir": [f"{tmp_path}/../{tmp_path.name}/data", str(data)]}}  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    grid = load_grid(path, tmp_path / "out")
+    assert len(grid.cells) == 2
+    for cell in grid.cells:
+        assert ".." not in cell.name and run_name_problem(cell.name) is None, cell.name
+        load_config(None, values={**cell.values, "run.name": cell.name, "run.out_dir": str(tmp_path / "o")})
+
+
+def test_results_keep_an_integer_past_int64_as_text(tmp_path: Path) -> None:
+    """Arrow refuses an int past int64 (OverflowError): the grid's table was never written."""
+    from fedrec.experiments.grid import write_results
+
+    rows = [{"cell": "a", "status": "done", "x": 2**70}, {"cell": "b", "status": "done", "x": 3}]
+    write_results(tmp_path / "r.parquet", rows)
+    assert pd.read_parquet(tmp_path / "r.parquet")["x"].tolist() == [str(2**70), "3"]

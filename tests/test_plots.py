@@ -147,6 +147,8 @@ def test_detection_rates_pool_counts_over_the_window() -> None:
     np.testing.assert_allclose(d.honest_rejected, [1 / 2, 1 / 3])
     with pytest.raises(PlotInputError):
         plots.detection_rates(rounds, window=0)
+    # a window wider than the run pools all of it (10^20 was "Buffer dtype mismatch" from pandas)
+    pd.testing.assert_frame_equal(plots.detection_rates(rounds, window=10**20), d)
 
 
 def test_detection_plots_each_runs_rejections(runs, tmp_path) -> None:

@@ -190,10 +190,11 @@ def _diagnose_int_table(
         if _INT.fullmatch(head[0]):
             return DataError(f"expected a header line ({', '.join(fields)}), found data", path, 1)
         start = 1
-    n_data = 0
+    n_data, blank = 0, None
     for lineno, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
-            continue  # pandas skips blank lines too
+            blank = blank or (lineno if line else None)
+            continue  # pandas skips blank lines too (some of them: see _blank_line)
         n_data += 1
         parts = line.split(sep)
         if len(parts) != len(fields):
@@ -207,7 +208,16 @@ def _diagnose_int_table(
         return DataError(
             "only a header line, no interactions" if header else "empty file: no interactions", path
         )
-    return DataError(f"could not parse ({cause})", path)
+    return _blank_line(lines, blank, path) or DataError(f"could not parse ({cause})", path)
+
+
+def _blank_line(lines: list[str], lineno: int | None, path: Path) -> DataError | None:
+    """Every line reads, yet the parser failed: the blank line it did not skip. pandas skips a line of
+    spaces but not one of tabs or a vertical tab, depending on the separator, so the diagnosis, which
+    skips them all, names the first such line instead of a cause without a line."""
+    if lineno is None:
+        return None
+    return DataError(f"a line of only whitespace ({_short(lines[lineno - 1])}): remove it", path, lineno)
 
 
 def _fits_int64(token: str) -> bool:
@@ -383,9 +393,10 @@ def _diagnose_inter(
     path: Path, fields: Sequence[str], need: dict[int, str], rating_col: int | None
 ) -> DataError:
     lines = _read_lines(path)
-    n_data = 0
+    n_data, blank = 0, None
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
+            blank = blank or (lineno if line else None)
             continue
         n_data += 1
         parts = line.split("\t")
@@ -409,7 +420,7 @@ def _diagnose_inter(
                 )
     if n_data == 0:
         return DataError("only a header line, no interactions", path)
-    return DataError("could not parse the file", path)
+    return _blank_line(lines, blank, path) or DataError("could not parse the file", path)
 
 
 def parse_inter(

@@ -99,7 +99,7 @@ from fedrec.experiments.cell import (
 )
 from fedrec.federation.checkpoint import resolved_config
 from fedrec.federation.simulation import compiles
-from fedrec.runs import _atomic, dumps
+from fedrec.runs import _atomic, dumps, run_name_problem
 
 GRID_FIELDS = ("base", "set", "grid", "out")
 # the columns every results table has, whatever the grid varies (other engineers' plots read them)
@@ -373,7 +373,7 @@ def _part(key: str, value: Any) -> str:
         text = str(value)
     if key == "train.seed":
         text = f"s{text}"
-    part = re.sub(r"[^A-Za-z0-9.=,+-]+", "-", text).strip("-.") or "x"
+    part = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9.=,+-]+", "-", text)).strip("-.") or "x"  # no ".."
     return f"-{part}" if re.match(r"-\d", text) else part  # a negative number keeps its sign
 
 
@@ -383,6 +383,8 @@ def _name_cells(path: Path, keys: list[str], assignments: list[dict], configs: l
         digest = config_digest(cfg)
         readable = "__".join(_part(k, config_value(cfg, k)) for k in keys)[:MAX_NAME] or "cell"
         name = f"{readable}__{digest[:8]}"
+        if why := run_name_problem(name):  # the cell's own check would fail every run of it
+            raise GridError(f"{path}: cell {_describe(values, keys)} gets the name {name!r}: {why}")
         if name in seen:
             raise GridError(
                 f"{path}: cells {_describe(seen[name], keys)} and {_describe(values, keys)} are the same run "
@@ -772,6 +774,8 @@ def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
 def _kind(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
+    if isinstance(v, int) and not -(2**63) <= v < 2**63:
+        return "other"  # past int64 (a defense parameter of 10^20): written as text, not refused by Arrow
     if isinstance(v, int | float):
         return "number"
     return "str" if isinstance(v, str) else "other"

@@ -239,7 +239,7 @@ def curves_figure(
         axes[0].plot(c.t, c.value, marker="o", ms=3, label=label, color=COLORS[i % len(COLORS)])
         if with_loss and run.losses is not None and run.rounds is not None:
             loss = per_client_loss(run.losses, run.rounds)
-            axes[1].plot(loss.index, loss.rolling(loss_window, min_periods=1).mean(), label=label,
+            axes[1].plot(loss.index, loss.rolling(min(loss_window, max(1, len(loss))), min_periods=1).mean(), label=label,
                          color=COLORS[i % len(COLORS)])  # fmt: skip
     axes[0].set(xlabel="round", ylabel=f"{short}@{k}", title=f"{short}@{k} over rounds (benign users)")
     axes[0].legend(fontsize=8)
@@ -270,7 +270,9 @@ def detection_rates(rounds: pd.DataFrame, window: int) -> pd.DataFrame:
         .groupby("t")[["byz", "hon", "rb", "rh"]]
         .sum()
     )
-    roll = g.rolling(window, min_periods=1).sum()
+    roll = g.rolling(
+        min(window, max(1, len(g))), min_periods=1
+    ).sum()  # wider than the run: all of it (no int64 overflow)
     return pd.DataFrame(
         {
             "byzantine_rejected": roll.rb / roll.byz.where(roll.byz > 0),
