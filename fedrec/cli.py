@@ -162,12 +162,21 @@ def train(
     title = f"{summary['dataset']} · {summary['model']} · {summary['mode']} · {summary['seconds']:.1f}s"
     out.print(metrics_table(summary["metrics"], ks=metric_ks(summary["metrics"]) or DEFAULT_KS, title=title))
     det = summary.get("detection")
-    if det and (summary.get("defense", "none") != "none" or summary.get("byzantine_clients")):
+    honest_rejected = bool(det) and (det["all_rounds"].get("false_rejection_rate") or 0) > 0
+    if det and (
+        summary.get("defense", "none") != "none" or summary.get("byzantine_clients") or honest_rejected
+    ):
         a = det["all_rounds"]
-        out.print(
-            f"defense {summary['defense']} vs {summary['attack']['name']}: Byzantine rejected {a['recall']:.1%}, "
-            f"honest rejected {a['false_rejection_rate']:.1%}, precision {a['precision']:.1%} (f = {det['f']})"
-        )
+        if summary.get("byzantine_clients"):
+            out.print(
+                f"defense {summary['defense']} vs {summary['attack']['name']}: Byzantine rejected "
+                f"{a['recall']:.1%}, honest rejected {a['false_rejection_rate']:.1%}, precision "
+                f"{a['precision']:.1%} (f = {det['f']})"
+            )
+        else:  # no Byzantine client: recall and precision have nothing to count
+            out.print(
+                f"defense {summary['defense']}, no attack: honest rejected {a['false_rejection_rate']:.1%}"
+            )
         share = a.get("forged_share_rejected")
         if share is not None and not math.isnan(share):  # NaN: nothing was forged
             out.print(
@@ -175,6 +184,8 @@ def train(
                 f"uploads forging at least their own gradient's norm: {a['substantial_byzantine']}, "
                 f"rejected {a['substantial_recall']:.1%}"
             )
+    for line in summary.get("warnings") or ():
+        err.print(f"[bold yellow]warning:[/] {line}", highlight=False, markup=True, soft_wrap=True)
     err.print(f"run directory: {run_dir}")
 
 
@@ -232,6 +243,8 @@ def _train_overrides(opts: dict[str, Any], config: Path | None = None) -> list[s
         model = opts.get("model")
         if (mode or "centralized") == "centralized" and model == "pop":
             raise ConfigError("--epochs: the most-popular baseline (pop) trains nothing")
+        if (mode or "centralized") == "centralized" and not float(epochs).is_integer():  # was cut to int
+            raise ConfigError(f"--epochs={epochs}: centralized training runs whole epochs")
         overrides += [f"federated.epochs={epochs}", f"centralized.epochs={int(epochs)}"]
         if model in CENTRALIZED_EPOCHS:
             overrides.append(f"{CENTRALIZED_EPOCHS[model]}={int(epochs)}")
@@ -810,8 +823,8 @@ def plot_fig1(
         # the figure runs to that round with every round recorded: 1e11 asked for 800 GB
         if not 1 <= round_ <= MAX_FIG1_ROUND:
             raise ValueError(f"--round {round_}: expected 1 to {MAX_FIG1_ROUND:,}")
-        if seed < 0:
-            raise ValueError(f"--seed {seed}: expected a seed >= 0")
+        if not 0 <= seed < 2**62:  # past int64 torch refused it mid-figure
+            raise ValueError(f"--seed {seed}: expected a seed in [0, 2^62)")
         cfg = figure1_config(dataset, model=model, attack=attack, honest=honest, byzantine=byzantine,
                              round=round_, seed=seed, lr=lr, data_dir=None if data_dir is None else str(data_dir))  # fmt: skip
         d = figure1_data(cfg, honest, byzantine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import reprlib
 import types
 import typing
@@ -257,7 +258,7 @@ class Config:
         if sub and head == "params" and head in fields:  # section.params.name: one parameter
             if not isinstance(target.params, dict):
                 target.params = {}
-            target.params[sub] = value
+            target.params[sub] = _number_text(value)
             return
         if key not in fields:
             raise ConfigError(f"unknown config key {dotted!r}: {section} has {', '.join(fields)}")
@@ -273,6 +274,18 @@ def _all_keys(cfg: Config) -> list[str]:
     ]
 
 
+# YAML 1.1 (PyYAML) reads 1e300 or 5e-324 as text (it wants a dot: 1.0e+300); typed keys convert it, but
+# a rule's or an attack's parameter passes straight through, so it is read as the number it spells here
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _number_text(value: Any) -> Any:
+    """``value`` with numbers in exponent form written as text (YAML 1.1's ``1e300``) read as floats."""
+    if isinstance(value, list):
+        return [_number_text(v) for v in value]
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
+
+
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -285,12 +298,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
+    elif value is None and origin is not dict:  # str(None) is "None": run.out_dir=null made a folder "None"
+        raise ConfigError(f"{key}: cannot be null (expected {getattr(hint, '__name__', hint)})")
     if origin is dict:
         if value is None:
             return {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{key}: expected a mapping of parameter names to values, got {shown(value)}")
-        return dict(value)
+        return {k: _number_text(v) for k, v in value.items()}
     try:
         if origin is list:
             (inner,) = typing.get_args(hint)
@@ -300,6 +315,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 value = [value]
             if inner in (int, float) and any(isinstance(v, bool) for v in value):
                 raise ValueError(value)
+            if inner is int and any(isinstance(v, float) and not v.is_integer() for v in value):
+                raise ValueError(value)  # eval.ks=[1.5, 2.7] read as [1, 2]
             return [inner(v) for v in value]
         if hint is bool:  # a typo must not read as False
             if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
@@ -409,13 +426,20 @@ def interval(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Tru
     return Domain(ok, f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
 
 
-POSITIVE_INT = Domain(lambda v: _is_int(v) and v > 0, "a positive integer")
-NON_NEGATIVE_INT = Domain(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+# below 2^62, as seeds: past int64 torch, numpy and Parquet refuse an integer (a traceback mid-run, or a
+# grid whose results table cannot be written); sizes that would not fit in memory are checked once the
+# data is loaded (check_memory)
+INT_LIMIT = 2**62
+POSITIVE_INT = Domain(lambda v: _is_int(v) and 0 < v < INT_LIMIT, "a positive integer below 2^62")
+NON_NEGATIVE_INT = Domain(lambda v: _is_int(v) and 0 <= v < INT_LIMIT, "an integer in [0, 2^62)")
 POSITIVE = Domain(lambda v: _is_num(v) and v > 0, "a finite number > 0")
 NON_NEGATIVE = Domain(lambda v: _is_num(v) and v >= 0, "a finite number >= 0")
 FINITE = Domain(_is_num, "a finite number")
 # numpy's PCG64 wants seeds >= 0, and the run derives a few generators as seed + small offsets
-SEED = Domain(lambda v: _is_int(v) and 0 <= v < 2**62, "an integer in [0, 2^62)")
+SEED = Domain(lambda v: _is_int(v) and 0 <= v < INT_LIMIT, "an integer in [0, 2^62)")
+# an initial scale past this only saturates BPR's sigmoid (scores ~ d std^2), and past ~1e18 the scores
+# overflow float32: every honest upload non-finite, P@K of a NaN model reported as if trained
+INIT_STD = Domain(lambda v: _is_num(v) and 0 < v <= 1e3, "a number in (0, 1e3]")
 KS = Domain(
     lambda v: isinstance(v, list) and len(v) > 0 and all(POSITIVE_INT.ok(k) for k in v),
     "a non-empty list of positive integers",
@@ -430,7 +454,7 @@ DOMAINS: dict[str, Domain] = {
     "data.rating_threshold": FINITE,
     "model.dim": POSITIVE_INT,
     "model.gamma": NON_NEGATIVE,
-    "model.init_std": POSITIVE,  # 0 would start every user and item at the same point: nothing to learn
+    "model.init_std": INIT_STD,  # 0 would start every user and item at the same point: nothing to learn
     "train.lr": POSITIVE,
     "train.beta1": PROBABILITY_BELOW_1,
     "train.beta2": PROBABILITY_BELOW_1,
@@ -459,7 +483,7 @@ DOMAINS: dict[str, Domain] = {
     # below 1 the clip would cut honest claims under the round's median
     "defense.weight_clip": Domain(lambda v: _is_num(v) and v >= 1, "a finite number >= 1"),
     "centralized.lr": POSITIVE,
-    "centralized.init_std": POSITIVE,
+    "centralized.init_std": INIT_STD,
     "centralized.epochs": POSITIVE_INT,
     "centralized.batch_users": POSITIVE_INT,
     "centralized.eval_every": POSITIVE_INT,
@@ -534,6 +558,10 @@ def validate(cfg: Config, mode: str | None = None) -> Config:
     for key, names in _names(mode).items():
         if not _skipped(mode, key) and _value(cfg, key) not in names:
             raise ConfigError(f"{key}={shown(_value(cfg, key))}: expected one of {', '.join(names)}")
+    if mode == "centralized" and cfg.model.name == "recbole-bpr" and cfg.train.seed >= 2**32:
+        raise ConfigError(
+            f"train.seed={cfg.train.seed}: recbole-bpr seeds numpy's legacy generator, which takes seeds below 2^32"
+        )
     _check_dataset(cfg)
     _check_run(cfg)
     if mode == "federated":
@@ -575,7 +603,7 @@ def _check_run(cfg: Config) -> None:
     if cfg.run.name is not None and (why := run_name_problem(cfg.run.name)):
         raise ConfigError(f"run.name={cfg.run.name!r}: {why}")
     th = cfg.run.threads
-    if th is not None and th != "auto" and not (th.isdigit() and 0 < int(th) <= MAX_THREADS):
+    if th is not None and th != "auto" and not (th.isascii() and th.isdigit() and 0 < int(th) <= MAX_THREADS):
         raise ConfigError(
             f"run.threads={th!r}: expected an integer in [1, {MAX_THREADS}] or auto (unset: one thread)"
         )
@@ -625,6 +653,10 @@ def _check_params(cfg: Config) -> None:
     for section, params in (("attack", a.params), ("defense", d.params)):
         if not isinstance(params, dict):
             raise ConfigError(f"{section}.params: expected a mapping of parameter names to values")
+        for name, value in params.items():  # torch refuses them mid-run: a traceback at round 1
+            values = value if isinstance(value, list) else [value]
+            if any(_is_int(v) and not -INT_LIMIT < v < INT_LIMIT for v in values):
+                raise ConfigError(f"{section}.params.{name}={shown(value)}: integers must lie within +-2^62")
     if a.name != "none":
         try:
             make_attack(a.name, **a.params)
@@ -668,13 +700,101 @@ def _check_defense_fraction(cfg: Config) -> None:
         )
 
 
-def check_eval_ks(cfg: Config, n_items: int, dataset: str) -> None:
-    """``eval.ks`` against the catalog (known once the data is loaded): full ranking cannot cut a list
-    longer than the catalog; said before any run directory is made, not when the first evaluation
-    fails."""
-    if cfg.eval.protocol == "full" and cfg.eval.ks and max(cfg.eval.ks) > n_items:
+def check_eval_ks(cfg: Config, n_items: int, dataset: str, most_seen: int = 0) -> None:
+    """``eval.ks`` against the catalog (known once the data is loaded), said before any run directory
+    is made, not when the first evaluation fails: full ranking cannot cut a list longer than the
+    catalog; leave-one-out ranks each held-out item among 99 sampled ones (K at most 100), drawn from
+    the items a user has not seen (``most_seen``: the most train + test items of one user)."""
+    ks = cfg.eval.ks or [0]
+    if cfg.eval.protocol == "full" and max(ks) > n_items:
         raise ConfigError(
-            f"eval.ks: K = {max(cfg.eval.ks)} exceeds the {n_items} items of {dataset} (set smaller --ks)"
+            f"eval.ks: K = {max(ks)} exceeds the {n_items} items of {dataset} (set smaller --ks)"
+        )
+    if cfg.eval.protocol == "loo":
+        from fedrec.eval import LOO_NEGATIVES
+
+        if max(ks) > LOO_NEGATIVES + 1:
+            raise ConfigError(
+                f"eval.ks: K = {max(ks)} with eval.protocol='loo', which ranks {LOO_NEGATIVES + 1} candidates"
+            )
+        if n_items - most_seen < LOO_NEGATIVES:
+            raise ConfigError(
+                f"eval.protocol='loo': a user of {dataset} has seen {most_seen} of its {n_items} items, "
+                f"leaving fewer than the {LOO_NEGATIVES} to sample"
+            )
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_population(cfg: Config, n_users: int, dataset: str) -> int:
+    """The Byzantine clients ``attack.fraction`` gives on this data (known once it is loaded): a positive
+    fraction that rounds to none ran attack-free without a word (the check of ``_check_attack``, at the
+    count), and one that makes every user Byzantine trained to its first evaluation and failed there.
+    Returns the number of users the run will have (real ones plus injected fakes)."""
+    from fedrec.attacks.population import byzantine_count, fake_user_count
+
+    a = cfg.attack
+    if a.name == "none":
+        return n_users
+    k = fake_user_count(n_users, a.fraction) if a.mode == "inject" else byzantine_count(n_users, a.fraction)
+    if k == 0:
+        raise ConfigError(
+            f"attack.fraction={a.fraction!r}: of the {n_users} users of {dataset} that is no Byzantine "
+            f"client (at least {0.5 / n_users:.2g} makes one)"
+        )
+    if a.mode == "own" and k >= n_users:
+        raise ConfigError(
+            f"attack.fraction={a.fraction!r}: all {n_users} users of {dataset} would be Byzantine, "
+            "leaving no benign user to evaluate"
+        )
+    return n_users + k if a.mode == "inject" else n_users
+
+
+def check_memory(
+    cfg: Config, mode: str, *, n_users: int, n_items: int, n_train: int, round_entries: int, n_fake: int = 0
+) -> None:
+    """What the run will allocate, from the data's shape (known once it is loaded), against this
+    machine's physical memory, before any of it is allocated: ``model.dim=10^8`` asked torch for 1.3 TB
+    in a traceback, ``train.negatives=10^9`` did so at round 1 with the run directory already made.
+    Counted in float32 / int64: the item tables with the optimizer's states (and MF's user vectors), a
+    round's positives ``round_entries`` with their negatives and gradients, SAGA's stored gradients
+    (``n_train x (3 + negatives) x dim``), ``n_fake`` injected users' interactions (of a typical size,
+    among ``n_users``), and an evaluation batch of scores over the catalog. A rough bound (temporaries
+    add a small multiple), meant to refuse what could never fit."""
+    from fedrec.optim import RULES
+
+    memory = physical_memory()
+    if memory is None:
+        return
+    dim, neg = cfg.model.dim, cfg.train.negatives
+    states = len(RULES[cfg.train.optimizer].state_names) if cfg.train.optimizer in RULES else 2
+    rows = 2 * n_items if cfg.model.name == "fism" else n_items + n_users
+    parts = {"model.dim": 4 * dim * rows * (1 + states)}
+    if mode == "federated":
+        parts["train.negatives"] = round_entries * (neg * (8 + 4 * dim) + 16 * dim)
+        if cfg.federated.variance_reduction == "saga" or cfg.federated.fixed_negatives:
+            parts["federated.variance_reduction"] = n_train * (
+                8 * neg + (4 * dim * (3 + neg) if cfg.federated.variance_reduction == "saga" else 0)
+            )
+    else:
+        parts["centralized.batch_users"] = 4 * min(cfg.centralized.batch_users, n_users) * n_items * 3
+    if n_fake:
+        parts["attack.fraction"] = n_fake * (16 + 8 * max(1, n_train // max(1, n_users - n_fake)))
+    parts["eval.batch_size"] = 4 * min(cfg.eval.batch_size, n_users) * n_items * 3
+    need = sum(parts.values())
+    if need > memory:
+        top = max(parts, key=parts.__getitem__)
+        keys = [top] if top == "attack.fraction" else list(dict.fromkeys(["model.dim", top]))  # d scales them
+        said = ", ".join(f"{k}={_value(cfg, k)!r}" for k in keys)
+        raise ConfigError(
+            f"{said}: the run would need ~{need / 1e9:.3g} GB of memory ({n_users} users, {n_items} items), "
+            f"more than this machine's {memory / 1e9:.3g} GB"
         )
 
 
@@ -693,6 +813,11 @@ def check_round_size(cfg: Config, n: int, f: int) -> None:
             f"(~{rounds * n * 50 / 1e9:.3g} GB of memory); at most {MAX_RECORDS:.0e}"
         )
     d = cfg.defense
+    if d.max_weight_share < 1 / n:
+        raise ConfigError(
+            f"defense.max_weight_share={d.max_weight_share!r}: below 1/n = 1/{n}, the share the largest claim "
+            f"of a round of {n} clients always reaches: every round would reject it (all of them, when equal)"
+        )
     from fedrec.defenses import DEFENSES, make_defense
 
     try:  # the rule once at this n and f: what no tiny test problem shows (MDA's C(n, f) subsets)

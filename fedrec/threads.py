@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from fedrec.config import MAX_THREADS
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
@@ -62,7 +64,8 @@ class ThreadPolicy:
         if device is not None and device.type != "cpu":
             self.mode, fixed = "device", torch.get_num_threads()  # the host threads only feed the GPU
         elif setting is None:
-            self.mode, fixed = ("env", int(env)) if env.isdigit() and int(env) > 0 else ("fixed", 1)
+            usable = env.isascii() and env.isdigit() and 0 < int(env) <= MAX_THREADS  # not "²", not 10^12
+            self.mode, fixed = ("env", int(env)) if usable else ("fixed", 1)
         elif setting != "auto":
             self.mode, fixed = "fixed", int(setting)
         elif _busy_seconds() is None:

@@ -5,6 +5,7 @@ after round 1 or a run that finishes with a silently wrong result."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
 from pathlib import Path
@@ -66,6 +67,14 @@ BAD = [
     ("eval.protocol=sampled", ["full", "loo"]),
     ("run.device=tpu", ["cuda"]),
     ("data.dataset=movielens-1m", ["ml100k", ".inter"]),
+    # issue 14's session's review: accepted, then a traceback, garbage, or a folder named "None"
+    ("model.dim=9223372036854775808", ["2^62"]),  # was "Overflow when unpacking long long"
+    ("federated.local_batch=9223372036854775808", ["2^62"]),  # was a RuntimeError in saga.py
+    ("defense.f=100000000000000000000", ["2^62"]),  # made the grid's results table unwritable
+    ("model.init_std=1e20", ["1e3"]),  # was a NaN model whose P@K was reported as trained
+    ("run.threads=²", ["1024"]),  # "²".isdigit(): was "invalid literal for int()"
+    ("attack.params.eps=100000000000000000000", ["2^62"]),  # was an OverflowError at round 1
+    ("defense.params.tau=100000000000000000000", ["2^62"]),  # was an OverflowError traceback
 ]
 
 
@@ -229,6 +238,17 @@ CLI_BAD = [
     (["--set", "defense.max_weight_share=0"], "defense.max_weight_share=0"),
     (["--attack", "noise", "--byzantine", "1.0"], "no benign clients to evaluate"),
     (["--attack", "noise", "--byzantine", "0.8", "--defense", "a-rfrs"], "attack.fraction=0.8"),
+    # once the data is loaded, still before any run directory (issue 14's session's review)
+    (["--attack", "noise", "--byzantine", "0.0001"], "is no Byzantine client"),  # ran attack-free
+    (["--attack", "noise", "--byzantine", "0.9999"], "no benign user"),  # failed at evaluation
+    (["--set", "model.dim=100000000"], "model.dim=100000000, train.negatives=1: the run would need"),
+    (["--set", "train.negatives=1000000000"], "train.negatives=1000000000: the run would need"),
+    (  # 9.4e12 fake users: was an allocation traceback
+        ["--attack", "noise", "--byzantine", "0.9999999999", "--set", "attack.mode=inject"],
+        "attack.fraction=0.9999999999: the run would need",
+    ),
+    (["--set", "defense.max_weight_share=0.01"], "below 1/n = 1/9"),  # rejected every honest upload
+    (["--set", "eval.protocol=loo", "--set", "eval.ks=101"], "ranks 100 candidates"),
 ]
 
 
@@ -331,3 +351,96 @@ def test_a_yes_no_key_reads_the_usual_words() -> None:
     for raw, want in words.items():
         assert load_config(None, [f"defense.verify={raw}"]).defense.verify is want
     assert load_config(None, ["run.compile=null"]).run.compile is None  # unset: decided per run
+
+
+def test_a_positive_fraction_too_small_for_one_byzantine_client_says_the_least_that_makes_one() -> None:
+    from fedrec.attacks.population import byzantine_count
+    from fedrec.config import check_population
+
+    cfg = load_config(None, [FED, "attack.name=noise", "attack.fraction=0.01"])
+    assert check_population(cfg, 100, "x") == 100  # one of 100, kept as a real user
+    cfg.attack.fraction = 0.0049
+    with pytest.raises(ConfigError, match=r"at least 0\.005 makes one"):
+        check_population(cfg, 100, "x")
+    assert byzantine_count(100, 0.005) == 1  # what the message promises
+    cfg.attack.mode, cfg.attack.fraction = "inject", 0.5
+    assert check_population(cfg, 100, "x") == 200  # 100 fakes appended
+
+
+def test_every_eval_protocol_is_one_the_evaluator_runs() -> None:
+    from fedrec.config import EVAL_PROTOCOLS
+    from fedrec.eval import PROTOCOLS
+
+    assert EVAL_PROTOCOLS == PROTOCOLS
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("run.out_dir=null", "run.out_dir: cannot be null"),  # was a run directory under a folder "None"
+        ("run.out_dir=", "run.out_dir: cannot be null"),
+        ("eval.ks=[1.5, 2]", "eval.ks: cannot read [1.5, 2]"),  # was read as [1, 2]
+        ("eval.ks=[1, 2.0]", None),  # an integral float is its integer, as for a scalar key
+    ],
+)
+def test_a_value_that_is_not_of_the_key_type_is_refused(override: str, needle: str | None) -> None:
+    if needle is None:
+        assert load_config(None, [FED, override]).eval.ks == [1, 2]
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [FED, override])
+    assert str(info.value).startswith(needle), info.value
+
+
+def test_a_centralized_size_past_int64_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^centralized\.batch_users=.*2\^62"):
+        load_config(None, ["train.mode=centralized", "centralized.batch_users=100000000000000000000"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--rounds", "100000000000"], "federated.rounds=100000000000"),  # was an 800 GB allocation
+        (["--seed", "-1"], "train.seed=-1"),  # the demo skipped the config's checks
+    ],
+)
+def test_the_camouflage_demo_checks_its_config_like_a_run(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    res = CliRunner().invoke(app, ["demo", "camouflage", *args, "--json"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "INFO" not in ln]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_a_parameter_in_exponent_form_is_the_number_it_spells() -> None:
+    """PyYAML reads 1e3 as the text '1e3'; typed keys converted it, parameters passed it on as text."""
+    cfg = load_config(
+        None, [FED, "attack.name=gradient-ascent", "attack.fraction=0.2", "attack.params.scale=1e3"]
+    )
+    assert cfg.attack.params == {"scale": 1000.0}
+    cfg = load_config(None, [FED, "defense.name=grad-cc", "defense.params={tau: 2e-1, iters: 1}"])
+    assert cfg.defense.params == {"tau": 0.2, "iters": 1}
+
+
+def test_a_recbole_seed_past_32_bits_is_refused_before_the_run_directory() -> None:
+    with pytest.raises(ConfigError, match=r"^train\.seed=4294967296: recbole-bpr"):
+        load_config(None, ["train.mode=centralized", "model.name=recbole-bpr", "train.seed=4294967296"])
+
+
+def test_a_run_that_rejected_every_honest_upload_says_so(tmp_path: Path) -> None:
+    """defense.max_grad=1e-12 rejected every honest upload as a magnitude: the model never moved, yet
+    the table looked like any run's and nothing was said (no defense, no attack: no detection line)."""
+    res = CliRunner().invoke(app, [*TRAIN, "--set", "defense.max_grad=1e-12", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "warning: every honest upload was rejected (magnitude 18)" in res.stderr
+    assert "honest rejected 100.0%" in res.stdout
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert summary["warnings"] and summary["protocol"] == "full"
+    res = CliRunner().invoke(app, [*TRAIN, "--out", str(tmp_path / "fine"), "--json"])
+    assert json.loads(res.stdout)["warnings"] == []
+
+
+def test_centralized_epochs_that_are_not_whole_are_refused(tmp_path: Path) -> None:
+    """--epochs 2.7 ran 2 centralized epochs without a word (federated epochs may be fractional)."""
+    _one_line_exit_2(["train", "--dataset", "ml100k", "--epochs", "2.7"], tmp_path / "out", "--epochs=2.7")

@@ -180,3 +180,38 @@ def test_leave_one_out_rejects_users_without_enough_unseen_items() -> None:
     train, test = _random_data(16)
     with pytest.raises(ValueError, match="unseen items"):
         leave_one_out(_table_scorer(0, 50, 200), train, test, n_negatives=150)
+
+
+def test_eval_protocol_loo_is_what_a_run_evaluates_with() -> None:
+    """``eval.protocol=loo`` was accepted and recorded nowhere, and every run scored full ranking."""
+    from fedrec.config import load_config
+    from fedrec.data import split_per_user, synthetic
+    from fedrec.eval.protocols import ALL_METRICS, LOO_NEGATIVES, run_protocol
+    from fedrec.federation.simulation import FederatedRun
+
+    split = split_per_user(synthetic(60, 300, mean_items=8, seed=0), seed=0)
+    for protocol in ("loo", "full"):
+        cfg = load_config(
+            None, ["train.mode=federated", "model.dim=4", "federated.rounds=3", f"eval.protocol={protocol}",
+                   "eval.ks=[1, 5, 10]", "data.split_seed=3"],
+        )  # fmt: skip
+        run = FederatedRun.create(cfg, split, torch.device("cpu"))
+        run.step()
+        got = run.evaluate()
+        if protocol == "loo":
+            want = leave_one_out(
+                run.scorer(), split.train, split.test, n_negatives=LOO_NEGATIVES, ks=[1, 5, 10], seed=3,
+                users=run.benign_users(), metrics=ALL_METRICS,
+            )  # fmt: skip
+            assert got.protocol == "leave_one_out"
+            # one relevant item: precision@K is hit@K / K, recall@K is hit@K
+            for k in (1, 5, 10):
+                assert got.metrics["precision"][k] == pytest.approx(got.metrics["hit"][k] / k)
+                assert got.metrics["recall"][k] == pytest.approx(got.metrics["hit"][k])
+        else:
+            want = full_ranking(
+                run.scorer(), split.train, split.test, ks=[1, 5, 10], users=run.benign_users()
+            )
+        assert got.metrics == want.metrics
+    with pytest.raises(ValueError, match=r"eval\.protocol"):
+        run_protocol("sampled", run.scorer(), split.train, split.test, ks=[1])

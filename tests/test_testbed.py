@@ -5,6 +5,7 @@ Byzantine messages from the attacks' craft, and the ``fedrec testbed`` command."
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -465,3 +466,18 @@ def test_paper_003_and_004_grid_cells():
     for c in [*cells[:1], *grid.cells("mixtailor", 1, None)]:
         assert grid.missing(c["config"]) is None
         TestbedConfig(**c["config"])  # every cell is a valid config
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"model": "mlp", "hidden": 10**11}, "need ~"),  # was a 51 TB allocation traceback
+        ({"model": "mlp", "hidden": 10**5, "estimator": "saga"}, "1865 vectors"),  # 1,797 samples + 68
+        ({"steps": 2**70}, "2^62"),
+        ({"seed": 2**70}, "2^62"),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_up_front(kw, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        TestbedConfig(**kw)
+    TestbedConfig(model="mlp", hidden=1000, estimator="saga")  # ~1 GB: fine

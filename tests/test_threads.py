@@ -102,3 +102,11 @@ def test_grid_cells_get_one_thread_unless_the_caller_says(monkeypatch):
     assert [threads_per_job(j) for j in (1, 2, 4)] == [3, 2, 1]  # asked for, within cores // jobs
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
     assert threads_per_job(1) == 1
+
+
+@pytest.mark.parametrize("env", ["²", "100000000", "0", "-2", "two"])
+def test_an_omp_num_threads_it_cannot_use_means_one_thread(monkeypatch, env):
+    """ "²".isdigit() is True and int("²") raises; 10^8 threads would take torch's pool down."""
+    monkeypatch.setenv("OMP_NUM_THREADS", env)
+    p = th.ThreadPolicy(None)
+    assert (p.mode, p.threads, torch.get_num_threads()) == ("fixed", 1, 1)

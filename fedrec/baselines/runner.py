@@ -14,10 +14,10 @@ from fedrec.baselines.centralized import train_centralized
 from fedrec.baselines.implicit_bpr import train_implicit_bpr
 from fedrec.baselines.popularity import most_popular
 from fedrec.baselines.recbole_bpr import train_recbole_bpr
-from fedrec.config import CENTRALIZED_MODELS, Config, ConfigError, check_eval_ks
+from fedrec.config import CENTRALIZED_MODELS, Config, ConfigError, check_eval_ks, check_memory
 from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
-from fedrec.eval import full_ranking
+from fedrec.eval import run_protocol
 from fedrec.runs import new_run_dir, write_config, write_metrics, write_summary
 from fedrec.threads import ThreadPolicy
 
@@ -38,7 +38,11 @@ def run_centralized(
     threads = ThreadPolicy(cfg.run.threads, device)  # set once: epochs are few and long
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
-    check_eval_ks(cfg, split.train.n_items, inter.name)
+    check_eval_ks(cfg, split.train.n_items, inter.name, split.most_seen())
+    train = split.train
+    check_memory(
+        cfg, "centralized", n_users=train.n_users, n_items=train.n_items, n_train=train.nnz, round_entries=0
+    )
     if run_dir is None:
         run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or f"{inter.name}-{model}-centralized")
     write_config(run_dir, cfg.to_yaml())
@@ -46,9 +50,10 @@ def run_centralized(
     c = cfg.centralized
 
     def evaluate(scorer):
-        return full_ranking(
-            scorer, split.train, split.test, ks=ks, batch_size=cfg.eval.batch_size, device=device
-        )
+        return run_protocol(
+            cfg.eval.protocol, scorer, split.train, split.test, ks=ks, batch_size=cfg.eval.batch_size,
+            device=device, seed=cfg.data.split_seed,
+        )  # fmt: skip
 
     rows: list[dict[str, Any]] = []
 
@@ -114,6 +119,7 @@ def run_centralized(
         "split_seed": cfg.data.split_seed,
         "metrics": {m: {str(k): v for k, v in by_k.items()} for m, by_k in final.metrics.items()},
         "evaluated_users": final.n_users,
+        "protocol": cfg.eval.protocol,  # full | loo (fedrec.eval.run_protocol)
         "seconds": time.perf_counter() - start,
         "train_seconds": train_seconds,
         "device": str(device),

@@ -106,3 +106,8 @@ class Split:
     test: Interactions
     seed: int
     test_fraction: float
+
+    def most_seen(self) -> int:
+        """The most items one user holds, train and test together (0 without users)."""
+        counts = self.train.counts() + self.test.counts()
+        return int(counts.max()) if counts.size else 0

@@ -119,7 +119,7 @@ class Defense:
                 spec.item(v, f, **self.params)
             else:
                 self._call(spec, v, f, torch.ones(n, dtype=torch.float64), gen)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:  # Overflow: an integer past int64 (tau=10^20)
             raise ValueError(f"{err} (tried on a round of n = {n}, f = {f})") from None
 
     @property

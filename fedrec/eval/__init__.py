@@ -13,10 +13,20 @@ from fedrec.eval.metrics import (
     topk_hits,
     topk_items,
 )
-from fedrec.eval.protocols import EvalResult, Scorer, full_ranking, leave_one_out
+from fedrec.eval.protocols import (
+    LOO_NEGATIVES,
+    PROTOCOLS,
+    EvalResult,
+    Scorer,
+    full_ranking,
+    leave_one_out,
+    run_protocol,
+)
 
 __all__ = [
+    "LOO_NEGATIVES",
     "METRICS",
+    "PROTOCOLS",
     "EvalResult",
     "Scorer",
     "full_ranking",
@@ -29,6 +39,7 @@ __all__ = [
     "per_user_metrics",
     "precision",
     "recall",
+    "run_protocol",
     "topk_hits",
     "topk_items",
 ]

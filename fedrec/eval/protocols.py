@@ -280,3 +280,33 @@ def leave_one_out(
     hits = torch.arange(ks[-1], device=device).unsqueeze(0) == (rank - 1).unsqueeze(1)
     n_pos = torch.ones_like(rank)
     return _result(hits, n_pos, ks, metrics, eval_users, "leave_one_out")
+
+
+PROTOCOLS = ("full", "loo")  # eval.protocol
+LOO_NEGATIVES = 99  # eval.protocol=loo: each held-out item ranked among this many sampled items
+
+
+def run_protocol(
+    protocol: str,
+    scorer: Scorer,
+    train: Interactions,
+    test: Interactions,
+    *,
+    ks: Iterable[int],
+    users: Sequence[int] | np.ndarray | None = None,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> EvalResult:
+    """The evaluation ``eval.protocol`` names, with every metric: ``full`` (``full_ranking``, paper 000
+    Section 5) or ``loo`` (``leave_one_out`` among ``LOO_NEGATIVES`` sampled items; ``seed``, the
+    split's, fixes each user's held-out item and candidates, so every run on one split ranks the same
+    ones; precision@K = hit@K / K and recall@K = hit@K with one relevant item)."""
+    if protocol == "full":
+        return full_ranking(scorer, train, test, ks=ks, users=users, batch_size=batch_size, device=device)
+    if protocol == "loo":
+        return leave_one_out(
+            scorer, train, test, n_negatives=LOO_NEGATIVES, ks=ks, seed=seed, users=users, device=device,
+            batch_size=batch_size, metrics=ALL_METRICS,
+        )  # fmt: skip
+    raise ValueError(f"eval.protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from fedrec.config import Config
+from fedrec.config import Config, check_round_size, validate
 from fedrec.data import load_dataset, split_per_user
 from fedrec.defenses import make_defense
 from fedrec.defenses.spaces import rows_of, uploaded
 from fedrec.federation.clients import sample_clients
 from fedrec.federation.pipeline import server_round
-from fedrec.federation.simulation import FederatedRun, run_attack
+from fedrec.federation.simulation import FederatedRun, clients_per_round, run_attack
 
 
 def demo_config(dataset: str, fraction: float, rounds: int, seed: int, data_dir: str | None) -> Config:
@@ -103,7 +103,10 @@ def run_demo(
         raise ValueError(f"--rounds {rounds} / --lr {lr}: both must be positive")
     cfg = demo_config(dataset, fraction, rounds, seed, data_dir)
     cfg.train.lr = lr
+    validate(cfg, mode="federated")  # the keys' domains, as a run's (a seed below 0, a lr of inf)
     split = split_per_user(load_dataset(dataset, data_dir), seed=cfg.data.split_seed)
+    # the round records the runs keep (10^11 rounds asked for 800 GB in a traceback), before any is built
+    check_round_size(cfg, clients_per_round(split.train.n_users, fraction), 0)
     device = torch.device("cpu")
     out: dict[str, Any] = {"dataset": dataset, "fraction": fraction, "rounds": rounds, "seed": seed, "lr": lr}
     warmup = 5

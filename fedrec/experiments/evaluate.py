@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fedrec.config import ConfigError, load_config
-from fedrec.eval import full_ranking
+from fedrec.eval import run_protocol
 
 USER_SETS = ("benign", "all")
 
@@ -50,9 +50,9 @@ def evaluate_run(run_dir: str | Path, ks: list[int] | None = None, users: str = 
     else:
         scorer, split, device = _centralized(cfg, ckpt)
         benign, t, total = None, None, None  # no Byzantine users: training scores every user
-    res = full_ranking(
-        scorer, split.train, split.test, users=benign if users == "benign" else None, ks=ks,
-        batch_size=cfg.eval.batch_size, device=device,
+    res = run_protocol(
+        cfg.eval.protocol, scorer, split.train, split.test, users=benign if users == "benign" else None,
+        ks=ks, batch_size=cfg.eval.batch_size, device=device, seed=cfg.data.split_seed,
     )  # fmt: skip
     return {
         "run_dir": str(run_dir),
@@ -63,6 +63,7 @@ def evaluate_run(run_dir: str | Path, ks: list[int] | None = None, users: str = 
         "rounds": total,
         "users": users,
         "evaluated_users": res.n_users,
+        "protocol": cfg.eval.protocol,
         "ks": ks,
         "metrics": {m: {str(k): v for k, v in by_k.items()} for m, by_k in res.metrics.items()},
     }

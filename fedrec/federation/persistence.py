@@ -201,7 +201,7 @@ class RunCheckpointing:
         for where in ("theta", "private.u"):
             if where in tables and bool((tables[where].abs() > THETA_MAX).any()):
                 raise CheckpointError(
-                    f"checkpoint {where}: values beyond {THETA_MAX:g} (no run's model holds them)"
+                    f"checkpoint {where}: values beyond {THETA_MAX:g} (a diverged model: the clients' scores overflow from it)"
                 )
         self._check_next_step(sd, t)
         for key in ("sample_gen", "neg_gen", "attack_gen"):

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedrec.config import (
@@ -15,6 +16,8 @@ from fedrec.config import (
     Config,
     ConfigError,
     check_eval_ks,
+    check_memory,
+    check_population,
     check_round_size,
     load_config,
     validate,
@@ -23,7 +26,7 @@ from fedrec.data import load_dataset, split_per_user
 from fedrec.device import resolve_device
 from fedrec.federation.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, run_identity
 from fedrec.federation.detection import detection_summary, per_round
-from fedrec.federation.simulation import FederatedRun, Progress
+from fedrec.federation.simulation import FederatedRun, Progress, clients_per_round
 from fedrec.optim.fused import default_pass, rule_check
 from fedrec.runs import _atomic, new_run_dir, read_summary, write_config, write_summary
 
@@ -42,7 +45,15 @@ def prepare_federated(cfg: Config) -> FederatedRun:
     device = resolve_device(cfg.run.device)
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
-    check_eval_ks(cfg, split.train.n_items, split.train.name)
+    check_eval_ks(cfg, split.train.n_items, split.train.name, split.most_seen())
+    train = split.train
+    users = check_population(cfg, train.n_users, train.name)
+    per_round = clients_per_round(users, cfg.federated.fraction)
+    largest = int(np.sort(train.counts())[-per_round:].sum()) if train.n_users else 0
+    check_memory(
+        cfg, "federated", n_users=users, n_items=train.n_items, n_train=train.nnz, round_entries=largest,
+        n_fake=users - train.n_users,
+    )  # fmt: skip
     run = FederatedRun.create(cfg, split, device)
     check_round_size(cfg, run.per_round, run.f)  # n is known only now; still before any run directory
     return run
@@ -141,6 +152,7 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "split_seed": cfg.data.split_seed,
         "metrics": {m: {str(k): v for k, v in by_k.items()} for m, by_k in final.metrics.items()},
         "evaluated_users": final.n_users,
+        "protocol": cfg.eval.protocol,  # full | loo (fedrec.eval.run_protocol)
         "attack": {
             "name": cfg.attack.name,
             "fraction": cfg.attack.fraction,
@@ -173,5 +185,18 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "host": platform.node(),
         "run_dir": str(run_dir),
     }
+    summary["warnings"] = run_warnings(summary)
     write_summary(run_dir, summary)
     return summary
+
+
+def run_warnings(summary: dict[str, Any]) -> list[str]:
+    """What a finished run's numbers hide: a server that rejected (nearly) every honest upload trained
+    nothing, yet its P@K table looked like any other (``defense.max_grad=1e-12``, a diverged model
+    whose every honest upload is non-finite)."""
+    rate = summary["detection"]["all_rounds"].get("false_rejection_rate")
+    if rate is None or rate != rate or rate <= 0.5:  # None or NaN: no honest upload
+        return []
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items(), key=lambda kv: -kv[1])[:3])
+    what = "every honest upload was" if rate >= 1 else f"{rate:.0%} of the honest uploads were"
+    return [f"{what} rejected ({reasons}): the model {'never moved' if rate >= 1 else 'barely trained'}"]

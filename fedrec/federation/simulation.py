@@ -26,7 +26,7 @@ from fedrec.attacks.population import extend_users
 from fedrec.config import Config, FederatedConfig
 from fedrec.data import Split
 from fedrec.defenses import Defense, assumed_f, make_defense
-from fedrec.eval import full_ranking
+from fedrec.eval import run_protocol
 from fedrec.federation.clients import (
     ClientRound,
     PrivateState,
@@ -565,10 +565,11 @@ class FederatedRun(RunCheckpointing):
         return torch.nonzero(~self.byzantine).flatten().cpu().numpy()
 
     def evaluate(self):
-        """Full ranking over the benign users' held-out items (paper 000 Section 5)."""
-        res = full_ranking(
-            self.scorer(), self.split.train, self.split.test, users=self.benign_users(),
+        """The benign users' held-out items by ``eval.protocol`` (full ranking: paper 000 Section 5)."""
+        res = run_protocol(
+            self.cfg.eval.protocol, self.scorer(), self.split.train, self.split.test, users=self.benign_users(),
             ks=sorted(set(self.cfg.eval.ks)), batch_size=self.cfg.eval.batch_size, device=self.device,
+            seed=self.cfg.data.split_seed,
         )  # fmt: skip
         for metric, by_k in res.metrics.items():
             self.metric_rows.extend(

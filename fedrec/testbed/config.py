@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from fedrec.config import load_yaml
+from fedrec.config import INT_LIMIT, load_yaml, physical_memory
 from fedrec.defenses.preagg import PRE_STEPS
 from fedrec.testbed.data import SHARDS
 from fedrec.testbed.model import MODELS
@@ -20,6 +20,7 @@ NO_ATTACK = "none"
 
 PLACEMENTS = ("first", "random")
 ESTIMATORS = ("sgd", "saga")
+DIGITS = 1797  # scikit-learn's digits: the most training samples a SAGA table can hold
 
 
 @dataclass
@@ -77,8 +78,8 @@ class TestbedConfig:
 
         def integer(name: str, lo: int) -> None:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name}={v!r}: must be an integer >= {lo}")
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < INT_LIMIT:
+                raise ValueError(f"{name}={v!r}: must be an integer in [{lo}, 2^62)")
 
         def number(name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
             v = getattr(self, name)
@@ -90,8 +91,9 @@ class TestbedConfig:
 
         for name, lo in (("n", 1), ("f", 0), ("batch", 1), ("steps", 1), ("hidden", 1), ("eval_every", 1)):
             integer(name, lo)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r}: must be an integer >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < INT_LIMIT:
+            raise ValueError(f"seed={self.seed!r}: must be an integer in [0, 2^62)")
+        self._check_memory()
         if self.f >= self.n:
             raise ValueError(f"f={self.f}: must be below n={self.n} (at least one honest worker)")
         if self.rule_f is not None:
@@ -118,6 +120,19 @@ class TestbedConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be a mapping")
         if self.attack != NO_ATTACK and self.f == 0:
             raise ValueError(f"attack={self.attack!r} needs f >= 1 Byzantine workers (--byzantine)")
+
+    def _check_memory(self) -> None:
+        """The float64 vectors of P parameters the run keeps (per worker: its momentum, message and
+        gradient; SAGA: one per training sample of digits' 1,797), against this machine's memory:
+        ``hidden=10^11`` asked torch for 51 TB in a traceback."""
+        memory = physical_memory()
+        params = (64 + 1) * self.hidden + (self.hidden + 1) * 10 if self.model == "mlp" else 65 * 10
+        vectors = 4 * self.n + 8 + (DIGITS if self.estimator == "saga" else 0)
+        if memory is not None and 8 * params * vectors > memory:
+            raise ValueError(
+                f"hidden={self.hidden}, n={self.n}, estimator={self.estimator}: {vectors} vectors of {params} "
+                f"parameters need ~{8 * params * vectors / 1e9:.3g} GB, more than this machine's {memory / 1e9:.3g} GB"
+            )
 
     @property
     def assumed_f(self) -> int:
