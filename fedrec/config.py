@@ -783,10 +783,10 @@ def check_memory(
                 8 * neg + (4 * dim * (3 + neg) if cfg.federated.variance_reduction == "saga" else 0)
             )
     else:
-        parts["centralized.batch_users"] = 4 * min(cfg.centralized.batch_users, n_users) * n_items * 3
+        parts["centralized.batch_users"] = 4 * min(cfg.centralized.batch_users, n_users) * n_items
     if n_fake:
         parts["attack.fraction"] = n_fake * (16 + 8 * max(1, n_train // max(1, n_users - n_fake)))
-    parts["eval.batch_size"] = 4 * min(cfg.eval.batch_size, n_users) * n_items * 3
+    parts["eval.batch_size"] = 4 * min(cfg.eval.batch_size, n_users) * n_items
     need = sum(parts.values())
     if need > memory:
         top = max(parts, key=parts.__getitem__)
