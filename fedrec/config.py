@@ -28,6 +28,9 @@ class ConfigError(ValueError):
 MAX_YAML_VALUES = 100_000  # a config or grid file has hundreds; an alias bomb has billions
 MAX_RECORDS = 10**8  # round records (one per sampled client per round, ~50 bytes each): ~5 GB
 MAX_THREADS = 1024  # torch's thread pool fails outright (a segfault) far past any machine's cores
+# defense.max_weight_share is checked only in rounds with at least this many valid uploads (below it one
+# honest client may well hold most of a round's examples): fedrec.federation.validate.weight_share
+MIN_UPLOADS_FOR_SHARE = 5
 
 
 class YamlTooLarge(yaml.YAMLError):
@@ -744,9 +747,11 @@ def check_population(cfg: Config, n_users: int, dataset: str) -> int:
         return n_users
     k = fake_user_count(n_users, a.fraction) if a.mode == "inject" else byzantine_count(n_users, a.fraction)
     if k == 0:
+        least = 0.5 / (n_users + 0.5) if a.mode == "inject" else 0.5 / n_users  # where the count rounds to 1
+        scale = 10 ** (math.floor(math.log10(least)) - 1)
         raise ConfigError(
             f"attack.fraction={a.fraction!r}: of the {n_users} users of {dataset} that is no Byzantine "
-            f"client (at least {0.5 / n_users:.2g} makes one)"
+            f"client (at least {math.ceil(least / scale) * scale:.2g} makes one)"
         )
     if a.mode == "own" and k >= n_users:
         raise ConfigError(
@@ -813,17 +818,19 @@ def check_round_size(cfg: Config, n: int, f: int) -> None:
             f"(~{rounds * n * 50 / 1e9:.3g} GB of memory); at most {MAX_RECORDS:.0e}"
         )
     d = cfg.defense
-    if d.max_weight_share < 1 / n:
+    if n >= MIN_UPLOADS_FOR_SHARE and d.max_weight_share < 1 / n:
         raise ConfigError(
             f"defense.max_weight_share={d.max_weight_share!r}: below 1/n = 1/{n}, the share the largest claim "
             f"of a round of {n} clients always reaches: every round would reject it (all of them, when equal)"
         )
     from fedrec.defenses import DEFENSES, make_defense
 
+    defense = make_defense(d.name, d.params, d.pre)
     try:  # the rule once at this n and f: what no tiny test problem shows (MDA's C(n, f) subsets)
-        make_defense(d.name, d.params, d.pre).try_params(n=n, f=min(f, max(0, (n - 1) // 2)))
+        defense.try_params(n=n, f=min(f, max(0, (n - 1) // 2)))
     except ValueError as err:
         raise ConfigError(f"defense.name={d.name!r}: {err}") from None
+    defense.fewest(f)  # found now (cached per process), not in round 1
     rule = _f_rule(d.name)
     if rule is None:
         return

@@ -433,7 +433,7 @@ def test_a_run_that_rejected_every_honest_upload_says_so(tmp_path: Path) -> None
     the table looked like any run's and nothing was said (no defense, no attack: no detection line)."""
     res = CliRunner().invoke(app, [*TRAIN, "--set", "defense.max_grad=1e-12", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "warning: every honest upload was rejected (magnitude 18)" in res.stderr
+    assert "warning: every honest upload was rejected by the server's checks (magnitude 18)" in res.stderr
     assert "honest rejected 100.0%" in res.stdout
     summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
     assert summary["warnings"] and summary["protocol"] == "full"
@@ -444,3 +444,20 @@ def test_a_run_that_rejected_every_honest_upload_says_so(tmp_path: Path) -> None
 def test_centralized_epochs_that_are_not_whole_are_refused(tmp_path: Path) -> None:
     """--epochs 2.7 ran 2 centralized epochs without a word (federated epochs may be fractional)."""
     _one_line_exit_2(["train", "--dataset", "ml100k", "--epochs", "2.7"], tmp_path / "out", "--epochs=2.7")
+
+
+def test_run_warnings_count_the_server_checks_on_honest_uploads_only() -> None:
+    """A Krum that keeps one upload of nine turns eight down by design; Byzantine uploads the checks
+    reject say nothing of honest training."""
+    import pandas as pd
+
+    from fedrec.federation.runner import run_warnings
+
+    krum = pd.DataFrame({"byzantine": [False] * 9, "reason": [""] + ["filtered"] * 8})
+    assert run_warnings(krum) == []
+    attacked = pd.DataFrame({"byzantine": [True] * 6 + [False] * 3, "reason": ["magnitude"] * 6 + [""] * 3})
+    assert run_warnings(attacked) == []
+    stalled = pd.DataFrame({"byzantine": [False] * 4, "reason": ["non-finite"] * 3 + ["filtered"]})
+    assert run_warnings(stalled) == [
+        "75% of the honest uploads were rejected by the server's checks (non-finite 3): the model barely trained"
+    ]

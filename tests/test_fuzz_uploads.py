@@ -431,6 +431,7 @@ def test_invalid_uploads_below_what_the_rule_parameters_need_refuse_the_round(na
     defense = make_defense(name, params)
     defense.try_params(PER_ROUND, f)  # what config validation checks
     assert defense.fewest(f) == fewest
+    assert make_defense("trmean", {"trim": 2100}).fewest(f) == 4201  # far above min_n: found, not given up
     for invalid in range(PER_ROUND):
         world = World(seed=invalid)
         _, _, batch = world.honest(1)

@@ -108,6 +108,8 @@ class Split:
     test_fraction: float
 
     def most_seen(self) -> int:
-        """The most items one user holds, train and test together (0 without users)."""
-        counts = self.train.counts() + self.test.counts()
+        """The most items one user with test items holds, train and test together (0 without such
+        users): what leave-one-out's negatives are drawn around."""
+        test = self.test.counts()
+        counts = (self.train.counts() + test)[test > 0]
         return int(counts.max()) if counts.size else 0

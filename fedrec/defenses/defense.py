@@ -38,7 +38,7 @@ from fedrec.protocol import REASONS, Decision, ServerState, UploadBatch
 
 CODE = {name: i for i, name in enumerate(REASONS)}
 SCOPES = ("flat", "item")
-FEWEST_SEARCH = 4096  # round sizes tried above the rule's min_n(f) for the fewest it runs on with its params
+FEWEST_LIMIT = 2**20  # Defense.fewest: the largest round size tried (no round of this engine is larger)
 _FEWEST: dict[tuple, int] = {}  # (preset, params, f) -> Defense.fewest
 
 
@@ -88,20 +88,35 @@ class Defense:
         ``2 trim + 1``, Multi-Krum's ``m`` and Krum*'s ``q`` need as many, a MixTailor pool its
         smallest member's). Config validation tries the parameters at the full round size, but a
         round's invalid uploads, which Byzantine clients choose, shrink the set the rule sees: a round
-        with fewer than this many is refused (``too-few-uploads``), never a crash. Found once per preset
-        and ``f`` by trying the rule on tiny problems (``try_params``), upward from ``min_n(f)``."""
+        with fewer than this many is refused (``too-few-uploads``), never a crash.
+
+        Found once per preset and ``f`` (``check_round_size`` asks first, before round 1) by trying
+        the rule on tiny problems (``try_params``): sizes doubling from ``min_n(f)`` until one runs,
+        then halving the gap (what a parameter needs grows with n: ~2 log2 tries). Where none runs up
+        to ``FEWEST_LIMIT``, every round is refused rather than crashed."""
         key = (self.name, self.rule, self.space, self.scope, self.pre, repr(sorted(self.params.items())), f)
         if key not in _FEWEST:
-            least = self.spec.min_n(f)
-            for n in range(least, least + FEWEST_SEARCH):
-                try:
-                    self.try_params(n, f)
-                except ValueError:
-                    continue
-                least = n
-                break
-            _FEWEST[key] = least  # none found: the rule's own min_n, and its own error where it fails
+            _FEWEST[key] = self._search_fewest(f)
         return _FEWEST[key]
+
+    def _search_fewest(self, f: int) -> int:
+        def runs(n: int) -> bool:
+            try:
+                self.try_params(n, f)
+            except ValueError:
+                return False
+            return True
+
+        good = max(1, self.spec.min_n(f))
+        bad = good - 1  # the largest size known to fail (min_n - 1 by the rule's own count)
+        while not runs(good):
+            if good > FEWEST_LIMIT:
+                return FEWEST_LIMIT + 1
+            bad, good = good, 2 * good
+        while good - bad > 1:
+            mid = (bad + good) // 2
+            bad, good = (bad, mid) if runs(mid) else (mid, good)
+        return good
 
     def try_params(self, n: int | None = None, f: int = 1) -> None:
         """Run the rule once on a small random problem of ``n`` clients (default: a tiny one) with

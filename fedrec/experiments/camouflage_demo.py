@@ -16,7 +16,7 @@ import torch
 
 from fedrec.config import Config, check_round_size, validate
 from fedrec.data import load_dataset, split_per_user
-from fedrec.defenses import make_defense
+from fedrec.defenses import assumed_f, make_defense
 from fedrec.defenses.spaces import rows_of, uploaded
 from fedrec.federation.clients import sample_clients
 from fedrec.federation.pipeline import server_round
@@ -103,10 +103,20 @@ def run_demo(
         raise ValueError(f"--rounds {rounds} / --lr {lr}: both must be positive")
     cfg = demo_config(dataset, fraction, rounds, seed, data_dir)
     cfg.train.lr = lr
-    validate(cfg, mode="federated")  # the keys' domains, as a run's (a seed below 0, a lr of inf)
+    configs = {}
+    for name in ("clean", *defenses):
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg.attack.params = {"all_rows": False}
+        if name == "clean":  # the same run without Byzantine clients
+            run_cfg.attack.name, run_cfg.attack.fraction, run_cfg.attack.params = "none", 0.0, {}
+        run_cfg.defense.name = "none" if name == "clean" else name
+        configs[name] = validate(run_cfg, mode="federated")  # as a run's: a seed below 0, a defense's name
     split = split_per_user(load_dataset(dataset, data_dir), seed=cfg.data.split_seed)
-    # the round records the runs keep (10^11 rounds asked for 800 GB in a traceback), before any is built
-    check_round_size(cfg, clients_per_round(split.train.n_users, fraction), 0)
+    n = clients_per_round(split.train.n_users, cfg.federated.fraction)
+    for run_cfg in configs.values():  # each run's records (10^11 rounds asked for 800 GB) and its f
+        d = run_cfg.defense
+        fraction_f = d.assumed_fraction if d.assumed_fraction is not None else run_cfg.attack.fraction
+        check_round_size(run_cfg, n, assumed_f(n, fraction_f, d.f))
     device = torch.device("cpu")
     out: dict[str, Any] = {"dataset": dataset, "fraction": fraction, "rounds": rounds, "seed": seed, "lr": lr}
     warmup = 5
@@ -114,12 +124,7 @@ def run_demo(
     probe.train.lr = lr
     out["round"] = inspect_round(FederatedRun.create(probe, split, device), warmup=warmup)
     out["runs"] = {}
-    cfg.attack.params = {"all_rows": False}
-    for name in ("clean", *defenses):
-        run_cfg = copy.deepcopy(cfg)
-        if name == "clean":  # the same run without Byzantine clients
-            run_cfg.attack.name, run_cfg.attack.fraction, run_cfg.attack.params = "none", 0.0, {}
-        run_cfg.defense.name = "none" if name == "clean" else name
+    for name, run_cfg in configs.items():
         run = FederatedRun.create(run_cfg, split, device)
         res = run.run(progress=None if progress is None else (lambda ev, n=name: progress(n, ev)))
         df = run.rounds_frame()

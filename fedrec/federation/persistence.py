@@ -155,7 +155,7 @@ class RunCheckpointing:
         """Finite but huge states (an m of 3e38) passed every check above, then overflowed in the next
         step's bias correction: every honest upload was non-finite from then on and nothing was ever
         accepted again. Refused unless the tables take round ``t + 1`` finite both ways: the default
-        (zero-gradient) step and a client step at ``defense.max_grad`` in every coordinate."""
+        (zero-gradient) step and a client step at ``+-defense.max_grad`` in every coordinate."""
         g = float(self.cfg.defense.max_grad)
         parts = [("", sd["theta"], sd["state"], t + 1)]
         if sd["private"] is not None:  # a user's own step count may be 1: the largest bias correction
@@ -165,7 +165,11 @@ class RunCheckpointing:
                 continue
             prev = {"theta": theta, **state}
             full = torch.full_like(theta, g)
-            for step in (self.rule.default_rows(prev, step_t), self.rule.client_step(prev, full, step_t)):
+            steps = (
+                self.rule.default_rows(prev, step_t),
+                *(self.rule.client_step(prev, x, step_t) for x in (full, -full)),
+            )
+            for step in steps:
                 bad = next((k for k, x in step.items() if not bool(torch.isfinite(x).all())), None)
                 if bad is not None:
                     raise CheckpointError(

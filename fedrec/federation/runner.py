@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fedrec.config import (
@@ -185,18 +186,26 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
         "host": platform.node(),
         "run_dir": str(run_dir),
     }
-    summary["warnings"] = run_warnings(summary)
+    summary["warnings"] = run_warnings(rounds)
     write_summary(run_dir, summary)
     return summary
 
 
-def run_warnings(summary: dict[str, Any]) -> list[str]:
-    """What a finished run's numbers hide: a server that rejected (nearly) every honest upload trained
-    nothing, yet its P@K table looked like any other (``defense.max_grad=1e-12``, a diverged model
-    whose every honest upload is non-finite)."""
-    rate = summary["detection"]["all_rounds"].get("false_rejection_rate")
-    if rate is None or rate != rate or rate <= 0.5:  # None or NaN: no honest upload
+RULE_REASONS = ("", "filtered", "too-few-uploads")  # accepted, or turned down by the defense's own rule
+
+
+def run_warnings(rounds: pd.DataFrame) -> list[str]:
+    """What a finished run's numbers hide: a server whose checks rejected most honest uploads trained
+    little or nothing, yet its P@K table looked like any other (``defense.max_grad=1e-12``, a diverged
+    model whose every honest upload is non-finite). Counted over the honest uploads and the server's
+    checks only: a Krum that keeps one upload a round turns the others down by design."""
+    honest = rounds[~rounds.byzantine.astype(bool)]
+    reasons = honest.reason.astype(str)
+    checked = reasons[~reasons.isin(RULE_REASONS)]
+    if len(honest) == 0 or len(checked) <= len(honest) / 2:
         return []
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items(), key=lambda kv: -kv[1])[:3])
+    rate = len(checked) / len(honest)
+    top = ", ".join(f"{k} {v}" for k, v in checked.value_counts().head(3).items())
     what = "every honest upload was" if rate >= 1 else f"{rate:.0%} of the honest uploads were"
-    return [f"{what} rejected ({reasons}): the model {'never moved' if rate >= 1 else 'barely trained'}"]
+    moved = "never moved" if rate >= 1 else "barely trained"
+    return [f"{what} rejected by the server's checks ({top}): the model {moved}"]

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fedrec.config import WEIGHTINGS
+from fedrec.config import MIN_UPLOADS_FOR_SHARE, WEIGHTINGS
 from fedrec.federation.validate_native import value_checks
 from fedrec.optim.base import finite_rows
 from fedrec.optim.fused import rule_check
@@ -320,7 +320,7 @@ def validate(
     n_rows: int,
     max_examples: int,
     max_weight_share: float | None = 0.9,
-    min_uploads_for_share: int = 5,
+    min_uploads_for_share: int = MIN_UPLOADS_FOR_SHARE,
     codes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reason codes ``[n]`` (0 = valid) for every upload of the batch, first failing check wins:
@@ -364,7 +364,10 @@ def _value_checks(code: torch.Tensor, uploads: UploadBatch, n_rows: int, max_exa
 
 
 def weight_share(
-    code: torch.Tensor, ne: torch.Tensor, max_weight_share: float, min_uploads_for_share: int = 5
+    code: torch.Tensor,
+    ne: torch.Tensor,
+    max_weight_share: float,
+    min_uploads_for_share: int = MIN_UPLOADS_FOR_SHARE,
 ) -> torch.Tensor:
     """Reject a valid upload claiming more than ``max_weight_share`` of the valid uploads' weight."""
     code = code.clone()
@@ -415,7 +418,7 @@ def check_rule(
     up = {"theta": sub.theta, **sub.state}
     domain, broken, too_big, g = rule_check(rule, fused)(tables, rows, up, t, max_grad, verify)
     if not verify:  # theta is then no step of a bounded gradient: bound it alone (the aggregate stays finite)
-        too_big = too_big | (sub.theta.abs() > THETA_MAX).any(dim=1)
+        too_big = too_big | (sub.theta.abs().amax(dim=1) > THETA_MAX)
     # an upload's code: the first of the three checks that one of its rows fails, in this order
     fails = torch.zeros(3, sub.n, dtype=torch.int64, device=code.device)
     fails.index_add_(1, owner, torch.stack([domain, broken, too_big]).long())
