@@ -53,7 +53,9 @@ def _clean_errors() -> Iterator[None]:
 
 
 # errors that say a given path is unusable (bad input), unlike e.g. a full disk
-_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES})
+_PATH_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS}
+)  # EPERM / EROFS: /sys or a read-only mount, which os.access may call writable for root
 
 
 def _notes(lines: list[str]) -> None:
@@ -243,7 +245,11 @@ def _train_overrides(opts: dict[str, Any], config: Path | None = None) -> list[s
         model = opts.get("model")
         if (mode or "centralized") == "centralized" and model == "pop":
             raise ConfigError("--epochs: the most-popular baseline (pop) trains nothing")
-        if (mode or "centralized") == "centralized" and not float(epochs).is_integer():  # was cut to int
+        sets = [t.partition("=") for t in opts.get("set_") or []]
+        final = next(
+            (v.strip() for k, _, v in reversed(sets) if k.strip() == "train.mode"), mode
+        )  # --set wins
+        if (final or "centralized") == "centralized" and not float(epochs).is_integer():  # was cut to int
             raise ConfigError(f"--epochs={epochs}: centralized training runs whole epochs")
         overrides += [f"federated.epochs={epochs}", f"centralized.epochs={int(epochs)}"]
         if model in CENTRALIZED_EPOCHS:
@@ -533,7 +539,9 @@ def evaluate(
         if len(rest) != 1:
             raise ConfigError(f"expected one run directory, got {len(rest)}: {' '.join(rest)}")
         values = [v for text in [*(ks or []), *extra] for v in text.replace(",", " ").split()]
-        if not all(v.isdigit() and int(v) > 0 for v in values) or (ks is not None and not values):
+        if not all(v.isascii() and v.isdigit() and int(v) > 0 for v in values) or (
+            ks is not None and not values
+        ):
             raise ConfigError(f"--ks {' '.join(values)}: expected positive integers")
         res = evaluate_run(Path(rest[0]), [int(v) for v in values] or None, users)
     if as_json:

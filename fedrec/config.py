@@ -662,9 +662,15 @@ def _check_params(cfg: Config) -> None:
                 raise ConfigError(f"{section}.params.{name}={shown(value)}: integers must lie within +-2^62")
     if a.name != "none":
         try:
-            make_attack(a.name, **a.params)
+            attack = make_attack(a.name, **a.params)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"attack.params ({a.name}): {err}") from None
+        rules = getattr(attack, "optimizers", None)
+        if rules is not None and cfg.train.optimizer not in rules:  # it raised in round 1
+            raise ConfigError(
+                f"attack.name={a.name!r}: defined for train.optimizer {' or '.join(rules)}, "
+                f"not {cfg.train.optimizer!r}"
+            )
     elif a.params:
         raise ConfigError(
             f"attack.params={shown(a.params)}: attack.name is 'none', which takes no parameters"

@@ -15,6 +15,7 @@ import fedrec.attacks
 from fedrec import mixpool
 from fedrec.attacks import MixTailorAdaptive, make_attack
 from fedrec.attacks.adaptive import pool_objective
+from fedrec.attacks.honest import own
 from fedrec.defenses import RULES, ClientVectors
 from fedrec.defenses.mixtailor import CLASSES, PS, member_params
 from fedrec.optim import make_rule
@@ -121,6 +122,17 @@ def test_parameters_are_checked():
         {"f": -1},
         {"classes": ("mda",)},
         {"ps": (0.5,)},
+        {"eps_grid": tuple(range(1, 20_001))},  # a round held [20000, n, D] float64: 73 GB
+        {"ps": tuple(range(1, 2_001))},  # every member for each p: the first round hung
     ):
         with pytest.raises(ValueError):
             make_attack("mixtailor-adaptive", **bad)
+
+
+def test_a_round_no_pool_member_runs_on_sends_the_clients_own_updates():
+    """f defaults to the round's Byzantine count, which varies: a round where it leaves no member of
+    the pool a valid n (Krum needs n >= f + 3) raised and ended the run after its earlier rounds."""
+    ctx = _ctx(h=2, b=7)  # n = 9, f = 7: Krum needs 10
+    attack = make_attack("mixtailor-adaptive", classes=("krum",), ps=(2.0,))
+    assert attack.choose(ctx) is None
+    assert all(torch.equal(a, b) for a, b in zip(attack.craft(ctx), own(ctx), strict=True))

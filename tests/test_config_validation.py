@@ -444,6 +444,20 @@ def test_a_run_that_rejected_every_honest_upload_says_so(tmp_path: Path) -> None
 def test_centralized_epochs_that_are_not_whole_are_refused(tmp_path: Path) -> None:
     """--epochs 2.7 ran 2 centralized epochs without a word (federated epochs may be fractional)."""
     _one_line_exit_2(["train", "--dataset", "ml100k", "--epochs", "2.7"], tmp_path / "out", "--epochs=2.7")
+    # a federated run (the mode given by --set) takes a fraction of an epoch
+    args = [
+        "train",
+        "--dataset",
+        "ml100k",
+        "--epochs",
+        "0.02",
+        "--set",
+        "train.mode=federated",
+        "--set",
+        "model.dim=4",
+    ]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "fed"), "--json"])
+    assert res.exit_code == 0, res.output
 
 
 def test_run_warnings_count_the_server_checks_on_honest_uploads_only() -> None:
@@ -461,3 +475,30 @@ def test_run_warnings_count_the_server_checks_on_honest_uploads_only() -> None:
     assert run_warnings(stalled) == [
         "75% of the honest uploads were rejected by the server's checks (non-finite 3): the model barely trained"
     ]
+
+
+def test_an_attack_defined_for_some_optimizers_is_refused_with_the_others() -> None:
+    """The camouflage attack is defined for Adam; with SGD it passed the checks and raised in round 1,
+    after the run directory existed (and failed every such grid cell)."""
+    from fedrec.attacks import ATTACKS
+    from fedrec.optim import RULES
+
+    limited = 0
+    for name, attack in ATTACKS.items():
+        rules = getattr(attack, "optimizers", None)
+        for opt in RULES:
+            if rules is None or opt in rules:
+                continue
+            limited += 1
+            with pytest.raises(ConfigError, match=r"defined for train\.optimizer"):
+                load_config(
+                    None, [FED, f"attack.name={name}", "attack.fraction=0.2", f"train.optimizer={opt}"]
+                )
+    assert limited >= len(RULES) - 1  # camouflage, at least
+
+
+def test_an_out_folder_the_system_refuses_is_one_line() -> None:
+    """/sys: os.access calls it writable for root, then mkdir raised EPERM in a traceback."""
+    res = CliRunner().invoke(app, [*TRAIN, "--out", "/sys/fedrec-test-out"])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "/sys/fedrec-test-out" in res.stderr

@@ -360,3 +360,21 @@ def test_the_c_segment_norms_are_the_torch_ones(seed: int, n: int, K: int, d: in
         torch.tensor([1, 0, 1]), torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]), 3
     )
     assert hand.tolist() == [1.0, 29.0, 0.0]
+
+
+def test_the_forged_share_with_an_upload_forged_past_float64():
+    """An attack at eps = 1e308 forges an infinite norm: inf / inf was NaN (and numpy warned on stderr)
+    although every such upload was rejected; infinite forgeries outweigh every finite one."""
+    import warnings
+
+    rounds = pd.DataFrame({
+        "byzantine": [True, True, True, False], "accepted": [False, False, True, True],
+        "forged": [float("inf"), float("inf"), 3.0, 0.0], "grad_norm": [1.0, 1.0, 1.0, 1.0],
+    })  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert forged_rates(rounds)["forged_share_rejected"] == 1.0
+        rounds.loc[1, "accepted"] = True
+        assert forged_rates(rounds)["forged_share_rejected"] == 0.5
+        finite = rounds.assign(forged=[2.0, 1.0, 1.0, 0.0])
+        assert forged_rates(finite)["forged_share_rejected"] == 4 / 6

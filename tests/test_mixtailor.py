@@ -291,3 +291,10 @@ def test_random_eps_draws_small_or_large_per_round_from_the_attackers_generator(
     assert set(epss) == {0.1, 10.0}
     assert 10 <= epss.count(0.1) <= 30  # about half of 40 (binomial: 4.4 sigma either side)
     assert math.isclose(make_attack("random-eps", small=0.2, large=5.0).large, 5.0)
+
+
+def test_mda_leaves_the_pool_where_it_would_enumerate_too_many_subsets():
+    """Config validation tries one drawn member: a pool with MDA passed at n = 47, f = 15 (C(47, 15) =
+    7.5e11 subsets), then raised the round the draw picked MDA."""
+    assert active(("mda", "cw-median"), (2.0,), 47, 15) == [1]  # the members: [mda, cw-median]
+    assert active(("mda", "cw-median"), (2.0,), 12, 3) == [0, 1]  # C(12, 3) = 220: MDA stays

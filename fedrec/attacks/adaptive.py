@@ -24,20 +24,22 @@ from fedrec.attacks.honest import observed, own, same_for_all
 Tensor = torch.Tensor
 
 OBJECTIVES = ("max", "mean")
+MAX_CANDIDATES = 64  # eps_grid and ps: four times the defaults
 EPS_GRID: tuple[float, ...] = tuple(round(10 ** (k / 4), 6) for k in range(-8, 9))
 """0.01 to 100, four values a decade: spans Xie et al.'s eps = 0.1 (against Krum) and 10 (the median)."""
 
 
-def pool_inner(V: Tensor, eps: Tensor, b: int, f: int, classes, ps) -> tuple[Tensor, Tensor]:
+def pool_inner(V: Tensor, eps: Tensor, b: int, f: int, classes, ps) -> tuple[Tensor, Tensor] | None:
     """``(inner [M, E], copies [M])``: for each distinct member m that runs on ``n = h + b`` vectors and
     each candidate ``eps_e``, ``v_m(eps_e)^T mu`` (``mu`` the honest mean, ``v_m`` the member's aggregate
-    of the honest ``V [h, D]`` and ``b`` copies of ``-eps_e mu``), and how many pool members it stands for."""
+    of the honest ``V [h, D]`` and ``b`` copies of ``-eps_e mu``), and how many pool members it stands for;
+    None where no member runs on this round (the round's Byzantine count, f by default, varies)."""
     h = V.shape[0]
     mu = V.mean(0)
     X = torch.cat([V.expand(eps.shape[0], h, V.shape[1]), (-eps[:, None, None] * mu).expand(-1, b, -1)], 1)
     members = mixpool.distinct_members(classes, ps, h + b, f)
     if not members:
-        raise ValueError(f"mixtailor-adaptive: no pool member runs on n={h + b} with f={f}")
+        return None
     inner = torch.stack([mixpool.member(c, p, X, f) @ mu for c, p, _ in members])
     return inner, torch.tensor([k for _, _, k in members], dtype=inner.dtype, device=inner.device)
 
@@ -51,8 +53,11 @@ def reduce_pool(inner: Tensor, copies: Tensor, objective: str) -> Tensor:
 
 
 def pool_objective(V: Tensor, eps: Tensor, b: int, f: int, classes, ps, objective: str) -> Tensor:
-    """``[E]``: ``reduce_pool`` of ``pool_inner``."""
-    return reduce_pool(*pool_inner(V, eps, b, f, classes, ps), objective)
+    """``[E]``: ``reduce_pool`` of ``pool_inner`` (ValueError where no member runs on the round)."""
+    pooled = pool_inner(V, eps, b, f, classes, ps)
+    if pooled is None:
+        raise ValueError(f"mixtailor-adaptive: no pool member runs on n={V.shape[0] + b} with f={f}")
+    return reduce_pool(*pooled, objective)
 
 
 def lexicographic_argmin(primary: Tensor, secondary: Tensor) -> Tensor:
@@ -107,6 +112,13 @@ class MixTailorAdaptive(GradientAttack):
         grid = tuple(self.eps_grid)
         if not grid or not all(isinstance(e, int | float) and 0 < e < float("inf") for e in grid):
             raise ValueError(f"MixTailorAdaptive: eps_grid must be finite numbers > 0, got {self.eps_grid!r}")
+        # a round holds [eps, n, D] float64 copies and runs every member per p: 20,000 eps asked for 73 GB,
+        # 2,000 p hung the first round
+        for name, values in (("eps_grid", grid), ("ps", tuple(self.ps))):
+            if len(values) > MAX_CANDIDATES:
+                raise ValueError(
+                    f"MixTailorAdaptive: {name} holds {len(values)} values, at most {MAX_CANDIDATES}"
+                )
         if self.f is not None and (isinstance(self.f, bool) or not isinstance(self.f, int) or self.f < 0):
             raise ValueError(f"MixTailorAdaptive: f must be None or an int >= 0, got {self.f!r}")
         unknown = [c for c in self.classes if c not in mixpool.CLASSES]
@@ -125,7 +137,10 @@ class MixTailorAdaptive(GradientAttack):
         V = X.reshape(h, -1)
         eps = torch.tensor(self.eps_grid, dtype=torch.float64, device=V.device)
         f = ctx.b if self.f is None else self.f
-        inner, copies = pool_inner(V, eps, ctx.b, f, self.classes, self.ps)
+        pooled = pool_inner(V, eps, ctx.b, f, self.classes, self.ps)
+        if pooled is None:  # a round no member of the pool runs on: nothing to tailor to (it ended the run)
+            return None
+        inner, copies = pooled
         obj = reduce_pool(inner, copies, self.objective)
         other = reduce_pool(inner, copies, OBJECTIVES[self.objective == "max"])  # the tie-break
         return union, X.mean(0), eps[lexicographic_argmin(obj, other)], obj

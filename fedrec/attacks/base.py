@@ -143,6 +143,7 @@ class AttackBase:
     rule_consistent: ClassVar[bool] = True
     needs_flipped: ClassVar[bool] = False
     needs_popularity: ClassVar[bool] = False
+    optimizers: ClassVar[tuple[str, ...] | None] = None  # the optimizer rules it is defined for (None: any)
 
     def check(self, ctx: AttackContext) -> None:
         if self.omniscient and ctx.honest_g is None:

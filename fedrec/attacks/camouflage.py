@@ -170,6 +170,7 @@ class Camouflage(AttackBase):
     name = "camouflage"
     omniscient = False
     rule_consistent = True
+    optimizers = ("adam",)
 
     all_rows: bool = False
     select: str = "farthest"

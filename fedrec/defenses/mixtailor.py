@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,7 @@ import torch
 
 from fedrec import mixpool
 from fedrec.defenses.base import RULES, RuleResult, RuleSpec, dense_rows, register_rule
+from fedrec.defenses.mda import MAX_SUBSETS
 from fedrec.defenses.vectors import ClientVectors, weighted_sum
 
 Tensor = torch.Tensor
@@ -89,8 +91,20 @@ def member_params(rule: str, p: float, solver: dict[str, Any] | None = None) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _note_left_out(rule: str, n: int, f: int, need: int) -> None:
-    log.info("MixTailor: %s leaves the pool for rounds of n=%d, f=%d (it needs n >= %d)", rule, n, f, need)
+def _note_left_out(rule: str, n: int, f: int, why: str) -> None:
+    log.info("MixTailor: %s leaves the pool for rounds of n=%d, f=%d (%s)", rule, n, f, why)
+
+
+def _why_not(rule: str, n: int, f: int) -> str | None:
+    """Why ``rule`` cannot run on n vectors with this f, or None: fewer than its ``min_n(f)``, or (MDA)
+    more (n - f)-subsets than it enumerates. A member that cannot leaves the pool for such rounds; MDA's
+    bound was met only when the round's draw picked it, raising mid-run."""
+    need = RULES[rule].min_n(f)
+    if n < need:
+        return f"it needs n >= {need}"
+    if rule == "mda" and math.comb(n, f) > MAX_SUBSETS:
+        return f"C(n, f) = {math.comb(n, f)} subsets exceed its {MAX_SUBSETS}"
+    return None
 
 
 def active(classes: Sequence[str], ps: Sequence[float], n: int, f: int) -> list[int]:
@@ -98,11 +112,11 @@ def active(classes: Sequence[str], ps: Sequence[float], n: int, f: int) -> list[
     members = pool(classes, ps)
     keep = []
     for i, (rule, _) in enumerate(members):
-        need = RULES[rule].min_n(f)
-        if n >= need:
+        why = _why_not(rule, n, f)
+        if why is None:
             keep.append(i)
         else:
-            _note_left_out(rule, n, f, need)
+            _note_left_out(rule, n, f, why)
     if not keep:
         raise ValueError(f"MixTailor: no rule of the pool runs on n={n} with f={f}")
     return keep

@@ -83,8 +83,14 @@ def forged_rates(rounds: pd.DataFrame) -> dict[str, float]:
     mass = byz.forged.pow(2)
     substantial = byz.forged >= byz.grad_norm
     div = lambda a, b: float(a / b) if b else math.nan  # noqa: E731
+    endless = mass == math.inf  # uploads forged past float64 (eps = 1e308): they outweigh every finite one
+    share = (
+        div((endless & rejected).sum(), endless.sum())
+        if endless.any()
+        else div(mass[rejected].sum(), mass.sum())
+    )  # inf / inf was NaN, with numpy's warning on stderr
     return {
-        "forged_share_rejected": div(mass[rejected].sum(), mass.sum()),
+        "forged_share_rejected": share,
         "substantial_byzantine": int(substantial.sum()),
         "substantial_recall": div((substantial & rejected).sum(), substantial.sum()),
     }

@@ -191,7 +191,10 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
     return summary
 
 
-RULE_REASONS = ("", "filtered", "too-few-uploads")  # accepted, or turned down by the defense's own rule
+RULE_REASONS = (
+    "",
+    "filtered",
+)  # accepted, or turned down by the rule's choice (too-few-uploads is no choice)
 
 
 def run_warnings(rounds: pd.DataFrame) -> list[str]:
