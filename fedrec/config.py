@@ -442,6 +442,8 @@ FINITE = Domain(_is_num, "a finite number")
 SEED = Domain(lambda v: _is_int(v) and 0 <= v < INT_LIMIT, "an integer in [0, 2^62)")
 # an initial scale past this only saturates BPR's sigmoid (scores ~ d std^2), and past ~1e18 the scores
 # overflow float32: every honest upload non-finite, P@K of a NaN model reported as if trained
+# a step size past this only diverges (BPR's gradients are O(1)); 1e300 overflowed torch's Adam in a traceback
+LR = Domain(lambda v: _is_num(v) and 0 < v <= 1e3, "a number in (0, 1e3]")
 INIT_STD = Domain(lambda v: _is_num(v) and 0 < v <= 1e3, "a number in (0, 1e3]")
 KS = Domain(
     lambda v: isinstance(v, list) and len(v) > 0 and all(POSITIVE_INT.ok(k) for k in v),
@@ -458,7 +460,7 @@ DOMAINS: dict[str, Domain] = {
     "model.dim": POSITIVE_INT,
     "model.gamma": NON_NEGATIVE,
     "model.init_std": INIT_STD,  # 0 would start every user and item at the same point: nothing to learn
-    "train.lr": POSITIVE,
+    "train.lr": LR,
     "train.beta1": PROBABILITY_BELOW_1,
     "train.beta2": PROBABILITY_BELOW_1,
     "train.eps": POSITIVE,
@@ -485,16 +487,16 @@ DOMAINS: dict[str, Domain] = {
     "defense.max_grad": Domain(lambda v: _is_num(v) and 0 < v <= 1e15, "a number in (0, 1e15]"),
     # below 1 the clip would cut honest claims under the round's median
     "defense.weight_clip": Domain(lambda v: _is_num(v) and v >= 1, "a finite number >= 1"),
-    "centralized.lr": POSITIVE,
+    "centralized.lr": LR,
     "centralized.init_std": INIT_STD,
     "centralized.epochs": POSITIVE_INT,
     "centralized.batch_users": POSITIVE_INT,
     "centralized.eval_every": POSITIVE_INT,
     "centralized.implicit_iterations": POSITIVE_INT,
-    "centralized.implicit_lr": POSITIVE,
+    "centralized.implicit_lr": LR,
     "centralized.implicit_reg": NON_NEGATIVE,
     "centralized.recbole_epochs": POSITIVE_INT,
-    "centralized.recbole_lr": POSITIVE,
+    "centralized.recbole_lr": LR,
     "eval.ks": KS,
     "eval.batch_size": POSITIVE_INT,
 }

@@ -502,3 +502,27 @@ def test_an_out_folder_the_system_refuses_is_one_line() -> None:
     res = CliRunner().invoke(app, [*TRAIN, "--out", "/sys/fedrec-test-out"])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert "/sys/fedrec-test-out" in res.stderr
+
+
+def test_a_diverged_centralized_run_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
+    """implicit-bpr at a learning rate of 1 raised ModelFitError (NaN factors) in a traceback and left
+    a folder holding only config.yaml; a centralized FISM whose loss went NaN was scored as trained."""
+    args = ["train", "--mode", "centralized", "--dataset", "ml100k", "--model", "implicit-bpr",
+            "--set", "centralized.implicit_iterations=3", "--set", "centralized.implicit_lr=1"]  # fmt: skip
+    _one_line_exit_2(args, tmp_path / "out", "implicit-bpr diverged")
+    from fedrec.baselines.centralized import train_centralized
+    from fedrec.data import split_per_user, synthetic
+
+    split = split_per_user(synthetic(30, 40, mean_items=6, seed=0), seed=0)
+    with pytest.raises(ValueError, match="diverged at epoch 1"):
+        train_centralized(split, model="fism", dim=4, init_std=1e30, lr=1e30, epochs=3)
+
+
+def test_recbole_bpr_refuses_a_user_with_too_few_unseen_items(tmp_path: Path) -> None:
+    """RecBole's negative sampler redraws without a limit: a user holding 198 of 200 items hung it."""
+    rows = [f"0\t{i}" for i in range(199)] + [f"{u}\t{i}" for u in range(1, 6) for i in range(3)]
+    path = tmp_path / "dense.inter"
+    path.write_text("user_id:token\titem_id:token\n" + "\n".join(rows) + "\n")
+    args = ["train", "--mode", "centralized", "--dataset", str(path), "--model", "recbole-bpr",
+            "--set", "data.test_fraction=0.0001", "--set", "eval.ks=[1]"]  # fmt: skip
+    _one_line_exit_2(args, tmp_path / "out", "too few unseen ones")

@@ -158,3 +158,21 @@ def test_manifest_contents() -> None:
             assert len(entry["sha256"]) == 64 and entry["member"]
     assert expected_stats("lastfm") == {"users": 1892, "items": 17632, "interactions": 92834}
     assert expected_stats("citeulike-t") == {"users": 7947, "items": 25975, "interactions": 134860}
+
+
+def test_a_corrupted_member_raises_one_line_and_installs_nothing(
+    tmp_path: Path, toy_manifest: dict[str, Any]
+) -> None:
+    """A byte flipped in transit failed the member's CRC: zipfile.BadZipFile escaped as a traceback."""
+    path = tmp_path / "crc.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("toy-master/users.dat", USERS * 50)
+        zf.writestr("toy-master/citations.dat", CITATIONS)
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(USERS) + 20] ^= 1
+    path.write_bytes(bytes(raw))
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"cannot read toy-master/users\.dat") as info:
+        download("citeulike-a", cache, url=path.as_uri())
+    assert "\n" not in str(info.value)
+    assert not (cache / "citeulike-a").exists()

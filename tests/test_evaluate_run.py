@@ -122,3 +122,25 @@ def test_a_crafted_centralized_checkpoint_is_one_line(data: str, tmp_path: Path,
         _one_line_exit_2([str(run)], needle)
     torch.save(good, ckpt)
     assert _evaluate(run).exit_code == 0
+
+
+@pytest.mark.parametrize("mode", ["federated", "centralized"])
+def test_a_data_file_edited_after_training_is_refused(data: str, tmp_path: Path, mode: str) -> None:
+    """The run reloads its dataset by path: a file edited since (100 interactions dropped, the catalog
+    unchanged) gave another split and other P@K with no message, to evaluate and to resume."""
+    own = tmp_path / "own.inter"
+    own.write_text(Path(data).read_text())
+    if mode == "federated":
+        run = _federated(str(own), tmp_path / "out", "fism")
+    else:
+        cfg = load_config(None, values={"data.dataset": str(own), "model.dim": 8, "centralized.epochs": 1,
+                                        "eval.ks": [2, 5], "run.out_dir": str(tmp_path / "out")})  # fmt: skip
+        run = run_centralized(cfg)[1]
+    assert evaluate_run(run)["metrics"]  # unchanged data: fine
+    lines = own.read_text().splitlines()
+    own.write_text("\n".join(lines[:1] + lines[101:]) + "\n")
+    _one_line_exit_2([run], "the data file changed since the run")
+    if mode == "federated":
+        (run / "summary.json").unlink()  # a killed run: resuming would train on
+        res = CliRunner().invoke(app, ["train", "--resume", str(run)])
+        assert res.exit_code == 2 and "the data file changed since the run" in res.stderr, res.output

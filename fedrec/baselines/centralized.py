@@ -6,6 +6,7 @@ and takes mini-batch Adam steps over users (torch.optim.Adam, dense moments).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +102,11 @@ def train_centralized(
             opt.step()
             total += loss.detach()
         result.losses.append(float(total))
+        if not math.isfinite(result.losses[-1]):  # a NaN model scored anyway looked like a trained one
+            raise ValueError(
+                f"centralized training diverged at epoch {epoch} (loss {result.losses[-1]}): lower "
+                "centralized.lr or centralized.init_std"
+            )
         if on_epoch is not None:
             on_epoch(epoch, result.losses[-1], state)
     result.seconds = time.perf_counter() - start

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from implicit.cpu.bpr import BayesianPersonalizedRanking
+from implicit.recommender_base import ModelFitError
 
 from fedrec.data.interactions import Interactions
 from fedrec.eval import Scorer
@@ -43,7 +44,10 @@ def train_implicit_bpr(
         random_state=seed,
     )
     start = time.perf_counter()
-    model.fit(train.to_scipy(), show_progress=False)  # rows are users (implicit >= 0.5)
+    try:
+        model.fit(train.to_scipy(), show_progress=False)  # rows are users (implicit >= 0.5)
+    except ModelFitError as err:  # NaN factors (a learning rate of 1 diverges): one line, not a traceback
+        raise ValueError(f"implicit-bpr diverged ({err}): lower centralized.implicit_lr") from None
     wall_s = time.perf_counter() - start
     info: dict[str, Any] = {
         "model": "implicit-bpr",

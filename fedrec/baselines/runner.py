@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,8 +44,27 @@ def run_centralized(
     check_memory(
         cfg, "centralized", n_users=train.n_users, n_items=train.n_items, n_train=train.nnz, round_entries=0
     )
-    if run_dir is None:
-        run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or f"{inter.name}-{model}-centralized")
+    if model == "recbole-bpr" and train.n_users:
+        seen = int(train.counts().max())
+        if train.n_items - seen < max(1, train.n_items // 50):  # RecBole's sampler redraws without a limit
+            raise ConfigError(
+                f"model.name='recbole-bpr': a user of {inter.name} holds {seen} of its {train.n_items} "
+                "training items, too few unseen ones for RecBole's negative sampler (it hung)"
+            )
+    if run_dir is not None:  # a grid cell's: the grid records a failure beside it
+        return _run(cfg, split, inter.name, run_dir, device, threads, progress)
+    run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or f"{inter.name}-{model}-centralized")
+    try:
+        return _run(cfg, split, inter.name, run_dir, device, threads, progress)
+    except BaseException:  # nothing to resume (no checkpoint is kept mid-training): leave no half folder
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run(
+    cfg: Config, split, name: str, run_dir: Path, device, threads, progress
+) -> tuple[dict[str, Any], Path]:
+    model = cfg.model.name
     write_config(run_dir, cfg.to_yaml())
     ks = sorted(set(cfg.eval.ks))
     c = cfg.centralized
@@ -89,6 +109,7 @@ def run_centralized(
                 "theta": trained.model.theta.cpu(),
                 "user_vectors": trained.model.user_vectors,
                 "config": cfg.to_dict(),
+                "data": split.fingerprint(),  # fedrec evaluate refuses another dataset
             },
             run_dir / "checkpoint.pt",
         )
@@ -111,7 +132,7 @@ def run_centralized(
     record(epochs, final)
     write_metrics(run_dir, rows)
     summary = {
-        "dataset": inter.name,
+        "dataset": name,
         "model": model,
         "mode": "centralized",
         "epochs": epochs,

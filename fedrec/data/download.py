@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import importlib.resources
 import logging
 import os
@@ -17,6 +18,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +97,12 @@ def _fetch(url: str, dest: Path) -> None:
     try:
         with urllib.request.urlopen(req, timeout=60) as resp, dest.open("wb") as out:
             shutil.copyfileobj(resp, out, _CHUNK)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (
+        urllib.error.URLError,
+        OSError,
+        ValueError,
+        http.client.HTTPException,
+    ) as exc:  # IncompleteRead too
         raise DataError(f"download failed: {' '.join(str(exc).split())}", url) from None
 
 
@@ -121,10 +128,16 @@ def _extract_verified(archive: Path, spec: dict[str, Any], staging: Path, url: s
             member = _member(zf, entry["member"], url)
             digest = hashlib.sha256()
             # Written under the manifest's file name, never the member path (no path traversal).
-            with zf.open(member) as src, (staging / fname).open("wb") as out:
-                while chunk := src.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
+            try:
+                with zf.open(member) as src, (staging / fname).open("wb") as out:
+                    while chunk := src.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+                # a corrupted member (CRC), a truncated stream, a compression or encryption zipfile lacks
+                raise DataError(
+                    f"cannot read {member} from the archive ({err}); nothing was installed", url
+                ) from None
             if digest.hexdigest() != entry["sha256"]:
                 raise DataError(
                     f"sha256 mismatch for {member}: expected {entry['sha256']}, got {digest.hexdigest()}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,3 +114,14 @@ class Split:
         test = self.test.counts()
         counts = (self.train.counts() + test)[test > 0]
         return int(counts.max()) if counts.size else 0
+
+    def fingerprint(self) -> str:
+        """What a run's checkpoint was trained and split on: shape and a sha256 of both sides' CSR
+        arrays. A data file edited after training silently gave another split to resume or to
+        evaluate on (another P@K, no message); a checkpoint records this and is refused on a change."""
+        digest = hashlib.sha256()
+        for part in (self.train, self.test):
+            for x in (part.indptr, part.indices):
+                digest.update(np.ascontiguousarray(x, dtype=np.int64).tobytes())
+        t = self.train
+        return f"{t.n_users} users, {t.n_items} items, {t.nnz + self.test.nnz} interactions, {digest.hexdigest()[:16]}"

@@ -77,12 +77,15 @@ class RunCheckpointing:
             "records": records,
             "losses": losses,
             "seconds": float(self.seconds),
+            "data": self.split.fingerprint(),  # checked on resume and evaluate (None: written before it)
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         sd = _upgrade_records(sd)
         if isinstance(sd, dict) and "saga" not in sd:  # written before SAGA: no run of then had a table
             sd = {**sd, "saga": None}
+        if isinstance(sd, dict) and "data" not in sd:  # written before the data's fingerprint: unchecked
+            sd = {**sd, "data": None}
         self._check_state_dict(sd)
         # a deferred state writes its tables in place: it must own them (not share a state dict's)
         own = self.server.deferred is not None  # the run's choice (run.deferred, or unset: its size)
@@ -130,6 +133,12 @@ class RunCheckpointing:
         template = self.state_dict()
         if not isinstance(sd, dict) or set(sd) != set(template):
             raise CheckpointError("checkpoint: not a federated run's state (keys do not match)")
+        data = sd["data"]
+        if data is not None and data != template["data"]:  # before the shapes: they differ for this reason
+            raise CheckpointError(
+                f"checkpoint: trained on other data ({data!r:.120}) than the dataset now gives "
+                f"({template['data']}): the data file changed since the run"
+            )
         t = sd["t"]
         if type(t) is not int or not 0 <= t <= self.total_rounds:
             raise CheckpointError(f"checkpoint: round {t!r} outside 0..{self.total_rounds}")

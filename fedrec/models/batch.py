@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fedrec.models.gather_native import gather_users_native
-from fedrec.models.negatives_native import redraw_positives
+from fedrec.models.negatives_native import redraw_positives, unseen_draws, unseen_item
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,10 @@ def sample_negatives(
         out[bad] = redraw
         bad_idx = bad.nonzero(as_tuple=True)
         bad[bad_idx] = _is_positive(keys, owner[bad_idx] * n_items + redraw)
-    raise RuntimeError("negative sampling did not finish: users with almost every item positive")
+    if bool(bad.any()):  # users with nearly every item positive: draw from what they have not seen
+        flat = bad.view(-1).nonzero().flatten()
+        out.view(-1)[flat] = unseen_draws(batch.ptr, batch.items, n_items, flat, n_neg, generator)
+    return out
 
 
 # -- keyed draws: a client's random numbers as a function of (key, client, position) -------------------
@@ -177,7 +180,11 @@ def sample_negatives_keyed(
         redraw = keyed_below(mix64(base[bad_idx] + _signed(attempt * _GOLDEN % (1 << 64))), n_items)
         out[bad_idx] = redraw
         bad[bad_idx] = _is_positive(keys, owner[bad_idx] * n_items + redraw)
-    raise RuntimeError("negative sampling did not finish: users with almost every item positive")
+    if bool(bad.any()):  # nearly every item positive: the unseen item a keyed U in [0, 1) picks
+        bad_idx = bad.nonzero(as_tuple=True)
+        u = (_shr(mix64(base[bad_idx] ^ _signed(_M2)), 11)).double() / 2.0**53
+        out[bad_idx] = unseen_item(batch.ptr, batch.items, n_items, bad_idx[0], u)
+    return out
 
 
 def _is_positive(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

@@ -87,7 +87,8 @@ def redraw_positives(
     ptr: Tensor, items: Tensor, out: Tensor, n_items: int, generator: torch.Generator, max_rounds: int
 ) -> bool:
     """``sample_negatives``' rejection rounds on ``out [H, n_neg]`` in place (the module docstring);
-    False (nothing done) where the C loops do not apply. Raises RuntimeError after ``max_rounds``."""
+    False (nothing done) where the C loops do not apply. Draws still rejected after ``max_rounds`` are
+    drawn from their user's unseen items (``unseen_draws``)."""
     lib = native()
     if (
         lib is None
@@ -114,4 +115,36 @@ def redraw_positives(
         n = lib.fedrec_neg_redraw(
             ptr.data_ptr(), B, items.data_ptr(), out.data_ptr(), n_neg, bad.data_ptr(), n, redraw.data_ptr()
         )
-    raise RuntimeError("negative sampling did not finish: users with almost every item positive")
+    if n:
+        flat = bad[:n]
+        out.view(-1)[flat] = unseen_draws(ptr, items, n_items, flat, n_neg, generator)
+    return True
+
+
+def unseen_draws(
+    ptr: Tensor, items: Tensor, n_items: int, flat: Tensor, n_neg: int, generator: torch.Generator
+) -> Tensor:
+    """Uniform draws from the unseen items of each entry's user, for the flat positions ``flat`` of the
+    negatives ``[H, n_neg]``: where rejection did not finish in ``max_rounds`` (a user with ~99 % of
+    the catalog positive: "negative sampling did not finish" ended the run). ``r`` is drawn as
+    ``floor(U * free)`` with ``U`` uniform in float64, then mapped by ``unseen_item``."""
+    u = torch.rand(flat.shape[0], generator=generator, dtype=torch.float64, device=items.device)
+    return unseen_item(ptr, items, n_items, flat // n_neg, u)
+
+
+def unseen_item(ptr: Tensor, items: Tensor, n_items: int, entries: Tensor, u: Tensor) -> Tensor:
+    """For each of ``entries`` (positions into ``items``), the ``floor(u * free)``-th unseen item of its
+    user (``u`` in [0, 1), ``free`` the user's unseen items), exactly and with no loop: the r-th unseen
+    item of a user with sorted positives ``p_0 < p_1 < ...`` is ``r + #{j : p_j - j <= r}``, one
+    ``searchsorted`` over every user's ``p_j - j`` keyed by user. Positives must be sorted within each
+    user (as ``gather_users`` gives them), with at least one unseen item each."""
+    device = items.device
+    counts = ptr[1:] - ptr[:-1]
+    owner = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
+    adjusted = items - (torch.arange(items.shape[0], device=device) - ptr[:-1][owner])  # p_j - j
+    width = n_items + 1
+    keys = owner * width + adjusted  # sorted: users ascend, p_j - j does not decrease within a user
+    user = owner[entries]
+    free = n_items - counts[user]
+    r = torch.minimum((u * free).long(), free - 1)
+    return r + torch.searchsorted(keys, user * width + r, right=True) - ptr[user]
