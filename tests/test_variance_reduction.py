@@ -223,3 +223,10 @@ def test_sample_duplicating_sends_b_plus_1_identical_messages(choose: str) -> No
     assert copies and (c is None or copies == [c])
     with pytest.raises(ValueError, match="choose"):
         make_attack("sample-duplicate", choose="last")
+
+
+@pytest.mark.parametrize("s", [0, 1025, 10**8])
+def test_the_resampling_size_is_bounded(s):
+    """s = 10^8 passed (an integer >= 1) and a round drew n s indices: gigabytes before any check."""
+    with pytest.raises(ValueError, match=r"s must be an integer in \[1, 1024\]"):
+        mixing("resample", 5, torch.Generator().manual_seed(0), s)

@@ -83,9 +83,12 @@ PRE_STEPS.register(
 )  # fmt: skip
 
 
+MAX_S = 1024  # a round draws n s indices: s = 10^8 allocated gigabytes before any check (paper 003: s = 2)
+
+
 def _check_s(s: int) -> None:
-    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-        raise ValueError(f"s must be an integer >= 1 (inputs per average), got {s!r}")
+    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_S:
+        raise ValueError(f"s must be an integer in [1, {MAX_S}] (inputs per average), got {s!r}")
 
 
 def mixing(pre: str, n: int, rng: torch.Generator | None, s: int) -> Tensor:
