@@ -234,6 +234,10 @@ def _train_overrides(opts: dict[str, Any], config: Path | None = None) -> list[s
     mode = opts.get("mode") or _config_mode(config) or ("federated" if fed else None)
     if mode == "centralized" and fed:
         raise ConfigError(f"{', '.join(fed)}: only federated training reads it, and the mode is centralized")
+    ds = opts.get("dataset")
+    if isinstance(ds, str) and ds.endswith(".inter") and not Path(ds).expanduser().is_absolute():
+        # config.yaml must name the file from anywhere: evaluate or resume from another folder missed it
+        opts = {**opts, "dataset": str(Path(ds).expanduser().resolve())}
     overrides = [f"{key}={opts[name]}" for name, key in keys.items() if opts.get(name) is not None]
     if mode is not None and opts.get("mode") is None:
         overrides.insert(0, f"train.mode={mode}")

@@ -274,3 +274,14 @@ def test_a_line_of_whitespace_the_parser_does_not_skip_is_named(tmp_path: Path, 
     with pytest.raises(DataError) as info:
         parser(path)
     _check(info.value, path, line, ["a line of only whitespace"])
+
+
+@pytest.mark.parametrize(("rating", "line"), [("nan", 3), ("inf", 3), ("-inf", 3)])
+def test_a_rating_that_is_not_finite_is_named_when_a_threshold_reads_it(tmp_path: Path, rating, line):
+    """With data.rating_threshold a NaN rating was dropped and an infinite one kept, without a word."""
+    path = tmp_path / "r.inter"
+    path.write_text(f"user_id:token\titem_id:token\trating:float\n1\t2\t5\n1\t3\t{rating}\n2\t3\t4\n")
+    with pytest.raises(DataError) as info:
+        parse_inter(path, rating_threshold=3)
+    _check(info.value, path, line, ["is not a finite number"])
+    assert parse_inter(path).nnz == 3  # without a threshold the rating is not read

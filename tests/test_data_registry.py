@@ -236,3 +236,17 @@ def test_data_with_nothing_to_train_failed_deep_in_the_run(
     with pytest.raises(DataError, match=needle) as info:
         load_dataset(name, no_data / "d", rating_threshold=threshold)
     assert info.value.path == str(folder / next(iter(files)))
+
+
+def test_a_data_dir_variable_that_is_no_folder_is_said(monkeypatch, tmp_path, caplog):
+    """FEDREC_DATA_DIR set to a file or a missing folder was ignored without a word (ML-100K then came
+    from RecBole's copy): now a warning says so."""
+    import logging
+
+    from fedrec.data.registry import _say_not_a_folder, search_roots
+
+    _say_not_a_folder.cache_clear()
+    monkeypatch.setenv("FEDREC_DATA_DIR", str(tmp_path / "missing"))
+    with caplog.at_level(logging.WARNING, logger="fedrec.data.registry"):
+        search_roots()
+    assert "is not a folder: ignored" in caplog.text

@@ -144,3 +144,18 @@ def test_a_data_file_edited_after_training_is_refused(data: str, tmp_path: Path,
         (run / "summary.json").unlink()  # a killed run: resuming would train on
         res = CliRunner().invoke(app, ["train", "--resume", str(run)])
         assert res.exit_code == 2 and "the data file changed since the run" in res.stderr, res.output
+
+
+def test_a_relative_data_path_is_recorded_whole(data: str, tmp_path: Path, monkeypatch) -> None:
+    """``--dataset rel.inter`` was written to config.yaml as given: evaluated from another folder, the
+    run found no file (or another one of the same name)."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "rel.inter").write_text(Path(data).read_text())
+    monkeypatch.chdir(tmp_path / "here")
+    res = CliRunner().invoke(app, ["train", "--dataset", "rel.inter", "--mode", "federated", "--rounds", "2",
+                                   "--set", "model.dim=4", "--out", str(tmp_path / "runs")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert load_config(run / "config.yaml").data.dataset == str(tmp_path / "here" / "rel.inter")
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_run(run)["metrics"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from collections.abc import Sequence
 from itertools import chain
@@ -413,10 +414,14 @@ def _diagnose_inter(
                 )
         if rating_col is not None:
             try:
-                float(parts[rating_col])
+                finite = math.isfinite(float(parts[rating_col]))
             except ValueError:
                 return DataError(
                     f"{fields[rating_col]} {_short(parts[rating_col])} is not a number", path, lineno
+                )
+            if not finite:
+                return DataError(
+                    f"{fields[rating_col]} {_short(parts[rating_col])} is not a finite number", path, lineno
                 )
     if n_data == 0:
         return DataError("only a header line, no interactions", path)
@@ -477,7 +482,10 @@ def parse_inter(
         if ok:
             keep = None
             if rcol is not None and rating_threshold is not None:
-                keep = df[rcol].astype(np.float64).to_numpy() >= rating_threshold
+                ratings = df[rcol].astype(np.float64).to_numpy()
+                if not np.isfinite(ratings).all():  # NaN was dropped by the threshold, inf kept: the
+                    raise ValueError("a rating that is not finite")  # diagnosis names its line
+                keep = ratings >= rating_threshold
             return _build(_as_ids(users), _as_ids(items), keep)
     except _FAST_ERRORS:
         pass

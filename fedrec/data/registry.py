@@ -10,6 +10,7 @@ given (an explicit folder must hold the data; one that does not exist is an erro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import logging
 import os
@@ -75,8 +76,16 @@ def search_roots(data_dir: str | Path | None = None) -> list[Path]:
     """Directories searched for dataset folders, most preferred first."""
     if data_dir is not None:
         return [Path(data_dir).expanduser()]
-    roots = [Path(os.environ["FEDREC_DATA_DIR"]).expanduser()] if os.environ.get("FEDREC_DATA_DIR") else []
+    env = os.environ.get("FEDREC_DATA_DIR")
+    roots = [Path(env).expanduser()] if env else []
+    if roots and not roots[0].is_dir():
+        _say_not_a_folder(env)  # it fell back to the cache (ML-100K: RecBole's copy) without a word
     return [*roots, data_home()]
+
+
+@functools.cache
+def _say_not_a_folder(env: str) -> None:
+    log.warning("FEDREC_DATA_DIR=%s is not a folder: ignored", env)
 
 
 def recbole_ml100k(suffix: str) -> Path | None:
