@@ -440,10 +440,10 @@ NON_NEGATIVE = Domain(lambda v: _is_num(v) and v >= 0, "a finite number >= 0")
 FINITE = Domain(_is_num, "a finite number")
 # numpy's PCG64 wants seeds >= 0, and the run derives a few generators as seed + small offsets
 SEED = Domain(lambda v: _is_int(v) and 0 <= v < INT_LIMIT, "an integer in [0, 2^62)")
-# an initial scale past this only saturates BPR's sigmoid (scores ~ d std^2), and past ~1e18 the scores
-# overflow float32: every honest upload non-finite, P@K of a NaN model reported as if trained
 # a step size past this only diverges (BPR's gradients are O(1)); 1e300 overflowed torch's Adam in a traceback
 LR = Domain(lambda v: _is_num(v) and 0 < v <= 1e3, "a number in (0, 1e3]")
+# an initial scale past this only saturates BPR's sigmoid (scores ~ d std^2), and past ~1e18 the scores
+# overflow float32: every honest upload non-finite, P@K of a NaN model reported as if trained
 INIT_STD = Domain(lambda v: _is_num(v) and 0 < v <= 1e3, "a number in (0, 1e3]")
 KS = Domain(
     lambda v: isinstance(v, list) and len(v) > 0 and all(POSITIVE_INT.ok(k) for k in v),

@@ -109,7 +109,7 @@ def _run(
                 "theta": trained.model.theta.cpu(),
                 "user_vectors": trained.model.user_vectors,
                 "config": cfg.to_dict(),
-                "data": split.fingerprint(),  # fedrec evaluate refuses another dataset
+                "data": split.fingerprint,  # fedrec evaluate refuses another dataset
             },
             run_dir / "checkpoint.pt",
         )

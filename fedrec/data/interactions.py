@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -115,10 +116,12 @@ class Split:
         counts = (self.train.counts() + test)[test > 0]
         return int(counts.max()) if counts.size else 0
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """What a run's checkpoint was trained and split on: shape and a sha256 of both sides' CSR
         arrays. A data file edited after training silently gave another split to resume or to
-        evaluate on (another P@K, no message); a checkpoint records this and is refused on a change."""
+        evaluate on (another P@K, no message); a checkpoint records this and is refused on a change.
+        Hashed once per split (every checkpoint save reads it)."""
         digest = hashlib.sha256()
         for part in (self.train, self.test):
             for x in (part.indptr, part.indices):

@@ -24,6 +24,7 @@ space, and coordinate-wise aggregators give the same step; so aggregators run in
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,10 +95,15 @@ class Defense:
         the rule on tiny problems (``try_params``): sizes doubling from ``min_n(f)`` until one runs,
         then halving the gap (what a parameter needs grows with n: ~2 log2 tries). Where none runs up
         to ``FEWEST_LIMIT``, every round is refused rather than crashed."""
-        key = (self.name, self.rule, self.space, self.scope, self.pre, repr(sorted(self.params.items())), f)
+        key = (*self._preset_key, f)
         if key not in _FEWEST:
             _FEWEST[key] = self._search_fewest(f)
         return _FEWEST[key]
+
+    @functools.cached_property
+    def _preset_key(self) -> tuple:
+        """The preset as a hashable key (``params`` is a dict): built once, not every round."""
+        return (self.name, self.rule, self.space, self.scope, self.pre, repr(sorted(self.params.items())))
 
     def _search_fewest(self, f: int) -> int:
         def runs(n: int) -> bool:

@@ -106,10 +106,10 @@ def _centralized(cfg, ckpt: Path):
     inter = load_dataset(cfg.data.dataset, cfg.data.data_dir, rating_threshold=cfg.data.rating_threshold)
     split = split_per_user(inter, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
     data = sd.get("data")  # absent from checkpoints written before it
-    if data is not None and data != split.fingerprint():
+    if data is not None and data != split.fingerprint:
         raise CheckpointError(
             f"{ckpt}: trained on other data ({data!r:.120}) than the dataset now gives "
-            f"({split.fingerprint()}): the data file changed since the run"
+            f"({split.fingerprint}): the data file changed since the run"
         )
     layout = TableLayout.for_model(model, split.train.n_items)
     for name, value, want in (

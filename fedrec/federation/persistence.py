@@ -77,7 +77,7 @@ class RunCheckpointing:
             "records": records,
             "losses": losses,
             "seconds": float(self.seconds),
-            "data": self.split.fingerprint(),  # checked on resume and evaluate (None: written before it)
+            "data": self.split.fingerprint,  # checked on resume and evaluate (None: written before it)
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:

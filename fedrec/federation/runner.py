@@ -191,10 +191,8 @@ def _finish(run: FederatedRun, run_dir: Path, progress: Progress | None) -> dict
     return summary
 
 
-RULE_REASONS = (
-    "",
-    "filtered",
-)  # accepted, or turned down by the rule's choice (too-few-uploads is no choice)
+# accepted, or turned down by the rule's own choice (too-few-uploads is no choice)
+RULE_REASONS = ("", "filtered")
 
 
 def run_warnings(rounds: pd.DataFrame) -> list[str]:
